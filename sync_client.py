@@ -1,0 +1,290 @@
+"""The article's client, with threads: dial, read in one thread, send in another.
+
+Go::
+
+    conn, _, _ := websocket.DefaultDialer.Dial("ws://localhost:8080/ws", nil)
+    defer conn.Close()
+    go reader(conn)
+    for i := 0; i < 5; i++ { conn.WriteMessage(...); time.Sleep(time.Second) }
+
+Python: :func:`connect` dials with websocket-client, :func:`run_client`
+starts the ``reader`` thread (``go reader(conn)``) and runs the sender loop
+in the calling thread, then lingers until the server closes or goes quiet,
+and closes with 1000. The reader is :func:`common.read_messages`, the same
+one the server runs.
+
+Run ``python sync_client.py --help`` for the options. Importing this module
+has no side effects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Sequence
+
+import websocket
+from websocket import ABNF
+
+from common import (
+    ABNORMAL_CLOSURE,
+    CLOSE_TIMEOUT,
+    DEFAULT_COUNT,
+    DEFAULT_INTERVAL,
+    DEFAULT_LINGER,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    INVALID_DATA,
+    NO_STATUS,
+    PROTOCOL_ERROR,
+    Message,
+    OneLineParser,
+    ProtocolViolation,
+    Session,
+    SessionClosed,
+    add_sender_options,
+    fail,
+    positive_seconds_arg,
+    run_session,
+    run_until_signal,
+    setup_logging,
+)
+
+log = logging.getLogger("wsdemo.client")
+
+
+class ConnectError(Exception):
+    """The client could not open a session; the message is one line."""
+
+
+class WebSocketClientTransport:
+    """The :class:`common.Transport` adapter for a websocket-client connection.
+
+    websocket-client's ``recv()`` answers a close frame with a close of its
+    own, even when we sent the first one, and hides the peer's code. So
+    :meth:`receive` reads frames itself and leaves answering the close to
+    the session. websocket-client's send lock keeps pongs and messages from
+    interleaving.
+    """
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        self.ws = ws
+        self._fragments = websocket.continuous_frame(fire_cont_frame=False, skip_utf8_validation=False)
+
+    def receive(self) -> Message:
+        """Next whole message. Raises SessionClosed at the end of the session,
+        ProtocolViolation when the server breaks the protocol."""
+        while True:
+            frame = self._next_frame()
+            if frame.opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
+                message = self._assemble(frame)
+                if message is not None:
+                    return message
+            elif frame.opcode == ABNF.OPCODE_CLOSE:
+                raise SessionClosed(*parse_close_payload(frame.data))
+            elif frame.opcode == ABNF.OPCODE_PING:
+                self.ws.pong(frame.data)
+
+    def send(self, message: Message) -> None:
+        """Send text (str) or binary (bytes); raises SessionClosed if gone."""
+        opcode = ABNF.OPCODE_TEXT if isinstance(message, str) else ABNF.OPCODE_BINARY
+        try:
+            self.ws.send(message, opcode)
+        except (websocket.WebSocketConnectionClosedException, OSError) as error:
+            raise SessionClosed(ABNORMAL_CLOSURE, str(error) or "connection closed") from None
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame; a vanished server is not an error here."""
+        with contextlib.suppress(websocket.WebSocketConnectionClosedException, OSError):
+            self.ws.send_close(code, reason.encode())
+
+    def abort(self) -> None:
+        """Shut the socket down, which wakes up a reader blocked in recv."""
+        sock = self.ws.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already shut down or reset
+
+    def _next_frame(self) -> ABNF:
+        try:
+            frame: ABNF = self.ws.recv_frame()
+            return frame
+        except websocket.WebSocketConnectionClosedException:
+            raise SessionClosed(ABNORMAL_CLOSURE, "the server went away without a close frame") from None
+        except websocket.WebSocketProtocolException as error:
+            raise ProtocolViolation(PROTOCOL_ERROR, str(error)) from None
+        except OSError as error:
+            raise SessionClosed(ABNORMAL_CLOSURE, str(error)) from None
+
+    def _assemble(self, frame: ABNF) -> Message | None:
+        """Add a data frame to the message being assembled; the whole message
+        once its last frame has arrived, else None."""
+        try:
+            self._fragments.validate(frame)
+            self._fragments.add(frame)
+            if not self._fragments.is_fire(frame):
+                return None
+            opcode, whole = self._fragments.extract(frame)
+        except websocket.WebSocketPayloadException as error:
+            raise ProtocolViolation(INVALID_DATA, "text message is not valid UTF-8") from error
+        except websocket.WebSocketProtocolException as error:
+            raise ProtocolViolation(PROTOCOL_ERROR, str(error)) from None
+        data: bytes = whole.data
+        return data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data
+
+
+def parse_close_payload(payload: bytes | str) -> tuple[int, str]:
+    """Code and reason of a close frame (1005 if it carries no code)."""
+    if isinstance(payload, str):  # websocket-client types it loosely; frames carry bytes
+        payload = payload.encode()
+    if len(payload) < 2:
+        return NO_STATUS, ""
+    (code,) = struct.unpack("!H", payload[:2])
+    return code, payload[2:].decode("utf-8", errors="replace")
+
+
+def connect(url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT) -> websocket.WebSocket:
+    """Dial ``url``: TCP connect and opening handshake within ``timeout`` s each.
+
+    Raises ConnectError with a one-line explanation on any failure.
+    """
+    try:
+        ws = websocket.create_connection(url, timeout=timeout, enable_multithread=True)
+    except Exception as error:
+        raise ConnectError(describe_connect_error(url, timeout, error)) from error
+    # The timeout was for the handshake. From now on the reader waits for as
+    # long as the session lasts; the session decides when to stop.
+    ws.settimeout(None)
+    return ws
+
+
+def describe_connect_error(url: str, timeout: float, error: Exception) -> str:
+    """One line telling why dialing ``url`` failed."""
+    if isinstance(error, websocket.WebSocketBadStatusException):
+        status = f"HTTP {error.status_code} {error.status_message or ''}".strip()
+        return f"{url} refused the WebSocket handshake: {status}"
+    if isinstance(error, (websocket.WebSocketTimeoutException, socket.timeout)):
+        return f"no answer from {url} within {timeout:g} s"
+    if isinstance(error, websocket.WebSocketAddressException):
+        return f"cannot find the host of {url}: {error}"
+    if isinstance(error, ConnectionRefusedError):
+        return f"cannot connect to {url}: connection refused (is the server running?)"
+    if isinstance(error, ValueError):
+        return f"invalid URL {url!r}: {error} (expected ws://HOST:PORT/PATH or wss://...)"
+    return f"cannot connect to {url}: {error}"
+
+
+def release(ws: websocket.WebSocket) -> None:
+    """Close our end of the TCP connection (Go: the deferred ``conn.Close()``)."""
+    WebSocketClientTransport(ws).abort()
+    ws.shutdown()
+
+
+def run_client(
+    url: str = DEFAULT_URL,
+    *,
+    count: int = DEFAULT_COUNT,
+    interval: float = DEFAULT_INTERVAL,
+    timeout: float = DEFAULT_TIMEOUT,
+    linger: float = DEFAULT_LINGER,
+    stop: threading.Event | None = None,
+) -> SessionClosed:
+    """Run one client session from start to end; returns how it ended.
+
+    Sends ``count`` messages ``interval`` seconds apart, printing every
+    message received, then waits until the server closes or nothing has
+    arrived for ``linger`` seconds, and closes with 1000. Setting ``stop``
+    from another thread ends the session early, also with 1000.
+
+    Raises ConnectError if the session cannot be opened.
+    """
+    ws = connect(url, timeout)
+    try:
+        log.info("connected to %s", url)
+        session = Session(WebSocketClientTransport(ws), stop)
+        return run_session(
+            session,
+            reader_name="reader",
+            label="client",
+            count=count,
+            interval=interval,
+            linger=linger,
+        )
+    finally:
+        release(ws)
+
+
+def build_parser() -> OneLineParser:
+    """The command line of ``sync_client.py``."""
+    parser = OneLineParser(
+        prog="sync_client.py",
+        description="WebSocket client: sends COUNT messages and prints what it receives.",
+    )
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    add_sender_options(parser)
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds_arg,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds allowed to connect and complete the handshake (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--linger",
+        type=positive_seconds_arg,
+        default=DEFAULT_LINGER,
+        help="once our messages are sent, close after this many seconds without a message"
+        f" from the server (default {DEFAULT_LINGER:g}); keep it above the server's interval",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one session; exit status 0 after a clean close, 1 otherwise."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    stop = threading.Event()
+    finished = threading.Event()
+    outcome: list[SessionClosed | ConnectError] = []
+
+    def session() -> None:
+        try:
+            outcome.append(
+                run_client(
+                    args.url,
+                    count=args.count,
+                    interval=args.interval,
+                    timeout=args.timeout,
+                    linger=args.linger,
+                    stop=stop,
+                )
+            )
+        except ConnectError as error:
+            outcome.append(error)
+        finally:
+            finished.set()
+
+    def interrupt() -> None:
+        stop.set()
+        finished.wait(3 * CLOSE_TIMEOUT)
+
+    # Daemon: if Ctrl+C comes while the handshake is still pending, we exit
+    # without waiting out --timeout.
+    threading.Thread(target=session, name="sender", daemon=True).start()
+    interrupted = run_until_signal(finished, on_signal=interrupt)
+    if not outcome:
+        return 0 if interrupted else 1
+    result = outcome[0]
+    if isinstance(result, ConnectError):
+        fail(parser.prog, str(result))
+    return 0 if result.clean or interrupted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Test helpers: the two programs as real subprocesses, and a raw WebSocket peer.
+
+Nothing here is mocked: servers listen on real ports (port 0), clients dial
+them over loopback, and the raw peer speaks RFC 6455 byte by byte so tests
+can check exactly what is on the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = str(ROOT / "sync_server.py")
+CLIENT = str(ROOT / "sync_client.py")
+
+#: Bound for anything a test waits on; generous for a loaded CI machine.
+WAIT = 10.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT, step: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return condition()
+        time.sleep(step)
+    return True
+
+
+class Program:
+    """One of our programs running as a subprocess, its output collected live."""
+
+    def __init__(self, script: str, *args: str) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, script, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            text=True,
+            encoding="utf-8",
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._collect, args=(self.proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._collect, args=(self.proc.stderr, self.stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _collect(self, stream: object | None, lines: list[str]) -> None:
+        assert stream is not None
+        for line in stream:  # type: ignore[attr-defined]
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = WAIT, stream: str = "stdout") -> re.Match[str]:
+        """Wait for a line of output matching ``pattern``; its match."""
+        lines = self.stdout if stream == "stdout" else self.stderr
+        regex = re.compile(pattern)
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            found.extend(m for m in map(regex.search, lines) if m)
+            return bool(found) or self.proc.poll() is not None
+
+        with self._changed:
+            self._changed.wait_for(seen, timeout)
+        if not found:
+            raise AssertionError(f"no line matching {pattern!r} in {stream}:\n{self.output()}")
+        return found[0]
+
+    def signal(self, signum: int = signal.SIGINT) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        """Wait for the exit status; then all output has been collected."""
+        status = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return status
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+
+    def output(self) -> str:
+        return "\n".join(["--- stdout", *self.stdout, "--- stderr", *self.stderr])
+
+    def count_lines(self, pattern: str) -> int:
+        regex = re.compile(pattern)
+        return sum(1 for line in self.stdout if regex.search(line))
+
+
+class ServerProgram(Program):
+    """``sync_server.py --port 0`` running, with its URL and port known."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__(SERVER, "--port", "0", *args)
+        self.url = self.wait_for(r"listening on (ws://\S+)").group(1)
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+
+def run_client(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run ``sync_client.py`` to completion."""
+    return subprocess.run(
+        [sys.executable, CLIENT, *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=ROOT,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONIOENCODING="utf-8"),
+    )
+
+
+# --- A raw WebSocket peer --------------------------------------------------
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, mask: bool = True) -> bytes:
+    """One RFC 6455 frame; clients must mask, so mask by default."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    length = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode()
+
+
+class RawPeer:
+    """A WebSocket client written on a bare socket, for checking the wire."""
+
+    def __init__(self, port: int, path: str = "/ws", host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=WAIT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self.buffer = b""
+        head = self._read_until(b"\r\n\r\n")
+        self.status_line = head.split(b"\r\n", 1)[0].decode()
+        if " 101 " not in self.status_line:
+            raise AssertionError(f"handshake refused: {self.status_line}")
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            self._fill()
+        head, self.buffer = self.buffer.split(marker, 1)
+        return head
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("connection closed")
+        self.buffer += data
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self._fill()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def send(self, opcode: int, payload: bytes = b"", **kwargs: bool) -> None:
+        self.sock.sendall(encode_frame(opcode, payload, **kwargs))
+
+    def read_frame(self) -> tuple[int, bytes]:
+        """The next frame from the server: (opcode, payload)."""
+        first, second = self._take(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._take(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._take(8))
+        assert not second & 0x80, "the server masked a frame"
+        return first & 0x0F, self._take(length)
+
+    def read_until_close(self) -> tuple[list[tuple[int, bytes]], bytes]:
+        """Frames up to and including the close frame; the close payload."""
+        frames = []
+        while True:
+            opcode, payload = self.read_frame()
+            frames.append((opcode, payload))
+            if opcode == OP_CLOSE:
+                return frames, payload
+
+    def rest_until_eof(self, timeout: float = WAIT) -> bytes:
+        """Every byte the server sends until it closes the connection."""
+        self.sock.settimeout(timeout)
+        rest, self.buffer = self.buffer, b""
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return rest
+            rest += data
+
+    def reset(self) -> None:
+        """Vanish: close with an RST instead of a close handshake."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()

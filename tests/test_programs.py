@@ -1,0 +1,108 @@
+"""The two programs against each other, as a person would run them."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from typing import Callable
+
+from helpers import CLIENT, Program, ServerProgram, run_client
+
+
+def test_server_and_client_see_all_of_each_others_messages_in_order(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """Both sides print every message of the other, in order; 1000 at the end; exit 0."""
+    server = start_server("--count", "4", "--interval", "0.05")
+    client = run_client("--url", server.url, "--count", "4", "--interval", "0.05", "--linger", "0.5")
+
+    assert client.returncode == 0, client.stderr
+    assert client.stderr == ""
+    received = re.findall(r"\[reader\] received: (.*)", client.stdout)
+    assert received == [f"server message {i} of 4" for i in range(1, 5)]
+    sent = re.findall(r"\[sender\] sent: (.*)", client.stdout)
+    assert sent == [f"client message {i} of 4" for i in range(1, 5)]
+
+    server.wait_for(r"\[conn-1-reader\] peer closed the connection: 1000 \(normal closure\)")
+    got = [m for line in server.stdout if (m := re.search(r"\[conn-1-reader\] received: (.*)", line))]
+    assert [m.group(1) for m in got] == [f"client message {i} of 4" for i in range(1, 5)]
+    assert server.stderr == []
+
+
+def test_log_lines_show_time_thread_and_event(start_server: Callable[..., ServerProgram]) -> None:
+    """Every line reads 'HH:MM:SS.mmm [thread] event'."""
+    server = start_server("--count", "1", "--interval", "0")
+    client = run_client("--url", server.url, "--count", "1", "--linger", "0.3")
+    line = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \[[\w-]+\] \S")
+    assert client.stdout and all(line.match(x) for x in client.stdout.splitlines())
+    assert all(line.match(x) for x in server.stdout)
+    assert re.search(r"\[sender\] connected to ws://", client.stdout)
+    assert server.wait_for(r"\[conn-1\] connected: 127\.0\.0\.1:\d+")
+
+
+def test_non_ascii_text_is_printed_verbatim(start_server: Callable[..., ServerProgram]) -> None:
+    """A message in any script arrives and is printed as it was sent."""
+    server = start_server("--echo")
+    from sync_client import connect
+
+    ws = connect(server.url)
+    try:
+        ws.send("héllo, мир, 世界 ✓")
+        assert ws.recv() == "héllo, мир, 世界 ✓"
+    finally:
+        ws.close()
+    server.wait_for("received: héllo, мир, 世界 ✓")
+
+
+def test_client_closes_with_1000_after_linger_when_server_stays_quiet(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """Done sending and nothing arriving: the client closes after --linger seconds."""
+    server = start_server("--count", "0")
+    started = time.monotonic()
+    client = run_client("--url", server.url, "--count", "1", "--linger", "0.5")
+    assert client.returncode == 0, client.stderr
+    assert 0.5 <= time.monotonic() - started < 5
+    assert "closed: sent 1000 (normal closure)" in client.stdout
+    server.wait_for(r"peer closed the connection: 1000")
+
+
+def test_sigint_on_server_closes_sessions_with_1001_and_exits_0_within_2s(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """Ctrl+C on the server: the connected client sees 1001, the server exits 0 fast."""
+    _server_shutdown_closes_sessions(start_server, signal.SIGINT)
+
+
+def test_sigterm_on_server_behaves_like_ctrl_c(start_server: Callable[..., ServerProgram]) -> None:
+    """SIGTERM: the same orderly shutdown as Ctrl+C."""
+    _server_shutdown_closes_sessions(start_server, signal.SIGTERM)
+
+
+def _server_shutdown_closes_sessions(start_server: Callable[..., ServerProgram], signum: int) -> None:
+    server = start_server("--count", "1000", "--interval", "5")
+    client = Program(CLIENT, "--url", server.url, "--count", "1000", "--interval", "5")
+    client.wait_for(r"received: server message 1 of 1000")
+
+    started = time.monotonic()
+    server.signal(signum)
+    assert server.wait(timeout=5) == 0, server.output()
+    assert time.monotonic() - started < 2.0
+    assert client.wait() == 0, client.output()
+    client.wait_for(r"peer closed the connection: 1001 \(going away\) 'server shutting down'")
+    assert "Traceback" not in server.output() + client.output()
+
+
+def test_sigint_on_client_closes_with_1000_and_exits_0(start_server: Callable[..., ServerProgram]) -> None:
+    """Ctrl+C on the client, mid-sleep: close 1000 at once, exit 0."""
+    server = start_server("--count", "1000", "--interval", "5")
+    client = Program(CLIENT, "--url", server.url, "--count", "1000", "--interval", "5")
+    client.wait_for(r"sent: client message 1 of 1000")
+
+    started = time.monotonic()
+    client.signal(signal.SIGINT)
+    assert client.wait() == 0, client.output()
+    assert time.monotonic() - started < 2.0
+    server.wait_for(r"peer closed the connection: 1000 \(normal closure\)")
+    assert "Traceback" not in client.output()

@@ -8,6 +8,7 @@ can check exactly what is on the wire.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import signal
@@ -238,3 +239,43 @@ class RawPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def accept_key(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455, 4.2.2)."""
+    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+class RawServer:
+    """A one-connection WebSocket server on a bare socket, scripted by the test.
+
+    ``script(conn)`` runs in a thread once the handshake is done; whatever it
+    does to the socket is what the client under test meets.
+    """
+
+    def __init__(self, script: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.script = script
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
+            assert key is not None
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + f"Sec-WebSocket-Accept: {accept_key(key.group(1).decode())}\r\n\r\n".encode()
+            )
+            self.script(conn)
+
+    def close(self) -> None:
+        self.thread.join(WAIT)
+        self.listener.close()

@@ -26,6 +26,7 @@ import struct
 import sys
 import threading
 from collections.abc import Sequence
+from http import HTTPStatus
 
 import websocket
 from websocket import ABNF
@@ -167,8 +168,7 @@ def connect(url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT) -> websock
 def describe_connect_error(url: str, timeout: float, error: Exception) -> str:
     """One line telling why dialing ``url`` failed."""
     if isinstance(error, websocket.WebSocketBadStatusException):
-        status = f"HTTP {error.status_code} {error.status_message or ''}".strip()
-        return f"{url} refused the WebSocket handshake: {status}"
+        return f"{url} refused the WebSocket handshake: HTTP {describe_status(error)}"
     if isinstance(error, (websocket.WebSocketTimeoutException, socket.timeout)):
         return f"no answer from {url} within {timeout:g} s"
     if isinstance(error, websocket.WebSocketAddressException):
@@ -178,6 +178,18 @@ def describe_connect_error(url: str, timeout: float, error: Exception) -> str:
     if isinstance(error, ValueError):
         return f"invalid URL {url!r}: {error} (expected ws://HOST:PORT/PATH or wss://...)"
     return f"cannot connect to {url}: {error}"
+
+
+def describe_status(error: websocket.WebSocketBadStatusException) -> str:
+    """``404 Not Found``: the status line of a refused handshake."""
+    # websocket-client < 1.9.1 (the last for Python 3.9) does not keep the reason phrase.
+    phrase = getattr(error, "status_message", None)
+    if not phrase:
+        try:
+            phrase = HTTPStatus(error.status_code).phrase
+        except ValueError:
+            phrase = ""
+    return f"{error.status_code} {phrase}".strip()
 
 
 def release(ws: websocket.WebSocket) -> None:
@@ -251,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     stop = threading.Event()
     finished = threading.Event()
-    outcome: list[SessionClosed | ConnectError] = []
+    outcome: list[SessionClosed | BaseException] = []
 
     def session() -> None:
         try:
@@ -266,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         except ConnectError as error:
+            outcome.append(error)
+        except BaseException as error:  # a bug: re-raised in the main thread below
             outcome.append(error)
         finally:
             finished.set()
@@ -283,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = outcome[0]
     if isinstance(result, ConnectError):
         fail(parser.prog, str(result))
+    if not isinstance(result, SessionClosed):
+        raise result
     return 0 if result.clean or interrupted else 1
 
 

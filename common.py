@@ -53,6 +53,7 @@ NORMAL_CLOSURE = 1000
 GOING_AWAY = 1001
 PROTOCOL_ERROR = 1002
 INVALID_DATA = 1007
+MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 #: Never sent on the wire: "the close frame had no code" and "no close frame
 #: at all, the connection just went away".
@@ -101,11 +102,13 @@ class SessionClosed(Exception):
         return self.code in (NORMAL_CLOSURE, GOING_AWAY)
 
 
-class ProtocolViolation(Exception):
-    """The peer broke the protocol; the session must be failed with ``code``.
+class CloseRequired(Exception):
+    """The session must be closed with ``code``, for ``reason``.
 
-    Raised by a transport's ``receive`` (1002 protocol error, 1007 invalid
-    data); the reader answers it with a close frame carrying that code.
+    Raised by a transport's ``receive`` when the peer broke the protocol
+    (1002), sent text that is not UTF-8 (1007), a message over the size limit
+    (1009), or stopped answering pings (1011). The reader answers it with a
+    close frame carrying that code.
     """
 
     def __init__(self, code: int, reason: str) -> None:
@@ -146,7 +149,7 @@ class Transport(Protocol):
 
     def receive(self) -> Message:
         """Block until a whole message arrives; raise SessionClosed at the end
-        and ProtocolViolation when the peer breaks the protocol."""
+        and CloseRequired when the session must be closed with a given code."""
 
     def send(self, message: Message) -> None:
         """Send one message (str as text, bytes as binary); raise SessionClosed
@@ -253,10 +256,10 @@ def read_messages(session: Session, on_message: Callable[[Message], None] | None
             # Answer with the peer's code (RFC 6455 5.5.1); 1005 is never sent.
             session.close(closed.code if closed.code != NO_STATUS else NORMAL_CLOSURE)
         log_end(closed)
-    except ProtocolViolation as violation:
-        log.warning("closing: the peer broke the protocol: %s", violation)
-        session.closed = SessionClosed(violation.code, violation.reason, by_peer=False)
-        session.close(violation.code, violation.reason)
+    except CloseRequired as required:
+        log.warning("closing with %s", describe_close(required.code, required.reason))
+        session.closed = SessionClosed(required.code, required.reason, by_peer=False)
+        session.close(required.code, required.reason)
     except Exception as error:  # an on_message callback failed: not the peer's fault
         log.error("closing after an error in the message handler: %r", error)
         session.closed = SessionClosed(INTERNAL_ERROR, "internal error", by_peer=False)

@@ -42,9 +42,9 @@ from common import (
     INVALID_DATA,
     NO_STATUS,
     PROTOCOL_ERROR,
+    CloseRequired,
     Message,
     OneLineParser,
-    ProtocolViolation,
     Session,
     SessionClosed,
     add_sender_options,
@@ -78,7 +78,7 @@ class WebSocketClientTransport:
 
     def receive(self) -> Message:
         """Next whole message. Raises SessionClosed at the end of the session,
-        ProtocolViolation when the server breaks the protocol."""
+        CloseRequired when the server breaks the protocol."""
         while True:
             frame = self._next_frame()
             if frame.opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
@@ -119,7 +119,7 @@ class WebSocketClientTransport:
         except websocket.WebSocketConnectionClosedException:
             raise SessionClosed(ABNORMAL_CLOSURE, "the server went away without a close frame") from None
         except websocket.WebSocketProtocolException as error:
-            raise ProtocolViolation(PROTOCOL_ERROR, str(error)) from None
+            raise CloseRequired(PROTOCOL_ERROR, str(error)) from None
         except OSError as error:
             raise SessionClosed(ABNORMAL_CLOSURE, str(error)) from None
 
@@ -133,9 +133,9 @@ class WebSocketClientTransport:
                 return None
             opcode, whole = self._fragments.extract(frame)
         except websocket.WebSocketPayloadException as error:
-            raise ProtocolViolation(INVALID_DATA, "text message is not valid UTF-8") from error
+            raise CloseRequired(INVALID_DATA, "text message is not valid UTF-8") from error
         except websocket.WebSocketProtocolException as error:
-            raise ProtocolViolation(PROTOCOL_ERROR, str(error)) from None
+            raise CloseRequired(PROTOCOL_ERROR, str(error)) from None
         data: bytes = whole.data
         return data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data
 

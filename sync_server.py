@@ -24,18 +24,23 @@ has no side effects: :func:`create_app` gives a plain WSGI application and
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import logging
+import selectors
 import socket
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, NoReturn
 
 import simple_websocket
 from werkzeug.serving import BaseWSGIServer, make_server
+from wsproto import WSConnection
 from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from common import (
     ABNORMAL_CLOSURE,
@@ -45,76 +50,235 @@ from common import (
     DEFAULT_INTERVAL,
     DEFAULT_PORT,
     GOING_AWAY,
+    INTERNAL_ERROR,
+    MESSAGE_TOO_BIG,
     WS_PATH,
+    CloseRequired,
     Message,
     OneLineParser,
     Session,
     SessionClosed,
     add_sender_options,
+    count_arg,
     fail,
     run_session,
     run_until_signal,
+    seconds_arg,
     setup_logging,
 )
 
 log = logging.getLogger("wsdemo.server")
 
-#: simple-websocket can miss the wake-up when it closes a session itself, so
-#: the reader waits for messages in slices of this many seconds.
-RECEIVE_SLICE = 1.0
+#: Bytes read from the socket at a time.
+READ_SIZE = 65536
+#: Default limit on the size of one incoming message, in bytes (1 MiB).
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+#: Default seconds between keepalive pings (proxies often drop connections
+#: idle for 60 s; a peer that has not answered by the next ping is dead).
+DEFAULT_PING_INTERVAL = 25.0
+#: poll(2) where there is one: unlike select(2) it takes descriptors over
+#: 1023, and unlike epoll it costs no file descriptor per connection.
+_Poller: type[selectors.BaseSelector] = getattr(selectors, "PollSelector", selectors.SelectSelector)
 #: Pending connections the kernel queues for us (Werkzeug's default, 128,
 #: overflows when many clients connect at once).
 LISTEN_BACKLOG = 1024
 
 
-class SimpleWebSocketTransport:
-    """The :class:`common.Transport` adapter for a simple-websocket server.
+class _NoThread:
+    """Stands in for the reader thread simple-websocket starts per connection.
 
-    simple-websocket's own thread reads the socket, answers pings and close
-    frames, and queues whole messages; :meth:`receive` takes them from there.
+    simple-websocket does the opening handshake; after that our own reader
+    thread drives the connection (see :class:`ServerTransport`), so its
+    thread would only be a third thread per connection fighting ours for
+    the socket.
     """
 
-    def __init__(self, ws: simple_websocket.Server) -> None:
-        self.ws = ws
+    def __init__(self, target: Callable[[], None]) -> None:
+        self.name = "unused"
+
+    def start(self) -> None:
+        pass
+
+
+class ServerTransport:
+    """The :class:`common.Transport` for the server side of one connection.
+
+    After simple-websocket's handshake we drive its wsproto connection
+    ourselves, which gives us what the library leaves out:
+
+    * the session's reader thread is the only thread reading the socket;
+    * every write (messages, pongs, close frames) goes through one lock and
+      ``sendall``, so frames never interleave or go out truncated;
+    * messages over ``max_message_size`` *bytes* end the session with 1009
+      as soon as the excess arrives, whatever the frame header announced;
+    * keepalive: with ``ping_interval`` the reader pings a quiet peer, and
+      closes with 1011 if the next ping is due before the pong came back.
+
+    Args:
+        conn: the wsproto connection, opened by the handshake.
+        sock: the connection's socket (owned by the server, not by us).
+        max_message_size: largest message accepted, in bytes; None: no limit.
+        ping_interval: seconds between keepalive pings; None: no pings.
+        pending: bytes that arrived together with the handshake request.
+    """
+
+    def __init__(
+        self,
+        conn: WSConnection,
+        sock: socket.socket,
+        *,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        pending: bytes = b"",
+    ) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
+        self.wire_lock = threading.Lock()
+        self._inbox: deque[Message] = deque()
+        self._parts: list[Message] = []
+        self._size = 0
+        self._end: SessionClosed | CloseRequired | None = None
+        self._awaiting_pong = False
+        self._next_ping = time.monotonic() + (ping_interval or 0)
+        if pending:
+            self._feed(pending)
+
+    # --- reading: only ever called from the session's reader thread -------
 
     def receive(self) -> Message:
-        """Next whole message; raises SessionClosed when the session is over."""
-        while True:
-            try:
-                message: Message | None = self.ws.receive(timeout=RECEIVE_SLICE)
-            except simple_websocket.ConnectionClosed:
-                raise self._how_it_ended() from None
-            if message is not None:
-                return message
+        """Next whole message; SessionClosed or CloseRequired at the end."""
+        while not self._inbox:
+            if self._end is not None:
+                raise self._end
+            self._feed(self._recv())
+        return self._inbox.popleft()
 
-    def send(self, message: Message) -> None:
-        """Send text (str) or binary (bytes); raises SessionClosed if gone."""
+    def _recv(self) -> bytes:
+        if self.ping_interval:
+            self._wait_readable_pinging()
         try:
-            self.ws.send(message)
-        except simple_websocket.ConnectionClosed:
-            raise self._how_it_ended() from None
+            data = self.sock.recv(READ_SIZE)
         except OSError as error:
             raise SessionClosed(ABNORMAL_CLOSURE, str(error)) from None
+        if not data:
+            raise SessionClosed(ABNORMAL_CLOSURE, "the client went away without a close frame")
+        return data
+
+    def _wait_readable_pinging(self) -> None:
+        assert self.ping_interval is not None
+        with _Poller() as poller:
+            poller.register(self.sock, selectors.EVENT_READ)
+            while True:
+                now = time.monotonic()
+                if now >= self._next_ping:
+                    if self._awaiting_pong:
+                        raise CloseRequired(INTERNAL_ERROR, "keepalive ping timeout")
+                    self._send_control(Ping(b"keepalive"))
+                    self._awaiting_pong = True
+                    self._next_ping = now + self.ping_interval
+                if poller.select(self._next_ping - now):
+                    return
+
+    def _feed(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        for event in self.conn.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self._add_part(event)
+            elif isinstance(event, Ping):
+                self._send_control(event.response())
+            elif isinstance(event, Pong):
+                self._awaiting_pong = False
+            elif isinstance(event, CloseConnection):
+                if self.conn.state is ConnectionState.OPEN:
+                    # wsproto could not parse what arrived (bad frame, bad
+                    # UTF-8, bad close code): it reports the close code to
+                    # send, without any close frame having been received.
+                    self._end = CloseRequired(event.code, event.reason or "protocol error")
+                else:
+                    self._end = SessionClosed(event.code, event.reason or "")
+            if self._end is not None:
+                return
+
+    def _add_part(self, event: TextMessage | BytesMessage) -> None:
+        data = event.data
+        self._size += len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode())
+        if self.max_message_size is not None and self._size > self.max_message_size:
+            self._parts, self._size = [], 0
+            self._end = CloseRequired(MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes")
+            return
+        self._parts.append(data if isinstance(data, str) else bytes(data))
+        if event.message_finished:
+            parts, self._parts, self._size = self._parts, [], 0
+            if len(parts) == 1:
+                self._inbox.append(parts[0])
+            elif isinstance(data, str):
+                self._inbox.append("".join(parts))  # type: ignore[arg-type]
+            else:
+                self._inbox.append(b"".join(parts))  # type: ignore[arg-type]
+
+    # --- writing: any thread, one at a time --------------------------------
+
+    def send(self, message: Message) -> None:
+        """Send text (str) or binary (bytes); raises SessionClosed if closing."""
+        event = TextMessage(message) if isinstance(message, str) else BytesMessage(message)
+        with self.wire_lock:
+            try:
+                data = self.conn.send(event)
+            except LocalProtocolError:
+                raise SessionClosed(GOING_AWAY, "the session is closing", by_peer=False) from None
+            self._sendall(data)
 
     def close(self, code: int, reason: str) -> None:
-        """Send a close frame, unless the session is already closed."""
-        try:
-            self.ws.close(code, reason)
-        except (simple_websocket.ConnectionClosed, OSError):
-            pass  # already closed by the peer, or the socket is gone
-        self.ws.event.set()  # wake up a reader waiting in receive()
+        """Send a close frame (or the reply to the peer's), once; never raises."""
+        with self.wire_lock:
+            if self.conn.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                return
+            try:
+                self._sendall(self.conn.send(CloseConnection(code, reason)))
+            except SessionClosed:
+                pass  # the peer is gone; nothing left to tell it
 
     def abort(self) -> None:
-        """Shut the socket down: the peer sees EOF, blocked calls return."""
+        """Shut the socket down: blocked reads and sends return at once."""
         try:
-            self.ws.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
-            pass  # already shut down or closed
+            pass  # already shut down, or reset by the peer
 
-    def _how_it_ended(self) -> SessionClosed:
-        if self.ws.ws.state is ConnectionState.OPEN:
-            return SessionClosed(ABNORMAL_CLOSURE, "the client went away without a close frame")
-        return SessionClosed(int(self.ws.close_reason), self.ws.close_message or "")
+    def finish(self) -> None:
+        """End the TCP connection cleanly once the session is over.
+
+        Half-closes (the peer sees EOF after our close frame), then reads and
+        discards what the peer still sends, for at most CLOSE_TIMEOUT: closing
+        a socket with unread data sends a reset, and the peer would see 1006
+        instead of our close code.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + CLOSE_TIMEOUT
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(READ_SIZE):
+                    break
+        except OSError:
+            pass  # reset, timed out, or already shut down: we are done either way
+        self.abort()
+
+    def _send_control(self, event: Ping | Pong) -> None:
+        with self.wire_lock:
+            if self.conn.state is ConnectionState.OPEN:
+                try:
+                    self._sendall(self.conn.send(event))
+                except SessionClosed:
+                    pass  # the reader finds out on its next recv
+
+    def _sendall(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as error:
+            raise SessionClosed(ABNORMAL_CLOSURE, str(error)) from None
 
 
 def is_websocket_upgrade(environ: dict[str, Any]) -> bool:
@@ -148,14 +312,26 @@ class WebSocketApp:
         interval: seconds between two of them.
         echo: instead of sending its own messages, send every message
             received straight back, text as text and binary as binary.
+        max_message_size: largest incoming message in bytes (None: no
+            limit); a larger one closes the session with 1009.
+        ping_interval: seconds between keepalive pings (None: none); a
+            client that has not answered one by the next closes with 1011.
     """
 
     def __init__(
-        self, count: int = DEFAULT_COUNT, interval: float = DEFAULT_INTERVAL, echo: bool = False
+        self,
+        count: int = DEFAULT_COUNT,
+        interval: float = DEFAULT_INTERVAL,
+        echo: bool = False,
+        *,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
     ) -> None:
         self.count = count
         self.interval = interval
         self.echo = echo
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
         self._numbers = itertools.count(1)
         # Guards _sessions and _accepting; notified whenever a session ends.
         self._sessions_changed = threading.Condition()
@@ -215,24 +391,28 @@ class WebSocketApp:
         server_thread_name, thread.name = thread.name, name
         try:
             try:
-                ws = simple_websocket.Server.accept(
-                    environ,
-                    # simple-websocket's own reader thread, named after the connection.
-                    thread_class=functools.partial(threading.Thread, name=f"{name}-ws", daemon=True),
-                )
+                ws = simple_websocket.Server.accept(without_compression(environ), thread_class=_NoThread)
             except Exception as error:  # wsproto refused the handshake headers
                 return self._refuse(
                     environ, start_response, "400 Bad Request", f"bad WebSocket handshake: {error}"
                 )
-            self._run(ws, name, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
+            transport = ServerTransport(
+                ws.ws,
+                ws.sock,
+                max_message_size=self.max_message_size,
+                ping_interval=self.ping_interval,
+                pending=unread_request_bytes(environ, ws.sock),
+            )
+            self._run(transport, name, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
         finally:
             thread.name = server_thread_name
         end_hijacked_request(ws.mode)
 
-    def _run(self, ws: simple_websocket.Server, name: str, peer: str) -> None:
-        # Go: defer conn.Close(). Whatever happens, the socket is released.
-        ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(SimpleWebSocketTransport(ws))
+    def _run(self, transport: ServerTransport, name: str, peer: str) -> None:
+        sock = transport.sock
+        sock.settimeout(None)  # a request timeout must not apply to the session (see PITFALLS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = Session(transport)
         with self._sessions_changed:
             self._sessions.add(session)
         try:
@@ -246,27 +426,45 @@ class WebSocketApp:
                 echo_mode=self.echo,
             )
         finally:
-            release_socket(ws)
+            # Go: defer conn.Close(). Whatever happened, the connection ends here.
+            transport.finish()
             with self._sessions_changed:
                 self._sessions.discard(session)
                 self._sessions_changed.notify_all()
 
 
-def release_socket(ws: simple_websocket.Server) -> None:
-    """Finish the connection once the session is over: close reply, then EOF.
+def without_compression(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request as simple-websocket should see it: offering no extensions.
 
-    simple-websocket's thread sends the reply to the peer's close frame only
-    after it has marked the session closed, so we give it CLOSE_TIMEOUT to
-    finish before shutting the socket down (or the peer would see 1006).
-    The shutdown sends EOF at once (the server still holds the socket) and
-    wakes that thread if the peer never answered our close.
+    simple-websocket accepts permessage-deflate whenever a client offers it;
+    declining it (RFC 7692 lets a server) avoids wsproto 1.3.2 delivering
+    fragments still compressed when a ping arrives between them, and
+    inflation with no output limit (a small frame can inflate to megabytes
+    before any size check).
     """
-    ws.thread.join(CLOSE_TIMEOUT)
+    return {k: v for k, v in environ.items() if k != "HTTP_SEC_WEBSOCKET_EXTENSIONS"}
+
+
+def unread_request_bytes(environ: dict[str, Any], sock: socket.socket) -> bytes:
+    """Bytes the client sent right behind its request, if the server read them.
+
+    Werkzeug reads the request through a buffered file, which may already
+    hold the start of the client's first frame. We take those bytes back
+    without blocking; the reader feeds them to wsproto before reading on.
+    """
+    rfile = environ.get("wsgi.input")
+    peek = getattr(rfile, "peek", None)
+    if peek is None:
+        return b""
+    sock.setblocking(False)
     try:
-        ws.sock.shutdown(socket.SHUT_RDWR)
+        buffered = peek(READ_SIZE)
+        data: bytes = rfile.read(len(buffered)) if buffered else b""  # type: ignore[union-attr]
     except OSError:
-        pass  # the peer has reset the connection already
-    ws.thread.join(CLOSE_TIMEOUT)
+        data = b""
+    finally:
+        sock.setblocking(True)
+    return data
 
 
 def end_hijacked_request(mode: str) -> NoReturn:
@@ -282,10 +480,15 @@ def end_hijacked_request(mode: str) -> NoReturn:
 
 
 def create_app(
-    count: int = DEFAULT_COUNT, interval: float = DEFAULT_INTERVAL, echo: bool = False
+    count: int = DEFAULT_COUNT,
+    interval: float = DEFAULT_INTERVAL,
+    echo: bool = False,
+    *,
+    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+    ping_interval: float | None = DEFAULT_PING_INTERVAL,
 ) -> WebSocketApp:
     """Build the WSGI application (see :class:`WebSocketApp` for the arguments)."""
-    return WebSocketApp(count=count, interval=interval, echo=echo)
+    return WebSocketApp(count, interval, echo, max_message_size=max_message_size, ping_interval=ping_interval)
 
 
 def format_url(host: str, port: int) -> str:
@@ -382,6 +585,22 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--echo", action="store_true", help="send every message back instead of sending our own"
     )
+    parser.add_argument(
+        "--max-message-size",
+        type=count_arg,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="largest message accepted; larger ones close with 1009; 0: no limit"
+        f" (default {DEFAULT_MAX_MESSAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=seconds_arg,
+        default=DEFAULT_PING_INTERVAL,
+        metavar="SECONDS",
+        help="keepalive ping period; a client that has not answered a ping by the next is"
+        f" dropped; 0: off (default {DEFAULT_PING_INTERVAL:g})",
+    )
     return parser
 
 
@@ -398,7 +617,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we log refusals ourselves
-    app = create_app(count=args.count, interval=args.interval, echo=args.echo)
+    app = create_app(
+        args.count,
+        args.interval,
+        args.echo,
+        max_message_size=args.max_message_size or None,
+        ping_interval=args.ping_interval or None,
+    )
     try:
         server = start_server(app, args.host, args.port)
     except OSError as error:

@@ -200,6 +200,22 @@ class ServerTransport:
                     self._end = SessionClosed(event.code, event.reason or "")
             if self._end is not None:
                 return
+        if self._announced_size() > (self.max_message_size or float("inf")):
+            self._end = CloseRequired(MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes")
+
+    def _announced_size(self) -> int:
+        """Bytes of the current message so far plus what its frame header announces.
+
+        Lets us refuse a frame whose header announces more than the limit
+        before its payload arrives. wsproto has no public API for the header
+        of the frame being received, so this peeks at its decoder and counts
+        only what has arrived if that ever changes.
+        """
+        proto = getattr(getattr(self.conn, "connection", None), "_proto", None)
+        decoder = getattr(proto, "_frame_decoder", None)
+        header = getattr(decoder, "header", None)
+        announced = getattr(header, "payload_len", 0) - getattr(decoder, "payload_consumed", 0)
+        return self._size + max(announced, 0)
 
     def _add_part(self, event: TextMessage | BytesMessage) -> None:
         data = event.data

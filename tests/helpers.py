@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = str(ROOT / "sync_server.py")
@@ -144,10 +144,23 @@ def run_client(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
-def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, mask: bool = True) -> bytes:
-    """One RFC 6455 frame; clients must mask, so mask by default."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    length = len(payload)
+def encode_frame(
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    mask: bool = True,
+    rsv: int = 0,
+    length: int | None = None,
+) -> bytes:
+    """One RFC 6455 frame; clients must mask, so mask by default.
+
+    ``rsv`` sets the reserved bits (0-7); ``length`` announces a payload
+    length other than the real one, for frames that lie.
+    """
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    if length is None:
+        length = len(payload)
     mask_bit = 0x80 if mask else 0
     if length < 126:
         head += bytes([mask_bit | length])
@@ -168,13 +181,27 @@ def close_payload(code: int, reason: str = "") -> bytes:
 class RawPeer:
     """A WebSocket client written on a bare socket, for checking the wire."""
 
-    def __init__(self, port: int, path: str = "/ws", host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        path: str = "/ws",
+        host: str = "127.0.0.1",
+        *,
+        headers: dict[str, str] | None = None,
+        pipelined: bytes = b"",
+    ) -> None:
+        """Connect and upgrade; ``pipelined`` goes out in the same write as the request."""
         self.sock = socket.create_connection((host, port), timeout=WAIT)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
+        fields = {
+            "Host": f"{host}:{port}",
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            "Sec-WebSocket-Version": "13",
+            **(headers or {}),
+        }
+        lines = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode() + pipelined)
         self.buffer = b""
         head = self._read_until(b"\r\n\r\n")
         self.status_line = head.split(b"\r\n", 1)[0].decode()
@@ -199,7 +226,7 @@ class RawPeer:
         data, self.buffer = self.buffer[:n], self.buffer[n:]
         return data
 
-    def send(self, opcode: int, payload: bytes = b"", **kwargs: bool) -> None:
+    def send(self, opcode: int, payload: bytes = b"", **kwargs: Any) -> None:
         self.sock.sendall(encode_frame(opcode, payload, **kwargs))
 
     def read_frame(self) -> tuple[int, bytes]:
@@ -221,6 +248,12 @@ class RawPeer:
             frames.append((opcode, payload))
             if opcode == OP_CLOSE:
                 return frames, payload
+
+    def close_code(self) -> int:
+        """Read up to the server's close frame; the code in it."""
+        _, payload = self.read_until_close()
+        code: int = struct.unpack("!H", payload[:2])[0]
+        return code
 
     def rest_until_eof(self, timeout: float = WAIT) -> bytes:
         """Every byte the server sends until it closes the connection."""

@@ -1,0 +1,140 @@
+"""Protocol errors from a hostile or broken client: the RFC 6455 answer, nothing else breaks."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Callable
+
+import pytest
+from helpers import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_TEXT,
+    RawPeer,
+    ServerProgram,
+    close_payload,
+    encode_frame,
+    wait_until,
+)
+
+from sync_client import connect
+
+PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
+
+BAD_FRAMES = {
+    "unmasked client frame": (encode_frame(OP_TEXT, b"hi", mask=False), PROTOCOL_ERROR),
+    "reserved bits set": (encode_frame(OP_TEXT, b"hi", rsv=4), PROTOCOL_ERROR),
+    "unknown opcode": (encode_frame(0x3, b"hi"), PROTOCOL_ERROR),
+    "fragmented control frame": (encode_frame(OP_PING, b"hi", fin=False), PROTOCOL_ERROR),
+    "ping payload over 125 bytes": (encode_frame(OP_PING, b"x" * 126), PROTOCOL_ERROR),
+    "continuation with no start": (encode_frame(OP_CONT, b"hi"), PROTOCOL_ERROR),
+    "text that is not UTF-8": (encode_frame(OP_TEXT, b"\xff\xfe"), INVALID_DATA),
+    "UTF-8 broken across fragments": (
+        encode_frame(OP_TEXT, b"ok \xe2\x82", fin=False) + encode_frame(OP_CONT, b"\x28"),
+        INVALID_DATA,
+    ),
+    "close code 999": (encode_frame(OP_CLOSE, close_payload(999)), PROTOCOL_ERROR),
+    "close code 1005": (encode_frame(OP_CLOSE, close_payload(1005)), PROTOCOL_ERROR),
+    "close code 1006": (encode_frame(OP_CLOSE, close_payload(1006)), PROTOCOL_ERROR),
+    "close payload of one byte": (encode_frame(OP_CLOSE, b"\x03"), PROTOCOL_ERROR),
+    "header announcing 2**62 bytes": (encode_frame(OP_BINARY, b"x" * 1000, length=1 << 62), MESSAGE_TOO_BIG),
+}
+
+
+def assert_still_serving(server: ServerProgram) -> None:
+    ws = connect(server.url)
+    try:
+        ws.send("still fine")
+        assert ws.recv() == "still fine"
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("case", list(BAD_FRAMES))
+def test_bad_frame_gets_the_right_close_code(start_server: Callable[..., ServerProgram], case: str) -> None:
+    """Each malformed frame ends that connection with its RFC code; the next client is served."""
+    frame, code = BAD_FRAMES[case]
+    server = start_server("--echo")
+    peer = RawPeer(server.port)
+    peer.sock.sendall(frame)
+    assert peer.close_code() == code
+    assert peer.rest_until_eof() == b""
+    assert_still_serving(server)
+    assert "Traceback" not in server.output()
+
+
+def test_oversize_message_closes_with_1009(start_server: Callable[..., ServerProgram]) -> None:
+    """One byte over --max-message-size: 1009, and the server did not wait for the whole message."""
+    server = start_server("--echo", "--max-message-size", "1000")
+    peer = RawPeer(server.port)
+    peer.send(OP_BINARY, b"x" * 1000)
+    assert peer.read_frame() == (OP_BINARY, b"x" * 1000)
+    peer.send(OP_BINARY, b"x" * 1001)
+    assert peer.close_code() == MESSAGE_TOO_BIG
+    assert_still_serving(server)
+
+
+def test_oversize_fragmented_message_closes_with_1009(start_server: Callable[..., ServerProgram]) -> None:
+    """Fragments that add up past the limit: 1009 while they are still arriving."""
+    server = start_server("--echo", "--max-message-size", "1000")
+    peer = RawPeer(server.port)
+    peer.send(OP_TEXT, b"a" * 600, fin=False)
+    peer.send(OP_CONT, b"b" * 600, fin=False)
+    assert peer.close_code() == MESSAGE_TOO_BIG
+
+
+def test_text_limit_counts_bytes_not_characters(start_server: Callable[..., ServerProgram]) -> None:
+    """400 three-byte characters are 1200 bytes: over a 1000-byte limit."""
+    server = start_server("--echo", "--max-message-size", "1000")
+    peer = RawPeer(server.port)
+    peer.send(OP_TEXT, ("€" * 400).encode())
+    assert peer.close_code() == MESSAGE_TOO_BIG
+
+
+def test_1009_reaches_a_peer_still_sending_the_big_message(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """The server drains instead of resetting: the sender of a 4 MiB message still reads 1009."""
+    server = start_server("--echo")
+    ws = connect(server.url)
+    try:
+        ws.send_binary(os.urandom(4 << 20))
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == OP_CLOSE
+        assert struct.unpack("!H", data[:2])[0] == MESSAGE_TOO_BIG
+    finally:
+        ws.close()
+
+
+def test_frame_pipelined_behind_the_handshake_is_not_lost(start_server: Callable[..., ServerProgram]) -> None:
+    """A client that sends its first frame in the same write as its request is still heard."""
+    server = start_server("--echo")
+    peer = RawPeer(server.port, pipelined=encode_frame(OP_TEXT, b"early bird"))
+    assert peer.read_frame() == (OP_TEXT, b"early bird")
+
+
+def test_pings_are_answered_with_the_same_payload(start_server: Callable[..., ServerProgram]) -> None:
+    """A ping gets a pong carrying its payload."""
+    server = start_server("--echo")
+    peer = RawPeer(server.port)
+    peer.send(OP_PING, b"are you there")
+    assert peer.read_frame() == (0xA, b"are you there")
+
+
+def test_silent_client_is_dropped_after_missing_a_pong(start_server: Callable[..., ServerProgram]) -> None:
+    """--ping-interval: a client that never answers pings is closed with 1011 and its threads freed."""
+    server = start_server("--echo", "--ping-interval", "0.2")
+    threads = server.threads()
+    peer = RawPeer(server.port)
+    started = time.monotonic()
+    opcode, _ = peer.read_frame()
+    assert opcode == OP_PING
+    assert peer.close_code() == 1011
+    assert time.monotonic() - started < 3
+    server.wait_for(r"keepalive ping timeout", stream="stderr")
+    peer.close()
+    assert wait_until(lambda: server.threads() == threads)

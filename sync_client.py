@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -150,13 +151,18 @@ def parse_close_payload(payload: bytes | str) -> tuple[int, str]:
     return code, payload[2:].decode("utf-8", errors="replace")
 
 
-def connect(url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT) -> websocket.WebSocket:
+def connect(
+    url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, cafile: str | None = None
+) -> websocket.WebSocket:
     """Dial ``url``: TCP connect and opening handshake within ``timeout`` s each.
 
-    Raises ConnectError with a one-line explanation on any failure.
+    ``wss://`` URLs are checked against the system's trusted certificates,
+    or against ``cafile`` (PEM) for a private CA. Raises ConnectError with a
+    one-line explanation on any failure.
     """
+    sslopt = {"ca_certs": cafile} if cafile else {}
     try:
-        ws = websocket.create_connection(url, timeout=timeout, enable_multithread=True)
+        ws = websocket.create_connection(url, timeout=timeout, enable_multithread=True, sslopt=sslopt)
     except Exception as error:
         raise ConnectError(describe_connect_error(url, timeout, error)) from error
     # The timeout was for the handshake. From now on the reader waits for as
@@ -173,6 +179,10 @@ def describe_connect_error(url: str, timeout: float, error: Exception) -> str:
         return f"no answer from {url} within {timeout:g} s"
     if isinstance(error, websocket.WebSocketAddressException):
         return f"cannot find the host of {url}: {error}"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the TLS certificate of {url} is not trusted: {error.verify_message} (see --cafile)"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake with {url} failed: {error.reason or error}"
     if isinstance(error, ConnectionRefusedError):
         return f"cannot connect to {url}: connection refused (is the server running?)"
     if isinstance(error, ValueError):
@@ -205,18 +215,20 @@ def run_client(
     interval: float = DEFAULT_INTERVAL,
     timeout: float = DEFAULT_TIMEOUT,
     linger: float = DEFAULT_LINGER,
+    cafile: str | None = None,
     stop: threading.Event | None = None,
 ) -> SessionClosed:
     """Run one client session from start to end; returns how it ended.
 
     Sends ``count`` messages ``interval`` seconds apart, printing every
     message received, then waits until the server closes or nothing has
-    arrived for ``linger`` seconds, and closes with 1000. Setting ``stop``
+    arrived for ``linger`` seconds, and closes with 1000. ``cafile`` is a
+    PEM file of CA certificates to trust for ``wss://``. Setting ``stop``
     from another thread ends the session early, also with 1000.
 
     Raises ConnectError if the session cannot be opened.
     """
-    ws = connect(url, timeout)
+    ws = connect(url, timeout, cafile)
     try:
         log.info("connected to %s", url)
         session = Session(WebSocketClientTransport(ws), stop)
@@ -253,6 +265,9 @@ def build_parser() -> OneLineParser:
         help="once our messages are sent, close after this many seconds without a message"
         f" from the server (default {DEFAULT_LINGER:g}); keep it above the server's interval",
     )
+    parser.add_argument(
+        "--cafile", help="PEM file of CA certificates to trust for wss:// (default: the system's)"
+    )
     return parser
 
 
@@ -274,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     interval=args.interval,
                     timeout=args.timeout,
                     linger=args.linger,
+                    cafile=args.cafile,
                     stop=stop,
                 )
             )

@@ -24,19 +24,24 @@ has no side effects: :func:`create_app` gives a plain WSGI application and
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import dataclasses
 import itertools
 import logging
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NamedTuple, NoReturn
+from urllib.parse import urlsplit
 
 import simple_websocket
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
@@ -61,6 +66,7 @@ from common import (
     add_sender_options,
     count_arg,
     fail,
+    positive_seconds_arg,
     run_session,
     run_until_signal,
     seconds_arg,
@@ -76,6 +82,11 @@ DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 #: Default seconds between keepalive pings (proxies often drop connections
 #: idle for 60 s; a peer that has not answered by the next ping is dead).
 DEFAULT_PING_INTERVAL = 25.0
+#: Default limit on sessions open at once; each costs two threads.
+DEFAULT_MAX_CONNECTIONS = 1000
+#: Seconds a client may take to send its whole HTTP request (and, with TLS, its
+#: TLS handshake) before the connection is dropped.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: poll(2) where there is one: unlike select(2) it takes descriptors over
 #: 1023, and unlike epoll it costs no file descriptor per connection.
 _Poller: type[selectors.BaseSelector] = getattr(selectors, "PollSelector", selectors.SelectSelector)
@@ -297,6 +308,14 @@ class ServerTransport:
             raise SessionClosed(ABNORMAL_CLOSURE, str(error)) from None
 
 
+class Refusal(NamedTuple):
+    """An HTTP answer instead of a session: status, one line of text, headers."""
+
+    status: str
+    text: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
 def is_websocket_upgrade(environ: dict[str, Any]) -> bool:
     """True if the request asks to switch to WebSocket (RFC 6455, 4.2.1)."""
     upgrade = environ.get("HTTP_UPGRADE", "").lower()
@@ -304,26 +323,78 @@ def is_websocket_upgrade(environ: dict[str, Any]) -> bool:
     return "websocket" in upgrade and "upgrade" in (t.strip() for t in connection.split(","))
 
 
-def plain_response(start_response: Callable[..., Any], status: str, text: str) -> Iterable[bytes]:
-    """A one-line text/plain answer for requests that are not a session."""
-    body = f"{text}\n".encode()
-    start_response(
-        status,
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-    )
+def is_valid_key(key: str) -> bool:
+    """A Sec-WebSocket-Key must be 16 random bytes in base64 (RFC 6455, 4.1)."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str] = ()) -> bool:
+    """The origin check that stops cross-site WebSocket hijacking.
+
+    A request without ``Origin`` comes from a program, not a browser page:
+    allowed. A browser page may connect if it was served by this server
+    (its origin's host:port is the request's Host) or its origin is listed
+    in ``allowed`` (``*`` allows every origin).
+    """
+    if origin is None or "*" in allowed:
+        return True
+    if origin.rstrip("/").lower() in (a.rstrip("/").lower() for a in allowed):
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not host:
+        return False
+    default_port = 443 if parts.scheme == "https" else 80
+    try:
+        origin_port = parts.port or default_port
+        host_parts = urlsplit(f"//{host}")
+        host_port = host_parts.port or default_port
+    except ValueError:
+        return False
+    return (parts.hostname, origin_port) == (host_parts.hostname, host_port)
+
+
+def check_handshake(environ: dict[str, Any], allowed_origins: Sequence[str] = ()) -> Refusal | None:
+    """Why this request may not become a session, or None if it may."""
+    if environ.get("PATH_INFO", "") != WS_PATH:
+        return Refusal("404 Not Found", f"no such path; the WebSocket endpoint is {WS_PATH}")
+    if not is_websocket_upgrade(environ):
+        return Refusal(
+            "400 Bad Request",
+            f"{WS_PATH} speaks WebSocket only: send 'Connection: Upgrade' and 'Upgrade: websocket'",
+        )
+    if environ.get("REQUEST_METHOD") != "GET":
+        return Refusal("405 Method Not Allowed", "a WebSocket handshake is a GET", (("Allow", "GET"),))
+    if environ.get("SERVER_PROTOCOL") not in ("HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/3"):
+        return Refusal("400 Bad Request", "a WebSocket handshake needs HTTP/1.1")
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+        return Refusal(
+            "426 Upgrade Required",
+            "only WebSocket version 13 is supported",
+            (("Sec-WebSocket-Version", "13"),),
+        )
+    if not is_valid_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
+        return Refusal("400 Bad Request", "Sec-WebSocket-Key must be 16 bytes in base64")
+    if not origin_allowed(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST"), allowed_origins):
+        return Refusal("403 Forbidden", f"origin {environ.get('HTTP_ORIGIN')} is not allowed")
+    return None
+
+
+def plain_response(start_response: Callable[..., Any], refusal: Refusal) -> Iterable[bytes]:
+    """A one-line text/plain answer for a request that gets no session."""
+    body = f"{refusal.text}\n".encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    start_response(refusal.status, [*headers, *refusal.headers])
     return [body]
 
 
-class WebSocketApp:
-    """The WSGI application: ``/ws`` runs a session, anything else is refused.
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """What the server's sessions do, and the limits they run under.
 
-    Each session runs in the server's request thread. ``GET /ws`` without an
-    upgrade gets 400, any other path 404, and new sessions get 503 once
-    :meth:`shutdown` has begun. Works on Werkzeug's threaded server and on
-    gunicorn's gthread worker (the servers simple-websocket can take the
-    socket from).
-
-    Args:
+    Attributes:
         count: messages the server sends to each client.
         interval: seconds between two of them.
         echo: instead of sending its own messages, send every message
@@ -332,47 +403,58 @@ class WebSocketApp:
             limit); a larger one closes the session with 1009.
         ping_interval: seconds between keepalive pings (None: none); a
             client that has not answered one by the next closes with 1011.
+        max_connections: sessions open at once; more get 503.
+        allowed_origins: browser origins allowed besides the server's own
+            (``*``: all).
     """
 
-    def __init__(
-        self,
-        count: int = DEFAULT_COUNT,
-        interval: float = DEFAULT_INTERVAL,
-        echo: bool = False,
-        *,
-        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
-        ping_interval: float | None = DEFAULT_PING_INTERVAL,
-    ) -> None:
-        self.count = count
-        self.interval = interval
-        self.echo = echo
-        self.max_message_size = max_message_size
-        self.ping_interval = ping_interval
+    count: int = DEFAULT_COUNT
+    interval: float = DEFAULT_INTERVAL
+    echo: bool = False
+    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE
+    ping_interval: float | None = DEFAULT_PING_INTERVAL
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    allowed_origins: tuple[str, ...] = ()
+
+
+class WebSocketApp:
+    """The WSGI application: ``/ws`` runs a session, anything else is refused.
+
+    Each session runs in the server's request thread. Requests that cannot
+    become a session get a one-line answer (see :func:`check_handshake`):
+    404 for other paths, 400 for a plain GET on ``/ws`` or a malformed
+    handshake, 405, 426, 403 for a foreign origin, and 503 beyond
+    ``max_connections`` or once :meth:`shutdown` has begun. Works on
+    Werkzeug's threaded server and on gunicorn's gthread worker (the servers
+    simple-websocket can take the socket from).
+
+    Args:
+        config: what the sessions do and the limits they run under.
+    """
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
         self._numbers = itertools.count(1)
-        # Guards _sessions and _accepting; notified whenever a session ends.
+        # Guards the three fields below; notified whenever a session ends.
         self._sessions_changed = threading.Condition()
+        self._admitted = 0  # requests between admission and the end of their session
         self._sessions: set[Session] = set()
         self._accepting = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        """Route one request (the WSGI entry point)."""
-        path = environ.get("PATH_INFO", "")
-        if path != WS_PATH:
-            return self._refuse(
-                environ, start_response, "404 Not Found", f"no such path; the WebSocket endpoint is {WS_PATH}"
+        """Handle one request (the WSGI entry point)."""
+        refusal = check_handshake(environ, self.config.allowed_origins) or self._admit()
+        if refusal is not None:
+            log.info(
+                "refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), refusal.status
             )
-        if not is_websocket_upgrade(environ):
-            return self._refuse(
-                environ,
-                start_response,
-                "400 Bad Request",
-                f"{WS_PATH} speaks WebSocket only: send 'Connection: Upgrade' and 'Upgrade: websocket'",
-            )
-        if not self._accepting:
-            return self._refuse(
-                environ, start_response, "503 Service Unavailable", "the server is shutting down"
-            )
-        return self._serve_session(environ, start_response)
+            return plain_response(start_response, refusal)
+        try:
+            return self._serve_session(environ, start_response)
+        finally:
+            with self._sessions_changed:
+                self._admitted -= 1
+                self._sessions_changed.notify_all()
 
     def shutdown(
         self, code: int = GOING_AWAY, reason: str = "server shutting down", timeout: float = 3 * CLOSE_TIMEOUT
@@ -387,7 +469,7 @@ class WebSocketApp:
         for session in sessions:
             session.close(code, reason)
         with self._sessions_changed:
-            return self._sessions_changed.wait_for(lambda: not self._sessions, timeout)
+            return self._sessions_changed.wait_for(lambda: self._admitted == 0, timeout)
 
     @property
     def session_count(self) -> int:
@@ -395,11 +477,15 @@ class WebSocketApp:
         with self._sessions_changed:
             return len(self._sessions)
 
-    def _refuse(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], status: str, text: str
-    ) -> Iterable[bytes]:
-        log.info("refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status)
-        return plain_response(start_response, status, text)
+    def _admit(self) -> Refusal | None:
+        with self._sessions_changed:
+            if not self._accepting:
+                return Refusal("503 Service Unavailable", "the server is shutting down")
+            if self._admitted >= self.config.max_connections:
+                limit = self.config.max_connections
+                return Refusal("503 Service Unavailable", f"too many connections (limit {limit})")
+            self._admitted += 1
+            return None
 
     def _serve_session(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         name = f"conn-{next(self._numbers)}"
@@ -408,15 +494,13 @@ class WebSocketApp:
         try:
             try:
                 ws = simple_websocket.Server.accept(without_compression(environ), thread_class=_NoThread)
-            except Exception as error:  # wsproto refused the handshake headers
-                return self._refuse(
-                    environ, start_response, "400 Bad Request", f"bad WebSocket handshake: {error}"
-                )
+            except Exception as error:  # wsproto refused what we let through
+                return plain_response(start_response, Refusal("400 Bad Request", f"bad handshake: {error}"))
             transport = ServerTransport(
                 ws.ws,
                 ws.sock,
-                max_message_size=self.max_message_size,
-                ping_interval=self.ping_interval,
+                max_message_size=self.config.max_message_size,
+                ping_interval=self.config.ping_interval,
                 pending=unread_request_bytes(environ, ws.sock),
             )
             self._run(transport, name, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
@@ -426,27 +510,28 @@ class WebSocketApp:
 
     def _run(self, transport: ServerTransport, name: str, peer: str) -> None:
         sock = transport.sock
-        sock.settimeout(None)  # a request timeout must not apply to the session (see PITFALLS)
+        sock.settimeout(None)  # the request timeout must not apply to the session
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(transport)
         with self._sessions_changed:
             self._sessions.add(session)
+            if not self._accepting:  # shutdown began during our handshake
+                session.close(GOING_AWAY, "server shutting down")
         try:
             log.info("connected: %s", peer)
             run_session(
                 session,
                 reader_name=f"{name}-reader",
                 label="server",
-                count=self.count,
-                interval=self.interval,
-                echo_mode=self.echo,
+                count=self.config.count,
+                interval=self.config.interval,
+                echo_mode=self.config.echo,
             )
         finally:
             # Go: defer conn.Close(). Whatever happened, the connection ends here.
             transport.finish()
             with self._sessions_changed:
                 self._sessions.discard(session)
-                self._sessions_changed.notify_all()
 
 
 def without_compression(environ: dict[str, Any]) -> dict[str, Any]:
@@ -495,23 +580,20 @@ def end_hijacked_request(mode: str) -> NoReturn:
     raise ConnectionAbortedError("WebSocket session over")
 
 
-def create_app(
-    count: int = DEFAULT_COUNT,
-    interval: float = DEFAULT_INTERVAL,
-    echo: bool = False,
-    *,
-    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
-    ping_interval: float | None = DEFAULT_PING_INTERVAL,
-) -> WebSocketApp:
-    """Build the WSGI application (see :class:`WebSocketApp` for the arguments)."""
-    return WebSocketApp(count, interval, echo, max_message_size=max_message_size, ping_interval=ping_interval)
+def create_app(config: ServerConfig | None = None, **settings: Any) -> WebSocketApp:
+    """Build the WSGI application.
+
+    ``create_app(echo=True)`` changes single settings of the default
+    :class:`ServerConfig`; ``create_app(config)`` takes a whole one.
+    """
+    return WebSocketApp(dataclasses.replace(config or ServerConfig(), **settings))
 
 
-def format_url(host: str, port: int) -> str:
-    """``ws://host:port/ws``, with brackets around an IPv6 address."""
+def format_url(host: str, port: int, secure: bool = False) -> str:
+    """``ws://host:port/ws`` (``wss://`` if secure), brackets around IPv6."""
     if ":" in host:
         host = f"[{host}]"
-    return f"ws://{host}:{port}{WS_PATH}"
+    return f"{'wss' if secure else 'ws'}://{host}:{port}{WS_PATH}"
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -528,6 +610,65 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class RequestHandler(WSGIRequestHandler):
+    """Werkzeug's request handler, with a deadline and TLS in the connection's thread.
+
+    Werkzeug has no request timeout, so a client that opens a connection and
+    never finishes its request holds a thread for ever; here it is dropped
+    after ``handshake_timeout``. With TLS, Werkzeug would do the TLS
+    handshake in the acceptor thread, where one silent client stalls every
+    other; here each connection does its own, under the same deadline.
+    """
+
+    server: WebSocketServer
+
+    def setup(self) -> None:
+        """Apply the deadline and, with TLS, do the TLS handshake."""
+        self.request.settimeout(self.server.handshake_timeout)  # the session clears it
+        self.tls_failed = False
+        context = self.server.tls_context
+        if context is not None:
+            # The TLS socket inherits the deadline.
+            self.request = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+            try:
+                self.request.do_handshake()
+            except OSError as error:  # ssl.SSLError, a timeout, or a reset
+                self.tls_failed = True
+                log.warning("TLS handshake with %s failed: %s", self.client_address[0], error)
+        super().setup()
+
+    def handle(self) -> None:
+        """Serve the connection's requests, unless its TLS handshake failed."""
+        if not self.tls_failed:
+            super().handle()
+
+    def finish(self) -> None:
+        """Close the connection's files and, with TLS, the TLS socket itself."""
+        super().finish()
+        if self.server.tls_context is not None:
+            self.request.close()  # socketserver closes only the plain socket it accepted
+
+
+class WebSocketServer(ThreadedWSGIServer):
+    """Werkzeug's threaded server with our request handler and its settings."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        app: WebSocketApp,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        host, port = sock.getsockname()[:2]
+        # Werkzeug duplicates the descriptor of a socket it is handed.
+        super().__init__(host, port, app, handler=RequestHandler, fd=sock.fileno())
+        self.tls_context = tls_context
+        self.handshake_timeout = handshake_timeout
+        # Tells Werkzeug to report https:// to the application.
+        self.ssl_context = tls_context
+
+
 class RunningServer:
     """A :class:`WebSocketApp` served by Werkzeug's threaded server.
 
@@ -535,11 +676,11 @@ class RunningServer:
     thread of its own. Use :func:`start_server` to create one.
     """
 
-    def __init__(self, app: WebSocketApp, httpd: BaseWSGIServer, host: str) -> None:
+    def __init__(self, app: WebSocketApp, httpd: WebSocketServer, host: str) -> None:
         self.app = app
         self.httpd = httpd
         self.port: int = httpd.port
-        self.url = format_url(host, self.port)
+        self.url = format_url(host, self.port, secure=httpd.tls_context is not None)
         #: Set when the acceptor has stopped (after :meth:`shutdown`).
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, name="acceptor")
@@ -567,21 +708,36 @@ class RunningServer:
         self.shutdown()
 
 
-def start_server(app: WebSocketApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> RunningServer:
+def start_server(
+    app: WebSocketApp,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    tls_context: ssl.SSLContext | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> RunningServer:
     """Listen on ``host:port`` (0 picks a free port) and serve ``app`` in threads.
 
+    With ``tls_context`` the server speaks ``wss://``. A client gets
+    ``handshake_timeout`` seconds to send its request (and TLS handshake).
     Returns once the socket is listening, so clients may connect at once.
     Raises OSError if the address cannot be used (port in use, bad host).
     """
     sock = listen(host, port)
     try:
-        # Werkzeug duplicates the descriptor of a socket it is handed.
-        httpd = make_server(host, port, app, threaded=True, fd=sock.fileno())
+        httpd = WebSocketServer(sock, app, tls_context=tls_context, handshake_timeout=handshake_timeout)
     finally:
         sock.close()
     server = RunningServer(app, httpd, host)
     server.thread.start()
     return server
+
+
+def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server-side TLS context from a PEM certificate (chain) and key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 def build_parser() -> OneLineParser:
@@ -617,6 +773,31 @@ def build_parser() -> OneLineParser:
         help="keepalive ping period; a client that has not answered a ping by the next is"
         f" dropped; 0: off (default {DEFAULT_PING_INTERVAL:g})",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=count_arg,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"sessions open at once; more get HTTP 503 (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=positive_seconds_arg,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to send its whole request (and TLS handshake) before it is"
+        f" dropped (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    parser.add_argument("--certfile", help="PEM certificate (chain): serve wss:// instead of ws://")
+    parser.add_argument("--keyfile", help="PEM private key, if it is not in --certfile")
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin allowed to connect besides the server's own, e.g."
+        " https://example.com; repeatable; '*' allows all",
+    )
     return parser
 
 
@@ -634,14 +815,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we log refusals ourselves
     app = create_app(
-        args.count,
-        args.interval,
-        args.echo,
+        count=args.count,
+        interval=args.interval,
+        echo=args.echo,
         max_message_size=args.max_message_size or None,
         ping_interval=args.ping_interval or None,
+        max_connections=args.max_connections,
+        allowed_origins=tuple(args.allowed_origin),
     )
+    context = None
+    if args.certfile:
+        try:
+            context = tls_context(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as error:
+            fail(parser.prog, f"cannot use the certificate {args.certfile}: {error.strerror or error}")
+    elif args.keyfile:
+        fail(parser.prog, "--keyfile needs --certfile", status=2)
     try:
-        server = start_server(app, args.host, args.port)
+        server = start_server(
+            app, args.host, args.port, tls_context=context, handshake_timeout=args.handshake_timeout
+        )
     except OSError as error:
         fail(parser.prog, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     log.info("listening on %s", server.url)

@@ -115,7 +115,7 @@ class ServerProgram(Program):
 
     def __init__(self, *args: str) -> None:
         super().__init__(SERVER, "--port", "0", *args)
-        self.url = self.wait_for(r"listening on (ws://\S+)").group(1)
+        self.url = self.wait_for(r"listening on (wss?://\S+)").group(1)
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
 
     def threads(self) -> int:

@@ -21,5 +21,11 @@ def test_after_shutdown_new_sessions_get_503() -> None:
     app = create_app()
     assert app.shutdown(timeout=1)
     client = Client(app)
-    response = client.get("/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    handshake = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    response = client.get("/ws", headers=handshake)
     assert response.status_code == 503

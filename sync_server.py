@@ -477,6 +477,11 @@ class WebSocketApp:
         with self._sessions_changed:
             return len(self._sessions)
 
+    def sessions(self) -> list[Session]:
+        """The sessions open right now. Any thread may ``send()`` on them."""
+        with self._sessions_changed:
+            return list(self._sessions)
+
     def _admit(self) -> Refusal | None:
         with self._sessions_changed:
             if not self._accepting:

@@ -84,6 +84,8 @@ class WebSocketClientTransport:
         CloseRequired when the server breaks the protocol."""
         while True:
             frame = self._next_frame()
+            if frame.mask_value:  # websocket-client accepts it; RFC 6455 5.1 does not
+                raise CloseRequired(PROTOCOL_ERROR, "the server sent a masked frame")
             if frame.opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
                 message = self._assemble(frame)
                 if message is not None:
@@ -190,6 +192,8 @@ def describe_connect_error(url: str, timeout: float, error: Exception) -> str:
         return f"TLS handshake with {url} failed: {error.reason or error}"
     if isinstance(error, ConnectionRefusedError):
         return f"cannot connect to {url}: connection refused (is the server running?)"
+    if isinstance(error, websocket.WebSocketException) and "Header" in str(error):
+        return f"{url} answered the handshake wrongly ({error})"
     if isinstance(error, ValueError):
         return f"invalid URL {url!r}: {error} (expected ws://HOST:PORT/PATH or wss://...)"
     return f"cannot connect to {url}: {error}"

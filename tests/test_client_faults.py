@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
+from typing import Callable
 
-from helpers import OP_TEXT, RawServer, encode_frame, run_client
+import pytest
+from helpers import OP_PING, OP_TEXT, RawServer, encode_frame, run_client
 
 
 def test_server_vanishing_mid_session_is_one_line_and_exit_1() -> None:
@@ -40,3 +43,113 @@ def test_server_closing_with_1000_ends_the_client_with_status_0() -> None:
     assert result.returncode == 0, result.stderr
     assert "peer closed the connection: 1000 (normal closure) 'done'" in result.stdout
     assert replies[0][0] == 0x88  # a close frame came back
+
+
+def one_line(stderr: str, fragment: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+def nothing(conn: socket.socket) -> None:
+    """A script that does nothing more after the handshake."""
+
+
+@pytest.mark.parametrize("status", [b"403 Forbidden", b"404 Not Found", b"500 Internal Server Error"])
+def test_http_error_instead_of_101_names_the_status(status: bytes) -> None:
+    server = RawServer(nothing, answer=b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+    result = run_client("--url", server.url)
+    server.close()
+    assert result.returncode == 1
+    one_line(result.stderr, f"HTTP {status.decode()}")
+
+
+def test_wrong_accept_key_is_refused() -> None:
+    answer = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: d3Jvbmcgd3Jvbmcgd3Jvbmc=\r\n\r\n"
+    )
+    server = RawServer(nothing, answer=answer)
+    result = run_client("--url", server.url)
+    server.close()
+    assert result.returncode == 1
+    one_line(result.stderr, "answered the handshake wrongly")
+
+
+def closing_reply(frames: bytes) -> Callable[[socket.socket], None]:
+    """A script: send ``frames``, then record the client's close frame."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(frames)
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        replies.append(data)
+
+    replies: list[bytes] = []
+    script.replies = replies  # type: ignore[attr-defined]
+    return script
+
+
+def close_code_sent(data: bytes) -> int:
+    """The code in the client's (masked) close frame within ``data``."""
+    at = data.index(0x88)
+    mask, payload = data[at + 2 : at + 6], data[at + 6 : at + 8]
+    code: int = struct.unpack("!H", bytes(b ^ mask[i] for i, b in enumerate(payload)))[0]
+    return code
+
+
+@pytest.mark.parametrize(
+    "frames, code, message",
+    [
+        (encode_frame(OP_TEXT, b"hidden", mask=True), 1002, "masked frame"),
+        (encode_frame(OP_TEXT, b"\xff\xfe", mask=False), 1007, "not valid UTF-8"),
+        (encode_frame(0x3, b"", mask=False), 1002, "Invalid opcode"),
+    ],
+)
+def test_broken_frames_from_the_server_get_the_right_close_code(
+    frames: bytes, code: int, message: str
+) -> None:
+    """The client fails the session with 1002/1007, one line on stderr, exit 1."""
+    script = closing_reply(frames)
+    server = RawServer(script)
+    result = run_client("--url", server.url, "--count", "0", "--timeout", "3")
+    server.close()
+    assert result.returncode == 1
+    one_line(result.stderr, message)
+    assert close_code_sent(script.replies[0]) == code  # type: ignore[attr-defined]
+
+
+def test_server_that_never_closes_is_left_in_bounded_time() -> None:
+    """No close reply ever comes: the client closes, waits a bounded time, and exits."""
+
+    def deaf(conn: socket.socket) -> None:
+        while conn.recv(4096):
+            pass
+
+    server = RawServer(deaf)
+    started = time.monotonic()
+    result = run_client("--url", server.url, "--count", "1", "--linger", "0.2")
+    server.close()
+    assert time.monotonic() - started < 5
+    assert result.returncode == 0, result.stderr
+    one_line(result.stderr, "did not answer the close")
+
+
+def test_server_pings_are_answered() -> None:
+    """Pings from the server get pongs with the same payload."""
+    pongs: list[bytes] = []
+
+    def pinger(conn: socket.socket) -> None:
+        conn.sendall(encode_frame(OP_PING, b"one", mask=False) + encode_frame(OP_PING, b"two", mask=False))
+        data = b""
+        while data.count(b"\x8a") < 2:
+            data += conn.recv(4096)
+        pongs.append(data)
+        conn.sendall(encode_frame(0x8, struct.pack("!H", 1000), mask=False))
+
+    server = RawServer(pinger)
+    result = run_client("--url", server.url, "--count", "0", "--linger", "5")
+    server.close()
+    assert result.returncode == 0, result.stderr
+    assert pongs and pongs[0].count(b"\x8a") == 2

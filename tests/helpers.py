@@ -203,8 +203,8 @@ class RawPeer:
         lines = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
         self.sock.sendall(f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode() + pipelined)
         self.buffer = b""
-        head = self._read_until(b"\r\n\r\n")
-        self.status_line = head.split(b"\r\n", 1)[0].decode()
+        self.response_head = self._read_until(b"\r\n\r\n")
+        self.status_line = self.response_head.split(b"\r\n", 1)[0].decode()
         if " 101 " not in self.status_line:
             raise AssertionError(f"handshake refused: {self.status_line}")
 

@@ -138,3 +138,18 @@ def test_silent_client_is_dropped_after_missing_a_pong(start_server: Callable[..
     server.wait_for(r"keepalive ping timeout", stream="stderr")
     peer.close()
     assert wait_until(lambda: server.threads() == threads)
+
+
+def test_16_mib_message_arrives_whole_with_a_short_handshake_timeout(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """The request timeout is cleared on upgrade: a 16 MiB echo is not cut short."""
+    server = start_server("--echo", "--max-message-size", str(32 << 20), "--handshake-timeout", "0.2")
+    data = os.urandom(16 << 20)
+    ws = connect(server.url)
+    try:
+        ws.send_binary(data)
+        opcode, echoed = ws.recv_data()
+        assert opcode == OP_BINARY and echoed == data
+    finally:
+        ws.close()

@@ -27,6 +27,7 @@ import argparse
 import base64
 import binascii
 import dataclasses
+import functools
 import itertools
 import logging
 import selectors
@@ -37,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Callable, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
@@ -75,6 +77,8 @@ from common import (
 
 log = logging.getLogger("wsdemo.server")
 
+#: Where the browser page is served.
+PAGE_PATH = "/"
 #: Bytes read from the socket at a time.
 READ_SIZE = 65536
 #: Default limit on the size of one incoming message, in bytes (1 MiB).
@@ -382,6 +386,31 @@ def check_handshake(environ: dict[str, Any], allowed_origins: Sequence[str] = ()
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def page() -> bytes:
+    """The browser page (``page.html``), read once on first use."""
+    return (Path(__file__).resolve().parent / "page.html").read_bytes()
+
+
+def page_response(start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """``GET /``: a page that opens a WebSocket to ``/ws`` on the same host."""
+    body = page()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            # Everything is inline; nothing may come from elsewhere.
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+            ),
+        ],
+    )
+    return [body]
+
+
 def plain_response(start_response: Callable[..., Any], refusal: Refusal) -> Iterable[bytes]:
     """A one-line text/plain answer for a request that gets no session."""
     body = f"{refusal.text}\n".encode()
@@ -443,6 +472,8 @@ class WebSocketApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Handle one request (the WSGI entry point)."""
+        if environ.get("PATH_INFO") == PAGE_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return page_response(start_response)
         refusal = check_handshake(environ, self.config.allowed_origins) or self._admit()
         if refusal is not None:
             log.info(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import ServerProgram
+from helpers import ROOT, ServerProgram, require
 
 
 @pytest.fixture
@@ -27,3 +30,30 @@ def start_server() -> Iterator[Callable[..., ServerProgram]]:
     yield start
     for server in servers:
         server.kill()
+
+
+GORILLA = Path("/usr/share/gocode/src/github.com/gorilla/websocket")
+
+
+@pytest.fixture(scope="session")
+def go_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The Go server and client from interop/go, built once per test run."""
+    require(
+        shutil.which("go") and GORILLA.is_dir(),
+        "Go and gorilla/websocket",
+        "apt-get install -y golang-go golang-github-gorilla-websocket-dev",
+    )
+    out = tmp_path_factory.mktemp("go")
+    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="")
+    binaries = {}
+    for name in ("server", "client"):
+        binary = str(out / name)
+        subprocess.run(
+            ["go", "build", "-o", binary, "."],
+            cwd=ROOT / "interop" / "go" / name,
+            env=env,
+            check=True,
+            timeout=300,
+        )
+        binaries[name] = binary
+    return binaries

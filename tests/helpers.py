@@ -21,12 +21,28 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = str(ROOT / "sync_server.py")
 CLIENT = str(ROOT / "sync_client.py")
 
 #: Bound for anything a test waits on; generous for a loaded CI machine.
 WAIT = 10.0
+
+
+def require(available: object, what: str, install: str) -> None:
+    """Skip a test whose peer toolchain is missing, with the command that installs it.
+
+    CI sets WSDEMO_REQUIRE_PEERS=1: there a missing peer fails the test
+    instead, so a green CI run means every pairing really ran.
+    """
+    if available:
+        return
+    message = f"{what} not installed; install with: {install}"
+    if os.environ.get("WSDEMO_REQUIRE_PEERS"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT, step: float = 0.01) -> bool:
@@ -40,12 +56,17 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT, step: float
 
 
 class Program:
-    """One of our programs running as a subprocess, its output collected live."""
+    """A program running as a subprocess, its output collected live.
 
-    def __init__(self, script: str, *args: str) -> None:
+    ``Program(SERVER, "--echo")`` runs one of our Python programs;
+    ``Program("/path/to/binary", ...)`` runs anything else.
+    """
+
+    def __init__(self, program: str, *args: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        command = [sys.executable, program] if program.endswith(".py") else [program]
         self.proc = subprocess.Popen(
-            [sys.executable, script, *args],
+            [*command, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

@@ -33,7 +33,7 @@ def test_plain_get_on_ws_path_gets_400_with_one_line(start_server: Callable[...,
 def test_other_paths_get_404(start_server: Callable[..., ServerProgram]) -> None:
     """Any path but /ws: 404, for plain GETs and upgrade attempts alike."""
     server = start_server()
-    assert http_get(server.port, "/")[0] == 404
+    assert http_get(server.port, "/index.html")[0] == 404
     assert http_get(server.port, "/wsx")[0] == 404
     with pytest.raises(AssertionError, match="404"):
         RawPeer(server.port, path="/other")

@@ -13,7 +13,17 @@ def test_create_app_answers_plain_requests_without_a_server() -> None:
     response = client.get("/ws")
     assert response.status_code == 400
     assert response.text.count("\n") == 1
-    assert client.get("/").status_code == 404
+    assert client.get("/nothing-here").status_code == 404
+
+
+def test_root_serves_a_self_contained_page() -> None:
+    """GET / is the browser page: HTML that opens /ws on its own host, nothing from elsewhere."""
+    response = Client(create_app()).get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert 'location.host + "/ws"' in response.text
+    assert "http://" not in response.text and "https://" not in response.text
+    assert "connect-src 'self'" in response.headers["Content-Security-Policy"]
 
 
 def test_after_shutdown_new_sessions_get_503() -> None:

@@ -1,0 +1,88 @@
+"""The browser page in a real browser: Debian's Chromium, headless, driven by Selenium.
+
+Nothing is downloaded: Selenium uses /usr/bin/chromium and /usr/bin/chromedriver.
+Set WSDEMO_SCREENSHOT=docs/browser-page.png to refresh the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from helpers import ServerProgram, require
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    require(
+        shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER),
+        "Chromium and ChromeDriver",
+        "apt-get install -y chromium chromium-driver",
+    )
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch anything
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=900,640",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_in_chromium(
+    start_server: Callable[..., ServerProgram], browser: object, tmp_path: Path
+) -> None:
+    """The page shows every server message, sends what is typed, and shows 1001 on shutdown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    server = start_server("--count", "3", "--interval", "0.1")
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    wait = WebDriverWait(browser, 10)
+
+    def texts(kind: str) -> list[str]:
+        return [item.text for item in browser.find_elements(By.CSS_SELECTOR, f"#log .{kind} span")]
+
+    assert wait.until(lambda _: len(texts("received")) == 3)
+    assert texts("received") == [f"server message {i} of 3" for i in range(1, 4)]
+    assert browser.find_element(By.ID, "state").text == "open"
+
+    box = browser.find_element(By.ID, "text")
+    box.send_keys("hello from Chromium", Keys.ENTER)
+    server.wait_for(r"\[conn-1-reader\] received: hello from Chromium")
+    assert texts("sent") == ["hello from Chromium"]
+
+    server.signal()
+    assert server.wait() == 0
+    assert wait.until(
+        lambda _: browser.find_element(By.ID, "state").text == "closed: 1001 server shutting down"
+    )
+    assert texts("closed") == ["closed with code 1001 server shutting down"]
+
+    screenshot = os.environ.get("WSDEMO_SCREENSHOT") or str(tmp_path / "page.png")
+    assert browser.save_screenshot(screenshot)

@@ -31,6 +31,7 @@ import functools
 import itertools
 import logging
 import selectors
+import signal
 import socket
 import ssl
 import sys
@@ -774,6 +775,35 @@ def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile, keyfile)
     return context
+
+
+# --- Running under gunicorn (see gunicorn.conf.py) -----------------------------
+
+
+def close_sessions_on_graceful_stop(worker: Any) -> None:
+    """gunicorn ``post_worker_init`` hook: a graceful stop closes sessions with 1001.
+
+    gunicorn owns the signals, so our SIGTERM handler never runs there. On
+    SIGTERM its gthread worker stops accepting and waits up to
+    ``graceful_timeout`` for open requests, and an open WebSocket session is
+    one. We chain its handler: it still begins the stop, and a thread closes
+    every session with 1001 so that their requests end within a second or so.
+    """
+    app = worker.wsgi
+    begin_stop = worker.handle_exit
+
+    def handle_exit(signum: int, frame: object) -> None:
+        begin_stop(signum, frame)
+        if isinstance(app, WebSocketApp):
+            threading.Thread(target=app.shutdown, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def close_sessions_on_quick_stop(worker: Any) -> None:
+    """gunicorn ``worker_int`` hook: Ctrl+C (SIGINT, SIGQUIT) closes sessions with 1001 first."""
+    if isinstance(worker.wsgi, WebSocketApp):
+        worker.wsgi.shutdown()
 
 
 def build_parser() -> OneLineParser:

@@ -1,0 +1,31 @@
+"""gunicorn settings for running sync_server in production.
+
+    gunicorn -c gunicorn.conf.py 'sync_server:create_app()'
+    gunicorn -c gunicorn.conf.py 'sync_server:create_app(echo=True)'
+
+Every open WebSocket holds one gthread thread for its whole life, so
+``workers * threads`` is the number of sessions served at once.
+"""
+
+import logging
+
+from sync_server import close_sessions_on_graceful_stop, close_sessions_on_quick_stop
+
+bind = "127.0.0.1:8080"
+worker_class = "gthread"  # the threaded worker: one thread per connection, as in sync_server
+workers = 2
+threads = 500
+graceful_timeout = 10  # our hooks end sessions within about a second
+control_socket_disable = True  # gunicorn 27+: no control socket needed here
+
+
+def post_worker_init(worker: object) -> None:
+    """Show our session log lines, and close sessions with 1001 on a graceful stop."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d %(threadName)s] %(message)s")
+    close_sessions_on_graceful_stop(worker)
+
+
+def worker_int(worker: object) -> None:
+    """Ctrl+C: close sessions with 1001 before the worker exits."""
+    close_sessions_on_quick_stop(worker)

@@ -1,0 +1,94 @@
+"""create_app() unchanged under gunicorn's threaded worker, end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from typing import Callable
+
+import pytest
+from helpers import CLIENT, OP_CLOSE, OP_TEXT, ROOT, Program, RawPeer, close_payload, run_client
+
+from sync_client import connect
+
+
+class Gunicorn(Program):
+    """``gunicorn -c gunicorn.conf.py 'sync_server:create_app(...)'`` on a free port."""
+
+    def __init__(self, app: str) -> None:
+        super().__init__(
+            "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-b", "127.0.0.1:0", "--chdir", str(ROOT), app
+        )
+        match = self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+)", stream="stderr")
+        self.port = int(match.group(1))
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.wait_for(r"Booting worker", stream="stderr")
+
+    def problems(self) -> list[str]:
+        return [
+            line for line in self.stderr if re.search(r"ERROR|Traceback|Error handling|Socket error", line)
+        ]
+
+
+@pytest.fixture
+def gunicorn() -> Iterator[Callable[[str], Gunicorn]]:
+    servers: list[Gunicorn] = []
+
+    def start(app: str) -> Gunicorn:
+        servers.append(Gunicorn(app))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def test_demo_session_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
+    """Our client and the app under gunicorn: all messages, 1000, no error logged."""
+    server = gunicorn("sync_server:create_app(count=3, interval=0.05)")
+    client = run_client("--url", server.url, "--count", "3", "--interval", "0.05", "--linger", "0.5")
+    assert client.returncode == 0, client.stderr
+    assert re.findall(r"received: (.*)", client.stdout) == [f"server message {i} of 3" for i in range(1, 4)]
+    server.wait_for(r"peer closed the connection: 1000", stream="stderr")
+    assert server.problems() == []
+
+
+def test_no_bytes_after_the_close_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
+    """gunicorn writes no HTTP response behind the close frame, and closes the connection."""
+    server = gunicorn("sync_server:create_app(count=1)")
+    peer = RawPeer(server.port)
+    assert peer.read_frame() == (OP_TEXT, b"server message 1 of 1")
+    peer.send(OP_CLOSE, close_payload(1000))
+    _, payload = peer.read_until_close()
+    assert payload[:2] == b"\x03\xe8"
+    assert peer.rest_until_eof() == b""
+    assert server.problems() == []
+
+
+def test_16_mib_message_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
+    server = gunicorn("sync_server:create_app(echo=True, max_message_size=33554432)")
+    data = os.urandom(16 << 20)
+    ws = connect(server.url)
+    try:
+        ws.send_binary(data)
+        assert ws.recv_data()[1] == data
+    finally:
+        ws.close()
+    assert server.problems() == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_gunicorn_stop_closes_sessions_with_1001(gunicorn: Callable[[str], Gunicorn], signum: int) -> None:
+    """A graceful (SIGTERM) or quick (Ctrl+C) stop of gunicorn: clients see 1001, gunicorn exits 0."""
+    server = gunicorn("sync_server:create_app(count=1000, interval=5)")
+    client = Program(CLIENT, "--url", server.url, "--count", "1000", "--interval", "5")
+    client.wait_for(r"received: server message 1 of 1000")
+    started = time.monotonic()
+    server.signal(signum)
+    assert server.wait(timeout=15) == 0, server.output()
+    assert time.monotonic() - started < 5
+    assert client.wait() == 0, client.output()
+    client.wait_for(r"peer closed the connection: 1001 \(going away\) 'server shutting down'")

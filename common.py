@@ -77,6 +77,9 @@ CLOSE_CODE_NAMES = {
 Message = Union[str, bytes]
 
 log = logging.getLogger("wsdemo")
+#: The per-message lines ("received: ...", "sent: ..."), apart so that
+#: ``--quiet`` can silence them and keep connection and close lines.
+message_log = logging.getLogger("wsdemo.messages")
 
 
 class SessionClosed(Exception):
@@ -247,7 +250,7 @@ def read_messages(session: Session, on_message: Callable[[Message], None] | None
     try:
         while True:
             message = session.receive()
-            log.info("received: %s", describe_message(message))
+            message_log.info("received: %s", describe_message(message))
             if on_message is not None:
                 on_message(message)
     except SessionClosed as closed:
@@ -307,7 +310,7 @@ def send_messages(session: Session, count: int, interval: float, label: str) -> 
             session.send(text)
         except SessionClosed:
             return
-        log.info("sent: %s", text)
+        message_log.info("sent: %s", text)
         if number < count and session.stop.wait(interval):
             return
 
@@ -379,13 +382,14 @@ class _BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
-def setup_logging(level: int = logging.INFO) -> None:
+def setup_logging(level: int = logging.INFO, quiet: bool = False) -> None:
     """Log lines as ``time [thread] event``: events to stdout, errors to stderr.
 
     Both streams are line-buffered (a program reading our stdout through a
     pipe sees each line at once) and never fail on characters the terminal
-    cannot encode.
+    cannot encode. ``quiet`` leaves out the line for every message.
     """
+    message_log.setLevel(logging.WARNING if quiet else logging.NOTSET)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -446,7 +450,10 @@ def positive_seconds_arg(text: str) -> float:
 
 
 def add_sender_options(parser: argparse.ArgumentParser) -> None:
-    """The options both programs have: --count and --interval."""
+    """The options both programs have: --count, --interval and --quiet."""
+    parser.add_argument(
+        "--quiet", action="store_true", help="do not print every message, only connections and closes"
+    )
     parser.add_argument(
         "--count",
         type=count_arg,

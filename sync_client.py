@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one session; exit status 0 after a clean close, 1 otherwise."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(quiet=args.quiet)
     stop = threading.Event()
     finished = threading.Event()
     outcome: list[SessionClosed | BaseException] = []

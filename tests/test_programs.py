@@ -106,3 +106,16 @@ def test_sigint_on_client_closes_with_1000_and_exits_0(start_server: Callable[..
     assert time.monotonic() - started < 2.0
     server.wait_for(r"peer closed the connection: 1000 \(normal closure\)")
     assert "Traceback" not in client.output()
+
+
+def test_quiet_prints_connections_and_closes_but_not_messages(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """--quiet: no line per message, but still who connected and how it ended."""
+    server = start_server("--count", "2", "--interval", "0", "--quiet")
+    client = run_client("--url", server.url, "--count", "2", "--linger", "0.3", "--quiet")
+    assert client.returncode == 0
+    assert "connected to" in client.stdout and "closed: sent 1000" in client.stdout
+    assert "received:" not in client.stdout and "sent:" not in client.stdout
+    server.wait_for(r"peer closed the connection: 1000")
+    assert not any("received:" in line or "sent:" in line for line in server.stdout)

@@ -8,7 +8,9 @@ Every open WebSocket holds one gthread thread for its whole life, so
 """
 
 import logging
+import os
 
+from common import message_log
 from sync_server import close_sessions_on_graceful_stop, close_sessions_on_quick_stop
 
 bind = "127.0.0.1:8080"
@@ -23,6 +25,8 @@ def post_worker_init(worker: object) -> None:
     """Show our session log lines, and close sessions with 1001 on a graceful stop."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d %(threadName)s] %(message)s")
+    if os.environ.get("WSDEMO_QUIET"):  # as --quiet: no line for every message
+        message_log.setLevel(logging.WARNING)
     close_sessions_on_graceful_stop(worker)
 
 

@@ -9,6 +9,8 @@ its own client pinned to the other:
 
 * ``ours``: ``sync_server.py --echo --quiet`` and websocket-client, configured
   as ``sync_client.py`` configures it (its transport and send lock);
+* ``gunicorn``: the same app under gunicorn, 2 gthread workers, not pinned
+  (the workers are meant to share both cores with the client);
 * ``websockets``: the websockets package's threading server and client;
 * ``go``: gorilla's echo server and a gorilla client (``interop/go``), when
   ``go`` is installed;
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -264,29 +268,55 @@ def concurrency(new_client: Callable[[], Client], server: ServerProcess, conns: 
 
 
 class ServerProcess:
-    """An echo server in its own process, pinned to SERVER_CPU."""
+    """An echo server in its own process (and its worker processes, for gunicorn).
 
-    def __init__(self, command: list[str]) -> None:
+    Pinned to SERVER_CPU unless ``pinned`` is False (gunicorn's two workers
+    are meant to use both cores). Its URL is read from the first line of its
+    output that names one.
+    """
+
+    def __init__(self, command: list[str], pinned: bool = True, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
-        pin(self.proc.pid, SERVER_CPU)
+        if pinned:
+            pin(self.proc.pid, SERVER_CPU)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"((?:ws|tcp)://\S+)", line)
-        if not match:
-            self.stop()
-            raise RuntimeError(f"{command[0]} did not start: {line!r}")
-        self.url = match.group(1)
+        for line in self.proc.stdout:
+            match = re.search(r"((?:ws|tcp)://\S+)|Listening at: http://(\S+)", line)
+            if match:
+                self.url = match.group(1) or f"ws://{match.group(2)}/ws"
+                break
+        else:
+            raise RuntimeError(f"{command[0]} did not start")
         # Keep reading its output so it never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in self.proc.stdout or []], daemon=True).start()
 
+    def pids(self) -> list[int]:
+        """The server's process and its children (gunicorn's workers)."""
+        children = []
+        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as listed:
+                    children += [int(pid) for pid in listed.read().split()]
+            except FileNotFoundError:
+                continue  # that thread has just ended
+        return [self.proc.pid, *children]
+
     def threads(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
+        return sum(len(os.listdir(f"/proc/{pid}/task")) for pid in self.pids())
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            return int(next(x for x in status if x.startswith("VmRSS:")).split()[1])
+        total = 0
+        for pid in self.pids():
+            with open(f"/proc/{pid}/status") as status:
+                total += int(next(x for x in status if x.startswith("VmRSS:")).split()[1])
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -308,6 +338,8 @@ class Stack:
     name: str
     server: list[str]
     client: Callable[[str], Client] | None  # None: the stack brings its own client (Go)
+    pinned: bool = True
+    env: dict[str, str] | None = None
 
 
 def build_go(out: Path) -> dict[str, str] | None:
@@ -339,13 +371,15 @@ class Plan:
 
 FULL = Plan(rounds=2000, back_to_back=200, messages=20000, large=50, conns=(100, 500, 1000), runs=3)
 QUICK = Plan(rounds=300, back_to_back=50, messages=3000, large=8, conns=(100,), runs=3)
+#: Only checks that the script still works (tests/test_bench.py); its figures mean nothing.
+SMOKE = Plan(rounds=20, back_to_back=5, messages=200, large=2, conns=(10,), runs=1)
 
 
 def run_python_stack(stack: Stack, plan: Plan) -> dict[str, list[float]]:
     """Every workload against one stack, ``plan.runs`` times; figures per metric."""
     assert stack.client is not None
     figures: dict[str, list[float]] = {}
-    server = ServerProcess(stack.server)
+    server = ServerProcess(stack.server, stack.pinned, stack.env)
     try:
         make = stack.client
 
@@ -504,17 +538,45 @@ def versions() -> dict[str, str]:
 
 
 def main() -> None:
+    # At 1000 connections websockets' client threads log every failure; the table counts them.
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
+    # websockets 17.4 warns when connect() is not used as a context manager; the client
+    # objects here close it themselves.
+    warnings.filterwarnings("ignore", r"connect\(\) must be used", DeprecationWarning)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts: under a minute")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny counts, one run: only checks the script works"
+    )
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--plot", help="write a PNG of the ratios here (needs matplotlib)")
-    parser.add_argument("--stacks", default="ours,websockets,go,tcp", help="comma-separated subset")
+    parser.add_argument("--stacks", default="ours,gunicorn,websockets,go,tcp", help="comma-separated subset")
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     wanted = args.stacks.split(",")
     python = sys.executable
     stacks = [
         Stack("ours", [python, "sync_server.py", "--port", "0", "--echo", "--quiet"], OurClient),
+        Stack(
+            "gunicorn",
+            [
+                str(Path(python).parent / "gunicorn"),
+                "-c",
+                "gunicorn.conf.py",
+                "-b",
+                "127.0.0.1:0",
+                # Connections do not spread evenly over the workers, and each open
+                # session holds a thread: 2 x 500 threads served 0 of 1000 here.
+                "--workers",
+                "2",
+                "--threads",
+                "1000",
+                "sync_server:create_app(echo=True)",
+            ],
+            OurClient,
+            pinned=False,
+            env={"WSDEMO_QUIET": "1"},  # as --quiet
+        ),
         Stack("websockets", [python, "bench/websockets_echo.py"], WebsocketsClient),
         Stack("tcp", [python, "bench/tcp_echo.py"], TcpClient),
     ]
@@ -533,7 +595,7 @@ def main() -> None:
             else:
                 print("measuring go ...", file=sys.stderr, flush=True)
                 figures["go"] = run_go_stack(binaries, plan)
-    order = [s for s in ("ours", "websockets", "go", "tcp") if s in figures]
+    order = [s for s in ("ours", "gunicorn", "websockets", "go", "tcp") if s in figures]
     table, data = report({s: figures[s] for s in order}, plan)
     data["versions"] = versions()
     data["plan"] = plan.__dict__

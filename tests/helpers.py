@@ -336,3 +336,20 @@ class RawServer:
     def close(self) -> None:
         self.thread.join(WAIT)
         self.listener.close()
+
+
+def assert_stop_closes_sessions(server: Program, url: str, signum: int, within: float) -> None:
+    """Stop ``server`` with ``signum`` while a client is mid-session.
+
+    The client must see 1001 "server shutting down" and exit 0, and the
+    server must exit 0 within ``within`` seconds, without a traceback.
+    """
+    client = Program(CLIENT, "--url", url, "--count", "1000", "--interval", "5")
+    client.wait_for(r"received: server message 1 of 1000")
+    started = time.monotonic()
+    server.signal(signum)
+    assert server.wait(timeout=within + 10) == 0, server.output()
+    assert time.monotonic() - started < within
+    assert client.wait() == 0, client.output()
+    client.wait_for(r"peer closed the connection: 1001 \(going away\) 'server shutting down'")
+    assert "Traceback" not in server.output() + client.output()

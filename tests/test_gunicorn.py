@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from collections.abc import Iterator
 from typing import Callable
 
 import pytest
-from helpers import CLIENT, OP_CLOSE, OP_TEXT, ROOT, Program, RawPeer, close_payload, run_client
+from helpers import (
+    OP_CLOSE,
+    OP_TEXT,
+    ROOT,
+    Program,
+    RawPeer,
+    assert_stop_closes_sessions,
+    close_payload,
+    run_client,
+)
 
 from sync_client import connect
 
@@ -84,11 +92,4 @@ def test_16_mib_message_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> N
 def test_gunicorn_stop_closes_sessions_with_1001(gunicorn: Callable[[str], Gunicorn], signum: int) -> None:
     """A graceful (SIGTERM) or quick (Ctrl+C) stop of gunicorn: clients see 1001, gunicorn exits 0."""
     server = gunicorn("sync_server:create_app(count=1000, interval=5)")
-    client = Program(CLIENT, "--url", server.url, "--count", "1000", "--interval", "5")
-    client.wait_for(r"received: server message 1 of 1000")
-    started = time.monotonic()
-    server.signal(signum)
-    assert server.wait(timeout=15) == 0, server.output()
-    assert time.monotonic() - started < 5
-    assert client.wait() == 0, client.output()
-    client.wait_for(r"peer closed the connection: 1001 \(going away\) 'server shutting down'")
+    assert_stop_closes_sessions(server, server.url, signum, within=5.0)

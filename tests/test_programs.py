@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Callable
 
-from helpers import CLIENT, Program, ServerProgram, run_client
+from helpers import CLIENT, Program, ServerProgram, assert_stop_closes_sessions, run_client
 
 
 def test_server_and_client_see_all_of_each_others_messages_in_order(
@@ -82,16 +82,7 @@ def test_sigterm_on_server_behaves_like_ctrl_c(start_server: Callable[..., Serve
 
 def _server_shutdown_closes_sessions(start_server: Callable[..., ServerProgram], signum: int) -> None:
     server = start_server("--count", "1000", "--interval", "5")
-    client = Program(CLIENT, "--url", server.url, "--count", "1000", "--interval", "5")
-    client.wait_for(r"received: server message 1 of 1000")
-
-    started = time.monotonic()
-    server.signal(signum)
-    assert server.wait(timeout=5) == 0, server.output()
-    assert time.monotonic() - started < 2.0
-    assert client.wait() == 0, client.output()
-    client.wait_for(r"peer closed the connection: 1001 \(going away\) 'server shutting down'")
-    assert "Traceback" not in server.output() + client.output()
+    assert_stop_closes_sessions(server, server.url, signum, within=2.0)
 
 
 def test_sigint_on_client_closes_with_1000_and_exits_0(start_server: Callable[..., ServerProgram]) -> None:

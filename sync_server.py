@@ -13,8 +13,9 @@ Python: Werkzeug's threaded server runs each request in its own thread (the
 ``conn-N`` thread, Go's per-request goroutine). :class:`WebSocketApp`
 upgrades ``/ws`` with simple-websocket, starts a ``conn-N-reader`` thread
 (``go reader(conn)``) and runs the sender loop in the request's own thread.
-simple-websocket adds a third thread, ``conn-N-ws``, that reads the socket
-and answers pings and close frames.
+The reader is the only thread reading the socket: it also answers pings and
+close frames (see :class:`ServerTransport`), so a connection costs two
+threads.
 
 Run ``python sync_server.py --help`` for the options. Importing this module
 has no side effects: :func:`create_app` gives a plain WSGI application and

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Callable, NoReturn, Protocol, Union
 
 # --- Defaults, as in the article: localhost:8080, path /ws -----------------
@@ -372,6 +374,19 @@ def run_session(
         session.transport.abort()
     reader.join(CLOSE_TIMEOUT)
     return session.closed or SessionClosed(ABNORMAL_CLOSURE, "no close handshake", by_peer=False)
+
+
+def backoff_delays(first: float = 0.5, cap: float = 30.0) -> Iterator[float]:
+    """Delays before reconnect attempts: exponential, capped, with jitter.
+
+    Doubles from ``first`` up to ``cap``; each delay is drawn between half
+    and all of that ("equal jitter"), so clients that lost the same server
+    at the same moment do not all come back at the same moment.
+    """
+    ceiling = first
+    while True:
+        yield random.uniform(ceiling / 2, ceiling)
+        ceiling = min(cap, ceiling * 2)
 
 
 # --- Program plumbing: logging, options, signals ------------------------------

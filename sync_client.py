@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 
 import websocket
@@ -42,6 +43,7 @@ from common import (
     DEFAULT_URL,
     INVALID_DATA,
     NO_STATUS,
+    NORMAL_CLOSURE,
     PROTOCOL_ERROR,
     CloseRequired,
     Message,
@@ -49,11 +51,13 @@ from common import (
     Session,
     SessionClosed,
     add_sender_options,
+    backoff_delays,
     fail,
     positive_seconds_arg,
     run_session,
     run_until_signal,
     setup_logging,
+    start_reader,
 )
 
 log = logging.getLogger("wsdemo.client")
@@ -251,6 +255,135 @@ def run_client(
         )
     finally:
         release(ws)
+
+
+class NotConnected(Exception):
+    """``send()`` found no open connection: not yet, no longer, or between reconnects.
+
+    The client raises rather than queues: a message is either on the wire or
+    the caller knows it is not, so nothing is silently held and lost.
+    """
+
+
+class WebSocketClient:
+    """A WebSocket connection for synchronous code, usable from any thread.
+
+    ::
+
+        with WebSocketClient("ws://localhost:8080/ws", on_message=print) as client:
+            client.send("job 1: 10 % done")
+
+    Threads: the first connection is opened in the caller's thread, so a
+    failure raises ConnectError right there. Then a ``reader`` thread
+    delivers every message to ``on_message`` (or, without one, to the
+    ``messages`` queue), and a ``supervisor`` thread waits for the
+    connection to end, releases its socket and, with ``reconnect``, dials
+    again after a backoff with jitter (0.5 s doubling up to 30 s). ``send()``
+    may be called from any thread; it raises NotConnected while there is no
+    open connection. ``close()`` is idempotent and bounded in time.
+
+    Args:
+        url: the server, ``ws://`` or ``wss://``.
+        on_message: called in the reader thread with every message;
+            without it messages go to the ``messages`` queue.
+        timeout: seconds for TCP connect plus the opening handshake.
+        cafile: PEM file of CA certificates to trust for ``wss://``.
+        reconnect: dial again whenever the connection ends, until close().
+        backoff: first and largest delay between two dial attempts.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        on_message: Callable[[Message], None] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        cafile: str | None = None,
+        reconnect: bool = False,
+        backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.cafile = cafile
+        self.reconnect = reconnect
+        self.backoff = backoff
+        #: Messages received, when no ``on_message`` was given.
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self._deliver = on_message or self.messages.put
+        self._closing = threading.Event()
+        self._lock = threading.Lock()  # guards _session and _ws
+        self._session: Session | None = None
+        self._ws: websocket.WebSocket | None = None
+        self._supervisor: threading.Thread | None = None
+
+    def connect(self) -> WebSocketClient:
+        """Open the connection; raises ConnectError if the first dial fails."""
+        if self._supervisor is None:
+            self._open()
+            self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+            self._supervisor.start()
+        return self
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open (it may still drop at any time)."""
+        with self._lock:
+            return self._session is not None and not self._session.done.is_set()
+
+    def send(self, message: Message) -> None:
+        """Send text (str) or binary (bytes) from any thread; NotConnected if there is no connection."""
+        with self._lock:
+            session = self._session
+        if session is None or session.done.is_set():
+            raise NotConnected(f"not connected to {self.url}")
+        try:
+            session.send(message)
+        except SessionClosed as closed:
+            raise NotConnected(f"connection to {self.url} closed: {closed}") from None
+
+    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close with ``code`` and stop reconnecting; idempotent, returns within ~2 s."""
+        self._closing.set()
+        with self._lock:
+            session = self._session
+        if session is not None:
+            session.close(code, reason)
+        if self._supervisor is not None:
+            self._supervisor.join(3 * CLOSE_TIMEOUT)
+
+    def __enter__(self) -> WebSocketClient:
+        return self.connect()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        ws = connect(self.url, self.timeout, self.cafile)
+        session = Session(WebSocketClientTransport(ws))
+        with self._lock:
+            self._session, self._ws = session, ws
+        start_reader(session, "reader", self._deliver)
+        log.info("connected to %s", self.url)
+
+    def _supervise(self) -> None:
+        """Own the connection's end: release the socket, and reconnect if asked."""
+        while True:
+            with self._lock:
+                session, ws = self._session, self._ws
+            assert session is not None and ws is not None
+            session.done.wait()
+            release(ws)
+            if self._closing.is_set() or not self.reconnect:
+                return
+            for delay in backoff_delays(*self.backoff):
+                log.info("reconnecting to %s in %.1f s", self.url, delay)
+                if self._closing.wait(delay):
+                    return
+                try:
+                    self._open()
+                    break
+                except ConnectError as error:
+                    log.warning("reconnect failed: %s", error)
 
 
 def build_parser() -> OneLineParser:

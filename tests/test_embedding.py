@@ -1,0 +1,112 @@
+"""The client object for legacy code: callbacks or a queue, send() from any thread, reconnect."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import Callable
+
+import pytest
+from helpers import ServerProgram, wait_until
+
+from common import Message, backoff_delays
+from sync_client import ConnectError, NotConnected, WebSocketClient
+
+
+def drain(messages: queue.Queue[Message], count: int) -> list[Message]:
+    return [messages.get(timeout=10) for _ in range(count)]
+
+
+def client_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name in ("reader", "supervisor")}
+
+
+def test_send_from_8_threads_and_receive_through_the_queue(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """8 threads share one client; every echo lands in client.messages."""
+    server = start_server("--echo", "--quiet")
+    with WebSocketClient(server.url) as client:
+
+        def worker(n: int) -> None:
+            for i in range(50):
+                client.send(f"worker {n} step {i}")
+
+        workers = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        got = drain(client.messages, 400)
+    assert sorted(got) == sorted(f"worker {n} step {i}" for n in range(8) for i in range(50))
+    assert wait_until(lambda: not client_threads())
+
+
+def test_on_message_callback_runs_in_the_reader_thread(start_server: Callable[..., ServerProgram]) -> None:
+    server = start_server("--count", "2", "--interval", "0")
+    seen: list[tuple[str, Message]] = []
+    with WebSocketClient(server.url, on_message=lambda m: seen.append((threading.current_thread().name, m))):
+        assert wait_until(lambda: len(seen) == 2)
+    assert seen == [("reader", "server message 1 of 2"), ("reader", "server message 2 of 2")]
+
+
+def test_close_is_idempotent_and_send_after_close_raises(start_server: Callable[..., ServerProgram]) -> None:
+    server = start_server("--echo")
+    client = WebSocketClient(server.url).connect()
+    client.close()
+    client.close()
+    assert not client.connected
+    with pytest.raises(NotConnected):
+        client.send("too late")
+    server.wait_for(r"peer closed the connection: 1000")
+    assert wait_until(lambda: not client_threads())
+
+
+def test_first_connect_failure_raises_connect_error() -> None:
+    with pytest.raises(ConnectError, match="connection refused"), WebSocketClient("ws://127.0.0.1:9/ws"):
+        pass
+
+
+def test_without_reconnect_a_server_shutdown_ends_the_client(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    server = start_server("--echo")
+    client = WebSocketClient(server.url).connect()
+    server.signal()
+    assert server.wait() == 0
+    assert wait_until(lambda: not client.connected)
+    with pytest.raises(NotConnected):
+        client.send("nobody there")
+    assert wait_until(lambda: not client_threads())
+    client.close()
+
+
+def test_reconnects_to_a_server_that_restarts(start_server: Callable[..., ServerProgram]) -> None:
+    """The server goes away (1001) and comes back on the same port: the client follows."""
+    first = start_server("--echo")
+    client = WebSocketClient(first.url, reconnect=True, backoff=(0.05, 0.2)).connect()
+    try:
+        client.send("before")
+        assert client.messages.get(timeout=10) == "before"
+
+        first.signal()
+        assert first.wait() == 0
+        assert wait_until(lambda: not client.connected)
+        with pytest.raises(NotConnected):
+            client.send("while down")
+
+        second = start_server("--echo", "--port", str(first.port))
+        assert wait_until(lambda: client.connected)
+        client.send("after")
+        assert client.messages.get(timeout=10) == "after"
+        second.wait_for("received: after")
+    finally:
+        client.close()
+    assert wait_until(lambda: not client_threads())
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    delays = list(itertools.islice(backoff_delays(1.0, 8.0), 6))
+    ceilings = [1, 2, 4, 8, 8, 8]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings))

@@ -285,18 +285,6 @@ def log_end(closed: SessionClosed) -> None:
         log.info("closed: sent %s", describe_close(closed.code, closed.reason))
 
 
-def echo(session: Session) -> Callable[[Message], None]:
-    """An ``on_message`` that sends every message straight back, type kept."""
-
-    def send_back(message: Message) -> None:
-        try:
-            session.send(message)
-        except SessionClosed:
-            pass  # we are closing: keep reading until the peer's close arrives
-
-    return send_back
-
-
 def send_messages(session: Session, count: int, interval: float, label: str) -> None:
     """The article's sender: ``count`` messages, ``interval`` seconds apart.
 
@@ -346,27 +334,67 @@ def wait_until_quiet(session: Session, linger: float | None) -> None:
             return
 
 
+class SessionHandler(Protocol):
+    """Per-connection logic, plugged into a session's lifecycle by :func:`run_session`.
+
+    ``on_message`` runs in the reader thread for every message received;
+    ``run`` runs in the session's own thread once the reader has started.
+    When ``run`` returns, the session waits for the peer to close (or to go
+    quiet, on the client), then closes. Both may ``session.send()``.
+    """
+
+    def on_message(self, session: Session, message: Message) -> None:
+        """Handle one message (the reader thread)."""
+
+    def run(self, session: Session) -> None:
+        """Do the session's own work, e.g. send messages (the session's thread)."""
+
+
+class SenderHandler:
+    """The article's behaviour: send ``count`` messages ``interval`` apart; just print what arrives."""
+
+    def __init__(self, count: int, interval: float, label: str) -> None:
+        self.count, self.interval, self.label = count, interval, label
+
+    def on_message(self, session: Session, message: Message) -> None:
+        """Nothing to do: the reader has printed it."""
+
+    def run(self, session: Session) -> None:
+        """Send the messages (Go: the loop with ``time.Sleep``)."""
+        send_messages(session, self.count, self.interval, self.label)
+
+
+class EchoHandler:
+    """Send every message straight back, text as text and binary as binary; nothing else."""
+
+    def on_message(self, session: Session, message: Message) -> None:
+        """Echo it, unless we are already closing."""
+        try:
+            session.send(message)
+        except SessionClosed:
+            pass  # we are closing: keep reading until the peer's close arrives
+
+    def run(self, session: Session) -> None:
+        """Nothing of our own to send."""
+
+
 def run_session(
     session: Session,
+    handler: SessionHandler,
     *,
     reader_name: str,
-    label: str,
-    count: int,
-    interval: float,
-    echo_mode: bool = False,
     linger: float | None = None,
 ) -> SessionClosed:
     """One side of a session, start to finish; both programs call this.
 
-    Starts the reader, runs the sender in the calling thread (unless in echo
-    mode, where the reader answers instead), waits until the peer closes or
-    (``linger``) goes quiet, closes with 1000 if nobody has closed yet, and
-    waits for the reader to see the end. Returns how the session ended.
-    The caller still owns the socket and must release it afterwards.
+    Starts the reader (Go: ``go reader(conn)``), runs ``handler.run`` in
+    the calling thread, waits until the peer closes or (``linger``) goes
+    quiet, closes with 1000 if nobody has closed yet, and waits for the
+    reader to see the end. Returns how the session ended. The caller still
+    owns the socket and must release it afterwards.
     """
-    reader = start_reader(session, reader_name, echo(session) if echo_mode else None)
-    if not echo_mode:
-        send_messages(session, count, interval, label)
+    reader = start_reader(session, reader_name, lambda message: handler.on_message(session, message))
+    handler.run(session)
     wait_until_quiet(session, linger)
     session.close(NORMAL_CLOSURE)
     if not session.done.wait(CLOSE_TIMEOUT):

@@ -48,6 +48,7 @@ from common import (
     CloseRequired,
     Message,
     OneLineParser,
+    SenderHandler,
     Session,
     SessionClosed,
     add_sender_options,
@@ -246,12 +247,7 @@ def run_client(
         log.info("connected to %s", url)
         session = Session(WebSocketClientTransport(ws), stop)
         return run_session(
-            session,
-            reader_name="reader",
-            label="client",
-            count=count,
-            interval=interval,
-            linger=linger,
+            session, SenderHandler(count, interval, "client"), reader_name="reader", linger=linger
         )
     finally:
         release(ws)

@@ -63,10 +63,13 @@ from common import (
     MESSAGE_TOO_BIG,
     WS_PATH,
     CloseRequired,
+    EchoHandler,
     Message,
     OneLineParser,
+    SenderHandler,
     Session,
     SessionClosed,
+    SessionHandler,
     add_sender_options,
     count_arg,
     fail,
@@ -465,6 +468,11 @@ class ServerConfig:
         max_connections: sessions open at once; more get 503.
         allowed_origins: browser origins allowed besides the server's own
             (``*``: all).
+        handler: your own per-connection logic (see
+            :class:`common.SessionHandler`); it replaces count, interval and
+            echo, and keeps everything else: accept, reader thread, limits,
+            close. One handler object serves every connection, from several
+            threads at once.
     """
 
     count: int = DEFAULT_COUNT
@@ -474,6 +482,13 @@ class ServerConfig:
     ping_interval: float | None = DEFAULT_PING_INTERVAL
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     allowed_origins: tuple[str, ...] = ()
+    handler: SessionHandler | None = None
+
+    def session_handler(self) -> SessionHandler:
+        """What each session does: ``handler`` if given, else echo or the demo sender."""
+        if self.handler is not None:
+            return self.handler
+        return EchoHandler() if self.echo else SenderHandler(self.count, self.interval, "server")
 
 
 class WebSocketApp:
@@ -585,14 +600,7 @@ class WebSocketApp:
                 session.close(GOING_AWAY, "server shutting down")
         try:
             log.info("connected: %s", peer)
-            run_session(
-                session,
-                reader_name=f"{name}-reader",
-                label="server",
-                count=self.config.count,
-                interval=self.config.interval,
-                echo_mode=self.config.echo,
-            )
+            run_session(session, self.config.session_handler(), reader_name=f"{name}-reader")
         finally:
             # Go: defer conn.Close(). Whatever happened, the connection ends here.
             transport.finish()

@@ -195,6 +195,24 @@ def encode_frame(
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def decode_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Every whole frame in ``data`` (masked or not): (opcode, unmasked payload)."""
+    frames = []
+    while len(data) >= 2:
+        opcode, masked, length, at = data[0] & 0x0F, data[1] & 0x80, data[1] & 0x7F, 2
+        if length == 126:
+            (length,), at = struct.unpack("!H", data[2:4]), 4
+        elif length == 127:
+            (length,), at = struct.unpack("!Q", data[2:10]), 10
+        key = data[at : at + 4] if masked else b"\0\0\0\0"
+        at += 4 if masked else 0
+        if len(data) < at + length:
+            break
+        frames.append((opcode, bytes(b ^ key[i % 4] for i, b in enumerate(data[at : at + length]))))
+        data = data[at + length :]
+    return frames
+
+
 def close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + reason.encode()
 

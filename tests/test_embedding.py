@@ -18,12 +18,19 @@ def drain(messages: queue.Queue[Message], count: int) -> list[Message]:
     return [messages.get(timeout=10) for _ in range(count)]
 
 
-def client_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name in ("reader", "supervisor")}
+@pytest.fixture
+def client_threads() -> Callable[[], set[str]]:
+    """The names of client threads started during this test and still alive."""
+    before = set(threading.enumerate())
+
+    def alive() -> set[str]:
+        return {t.name for t in set(threading.enumerate()) - before if t.name in ("reader", "supervisor")}
+
+    return alive
 
 
 def test_send_from_8_threads_and_receive_through_the_queue(
-    start_server: Callable[..., ServerProgram],
+    start_server: Callable[..., ServerProgram], client_threads: Callable[[], set[str]]
 ) -> None:
     """8 threads share one client; every echo lands in client.messages."""
     server = start_server("--echo", "--quiet")
@@ -51,7 +58,9 @@ def test_on_message_callback_runs_in_the_reader_thread(start_server: Callable[..
     assert seen == [("reader", "server message 1 of 2"), ("reader", "server message 2 of 2")]
 
 
-def test_close_is_idempotent_and_send_after_close_raises(start_server: Callable[..., ServerProgram]) -> None:
+def test_close_is_idempotent_and_send_after_close_raises(
+    start_server: Callable[..., ServerProgram], client_threads: Callable[[], set[str]]
+) -> None:
     server = start_server("--echo")
     client = WebSocketClient(server.url).connect()
     client.close()
@@ -69,8 +78,9 @@ def test_first_connect_failure_raises_connect_error() -> None:
 
 
 def test_without_reconnect_a_server_shutdown_ends_the_client(
-    start_server: Callable[..., ServerProgram],
+    start_server: Callable[..., ServerProgram], client_threads: Callable[[], set[str]]
 ) -> None:
+    """Without reconnect, the server's 1001 ends the client: send() raises, threads end."""
     server = start_server("--echo")
     client = WebSocketClient(server.url).connect()
     server.signal()
@@ -82,7 +92,9 @@ def test_without_reconnect_a_server_shutdown_ends_the_client(
     client.close()
 
 
-def test_reconnects_to_a_server_that_restarts(start_server: Callable[..., ServerProgram]) -> None:
+def test_reconnects_to_a_server_that_restarts(
+    start_server: Callable[..., ServerProgram], client_threads: Callable[[], set[str]]
+) -> None:
     """The server goes away (1001) and comes back on the same port: the client follows."""
     first = start_server("--echo")
     client = WebSocketClient(first.url, reconnect=True, backoff=(0.05, 0.2)).connect()

@@ -178,14 +178,15 @@ class Session:
 
     Args:
         transport: the library adapter.
-        stop: the event that ends the sender's loop; a new one if omitted.
-            The reader sets it when the peer closes, :meth:`close` sets it,
-            and a caller may pass its own to stop the session from outside.
+
+    ``stop`` is the event that ends the sender's loop and the waits: the
+    reader sets it when the session ends, :meth:`close` sets it, and a
+    :class:`StopSignal` sets it on request.
     """
 
-    def __init__(self, transport: Transport, stop: threading.Event | None = None) -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.stop = stop if stop is not None else threading.Event()
+        self.stop = threading.Event()
         #: Set by the reader when it has ended (Go: ``defer close(done)``).
         self.done = threading.Event()
         #: How the session ended, once the reader has seen it end.
@@ -235,6 +236,51 @@ class Session:
     def close_sent(self) -> bool:
         """True once a close frame has been sent (by us, or as a reply)."""
         return self._close_sent is not None
+
+
+class StopSignal:
+    """A stop request that reaches whichever session is running when it comes.
+
+    Go would put an ``interrupt`` channel in every ``select``. A Python
+    thread waits on one event at a time, so a request is fanned out instead:
+    :meth:`request` sets the ``stop`` event of every attached session, and
+    a session attached after the request is stopped at once. The request
+    itself is never confused with a session's own end.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: set[Session] = set()
+        self._requested = threading.Event()
+
+    def request(self) -> None:
+        """Ask every attached session, and any attached later, to stop."""
+        with self._lock:
+            self._requested.set()
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.stop.set()
+
+    @property
+    def requested(self) -> bool:
+        """True once :meth:`request` has been called."""
+        return self._requested.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, waking at once on a request; True if requested."""
+        return self._requested.wait(timeout)
+
+    def attach(self, session: Session) -> None:
+        """Let a request stop ``session`` (at once, if one came already)."""
+        with self._lock:
+            self._sessions.add(session)
+            if self._requested.is_set():
+                session.stop.set()
+
+    def detach(self, session: Session) -> None:
+        """Forget a session that has ended."""
+        with self._lock:
+            self._sessions.discard(session)
 
 
 # --- The reading goroutine and the sending loop ------------------------------

@@ -29,6 +29,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from typing import Any
 
 import websocket
 from websocket import ABNF
@@ -51,6 +52,7 @@ from common import (
     SenderHandler,
     Session,
     SessionClosed,
+    StopSignal,
     add_sender_options,
     backoff_delays,
     fail,
@@ -230,27 +232,59 @@ def run_client(
     timeout: float = DEFAULT_TIMEOUT,
     linger: float = DEFAULT_LINGER,
     cafile: str | None = None,
-    stop: threading.Event | None = None,
+    stop: StopSignal | None = None,
 ) -> SessionClosed:
     """Run one client session from start to end; returns how it ended.
 
     Sends ``count`` messages ``interval`` seconds apart, printing every
     message received, then waits until the server closes or nothing has
     arrived for ``linger`` seconds, and closes with 1000. ``cafile`` is a
-    PEM file of CA certificates to trust for ``wss://``. Setting ``stop``
+    PEM file of CA certificates to trust for ``wss://``. ``stop.request()``
     from another thread ends the session early, also with 1000.
 
     Raises ConnectError if the session cannot be opened.
     """
     ws = connect(url, timeout, cafile)
+    session = Session(WebSocketClientTransport(ws))
+    if stop is not None:
+        stop.attach(session)
     try:
         log.info("connected to %s", url)
-        session = Session(WebSocketClientTransport(ws), stop)
         return run_session(
             session, SenderHandler(count, interval, "client"), reader_name="reader", linger=linger
         )
     finally:
+        if stop is not None:
+            stop.detach(session)
         release(ws)
+
+
+def run_client_reconnecting(
+    url: str = DEFAULT_URL,
+    *,
+    stop: StopSignal,
+    backoff: tuple[float, float] = (0.5, 30.0),
+    **session: Any,
+) -> SessionClosed:
+    """:func:`run_client` again and again, until a session ends with 1000 or ``stop`` is requested.
+
+    A server that goes away (1001) or a connection that is lost (1006) is
+    dialed again after a backoff with jitter, and a new session starts. The
+    first dial must succeed (ConnectError otherwise); later failed dials are
+    retried. ``session`` takes the other arguments of :func:`run_client`.
+    """
+    closed = run_client(url, stop=stop, **session)
+    while closed.code != NORMAL_CLOSURE and not stop.requested:
+        for delay in backoff_delays(*backoff):
+            log.info("reconnecting to %s in %.1f s", url, delay)
+            if stop.wait(delay):
+                return closed
+            try:
+                closed = run_client(url, stop=stop, **session)
+                break
+            except ConnectError as error:
+                log.warning("reconnect failed: %s", error)
+    return closed
 
 
 class NotConnected(Exception):
@@ -406,6 +440,11 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--cafile", help="PEM file of CA certificates to trust for wss:// (default: the system's)"
     )
+    parser.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="when the server goes away or the connection drops, dial again (after 0.5 s, doubling to 30 s)",
+    )
     return parser
 
 
@@ -414,14 +453,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(quiet=args.quiet)
-    stop = threading.Event()
+    stop = StopSignal()
     finished = threading.Event()
     outcome: list[SessionClosed | BaseException] = []
 
     def session() -> None:
         try:
+            run = run_client_reconnecting if args.reconnect else run_client
             outcome.append(
-                run_client(
+                run(
                     args.url,
                     count=args.count,
                     interval=args.interval,
@@ -439,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finished.set()
 
     def interrupt() -> None:
-        stop.set()
+        stop.request()
         finished.wait(3 * CLOSE_TIMEOUT)
 
     # Daemon: if Ctrl+C comes while the handshake is still pending, we exit

@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers import ROOT
 
-from common import Message, Session, SessionClosed, describe_close, message_text, send_messages
+from common import Message, Session, SessionClosed, StopSignal, describe_close, message_text, send_messages
 
 
 class RecordingTransport:
@@ -100,3 +100,17 @@ print("ok")
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_stop_signal_reaches_the_current_session_and_later_ones() -> None:
+    """A request stops the attached session, and a session attached afterwards at once."""
+    signal = StopSignal()
+    first = Session(RecordingTransport())
+    signal.attach(first)
+    assert not first.stop.is_set()
+    signal.request()
+    assert first.stop.is_set() and signal.requested
+    second = Session(RecordingTransport())
+    signal.attach(second)
+    assert second.stop.is_set()
+    assert signal.wait(0)

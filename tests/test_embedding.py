@@ -8,7 +8,7 @@ import threading
 from typing import Callable
 
 import pytest
-from helpers import ServerProgram, wait_until
+from helpers import CLIENT, Program, ServerProgram, wait_until
 
 from common import Message, backoff_delays
 from sync_client import ConnectError, NotConnected, WebSocketClient
@@ -122,3 +122,21 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     delays = list(itertools.islice(backoff_delays(1.0, 8.0), 6))
     ceilings = [1, 2, 4, 8, 8, 8]
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings))
+
+
+def test_cli_reconnect_follows_a_restarting_server(start_server: Callable[..., ServerProgram]) -> None:
+    """sync_client.py --reconnect: after the server's 1001 it dials again and starts a new session."""
+    first = start_server("--count", "1000", "--interval", "5")
+    client = Program(CLIENT, "--url", first.url, "--count", "1000", "--interval", "5", "--reconnect")
+    try:
+        client.wait_for(r"received: server message 1 of 1000")
+        first.signal()
+        assert first.wait() == 0
+        client.wait_for(r"peer closed the connection: 1001")
+        second = start_server("--count", "1000", "--interval", "5", "--port", str(first.port))
+        assert wait_until(lambda: client.count_lines(r"received: server message 1 of 1000") == 2)
+        second.wait_for(r"received: client message 1 of 1000")
+    finally:
+        client.signal()
+        assert client.wait() == 0, client.output()
+    second.wait_for(r"peer closed the connection: 1000")

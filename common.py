@@ -505,6 +505,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
 
     def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message (see --help)`` and exit 2, without the usage block."""
         fail(self.prog, f"{message} (see --help)", status=2)
 
 

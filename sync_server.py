@@ -121,7 +121,7 @@ class _NoThread:
         self.name = "unused"
 
     def start(self) -> None:
-        pass
+        """Start nothing: the session's reader does this thread's work."""
 
 
 class ServerTransport:

@@ -300,7 +300,7 @@ def read_messages(session: Session, on_message: Callable[[Message], None] | None
             message = session.receive()
             message_log.info("received: %s", describe_message(message))
             if on_message is not None:
-                on_message(message)
+                deliver(on_message, message)
     except SessionClosed as closed:
         session.closed = closed
         if closed.by_peer and closed.code != ABNORMAL_CLOSURE:
@@ -318,6 +318,21 @@ def read_messages(session: Session, on_message: Callable[[Message], None] | None
     finally:
         session.stop.set()
         session.done.set()
+
+
+def deliver(on_message: Callable[[Message], None], message: Message) -> None:
+    """Hand one message to ``on_message``; a reply that can no longer be sent is not the end.
+
+    The peer's last messages and its close frame often arrive in one read;
+    by the time the handler answers the first of them, the session is
+    already closing and its ``send()`` raises SessionClosed. That is the
+    handler's business, not a sign that reading is over: the reader must
+    still deliver the rest and then see the close itself.
+    """
+    try:
+        on_message(message)
+    except SessionClosed:
+        log.debug("reply not sent, the session is closing")
 
 
 def log_end(closed: SessionClosed) -> None:
@@ -414,11 +429,8 @@ class EchoHandler:
     """Send every message straight back, text as text and binary as binary; nothing else."""
 
     def on_message(self, session: Session, message: Message) -> None:
-        """Echo it, unless we are already closing."""
-        try:
-            session.send(message)
-        except SessionClosed:
-            pass  # we are closing: keep reading until the peer's close arrives
+        """Echo it (once the session is closing, the send fails and the reader goes on)."""
+        session.send(message)
 
     def run(self, session: Session) -> None:
         """Nothing of our own to send."""

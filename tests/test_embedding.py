@@ -8,10 +8,21 @@ import threading
 from typing import Callable
 
 import pytest
-from helpers import CLIENT, Program, ServerProgram, wait_until
+from helpers import (
+    CLIENT,
+    OP_CLOSE,
+    OP_TEXT,
+    Program,
+    RawPeer,
+    ServerProgram,
+    close_payload,
+    encode_frame,
+    wait_until,
+)
 
-from common import Message, backoff_delays
+from common import Message, Session, backoff_delays
 from sync_client import ConnectError, NotConnected, WebSocketClient
+from sync_server import create_app, start_server
 
 
 def drain(messages: queue.Queue[Message], count: int) -> list[Message]:
@@ -140,3 +151,30 @@ def test_cli_reconnect_follows_a_restarting_server(start_server: Callable[..., S
         client.signal()
         assert client.wait() == 0, client.output()
     second.wait_for(r"peer closed the connection: 1000")
+
+
+class ReplyingHandler:
+    """Answers every message and records it; its replies fail once the peer is closing."""
+
+    def __init__(self) -> None:
+        self.seen: list[Message] = []
+
+    def run(self, session: Session) -> None:
+        pass
+
+    def on_message(self, session: Session, message: Message) -> None:
+        self.seen.append(message)
+        session.send(f"got {message!r}")
+
+
+def test_messages_arriving_with_the_close_frame_are_all_delivered() -> None:
+    """Messages and the close frame in one write: every message reaches the handler even though
+    its replies can no longer be sent, and the close is answered with 1000."""
+    handler = ReplyingHandler()
+    with start_server(create_app(handler=handler, ping_interval=None), "127.0.0.1", 0) as server:
+        peer = RawPeer(server.port)
+        burst = b"".join(encode_frame(OP_TEXT, f"message {i}".encode()) for i in range(3))
+        peer.sock.sendall(burst + encode_frame(OP_CLOSE, close_payload(1000)))
+        assert peer.close_code() == 1000
+        assert wait_until(lambda: len(handler.seen) == 3)
+    assert handler.seen == ["message 0", "message 1", "message 2"]

@@ -31,8 +31,15 @@ FRAME = 256 * 1024
 def test_unlocked_sends_interleave() -> None:
     """Exercise 2 on a bare TCP pair: 8 threads sendall() big frames with no lock, and
     the reader finds a frame whose payload mixes two threads' bytes."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    writer = socket.create_connection(listener.getsockname())
+    # Small kernel buffers: every 256 KiB sendall() becomes many partial writes,
+    # each a chance for another thread's bytes to land in between.
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    writer = socket.socket()
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    writer.connect(listener.getsockname())
     reader, _ = listener.accept()
     threads, frames_each = 8, 8
 

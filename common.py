@@ -24,6 +24,7 @@ import argparse
 import logging
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -232,11 +233,6 @@ class Session:
         finally:
             self.send_lock.release()
 
-    @property
-    def close_sent(self) -> bool:
-        """True once a close frame has been sent (by us, or as a reply)."""
-        return self._close_sent is not None
-
 
 class StopSignal:
     """A stop request that reaches whichever session is running when it comes.
@@ -281,6 +277,16 @@ class StopSignal:
         """Forget a session that has ended."""
         with self._lock:
             self._sessions.discard(session)
+
+
+def shut_down(sock: socket.socket | None) -> None:
+    """Shut a socket down both ways: the peer sees EOF, and blocked reads and sends return."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut down, or reset by the peer
 
 
 # --- The reading goroutine and the sending loop ------------------------------

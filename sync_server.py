@@ -78,6 +78,7 @@ from common import (
     run_until_signal,
     seconds_arg,
     setup_logging,
+    shut_down,
 )
 
 log = logging.getLogger("wsdemo.server")
@@ -227,29 +228,27 @@ class ServerTransport:
                     self._end = SessionClosed(event.code, event.reason or "")
             if self._end is not None:
                 return
-        if self._announced_size() > (self.max_message_size or float("inf")):
-            self._end = CloseRequired(MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes")
 
-    def _announced_size(self) -> int:
-        """Bytes of the current message so far plus what its frame header announces.
+    def _announced_remainder(self) -> int:
+        """Bytes the header of the frame being received announces but that have not come yet.
 
-        Lets us refuse a frame whose header announces more than the limit
-        before its payload arrives. wsproto has no public API for the header
-        of the frame being received, so this peeks at its decoder and counts
-        only what has arrived if that ever changes.
+        Counting them lets us refuse a frame whose header announces more than
+        the limit as soon as its first bytes arrive, before the rest is sent.
+        wsproto has no public API for that header, so this peeks at its
+        decoder, and counts nothing (only what has arrived) if that changes.
         """
         proto = getattr(getattr(self.conn, "connection", None), "_proto", None)
         decoder = getattr(proto, "_frame_decoder", None)
         header = getattr(decoder, "header", None)
-        announced = getattr(header, "payload_len", 0) - getattr(decoder, "payload_consumed", 0)
-        return self._size + max(announced, 0)
+        return max(getattr(header, "payload_len", 0) - getattr(decoder, "payload_consumed", 0), 0)
 
     def _add_part(self, event: TextMessage | BytesMessage) -> None:
         data = event.data
         self._size += len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode())
-        if self.max_message_size is not None and self._size > self.max_message_size:
+        limit = self.max_message_size
+        if limit is not None and self._size + self._announced_remainder() > limit:
             self._parts, self._size = [], 0
-            self._end = CloseRequired(MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes")
+            self._end = CloseRequired(MESSAGE_TOO_BIG, f"message over {limit} bytes")
             return
         self._parts.append(data if isinstance(data, str) else bytes(data))
         if event.message_finished:
@@ -295,10 +294,7 @@ class ServerTransport:
 
     def abort(self) -> None:
         """Shut the socket down: blocked reads and sends return at once."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already shut down, or reset by the peer
+        shut_down(self.sock)
 
     def finish(self) -> None:
         """End the TCP connection cleanly once the session is over.
@@ -697,7 +693,10 @@ class RequestHandler(WSGIRequestHandler):
     server: WebSocketServer
 
     def setup(self) -> None:
-        """Apply the deadline and, with TLS, do the TLS handshake."""
+        """Name the thread, apply the deadline and, with TLS, do the TLS handshake."""
+        # socketserver names it "Thread-N (process_request_thread)"; the app
+        # renames it conn-N for a session, and this is its name until then.
+        threading.current_thread().name = f"request-{self.client_address[1]}"
         self.request.settimeout(self.server.handshake_timeout)  # the session clears it
         self.tls_failed = False
         context = self.server.tls_context

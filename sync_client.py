@@ -29,7 +29,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import websocket
 from websocket import ABNF
@@ -60,10 +60,12 @@ from common import (
     run_session,
     run_until_signal,
     setup_logging,
+    shut_down,
     start_reader,
 )
 
 log = logging.getLogger("wsdemo.client")
+T = TypeVar("T")
 
 
 class ConnectError(Exception):
@@ -117,12 +119,7 @@ class WebSocketClientTransport:
 
     def abort(self) -> None:
         """Shut the socket down, which wakes up a reader blocked in recv."""
-        sock = self.ws.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already shut down or reset
+        shut_down(self.ws.sock)
 
     def _next_frame(self) -> ABNF:
         try:
@@ -220,7 +217,7 @@ def describe_status(error: websocket.WebSocketBadStatusException) -> str:
 
 def release(ws: websocket.WebSocket) -> None:
     """Close our end of the TCP connection (Go: the deferred ``conn.Close()``)."""
-    WebSocketClientTransport(ws).abort()
+    shut_down(ws.sock)
     ws.shutdown()
 
 
@@ -259,6 +256,26 @@ def run_client(
         release(ws)
 
 
+def redial(
+    url: str, backoff: tuple[float, float], stopped: Callable[[float], bool], dial: Callable[[], T]
+) -> T | None:
+    """Dial again until ``dial()`` succeeds, after backoff delays with jitter.
+
+    ``stopped(delay)`` waits out one delay and says whether to give up
+    (an ``Event.wait`` or :meth:`StopSignal.wait`, so a stop never waits out
+    a delay); then None is returned. A failed dial is logged and retried.
+    """
+    for delay in backoff_delays(*backoff):
+        log.info("reconnecting to %s in %.1f s", url, delay)
+        if stopped(delay):
+            return None
+        try:
+            return dial()
+        except ConnectError as error:
+            log.warning("reconnect failed: %s", error)
+    raise AssertionError("backoff_delays never ends")
+
+
 def run_client_reconnecting(
     url: str = DEFAULT_URL,
     *,
@@ -275,15 +292,10 @@ def run_client_reconnecting(
     """
     closed = run_client(url, stop=stop, **session)
     while closed.code != NORMAL_CLOSURE and not stop.requested:
-        for delay in backoff_delays(*backoff):
-            log.info("reconnecting to %s in %.1f s", url, delay)
-            if stop.wait(delay):
-                return closed
-            try:
-                closed = run_client(url, stop=stop, **session)
-                break
-            except ConnectError as error:
-                log.warning("reconnect failed: %s", error)
+        again = redial(url, backoff, stop.wait, lambda: run_client(url, stop=stop, **session))
+        if again is None:
+            break
+        closed = again
     return closed
 
 
@@ -387,13 +399,14 @@ class WebSocketClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _open(self) -> None:
+    def _open(self) -> Session:
         ws = connect(self.url, self.timeout, self.cafile)
         session = Session(WebSocketClientTransport(ws))
         with self._lock:
             self._session, self._ws = session, ws
         start_reader(session, "reader", self._deliver)
         log.info("connected to %s", self.url)
+        return session
 
     def _supervise(self) -> None:
         """Own the connection's end: release the socket, and reconnect if asked."""
@@ -405,15 +418,8 @@ class WebSocketClient:
             release(ws)
             if self._closing.is_set() or not self.reconnect:
                 return
-            for delay in backoff_delays(*self.backoff):
-                log.info("reconnecting to %s in %.1f s", self.url, delay)
-                if self._closing.wait(delay):
-                    return
-                try:
-                    self._open()
-                    break
-                except ConnectError as error:
-                    log.warning("reconnect failed: %s", error)
+            if redial(self.url, self.backoff, self._closing.wait, self._open) is None:
+                return
 
 
 def build_parser() -> OneLineParser:

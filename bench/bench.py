@@ -177,7 +177,7 @@ def throughput(new_client: Callable[[], Client], count: int) -> dict[str, float]
                 failures.append(f"expected {expected}, got {got[:70]!r}")
                 return
 
-    reader = threading.Thread(target=read)
+    reader = threading.Thread(target=read, name="bench-reader")
     start = time.perf_counter()
     reader.start()
     if isinstance(client, TcpClient):
@@ -244,7 +244,7 @@ def concurrency(new_client: Callable[[], Client], server: ServerProcess, conns: 
             client.close()
 
     rss_before = server.rss_kib()
-    sampler = threading.Thread(target=sample)
+    sampler = threading.Thread(target=sample, name="proc-sampler")
     sampler.start()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=conns) as pool:
@@ -295,7 +295,9 @@ class ServerProcess:
         else:
             raise RuntimeError(f"{command[0]} did not start")
         # Keep reading its output so it never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout or []], daemon=True).start()
+        threading.Thread(
+            target=lambda: [None for _ in self.proc.stdout or []], name="server-output", daemon=True
+        ).start()
 
     def pids(self) -> list[int]:
         """The server's process and its children (gunicorn's workers)."""

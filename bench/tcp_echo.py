@@ -19,7 +19,7 @@ def main() -> None:
     print(f"listening on tcp://127.0.0.1:{listener.getsockname()[1]}", flush=True)
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=echo, args=(conn,), daemon=True).start()
+        threading.Thread(target=echo, args=(conn,), name=f"echo-{conn.fileno()}", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""gunicorn settings for running sync_server in production.
+"""gunicorn settings for running the demo server in production.
 
     gunicorn -c gunicorn.conf.py 'sync_server:create_app()'
     gunicorn -c gunicorn.conf.py 'sync_server:create_app(echo=True)'
@@ -10,14 +10,14 @@ Every open WebSocket holds one gthread thread for its whole life, so
 import logging
 import os
 
-from common import message_log
-from sync_server import close_sessions_on_graceful_stop, close_sessions_on_quick_stop
+from wsthreads import gunicorn as hooks
+from wsthreads.connection import message_log
 
 bind = "127.0.0.1:8080"
 worker_class = "gthread"  # the threaded worker: one thread per connection, as in sync_server
 workers = 2
 threads = 500
-graceful_timeout = 10  # our hooks end sessions within about a second
+graceful_timeout = 10  # our hooks end sessions within 2 s
 control_socket_disable = True  # gunicorn 27+: no control socket needed here
 
 
@@ -27,9 +27,9 @@ def post_worker_init(worker: object) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d %(threadName)s] %(message)s")
     if os.environ.get("WSDEMO_QUIET"):  # as --quiet: no line for every message
         message_log.setLevel(logging.WARNING)
-    close_sessions_on_graceful_stop(worker)
+    hooks.post_worker_init(worker)
 
 
 def worker_int(worker: object) -> None:
     """Ctrl+C: close sessions with 1001 before the worker exits."""
-    close_sessions_on_quick_stop(worker)
+    hooks.worker_int(worker)

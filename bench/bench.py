@@ -46,8 +46,9 @@ from typing import Any, Protocol, Union
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import Session  # noqa: E402
-from sync_client import WebSocketClientTransport, connect  # noqa: E402
+import queue  # noqa: E402
+
+from wsthreads import ClientConfig, dial  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 1, 0
 Message = Union[str, bytes]
@@ -62,22 +63,22 @@ class Client(Protocol):
 
 
 class OurClient:
-    """websocket-client as sync_client.py drives it: its transport, our send lock."""
+    """Our client as sync_client.py drives it: dial, the connection's reader hands messages over."""
 
     def __init__(self, url: str) -> None:
-        self.transport = WebSocketClientTransport(connect(url, timeout=30))
-        self.session = Session(self.transport)
+        self.conn = dial(url, ClientConfig(timeout=30, max_message_size=None))
+        self.received: queue.Queue[Message] = queue.Queue()
+        self.conn.start(self.received.put)
 
     def send(self, message: Message) -> None:
-        self.session.send(message)
+        self.conn.send(message)
 
     def recv(self, size: int) -> Message:
-        return self.transport.receive()
+        return self.received.get(timeout=30)
 
     def close(self) -> None:
-        self.session.close()
-        self.transport.abort()
-        self.transport.ws.shutdown()
+        self.conn.close()
+        self.conn.wait_closed()
 
 
 class WebsocketsClient:

@@ -9,11 +9,8 @@ the client's own threads. Replies from the server are printed as they come.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sync_client import ConnectError, WebSocketClient
+from wsthreads import ConnectError, WebSocketClient
 
 
 def crunch(step: int) -> int:

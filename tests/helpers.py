@@ -371,3 +371,10 @@ def assert_stop_closes_sessions(server: Program, url: str, signum: int, within: 
     assert client.wait() == 0, client.output()
     client.wait_for(r"peer closed the connection: 1001 \(going away\) 'server shutting down'")
     assert "Traceback" not in server.output() + client.output()
+
+
+def websocket_client(url: str) -> Any:
+    """A plain websocket-client connection: an independent peer for our server."""
+    import websocket
+
+    return websocket.create_connection(url, timeout=WAIT)

@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
-from helpers import ROOT
+from helpers import OP_CLOSE, OP_TEXT, ROOT, decode_frames
 
-from common import Message, Session, SessionClosed, StopSignal, describe_close, message_text, send_messages
+from common import message_text, send_messages
+from wsthreads.connection import Closed, Connection, close_reason, describe_close, sendable_code
 
 
-class RecordingTransport:
-    """An in-memory transport: records what is sent (no network involved)."""
-
-    def __init__(self) -> None:
-        self.sent: list[Message] = []
-        self.closed_with: list[tuple[int, str]] = []
-
-    def receive(self) -> Message:
-        raise SessionClosed(1000)
-
-    def send(self, message: Message) -> None:
-        self.sent.append(message)
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed_with.append((code, reason))
-
-    def abort(self) -> None:
-        pass
+@pytest.fixture
+def pair() -> Iterator[tuple[Connection, socket.socket]]:
+    """A server-side Connection over a real socketpair, and the raw other end."""
+    ours, theirs = socket.socketpair()
+    conn = Connection(ours, client=False)
+    conn.start()
+    theirs.settimeout(5)
+    yield conn, theirs
+    conn.abort()
+    conn.wait_closed()
+    theirs.close()
 
 
 def test_message_text_carries_its_sequence_number() -> None:
@@ -50,37 +46,48 @@ def test_describe_close(code: int, reason: str, text: str) -> None:
     assert describe_close(code, reason) == text
 
 
-def test_sender_sends_count_messages_in_order() -> None:
-    transport = RecordingTransport()
-    send_messages(Session(transport), 3, 0, "client")
-    assert transport.sent == ["client message 1 of 3", "client message 2 of 3", "client message 3 of 3"]
+def test_close_reasons_are_cut_to_123_bytes_and_1005_1006_never_sent() -> None:
+    assert len(close_reason("é" * 100).encode()) <= 123
+    assert close_reason("é" * 100).encode().decode()  # never cut mid-character
+    assert sendable_code(1005) == sendable_code(1006) == 1000
+    assert sendable_code(4001) == 4001
 
 
-def test_stop_interrupts_the_senders_sleep_at_once() -> None:
+def read_frames(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    data = b""
+    while len(decode_frames(data)) < count:
+        data += sock.recv(65536)
+    return decode_frames(data)
+
+
+def test_sender_sends_count_messages_in_order(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    send_messages(conn, 3, 0, "client")
+    assert read_frames(peer, 3) == [(OP_TEXT, f"client message {i} of 3".encode()) for i in (1, 2, 3)]
+
+
+def test_stop_interrupts_the_senders_sleep_at_once(pair: tuple[Connection, socket.socket]) -> None:
     """Shutdown never waits out an interval: stop.set() wakes the sender."""
-    transport = RecordingTransport()
-    session = Session(transport)
-    sender = threading.Thread(target=send_messages, args=(session, 5, 60.0, "x"))
+    conn, peer = pair
+    sender = threading.Thread(target=send_messages, args=(conn, 5, 60.0, "x"))
     sender.start()
-    while not transport.sent:
-        time.sleep(0.001)
+    assert read_frames(peer, 1) == [(OP_TEXT, b"x message 1 of 5")]
     started = time.monotonic()
-    session.stop.set()
+    conn.stop.set()
     sender.join(5)
     assert not sender.is_alive()
     assert time.monotonic() - started < 0.5
-    assert transport.sent == ["x message 1 of 5"]
 
 
-def test_close_is_idempotent_and_stops_sends() -> None:
-    transport = RecordingTransport()
-    session = Session(transport)
-    session.close(1001, "bye")
-    session.close(1000)
-    assert transport.closed_with == [(1001, "bye")]
-    with pytest.raises(SessionClosed):
-        session.send("too late")
-    assert session.stop.is_set()
+def test_close_is_idempotent_and_stops_sends(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    conn.close(1001, "bye")
+    conn.close(1000)
+    frames = read_frames(peer, 1)
+    assert frames == [(OP_CLOSE, b"\x03\xe9bye")]
+    with pytest.raises(Closed):
+        conn.send("too late")
+    assert conn.stop.is_set()
 
 
 def test_importing_the_programs_has_no_side_effects() -> None:
@@ -88,29 +95,15 @@ def test_importing_the_programs_has_no_side_effects() -> None:
     code = """
 import logging, signal, threading
 before = (threading.active_count(), signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-import common, sync_server, sync_client
+import common, sync_server, sync_client, wsthreads
 after = (threading.active_count(), signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
 assert before == after, (before, after)
 assert logging.getLogger().handlers == []
 app = sync_server.create_app()
-assert callable(app) and app.session_count == 0
+assert callable(app) and app.connections() == []
 print("ok")
 """
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert result.stdout.strip() == "ok", result.stderr
-
-
-def test_stop_signal_reaches_the_current_session_and_later_ones() -> None:
-    """A request stops the attached session, and a session attached afterwards at once."""
-    signal = StopSignal()
-    first = Session(RecordingTransport())
-    signal.attach(first)
-    assert not first.stop.is_set()
-    signal.request()
-    assert first.stop.is_set() and signal.requested
-    second = Session(RecordingTransport())
-    signal.attach(second)
-    assert second.stop.is_set()
-    assert signal.wait(0)

@@ -8,7 +8,13 @@ from typing import Callable
 
 from helpers import OP_TEXT, RawPeer, ServerProgram, wait_until
 
-from sync_client import run_client
+from common import Sender
+from wsthreads import Client, ClientConfig, Closed
+
+
+def run_client(url: str, *, count: int, interval: float, linger: float, timeout: float) -> Closed:
+    """One in-process client session, as sync_client.py runs it."""
+    return Client(url, ClientConfig(timeout=timeout)).run(Sender(count, interval, "client"), linger=linger)
 
 
 def run_clients(url: str, how_many: int, count: int = 3) -> list[int]:

@@ -20,9 +20,16 @@ from helpers import (
     wait_until,
 )
 
-from common import Message, Session, backoff_delays
-from sync_client import ConnectError, NotConnected, WebSocketClient
-from sync_server import create_app, start_server
+from wsthreads import (
+    ConnectError,
+    Connection,
+    Message,
+    NotConnected,
+    WebSocketClient,
+    create_app,
+    start_server,
+)
+from wsthreads.client import backoff_delays
 
 
 def drain(messages: queue.Queue[Message], count: int) -> list[Message]:
@@ -159,10 +166,10 @@ class ReplyingHandler:
     def __init__(self) -> None:
         self.seen: list[Message] = []
 
-    def run(self, session: Session) -> None:
+    def run(self, session: Connection) -> None:
         pass
 
-    def on_message(self, session: Session, message: Message) -> None:
+    def on_message(self, session: Connection, message: Message) -> None:
         self.seen.append(message)
         session.send(f"got {message!r}")
 

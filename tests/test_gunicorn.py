@@ -19,8 +19,7 @@ from helpers import (
     close_payload,
     run_client,
 )
-
-from sync_client import connect
+from helpers import websocket_client as connect
 
 
 class Gunicorn(Program):

@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 from helpers import OP_TEXT, RawPeer, ServerProgram, wait_until
 
-from sync_server import origin_allowed
+from wsthreads.handshake import origin_allowed
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 GOOD = {

@@ -20,8 +20,7 @@ from helpers import (
     encode_frame,
     wait_until,
 )
-
-from sync_client import connect
+from helpers import websocket_client as connect
 
 PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
 

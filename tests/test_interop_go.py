@@ -16,8 +16,7 @@ from typing import Callable
 
 import pytest
 from helpers import OP_BINARY, Program, ServerProgram, run_client
-
-from sync_client import connect
+from helpers import websocket_client as connect
 
 BIG = 1 << 20
 

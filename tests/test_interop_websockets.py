@@ -11,11 +11,10 @@ from typing import Callable
 
 import pytest
 from helpers import ServerProgram, run_client, wait_until
+from helpers import websocket_client as connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import Server, ServerConnection, serve
-
-from sync_client import connect
 
 BIG = 1 << 20
 

@@ -44,7 +44,7 @@ def test_log_lines_show_time_thread_and_event(start_server: Callable[..., Server
 def test_non_ascii_text_is_printed_verbatim(start_server: Callable[..., ServerProgram]) -> None:
     """A message in any script arrives and is printed as it was sent."""
     server = start_server("--echo")
-    from sync_client import connect
+    from helpers import websocket_client as connect
 
     ws = connect(server.url)
     try:

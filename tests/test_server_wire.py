@@ -8,8 +8,7 @@ from typing import Callable
 
 import pytest
 from helpers import OP_BINARY, OP_CLOSE, OP_TEXT, RawPeer, ServerProgram, close_payload
-
-from sync_client import connect
+from helpers import websocket_client as connect
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:

@@ -11,9 +11,8 @@ import pytest
 import websocket
 from helpers import ServerProgram, wait_until
 
-from common import Message, Session, start_reader
-from sync_client import WebSocketClientTransport, connect
-from sync_server import RunningServer, create_app, start_server
+from sync_server import create_app
+from wsthreads import ClientConfig, Message, RunningServer, dial, start_server
 
 THREADS, SENDS = 8, 500
 FILLER = "x" * 8000  # big enough that one message takes several send() calls
@@ -63,8 +62,8 @@ def test_server_session_sends_from_8_threads(quiet_server: RunningServer) -> Non
     # websocket-client's own UTF-8 check runs at ~1 MB/s in pure Python.
     ws = websocket.create_connection(quiet_server.url, skip_utf8_validation=True)
     try:
-        assert wait_until(lambda: quiet_server.app.session_count == 1)
-        (session,) = quiet_server.app.sessions()
+        assert wait_until(lambda: len(quiet_server.app.connections()) == 1)
+        (session,) = quiet_server.app.connections()
         sender = threading.Thread(target=send_from_threads, args=(session.send,))
         sender.start()
         received = [ws.recv() for _ in range(THREADS * SENDS)]
@@ -78,11 +77,10 @@ def test_client_session_sends_from_8_threads(start_server: Callable[..., ServerP
     """8 threads x 500 sends on one client session: the echo server returns 4000 intact messages."""
     server = start_server("--echo", "--max-message-size", "0")
     received: list[Message] = []
-    session = Session(WebSocketClientTransport(connect(server.url)))
-    reader = start_reader(session, "reader", received.append)
-    send_from_threads(session.send)
+    conn = dial(server.url, ClientConfig(max_message_size=None))
+    conn.start(received.append)
+    send_from_threads(conn.send)
     assert wait_until(lambda: len(received) >= THREADS * SENDS, timeout=30)
-    session.close()
-    reader.join(5)
-    session.transport.abort()
+    conn.close()
+    assert conn.wait_closed()
     assert_all_intact(received)

@@ -1,0 +1,47 @@
+"""wsthreads: WebSockets for synchronous Python, one thread per connection direction.
+
+The layers, one module each:
+
+* :mod:`wsthreads.connection` — one connection, both sides: the reader that
+  owns the socket, bounded writes, the closing handshake;
+* :mod:`wsthreads.session` — per-connection code (a handler) and its lifecycle;
+* :mod:`wsthreads.handshake` — the opening handshake's checks, both sides;
+* :mod:`wsthreads.app` — the WSGI application (Werkzeug or gunicorn);
+* :mod:`wsthreads.serving` — serving it on Werkzeug: deadlines, TLS, shutdown;
+* :mod:`wsthreads.client` — dialing, reconnecting, :class:`WebSocketClient`;
+* :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
+* :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines.
+"""
+
+from __future__ import annotations
+
+from .app import ServerConfig, WebSocketApp, create_app
+from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
+from .connection import Closed, Connection, Message, describe_close
+from .serving import RunningServer, start_server, tls_context
+from .session import Echo, Handler, run_session
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "Client",
+    "ClientConfig",
+    "Closed",
+    "ConnectError",
+    "Connection",
+    "Echo",
+    "Handler",
+    "Message",
+    "NotConnected",
+    "RunningServer",
+    "ServerConfig",
+    "WebSocketApp",
+    "WebSocketClient",
+    "__version__",
+    "create_app",
+    "describe_close",
+    "dial",
+    "run_session",
+    "start_server",
+    "tls_context",
+]

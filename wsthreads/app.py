@@ -1,0 +1,318 @@
+"""The WSGI application: upgrade the endpoint to a WebSocket session, refuse everything else.
+
+Works on Werkzeug's threaded server (see :mod:`wsthreads.serving`) and on
+gunicorn's gthread worker (see :mod:`wsthreads.gunicorn`): the two servers
+simple-websocket can take the socket from. simple-websocket does the
+opening handshake; then a :class:`~wsthreads.connection.Connection` owns
+the socket, and the session runs in the server's request thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any, Callable, NoReturn
+
+import simple_websocket
+
+from .connection import (
+    CLOSE_TIMEOUT,
+    GOING_AWAY,
+    MAX_MESSAGE_SIZE,
+    READ_SIZE,
+    WRITE_TIMEOUT,
+    Connection,
+)
+from .handshake import Refusal, check_request
+from .session import Echo, Handler, run_session
+
+log = logging.getLogger("wsthreads.server")
+
+#: The endpoint, as in the article.
+WS_PATH = "/ws"
+#: Where the browser page is served.
+PAGE_PATH = "/"
+#: Seconds between keepalive pings (proxies often drop connections idle for
+#: 60 s; a peer that has not answered by the next ping is dead).
+PING_INTERVAL = 25.0
+#: Sessions open at once; each costs two threads.
+MAX_CONNECTIONS = 1000
+#: Seconds :meth:`WebSocketApp.shutdown` takes at most, however many peers are stuck.
+SHUTDOWN_TIMEOUT = 2.0
+
+
+class Listen:
+    """Send nothing; the reader prints what arrives. The default when no handler is given."""
+
+    def on_message(self, conn: Connection, message: Any) -> None:
+        """Nothing to do: the reader has logged it."""
+
+    def run(self, conn: Connection) -> None:
+        """Nothing of our own to send."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """What the server's sessions do, and the limits they run under.
+
+    Attributes:
+        handler: your per-connection logic (see :class:`wsthreads.session.Handler`).
+            One handler object serves every connection, from several threads
+            at once. Default: echo with ``echo``, else only print.
+        echo: send every message straight back (when no handler is given).
+        path: the endpoint; an upgrade on any other path gets 404.
+        max_message_size: largest incoming message in bytes (None: no limit);
+            a larger one closes the session with 1009.
+        ping_interval: seconds between keepalive pings (None: none); a client
+            that has not answered one by the next is closed with 1011.
+        write_timeout: seconds one write may take; a client that does not
+            read for that long is dropped.
+        close_timeout: seconds a close may take before the connection is cut.
+        max_connections: sessions open at once; more get 503.
+        allowed_origins: browser origins allowed besides the server's own
+            (``*``: all).
+    """
+
+    handler: Handler | None = None
+    echo: bool = False
+    path: str = WS_PATH
+    max_message_size: int | None = MAX_MESSAGE_SIZE
+    ping_interval: float | None = PING_INTERVAL
+    write_timeout: float = WRITE_TIMEOUT
+    close_timeout: float = CLOSE_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+    allowed_origins: tuple[str, ...] = ()
+
+    def session_handler(self) -> Handler:
+        """What each session does."""
+        if self.handler is not None:
+            return self.handler
+        return Echo() if self.echo else Listen()
+
+
+class _NoThread:
+    """Stands in for the thread simple-websocket starts per connection.
+
+    simple-websocket does the opening handshake; after that our own reader
+    drives the connection, and its thread would only fight ours for the socket.
+    """
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        self.name = "unused"
+
+    def start(self) -> None:
+        """Start nothing: the connection's reader does this thread's work."""
+
+
+class WebSocketApp:
+    """The WSGI application: the endpoint runs a session, anything else is refused.
+
+    ``GET /`` serves the browser page. Requests that cannot become a session
+    get a one-line answer: 404 for other paths (naming the endpoint), 400 for
+    a plain GET on the endpoint or a malformed handshake, 405, 426, 403 for a
+    foreign origin, and 503 beyond ``max_connections`` or once
+    :meth:`shutdown` has begun.
+    """
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self._numbers = itertools.count(1)
+        # Guards the three fields below; notified whenever a session ends.
+        self._changed = threading.Condition()
+        self._admitted = 0  # requests between admission and the end of their session
+        self._connections: set[Connection] = set()
+        self._accepting = True
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Handle one request (the WSGI entry point)."""
+        if environ.get("PATH_INFO") == PAGE_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return page_response(start_response)
+        refusal = check_request(environ, self.config.path, self.config.allowed_origins) or self._admit()
+        if refusal is not None:
+            log.info(
+                "refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), refusal.status
+            )
+            return plain_response(start_response, refusal)
+        try:
+            return self._serve(environ, start_response)
+        finally:
+            with self._changed:
+                self._admitted -= 1
+                self._changed.notify_all()
+
+    def shutdown(
+        self, code: int = GOING_AWAY, reason: str = "server shutting down", timeout: float = SHUTDOWN_TIMEOUT
+    ) -> bool:
+        """Refuse new sessions, close every open one with ``code`` at once, and wait.
+
+        Every connection runs its own closing handshake in its own reader, so
+        they close in parallel; those still open when most of ``timeout`` has
+        passed (a peer that reads nothing, a handler stuck in a write) are cut.
+        Returns True if every session has ended within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._accepting = False
+            connections = list(self._connections)
+        for conn in connections:
+            conn.close(code, reason)
+        with self._changed:
+            if self._changed.wait_for(lambda: self._admitted == 0, max(deadline - time.monotonic() - 0.5, 0)):
+                return True
+            stuck = list(self._connections)
+        for conn in stuck:
+            conn.abort()
+        with self._changed:
+            return self._changed.wait_for(lambda: self._admitted == 0, max(deadline - time.monotonic(), 0))
+
+    def connections(self) -> list[Connection]:
+        """The connections open right now. Any thread may ``send()`` on them."""
+        with self._changed:
+            return list(self._connections)
+
+    def _admit(self) -> Refusal | None:
+        with self._changed:
+            if not self._accepting:
+                return Refusal("503 Service Unavailable", "the server is shutting down")
+            if self._admitted >= self.config.max_connections:
+                limit = self.config.max_connections
+                return Refusal("503 Service Unavailable", f"too many connections (limit {limit})")
+            self._admitted += 1
+            return None
+
+    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        name = f"conn-{next(self._numbers)}"
+        thread = threading.current_thread()
+        server_thread_name, thread.name = thread.name, name
+        try:
+            try:
+                ws = simple_websocket.Server.accept(without_compression(environ), thread_class=_NoThread)
+            except Exception as error:  # wsproto refused what we let through
+                return plain_response(start_response, Refusal("400 Bad Request", f"bad handshake: {error}"))
+            sock: socket.socket = ws.sock
+            sock.settimeout(None)  # the request deadline no longer applies
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            config = self.config
+            conn = Connection(
+                sock,
+                client=False,
+                pending=unread_request_bytes(environ, sock),
+                max_message_size=config.max_message_size,
+                ping_interval=config.ping_interval,
+                write_timeout=config.write_timeout,
+                close_timeout=config.close_timeout,
+                name=f"{name}-reader",
+            )
+            self._run(conn, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
+        finally:
+            thread.name = server_thread_name
+        end_hijacked_request(ws.mode)
+
+    def _run(self, conn: Connection, peer: str) -> None:
+        with self._changed:
+            self._connections.add(conn)
+            if not self._accepting:  # shutdown began during our handshake
+                conn.close(GOING_AWAY, "server shutting down")
+        try:
+            log.info("connected: %s", peer)
+            run_session(conn, self.config.session_handler())
+        except Exception as error:  # never let a failure reach the WSGI server after the 101
+            log.error("session failed: %r", error)
+            conn.abort()
+        finally:
+            # The reader owns the socket; the server may only take it back once it has let go.
+            conn.wait_closed()
+            with self._changed:
+                self._connections.discard(conn)
+
+
+def without_compression(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request as simple-websocket should see it: offering no extensions.
+
+    simple-websocket accepts permessage-deflate whenever a client offers it;
+    declining it (RFC 7692 lets a server) avoids wsproto 1.3.2 delivering
+    fragments still compressed when a ping arrives between them, and
+    inflation with no output limit.
+    """
+    return {k: v for k, v in environ.items() if k != "HTTP_SEC_WEBSOCKET_EXTENSIONS"}
+
+
+def unread_request_bytes(environ: dict[str, Any], sock: socket.socket) -> bytes:
+    """Bytes the client sent right behind its request, if the server read them.
+
+    Werkzeug reads the request through a buffered file, which may already
+    hold the start of the client's first frame. We take those bytes back
+    without blocking; the reader parses them before reading on.
+    """
+    rfile = environ.get("wsgi.input")
+    peek = getattr(rfile, "peek", None)
+    if peek is None:
+        return b""
+    sock.setblocking(False)
+    try:
+        buffered = peek(READ_SIZE)
+        data: bytes = rfile.read(len(buffered)) if buffered else b""  # type: ignore[union-attr]
+    except OSError:
+        data = b""
+    return data
+
+
+def end_hijacked_request(mode: str) -> NoReturn:
+    """End a request whose socket was taken over, without writing a response.
+
+    Returning a response would put HTTP bytes on the wire after the close
+    frame. Werkzeug treats ConnectionError as a dropped connection and writes
+    nothing; gunicorn does the same for StopIteration (as flask-sock does).
+    """
+    if mode == "gunicorn":
+        raise StopIteration
+    raise ConnectionAbortedError("WebSocket session over")
+
+
+@functools.lru_cache(maxsize=1)
+def page() -> bytes:
+    """The browser page (``page.html`` in this package), read once."""
+    return resources.files(__package__).joinpath("page.html").read_bytes()
+
+
+def page_response(start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """``GET /``: a page that opens a WebSocket to the endpoint on the same host."""
+    body = page()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            # Everything is inline; nothing may come from elsewhere.
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+            ),
+        ],
+    )
+    return [body]
+
+
+def plain_response(start_response: Callable[..., Any], refusal: Refusal) -> Iterable[bytes]:
+    """A one-line text/plain answer for a request that gets no session."""
+    body = f"{refusal.text}\n".encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    start_response(refusal.status, [*headers, *refusal.headers])
+    return [body]
+
+
+def create_app(config: ServerConfig | None = None, **settings: Any) -> WebSocketApp:
+    """Build the WSGI application.
+
+    ``create_app(echo=True)`` changes single settings of the default
+    :class:`ServerConfig`; ``create_app(config)`` takes a whole one.
+    """
+    return WebSocketApp(dataclasses.replace(config or ServerConfig(), **settings))

@@ -1,0 +1,655 @@
+"""One WebSocket connection, server or client side, after its opening handshake.
+
+The concurrency contract (gorilla's ``doc.go``, in threads):
+
+* **The reader thread owns the connection.** It is the only thread that reads
+  the socket. It feeds the bytes to wsproto (one frame layer for both sides),
+  answers pings, pings a quiet peer, delivers each message to ``on_message``,
+  runs the closing handshake, and, in its ``finally``, closes the socket
+  (Go: ``defer conn.Close()``). Nothing else closes the socket; other threads
+  may only :meth:`Connection.abort` it (shut it down), which wakes the reader.
+* **Any thread may send.** Every write (messages, pongs, close frames) goes
+  out under one lock, ``wire_lock``, with a deadline (``write_timeout``): a
+  peer that stops reading is dropped instead of holding a thread.
+* **Any thread may close, and close never blocks.** :meth:`Connection.close`
+  records the request and wakes the reader, which sends the close frame and
+  waits for the answer for at most ``close_timeout``; :meth:`Connection.wait_closed`
+  waits for the end, bounded.
+
+So every wait has a bound: reads wait for the next ping, the close deadline or
+the wake-up; writes for ``write_timeout``; the close for ``close_timeout``.
+The only unbounded code is yours: ``on_message`` runs in the reader thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import Callable, Union
+
+from wsproto.connection import Connection as FrameLayer
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.events import Message as DataEvent
+
+try:  # the C masker websocket-client uses too; 8x faster than the fallback below
+    from wsaccel.xormask import XorMaskerSimple
+except ImportError:  # pragma: no cover - wsaccel is installed where it builds
+    XorMaskerSimple = None
+
+Message = Union[str, bytes]
+
+log = logging.getLogger("wsthreads")
+#: The per-message lines ("received: ...", "sent: ..."), apart so that a
+#: program's ``--quiet`` can silence them and keep connection and close lines.
+message_log = logging.getLogger("wsthreads.messages")
+
+# --- Timing: each constant bounds one wait --------------------------------------
+
+#: Seconds one write may take before the peer counts as not reading and is
+#: dropped (gorilla's ``writeWait``).
+WRITE_TIMEOUT = 10.0
+#: Seconds from a close request to the end of the connection: our close frame
+#: out, the peer's answer in, the TCP connection wound down. After it we cut.
+CLOSE_TIMEOUT = 1.0
+#: Default limit on one incoming message, in bytes (1 MiB, as websockets).
+MAX_MESSAGE_SIZE = 1 << 20
+
+# --- Close codes (RFC 6455, section 7.4.1) ----------------------------------------
+
+NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+POLICY_VIOLATION = 1008
+INVALID_DATA = 1007
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+#: Never sent on the wire: "the close frame had no code" and "no close frame
+#: at all, the connection just went away".
+NO_STATUS = 1005
+ABNORMAL_CLOSURE = 1006
+#: The codes after which a client may dial again: the server went away or
+#: restarts, the connection was lost, or the server is overloaded. Anything
+#: else (1000, a policy violation, a protocol error) is final.
+RETRYABLE_CODES = frozenset({GOING_AWAY, ABNORMAL_CLOSURE, INTERNAL_ERROR, 1012, 1013, 1014})
+
+CLOSE_CODE_NAMES = {
+    NORMAL_CLOSURE: "normal closure",
+    GOING_AWAY: "going away",
+    PROTOCOL_ERROR: "protocol error",
+    1003: "unsupported data",
+    NO_STATUS: "no status code",
+    ABNORMAL_CLOSURE: "connection lost",
+    INVALID_DATA: "invalid data",
+    POLICY_VIOLATION: "policy violation",
+    MESSAGE_TOO_BIG: "message too big",
+    1010: "mandatory extension",
+    INTERNAL_ERROR: "internal error",
+    1012: "service restart",
+    1013: "try again later",
+    1014: "bad gateway",
+}
+
+#: Bytes read from the socket at a time.
+READ_SIZE = 65536
+#: Payloads up to this size go out in one write with their frame header;
+#: larger ones are written after it, uncopied.
+SMALL_FRAME = 16384
+#: The longest close reason that fits a control frame (125 bytes, less the code).
+MAX_REASON_BYTES = 123
+
+
+def describe_close(code: int, reason: str = "") -> str:
+    """Render a close code for people: ``1001 (going away) 'bye'``."""
+    name = CLOSE_CODE_NAMES.get(code, "application code" if code >= 3000 else "unknown")
+    text = f"{code} ({name})"
+    return f"{text} {reason!r}" if reason else text
+
+
+def describe_message(message: Message) -> str:
+    """How a message is printed: text verbatim, binary by size."""
+    if isinstance(message, str):
+        return message
+    return f"<binary message, {len(message)} bytes>"
+
+
+class Closed(Exception):
+    """The connection is over, and how it ended.
+
+    Args:
+        code: the close code the peer sent, or the one we sent if we closed
+            first; 1005 for a close frame without a code, 1006 when the
+            connection was lost without a close handshake.
+        reason: the close reason, or what went wrong for a 1006.
+        by_peer: True when the peer started the close (or vanished).
+    """
+
+    def __init__(self, code: int, reason: str = "", by_peer: bool = True) -> None:
+        self.code = code
+        self.reason = reason
+        self.by_peer = by_peer
+        super().__init__(describe_close(code, reason))
+
+    @property
+    def clean(self) -> bool:
+        """True for an orderly end: a close handshake with 1000 or 1001."""
+        return self.code in (NORMAL_CLOSURE, GOING_AWAY)
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to the 123 UTF-8 bytes a close frame holds, never mid-character."""
+    data = reason.encode()
+    if len(data) <= MAX_REASON_BYTES:
+        return reason
+    return data[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+def sendable_code(code: int) -> int:
+    """The code to put on the wire: 1005 and 1006 never are (RFC 6455 7.4.1); 1000 instead."""
+    return NORMAL_CLOSURE if code in (NO_STATUS, ABNORMAL_CLOSURE) else code
+
+
+def frame_header(opcode: int, length: int, masked: bool) -> bytes:
+    """The header of a final frame (RFC 6455, section 5.2)."""
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        return struct.pack("!BB", 0x80 | opcode, mask_bit | length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
+    return struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
+
+
+def mask(key: bytes, payload: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` (what a client does to every frame)."""
+    if XorMaskerSimple is not None:
+        masked: bytes = XorMaskerSimple(key).process(payload)
+        return masked
+    length = len(payload)
+    repeated = (key * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(length, "little")
+
+
+def wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
+    """Wait until ``sock`` is ready for ``events`` (POLLIN/POLLOUT); False on timeout.
+
+    A fresh poll object per wait: it holds no descriptor, so there is
+    nothing to close and nothing another thread could close under us.
+    """
+    if isinstance(sock, ssl.SSLSocket) and events & select.POLLIN and sock.pending():
+        return True  # bytes already decrypted, waiting in the TLS layer
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(None if timeout is None else max(timeout, 0) * 1000))
+
+
+def shut_down(sock: socket.socket | None) -> None:
+    """Shut a socket down both ways: the peer sees EOF, and blocked reads and writes return."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut down, closed, or reset by the peer
+
+
+def log_end(closed: Closed) -> None:
+    """One line saying how a connection ended: stdout if orderly, else stderr."""
+    if closed.code == ABNORMAL_CLOSURE:
+        log.warning("connection lost: %s", closed.reason or "no close frame")
+    elif closed.by_peer:
+        level = logging.INFO if closed.clean or closed.code == NO_STATUS else logging.WARNING
+        log.log(level, "peer closed the connection: %s", describe_close(closed.code, closed.reason))
+    else:
+        log.info("closed: sent %s", describe_close(closed.code, closed.reason))
+
+
+class _Wakeup:
+    """A descriptor the reader polls beside the socket, so another thread can wake it.
+
+    An eventfd where there is one (one descriptor), else a pipe. Only the
+    reader closes it, under ``lock``, and :meth:`ring` writes under the same
+    lock, so a ring can never hit a descriptor that was closed and reused.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        if hasattr(os, "eventfd"):
+            self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - Python 3.9, or not Linux
+            self.fd, self._write_fd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._write_fd, False)
+        self._closed = False
+
+    def ring(self) -> None:
+        with self.lock:
+            if not self._closed:
+                try:
+                    os.write(self._write_fd, (1).to_bytes(8, "little"))
+                except BlockingIOError:
+                    pass  # already ringing
+
+    def clear(self) -> None:
+        try:
+            os.read(self.fd, 64)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        with self.lock:
+            self._closed = True
+            os.close(self.fd)
+            if self._write_fd != self.fd:
+                os.close(self._write_fd)
+
+
+class _Lost(Exception):
+    """The TCP connection failed or ended under us: the session ends with 1006."""
+
+
+class _CloseTimeout(_Lost):
+    """The close deadline passed before the closing handshake was over."""
+
+
+class _Fail(Exception):
+    """We must close with ``code`` now: the peer broke the protocol, or went silent."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Connection:
+    """A WebSocket connection whose opening handshake is done: the same class for both sides.
+
+    Start its reader with :meth:`start`; then :meth:`send` from any thread,
+    :meth:`close` from any thread, and :meth:`wait_closed` for the end. The
+    ``stop`` event is set as soon as the session winds down (a close began on
+    either side, the connection was lost, or a stop was requested): a sender
+    sleeps with ``stop.wait(interval)``. ``done`` is set once the reader has
+    ended and the socket is released; ``closed`` then says how it ended.
+
+    Args:
+        sock: the connected socket (plain or TLS), handed over: from now on
+            the reader owns it and closes it.
+        client: True on the client side (we mask our frames, the peer must not).
+        pending: bytes received right behind the handshake, not yet parsed.
+        max_message_size: largest incoming message in bytes; a larger one is
+            refused with 1009 as soon as its frame header announces it.
+            None: no limit.
+        ping_interval: seconds between keepalive pings to a quiet peer; a
+            peer that has not answered one by the next is closed with 1011.
+            None: no pings.
+        write_timeout: seconds one write may take.
+        close_timeout: seconds a close may take, from request to release.
+        name: the reader thread's name.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        client: bool,
+        pending: bytes = b"",
+        max_message_size: int | None = MAX_MESSAGE_SIZE,
+        ping_interval: float | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
+        name: str = "reader",
+    ) -> None:
+        self.sock = sock
+        self.client = client
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
+        self.write_timeout = write_timeout
+        self.close_timeout = close_timeout
+        self.name = name
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        #: How the connection ended, once ``done`` is set.
+        self.closed: Closed | None = None
+        #: ``time.monotonic()`` of the last message received (or of the start).
+        self.last_received = time.monotonic()
+        #: Serialises every write to the socket, and guards the frame layer's state.
+        self.wire_lock = threading.Lock()
+        self._frames = FrameLayer(ConnectionType.CLIENT if client else ConnectionType.SERVER)
+        self._pending = pending
+        self._wakeup = _Wakeup()
+        self._close_requested: tuple[int, str] | None = None
+        self._close_sent: Closed | None = None
+        self._close_deadline: float | None = None
+        self._lost_reason = ""  # why a writer gave up on the peer, for the reader to report
+        self._parts: list[Message] = []
+        self._size = 0
+        self._awaiting_pong = False
+        self._next_ping = time.monotonic() + (ping_interval or 0)
+        self._on_message: Callable[[Message], None] = lambda message: None
+        self._reader: threading.Thread | None = None
+        sock.setblocking(False)  # every wait below is a poll with a timeout
+
+    # --- the lifecycle, from any thread ---------------------------------------------
+
+    def start(self, on_message: Callable[[Message], None] | None = None) -> threading.Thread:
+        """``go reader(conn)``: start the reader thread; ``on_message`` gets every message in it.
+
+        Daemon, so that a reader stuck in your ``on_message`` can never keep
+        the process alive; everything else it waits on is bounded.
+        """
+        if on_message is not None:
+            self._on_message = on_message
+        self._reader = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
+        self._reader.start()
+        return self._reader
+
+    def send(self, message: Message) -> None:
+        """Send text (str) or binary (bytes); thread-safe; bounded by ``write_timeout``.
+
+        Raises Closed once the session is closing or over. We frame data
+        ourselves rather than through wsproto, which would copy a payload
+        three times: a header of 2 to 14 bytes, and for a client the masked
+        payload.
+        """
+        payload = message.encode() if isinstance(message, str) else message
+        header = frame_header(0x1 if isinstance(message, str) else 0x2, len(payload), masked=self.client)
+        if self.client:
+            key = os.urandom(4)
+            header, payload = header + key, mask(key, payload)
+        deadline = time.monotonic() + self.write_timeout
+        if not self.wire_lock.acquire(timeout=self.write_timeout):
+            self._give_up("a write waited too long for the one before it")
+            raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
+        try:
+            if self._frames.state is not ConnectionState.OPEN or self._close_requested is not None:
+                raise Closed(GOING_AWAY, "the connection is closing", by_peer=False)
+            if len(payload) <= SMALL_FRAME:
+                self._write(header + payload, deadline)  # one segment for small messages
+            else:
+                self._write(header, deadline)
+                self._write(payload, deadline)
+        finally:
+            self.wire_lock.release()
+
+    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+        """Ask for the closing handshake with ``code``; returns at once, idempotent.
+
+        The reader sends the close frame and waits for the answer, for at
+        most ``close_timeout``. 1005 and 1006 cannot be sent and become 1000;
+        a reason is cut to the 123 bytes a close frame holds.
+        """
+        self.stop.set()
+        with self._wakeup.lock:
+            if self._close_requested is None:
+                self._close_requested = (sendable_code(code), close_reason(reason))
+        self._wakeup.ring()
+
+    def abort(self) -> None:
+        """Cut the connection now: the reader and any blocked writer return at once."""
+        self.stop.set()
+        shut_down(self.sock)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait for the reader to end (at most ``timeout`` s, default: the close bound); True if it has.
+
+        If it has not ended by then, the connection is aborted, and we wait
+        a little more for the reader to see it.
+        """
+        if self.done.wait(self.close_timeout + 0.5 if timeout is None else timeout):
+            return True
+        self.abort()
+        return self.done.wait(0.5)
+
+    # --- the reader thread ------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            self.closed = self._read_until_closed()
+            log_end(self.closed)
+        except BaseException as error:  # a bug of ours: report it, still release the socket
+            log.exception("reader failed")
+            self.closed = Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False)
+        finally:
+            self.stop.set()
+            self._wakeup.close()
+            shut_down(self.sock)
+            self.sock.close()  # Go: defer conn.Close()
+            self.done.set()
+
+    def _read_until_closed(self) -> Closed:
+        """Read and dispatch until the session is over; how it ended."""
+        try:
+            try:
+                data, self._pending = self._pending, b""
+                while True:
+                    if data:
+                        ended = self._dispatch(data)
+                        if ended is not None:
+                            self._wind_down()
+                            return ended
+                    data = self._receive()
+            except _Fail as failure:
+                log.warning("closing with %s", describe_close(failure.code, failure.reason))
+                self._send_close(failure.code, failure.reason)
+                self._wind_down()
+                return self._close_sent or Closed(failure.code, failure.reason, by_peer=False)
+        except _CloseTimeout:
+            if self._close_sent is None or self._lost_reason:
+                return Closed(ABNORMAL_CLOSURE, self._lost_reason or "the closing handshake timed out")
+            log.warning("peer did not answer the close within %.1f s; dropping it", self.close_timeout)
+            return self._close_sent
+        except _Lost as lost:
+            return Closed(ABNORMAL_CLOSURE, self._lost_reason or str(lost))
+
+    def _receive(self) -> bytes:
+        """The next bytes from the peer, keeping the pings and the close on time."""
+        while True:
+            timeout = self._due_in()
+            ready = self._wait_readable(timeout)
+            if not ready:
+                continue  # something is due: _due_in() does it
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            except OSError as error:
+                raise _Lost(str(error) or type(error).__name__) from None
+            if not data:
+                raise _Lost(f"the {'server' if self.client else 'client'} went away without a close frame")
+            return data
+
+    def _wait_readable(self, timeout: float | None) -> bool:
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        poller.register(self._wakeup.fd, select.POLLIN)
+        events = poller.poll(None if timeout is None else max(timeout, 0) * 1000)
+        if any(fd == self._wakeup.fd for fd, _ in events):
+            self._wakeup.clear()
+            return False
+        return bool(events)
+
+    def _due_in(self) -> float | None:
+        """Do what is due (send a requested close, a ping; give up on a close); seconds to the next."""
+        now = time.monotonic()
+        requested = self._close_requested
+        if requested is not None and self._close_sent is None:
+            self._send_close(*requested)
+        if self._close_deadline is not None:
+            if now >= self._close_deadline:
+                raise _CloseTimeout
+            return self._close_deadline - now
+        if self.ping_interval is None:
+            return None
+        if now >= self._next_ping:
+            if self._awaiting_pong:
+                raise _Fail(INTERNAL_ERROR, "keepalive ping timeout")
+            self._send_control(Ping(b"keepalive"))
+            self._awaiting_pong = True
+            self._next_ping = now + self.ping_interval
+        return self._next_ping - now
+
+    def _dispatch(self, data: bytes) -> Closed | None:
+        """Feed bytes to the frame layer and act on its events; how the session ended, if it did."""
+        self._frames.receive_data(data)
+        for event in self._frames.events():
+            if isinstance(event, DataEvent):
+                message = self._assemble(event)
+                if message is not None:
+                    self._deliver(message)
+            elif isinstance(event, Ping):
+                self._send_control(event.response())
+            elif isinstance(event, Pong):
+                self._awaiting_pong = False
+            elif isinstance(event, CloseConnection):
+                return self._closed_by(event)
+        return None
+
+    def _closed_by(self, event: CloseConnection) -> Closed:
+        """The frame layer reported a close: the peer's close frame, or a frame it could not parse."""
+        if self._frames.state is ConnectionState.OPEN:
+            # wsproto could not parse what arrived (a bad frame, bad UTF-8, a
+            # bad close code) and reports the code to close with.
+            if event.code == INVALID_DATA:
+                raise _Fail(INVALID_DATA, "text message is not valid UTF-8")
+            raise _Fail(event.code, event.reason or "protocol error")
+        if self._close_sent is not None:
+            return self._close_sent  # the peer answered our close
+        # The peer closed first: answer with its code (RFC 6455 5.5.1).
+        self._send_close(event.code, "")
+        return Closed(event.code, event.reason or "")
+
+    def _assemble(self, event: DataEvent) -> Message | None:  # type: ignore[type-arg]
+        """Add a frame to the message being received; the message once whole.
+
+        Counts bytes as they arrive and what the frame header still announces,
+        so a frame that announces more than the limit is refused (1009) before
+        its payload is read.
+        """
+        data = event.data
+        self._size += len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode())
+        limit = self.max_message_size
+        if limit is not None and self._size + self._announced_remainder() > limit:
+            self._parts, self._size = [], 0
+            raise _Fail(MESSAGE_TOO_BIG, f"message over {limit} bytes")
+        self._parts.append(data if isinstance(data, str) else bytes(data))
+        if not event.message_finished:
+            return None
+        parts, self._parts, self._size = self._parts, [], 0
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(event, TextMessage):
+            return "".join(parts)  # type: ignore[arg-type]
+        assert isinstance(event, BytesMessage)
+        return b"".join(parts)  # type: ignore[arg-type]
+
+    def _announced_remainder(self) -> int:
+        """Bytes the header of the frame being received announces that have not arrived yet.
+
+        wsproto has no public API for that header, so this peeks at its
+        decoder, and counts nothing (only what has arrived) if that changes.
+        """
+        decoder = getattr(getattr(self._frames, "_proto", None), "_frame_decoder", None)
+        header = getattr(decoder, "header", None)
+        return max(getattr(header, "payload_len", 0) - getattr(decoder, "payload_consumed", 0), 0)
+
+    def _deliver(self, message: Message) -> None:
+        self.last_received = time.monotonic()
+        message_log.info("received: %s", describe_message(message))
+        try:
+            self._on_message(message)
+        except Closed:
+            # A reply that fails because the session is closing (the peer's
+            # close often arrives in the same read as its last messages): the
+            # reader must still see that close itself.
+            log.debug("reply not sent: the connection is closing")
+        except Exception as error:  # your code failed, not the peer: 1011, one line
+            log.error("closing after an error in the message handler: %r", error)
+            self.close(INTERNAL_ERROR, "internal error")
+
+    def _wind_down(self) -> None:
+        """After the close frames: end the TCP connection cleanly, within the close deadline.
+
+        The server closes TCP first (RFC 6455 7.1.1): it half-closes, so the
+        peer sees EOF after our close frame. Both sides then read and discard
+        until the peer's EOF: closing with unread data would send a reset,
+        and the peer would see 1006 instead of our close code.
+        """
+        self.stop.set()
+        deadline = self._close_deadline or time.monotonic() + self.close_timeout
+        if not self.client:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                return
+        while (left := deadline - time.monotonic()) > 0:
+            if not wait_for(self.sock, select.POLLIN, left):
+                return
+            try:
+                if not self.sock.recv(READ_SIZE):
+                    return
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            except OSError:
+                return
+
+    # --- writing, under wire_lock -------------------------------------------------------
+
+    def _send_close(self, code: int, reason: str) -> None:
+        """Send our close frame once (the reader only), and start the close deadline."""
+        code, reason = sendable_code(code), close_reason(reason)
+        now = time.monotonic()
+        self._close_deadline = self._close_deadline or now + self.close_timeout
+        self.stop.set()
+        if not self.wire_lock.acquire(timeout=max(self._close_deadline - now, 0)):
+            self._give_up("a write held the connection past the close deadline")
+            raise _CloseTimeout
+        try:
+            if self._frames.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                return
+            by_peer = self._frames.state is ConnectionState.REMOTE_CLOSING
+            data = self._frames.send(CloseConnection(code, reason))
+            if not by_peer:
+                self._close_sent = Closed(code, reason, by_peer=False)
+            try:
+                self._write(data, self._close_deadline)
+            except Closed as failed:
+                raise _Lost(failed.reason) from None
+        finally:
+            self.wire_lock.release()
+
+    def _send_control(self, event: Ping | Pong) -> None:
+        with self.wire_lock:
+            if self._frames.state is ConnectionState.OPEN:
+                try:
+                    self._write(self._frames.send(event), time.monotonic() + self.write_timeout)
+                except Closed:
+                    pass  # the reader finds out on its next read
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        """Write all of ``data`` by ``deadline``, or drop the peer (the caller holds wire_lock)."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            except OSError as error:
+                raise Closed(ABNORMAL_CLOSURE, str(error) or type(error).__name__, by_peer=False) from None
+            view = view[sent:]
+            if view and not wait_for(self.sock, select.POLLOUT, deadline - time.monotonic()):
+                self._give_up(f"a write took over {self.write_timeout:g} s: the peer is not reading")
+                raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
+
+    def _give_up(self, why: str) -> None:
+        """Drop a peer that does not read; the reader reports ``why``."""
+        if not self._lost_reason:
+            self._lost_reason = why
+            log.warning("dropping the connection: %s", why)
+        self.abort()

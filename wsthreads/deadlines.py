@@ -1,0 +1,74 @@
+"""Deadlines for waits that a socket timeout cannot bound: one thread cuts sockets whose time is up.
+
+A socket timeout bounds each read, not a whole exchange: a peer that drips
+one byte every 300 ms never trips it. The opening handshake on both sides
+needs a deadline for the whole exchange, so we arm one here: when it passes,
+the ``deadlines`` thread shuts the socket down, and the blocked read returns.
+The thread runs only while something is armed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+import threading
+import time
+
+from .connection import shut_down
+
+
+class Armed:
+    """One armed deadline; pass it to :meth:`Deadlines.disarm`."""
+
+    __slots__ = ("cancelled", "sock", "when")
+
+    def __init__(self, when: float, sock: socket.socket) -> None:
+        self.when = when
+        self.sock = sock
+        self.cancelled = False
+
+
+class Deadlines:
+    """Shut sockets down when their deadline passes, unless disarmed first."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._heap: list[tuple[float, int, Armed]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sock: socket.socket, seconds: float) -> Armed:
+        """Shut ``sock`` down in ``seconds`` unless :meth:`disarm` comes first."""
+        armed = Armed(time.monotonic() + seconds, sock)
+        with self._changed:
+            heapq.heappush(self._heap, (armed.when, next(self._order), armed))
+            if self._thread is None:
+                # Daemon: a process may exit with a handshake still pending.
+                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        return armed
+
+    def disarm(self, armed: Armed) -> None:
+        """Cancel a deadline; once this returns, the socket will not be shut down by us."""
+        with self._changed:
+            armed.cancelled = True
+            self._changed.notify()
+
+    def _run(self) -> None:
+        with self._changed:
+            while self._heap:
+                when, _, armed = self._heap[0]
+                if armed.cancelled:
+                    heapq.heappop(self._heap)
+                elif (left := when - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                else:
+                    heapq.heappop(self._heap)
+                    shut_down(armed.sock)
+            self._thread = None
+
+
+#: The process's deadlines (its thread runs only while one is armed).
+deadlines = Deadlines()

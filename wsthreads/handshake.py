@@ -1,0 +1,123 @@
+"""The opening handshake's checks: what a server refuses, and what a client must.
+
+Pure functions, no I/O: the server asks :func:`check_request` whether a WSGI
+request may become a session; the client asks :func:`check_response`
+whether a server's 101 answers the request it sent (RFC 6455, 4.1 and 4.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+#: RFC 6455, 1.3: appended to the key before hashing it for Sec-WebSocket-Accept.
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Refusal(NamedTuple):
+    """An HTTP answer instead of a session: status, one line of text, headers."""
+
+    status: str
+    text: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def new_key() -> str:
+    """A fresh Sec-WebSocket-Key: 16 random bytes in base64."""
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def accept_value(key: str) -> str:
+    """The Sec-WebSocket-Accept that answers ``key`` (RFC 6455, 4.2.2)."""
+    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+
+
+def is_websocket_upgrade(environ: Mapping[str, Any]) -> bool:
+    """True if the request asks to switch to WebSocket (RFC 6455, 4.2.1)."""
+    upgrade = environ.get("HTTP_UPGRADE", "").lower()
+    connection = environ.get("HTTP_CONNECTION", "").lower()
+    return "websocket" in upgrade and "upgrade" in (t.strip() for t in connection.split(","))
+
+
+def is_valid_key(key: str) -> bool:
+    """A Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455, 4.1)."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str] = ()) -> bool:
+    """The origin check that stops cross-site WebSocket hijacking.
+
+    A request without ``Origin`` comes from a program, not a browser page:
+    allowed. A browser page may connect if it was served by this server (its
+    origin's host:port is the request's Host) or its origin is listed in
+    ``allowed`` (``*`` allows every origin).
+    """
+    if origin is None or "*" in allowed:
+        return True
+    if origin.rstrip("/").lower() in (a.rstrip("/").lower() for a in allowed):
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not host:
+        return False
+    default_port = 443 if parts.scheme == "https" else 80
+    try:
+        origin_port = parts.port or default_port
+        host_parts = urlsplit(f"//{host}")
+        host_port = host_parts.port or default_port
+    except ValueError:
+        return False
+    return (parts.hostname, origin_port) == (host_parts.hostname, host_port)
+
+
+def check_request(
+    environ: Mapping[str, Any], path: str, allowed_origins: Sequence[str] = ()
+) -> Refusal | None:
+    """Why this request may not become a session on endpoint ``path``, or None if it may."""
+    if environ.get("PATH_INFO", "") != path:
+        return Refusal("404 Not Found", f"no such path; the WebSocket endpoint is {path}")
+    if not is_websocket_upgrade(environ):
+        return Refusal(
+            "400 Bad Request",
+            f"{path} speaks WebSocket only: send 'Connection: Upgrade' and 'Upgrade: websocket'",
+        )
+    if environ.get("REQUEST_METHOD") != "GET":
+        return Refusal("405 Method Not Allowed", "a WebSocket handshake is a GET", (("Allow", "GET"),))
+    if environ.get("SERVER_PROTOCOL") not in ("HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/3"):
+        return Refusal("400 Bad Request", "a WebSocket handshake needs HTTP/1.1")
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+        return Refusal(
+            "426 Upgrade Required",
+            "only WebSocket version 13 is supported",
+            (("Sec-WebSocket-Version", "13"),),
+        )
+    if not is_valid_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
+        return Refusal("400 Bad Request", "Sec-WebSocket-Key must be 16 bytes in base64")
+    if not origin_allowed(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST"), allowed_origins):
+        return Refusal("403 Forbidden", f"origin {environ.get('HTTP_ORIGIN')} is not allowed")
+    return None
+
+
+def check_response(headers: Mapping[str, str], key: str, subprotocols: Sequence[str] = ()) -> str | None:
+    """What is wrong with a server's 101 response to our ``key``, or None if nothing.
+
+    ``headers`` have lower-case names. Stricter than websocket-client, which
+    compares the accept value ignoring case (base64 is case-sensitive) and
+    lets through an extension or subprotocol the client never offered; RFC
+    6455, 4.1 says the client must fail the connection on each of those.
+    """
+    if headers.get("sec-websocket-accept", "").strip() != accept_value(key):
+        return "wrong Sec-WebSocket-Accept"
+    if headers.get("sec-websocket-extensions", "").strip():
+        return f"extension {headers['sec-websocket-extensions'].strip()!r} was never offered"
+    protocol = headers.get("sec-websocket-protocol", "").strip()
+    if protocol and protocol not in subprotocols:
+        return f"subprotocol {protocol!r} was never offered"
+    return None

@@ -1,0 +1,221 @@
+"""Serving the WSGI app on Werkzeug's threaded server: listening, request deadlines, TLS, shutdown.
+
+The ``acceptor`` thread accepts connections; Werkzeug gives each one a
+thread of its own, named ``request-PORT`` until it becomes a session.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import traceback
+
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+from .app import SHUTDOWN_TIMEOUT, WebSocketApp
+from .deadlines import Armed, deadlines
+from .signals import run_until_signal
+
+log = logging.getLogger("wsthreads.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+#: Seconds a client has for its whole request, TLS handshake included.
+HANDSHAKE_TIMEOUT = 10.0
+#: Pending connections the kernel queues for us (Werkzeug's default, 128,
+#: overflows when many clients connect at once).
+LISTEN_BACKLOG = 1024
+
+
+def format_url(scheme: str, host: str, port: int, path: str = "") -> str:
+    """``ws://host:port/ws``, brackets around an IPv6 host."""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}{path}"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen, raising OSError (rather than Werkzeug's SystemExit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server-side TLS context from a PEM certificate (chain) and key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+class RequestHandler(WSGIRequestHandler):
+    """Werkzeug's request handler, with a deadline for the whole request and TLS in its own thread.
+
+    Werkzeug has no request timeout, and a socket timeout only bounds each
+    read: a client that drips a byte every 300 ms would hold a thread for
+    ever. Here each request, TLS handshake included, must have arrived whole
+    within ``handshake_timeout``, or its socket is shut down. With TLS,
+    Werkzeug would do the TLS handshake in the acceptor thread, where one
+    silent client stalls every other; here each connection does its own.
+    """
+
+    server: WebSocketServer
+
+    def setup(self) -> None:
+        """Name the thread, arm the deadline and, with TLS, do the TLS handshake."""
+        threading.current_thread().name = f"request-{self.client_address[1]}"
+        self.request.settimeout(self.server.handshake_timeout)  # the session clears it
+        self.deadline: Armed | None = deadlines.arm(self.request, self.server.handshake_timeout)
+        self.tls_failed = False
+        context = self.server.tls_context
+        if context is not None:
+            self.request = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+            self.deadline.sock = self.request  # the plain socket object gave its descriptor away
+            try:
+                self.request.do_handshake()
+            except OSError as error:  # ssl.SSLError, a timeout, or a reset
+                self.tls_failed = True
+                log.warning("TLS handshake with %s failed: %s", self.client_address[0], error)
+        super().setup()
+
+    def handle(self) -> None:
+        """Serve the connection's requests, unless its TLS handshake failed."""
+        if not self.tls_failed:
+            super().handle()
+
+    def handle_one_request(self) -> None:
+        """Read and serve one request; the deadline runs until the request is in."""
+        if self.deadline is None:  # a further request on a kept-alive connection
+            self.deadline = deadlines.arm(self.connection, self.server.handshake_timeout)
+        try:
+            super().handle_one_request()
+        finally:
+            self._disarm()
+
+    def run_wsgi(self) -> None:
+        """The request has arrived whole: the deadline is met; run the app."""
+        self._disarm()
+        super().run_wsgi()
+
+    def connection_dropped(self, error: BaseException, environ: object = None) -> None:
+        """A client reset the connection: free what Werkzeug's frames still hold.
+
+        When the client resets while Werkzeug drains the request body, the
+        drain's selector (an epoll descriptor) is left in the frame that
+        raised, alive until a garbage collection. Clearing the finished
+        frames of the traceback closes it now.
+        """
+        traceback.clear_frames(error.__traceback__)
+
+    def finish(self) -> None:
+        """Close the connection's files and, with TLS, the TLS socket itself."""
+        self._disarm()
+        super().finish()
+        if self.server.tls_context is not None:
+            self.request.close()  # socketserver closes only the plain socket it accepted
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            deadlines.disarm(self.deadline)
+            self.deadline = None
+
+
+class WebSocketServer(ThreadedWSGIServer):
+    """Werkzeug's threaded server with our request handler and its settings."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        app: WebSocketApp,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        host, port = sock.getsockname()[:2]
+        # Werkzeug duplicates the descriptor of a socket it is handed.
+        super().__init__(host, port, app, handler=RequestHandler, fd=sock.fileno())
+        self.tls_context = tls_context
+        self.handshake_timeout = handshake_timeout
+        # Tells Werkzeug to report https:// to the application.
+        self.ssl_context = tls_context
+
+
+class RunningServer:
+    """A :class:`WebSocketApp` served by Werkzeug's threaded server; see :func:`start_server`."""
+
+    def __init__(self, app: WebSocketApp, httpd: WebSocketServer, host: str) -> None:
+        self.app = app
+        self.httpd = httpd
+        self.port: int = httpd.port
+        secure = httpd.tls_context is not None
+        #: The WebSocket endpoint, ``ws://HOST:PORT/ws``.
+        self.url = format_url("wss" if secure else "ws", host, self.port, app.config.path)
+        #: The browser page, ``http://HOST:PORT/``.
+        self.page_url = format_url("https" if secure else "http", host, self.port, "/")
+        #: Set when the acceptor has stopped (after :meth:`shutdown`).
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, name="acceptor")
+        self._shutdown_lock = threading.Lock()
+
+    def _accept(self) -> None:
+        try:
+            self.httpd.serve_forever(poll_interval=0.1)
+        finally:
+            self.stopped.set()
+
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
+        """Stop accepting, close every session with 1001 at once, wait at most ``timeout`` s.
+
+        Returns True if every session ended in time. Idempotent; call it from
+        any thread but the acceptor (socketserver's rule).
+        """
+        with self._shutdown_lock:
+            if self.thread.is_alive():
+                self.httpd.shutdown()
+                self.thread.join(timeout)
+            self.httpd.server_close()
+        return self.app.shutdown(timeout=timeout)
+
+    def serve_until_signal(self) -> None:
+        """Block the main thread until Ctrl+C or SIGTERM, then :meth:`shutdown` (1001 for every session)."""
+        run_until_signal(self.stopped, on_signal=self.shutdown)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+
+def start_server(
+    app: WebSocketApp,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    tls_context: ssl.SSLContext | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+) -> RunningServer:
+    """Listen on ``host:port`` (0 picks a free port) and serve ``app`` in threads.
+
+    With ``tls_context`` the server speaks ``wss://``. A client gets
+    ``handshake_timeout`` seconds for its whole request (and TLS handshake).
+    Returns once the socket is listening, so clients may connect at once.
+    Raises OSError if the address cannot be used (port in use, bad host).
+    """
+    sock = listen(host, port)
+    try:
+        httpd = WebSocketServer(sock, app, tls_context=tls_context, handshake_timeout=handshake_timeout)
+    finally:
+        sock.close()
+    server = RunningServer(app, httpd, host)
+    server.thread.start()
+    return server

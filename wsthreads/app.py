@@ -30,7 +30,7 @@ from .connection import (
     WRITE_TIMEOUT,
     Connection,
 )
-from .handshake import Refusal, check_request
+from .handshake import Refusal, check_request, is_websocket_upgrade
 from .session import Echo, Handler, run_session
 
 log = logging.getLogger("wsthreads.server")
@@ -132,7 +132,11 @@ class WebSocketApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Handle one request (the WSGI entry point)."""
-        if environ.get("PATH_INFO") == PAGE_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+        if (
+            environ.get("PATH_INFO") == PAGE_PATH
+            and environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+            and not is_websocket_upgrade(environ)
+        ):
             return page_response(start_response)
         refusal = check_request(environ, self.config.path, self.config.allowed_origins) or self._admit()
         if refusal is not None:

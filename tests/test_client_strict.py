@@ -1,0 +1,136 @@
+"""The client refuses what RFC 6455 says it must, where websocket-client alone would not."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import time
+
+import pytest
+from helpers import OP_CLOSE, OP_PING, OP_PONG, RawServer, accept_key, decode_frames, encode_frame, run_client
+
+from wsthreads.connection import Connection
+
+
+class HandshakeServer(RawServer):
+    """A one-connection server whose 101 answer the test writes, given the client's key."""
+
+    def __init__(self, answer_for: object, script: object = None) -> None:
+        self.answer_for = answer_for
+        super().__init__(script or (lambda conn: None))  # type: ignore[arg-type]
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(10)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
+            assert key is not None
+            conn.sendall(self.answer_for(key.group(1).decode()))  # type: ignore[operator]
+            self.script(conn)
+
+
+def switching(accept: str, extra: str = "") -> bytes:
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
+    ).encode()
+
+
+def one_line(stderr: str, fragment: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], stderr
+
+
+@pytest.mark.parametrize(
+    "answer, problem",
+    [
+        (lambda key: switching(accept_key(key).swapcase()), "wrong Sec-WebSocket-Accept"),
+        (lambda key: switching(accept_key(key), "Sec-WebSocket-Protocol: chat\r\n"), "subprotocol 'chat'"),
+        (
+            lambda key: switching(accept_key(key), "Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+            "extension 'permessage-deflate'",
+        ),
+        (lambda key: b"HTTP/1.1 301 Moved Permanently\r\nLocation: ws://127.0.0.1:9/ws\r\n\r\n", "redirect"),
+    ],
+    ids=["accept-case", "subprotocol", "extension", "redirect"],
+)
+def test_a_wrong_handshake_answer_fails_the_dial(answer: object, problem: str) -> None:
+    server = HandshakeServer(answer)
+    result = run_client("--url", server.url, "--count", "0", "--timeout", "3")
+    assert result.returncode == 1
+    one_line(result.stderr, problem)
+    server.close()
+
+
+def frames_until_eof(conn: socket.socket) -> list[tuple[int, bytes]]:
+    conn.settimeout(5)
+    data = b""
+    try:
+        while chunk := conn.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    return decode_frames(data)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        encode_frame(OP_PING, b"p" * 126, mask=False),  # a control frame over 125 bytes
+        encode_frame(OP_CLOSE, struct.pack("!H", 1000), fin=False, mask=False),  # a fragmented close
+    ],
+    ids=["ping-126-bytes", "fragmented-close"],
+)
+def test_an_illegal_control_frame_gets_1002_and_no_answer(frame: bytes) -> None:
+    seen: list[list[tuple[int, bytes]]] = []
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(frame)
+        seen.append(frames_until_eof(conn))
+
+    server = HandshakeServer(lambda key: switching(accept_key(key)), script)
+    result = run_client("--url", server.url, "--count", "0", "--timeout", "3")
+    server.close()
+    assert result.returncode == 1
+    one_line(result.stderr, "closing with 1002 (protocol error)")
+    (frames,) = seen
+    assert [opcode for opcode, _ in frames] == [OP_CLOSE]
+    assert frames[0][1][:2] == struct.pack("!H", 1002)
+    assert OP_PONG not in [opcode for opcode, _ in frames]
+
+
+def test_a_frame_announcing_a_huge_message_gets_1009_before_its_payload() -> None:
+    """A header announcing 2**40 bytes, then a trickle: 1009 at once, nothing buffered."""
+    seen: list[list[tuple[int, bytes]]] = []
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(bytes([0x82, 127]) + struct.pack("!Q", 1 << 40) + b"x" * 1000)
+        seen.append(frames_until_eof(conn))
+
+    server = HandshakeServer(lambda key: switching(accept_key(key)), script)
+    started = time.monotonic()
+    result = run_client("--url", server.url, "--count", "0", "--timeout", "3")
+    server.close()
+    assert time.monotonic() - started < 5
+    one_line(result.stderr, "closing with 1009 (message too big) 'message over 1048576 bytes'")
+    (frames,) = seen
+    assert frames[0][0] == OP_CLOSE and frames[0][1][:2] == struct.pack("!H", 1009)
+
+
+@pytest.mark.parametrize("code, sent", [(1005, 1000), (1006, 1000), (4000, 4000)])
+def test_close_never_sends_1005_or_1006_and_cuts_long_reasons(code: int, sent: int) -> None:
+    ours, theirs = socket.socketpair()
+    conn = Connection(ours, client=True, close_timeout=0.3)
+    conn.start()
+    conn.close(code, "why " * 100)
+    frames = frames_until_eof(theirs)
+    conn.wait_closed()
+    theirs.close()
+    assert frames[0][0] == OP_CLOSE
+    payload = frames[0][1]
+    assert struct.unpack("!H", payload[:2])[0] == sent
+    assert len(payload) <= 125

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from typing import Callable
 
 import pytest
-from helpers import SERVER, Program, ServerProgram, run_client
+from helpers import SERVER, Program, ServerProgram, run_client, wait_until
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> None:
@@ -126,3 +127,44 @@ def test_client_unknown_host() -> None:
     result = run_client("--url", "ws://no-such-host.invalid/ws", "--timeout", "2")
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "no-such-host.invalid")
+
+
+@pytest.mark.parametrize("path", ["", "/", "/nowhere"])
+def test_an_upgrade_on_another_path_gets_404_naming_the_endpoint(
+    start_server: Callable[..., ServerProgram], path: str
+) -> None:
+    """ws://HOST:PORT (the page's path) or any other path: 404, and the client prints the server's reason."""
+    server = start_server()
+    result = run_client("--url", f"ws://127.0.0.1:{server.port}{path}")
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "HTTP 404 Not Found: no such path; the WebSocket endpoint is /ws")
+
+
+def test_a_url_without_ws_scheme_says_what_is_expected() -> None:
+    result = run_client("--url", "localhost:8080/ws")
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "expected ws://HOST:PORT/PATH")
+
+
+def test_server_prints_the_page_address_beside_the_websocket_url(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    server = start_server()
+    server.wait_for(
+        rf"listening on ws://127\.0\.0\.1:{server.port}/ws \(the browser page: http://127\.0\.0\.1:{server.port}/\)"
+    )
+
+
+def test_refused_requests_whose_client_resets_leave_no_descriptor_behind(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """Werkzeug's body-draining selector used to stay open until garbage collection."""
+    server = start_server()
+    fds = server.fds()
+    for _ in range(30):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        sock.recv(1)  # the 400 has begun: reset while the server drains the body
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    assert wait_until(lambda: server.fds() <= fds, timeout=5), (server.fds(), fds)

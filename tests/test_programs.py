@@ -110,3 +110,16 @@ def test_quiet_prints_connections_and_closes_but_not_messages(
     assert "received:" not in client.stdout and "sent:" not in client.stdout
     server.wait_for(r"peer closed the connection: 1000")
     assert not any("received:" in line or "sent:" in line for line in server.stdout)
+
+
+def test_client_echo_sends_back_what_the_server_sends(start_server: Callable[..., ServerProgram]) -> None:
+    """sync_client.py --echo: every server message comes back; the client stays until the server closes."""
+    server = start_server("--count", "3", "--interval", "0.05")
+    client = Program(CLIENT, "--url", server.url, "--echo")
+    for n in (1, 2, 3):
+        server.wait_for(rf"received: server message {n} of 3")
+    assert client.proc.poll() is None  # no linger in echo mode
+    server.signal()
+    assert server.wait() == 0
+    assert client.wait() == 0, client.output()
+    client.wait_for(r"peer closed the connection: 1001")

@@ -7,10 +7,10 @@ thread of its own, named ``request-PORT`` until it becomes a session.
 from __future__ import annotations
 
 import logging
+import selectors
 import socket
 import ssl
 import threading
-import traceback
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
@@ -107,14 +107,19 @@ class RequestHandler(WSGIRequestHandler):
         super().run_wsgi()
 
     def connection_dropped(self, error: BaseException, environ: object = None) -> None:
-        """A client reset the connection: free what Werkzeug's frames still hold.
+        """A client reset the connection: close the selector Werkzeug left open.
 
         When the client resets while Werkzeug drains the request body, the
-        drain's selector (an epoll descriptor) is left in the frame that
-        raised, alive until a garbage collection. Clearing the finished
-        frames of the traceback closes it now.
+        drain's selector (an epoll descriptor) is left behind in the frame
+        that raised; it sits in a reference cycle, so only a garbage
+        collection would close it. We close it now.
         """
-        traceback.clear_frames(error.__traceback__)
+        tb = error.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if isinstance(value, selectors.BaseSelector):
+                    value.close()
+            tb = tb.tb_next
 
     def finish(self) -> None:
         """Close the connection's files and, with TLS, the TLS socket itself."""

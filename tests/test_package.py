@@ -1,0 +1,45 @@
+"""wsthreads is an installable package: what lands in site-packages, and which way imports point."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from helpers import ROOT
+
+
+def test_the_wheel_holds_the_package_and_nothing_else(tmp_path: Path) -> None:
+    """No common.py, no demo script in site-packages; the page and py.typed are inside."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(ROOT)],
+        cwd=tmp_path,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("wsthreads-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert all(n.startswith(("wsthreads/", "wsthreads-")) for n in names), names
+    assert {"wsthreads/page.html", "wsthreads/py.typed", "wsthreads/connection.py"} <= set(names)
+
+
+def test_import_works_from_any_directory_and_has_a_version(tmp_path: Path) -> None:
+    code = "import sys, wsthreads; print(wsthreads.__version__); assert 'common' not in sys.modules"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert re.fullmatch(r"\d+\.\d+\.\d+\n", result.stdout), result.stderr
+
+
+def test_imports_point_one_way_the_package_never_imports_the_programs() -> None:
+    for module in (ROOT / "wsthreads").glob("*.py"):
+        source = module.read_text()
+        assert not re.search(r"^\s*(from|import) (common|sync_server|sync_client)\b", source, re.M), module
+
+
+def test_examples_import_the_package_without_sys_path_edits() -> None:
+    for example in (ROOT / "examples").glob("*.py"):
+        assert "sys.path" not in example.read_text(), example

@@ -133,14 +133,9 @@ def dial(
     config = config or ClientConfig()
     host, port, secure = parse_url(url)
     deadline = time.monotonic() + config.timeout
-    try:
-        sock = socket.create_connection((host, port), timeout=config.timeout)
-    except OSError as error:
-        raise ConnectError(describe_dial_error(url, config, error, deadline)) from error
+    sock = open_tcp(url, host, port, config, deadline, track)
     armed = deadlines.arm(sock, max(deadline - time.monotonic(), 0))
     try:
-        if track is not None:
-            track(sock)
         if secure:
             context = ssl.create_default_context(cafile=config.cafile)
             sock = context.wrap_socket(sock, server_hostname=host)
@@ -181,6 +176,44 @@ def dial(
         close_timeout=config.close_timeout,
         name=name,
     )
+
+
+def open_tcp(
+    url: str,
+    host: str,
+    port: int,
+    config: ClientConfig,
+    deadline: float,
+    track: Callable[[socket.socket], None] | None,
+) -> socket.socket:
+    """TCP-connect to the first address of ``host`` that answers, all within the deadline.
+
+    Each socket is shown to ``track`` before it connects, so a close() can
+    cut even this step short.
+    """
+    error: OSError = TimeoutError()
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as failure:
+        raise ConnectError(describe_dial_error(url, config, failure, deadline)) from failure
+    for family, kind, proto, _, address in addresses:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            if track is not None:
+                track(sock)
+            sock.settimeout(left)
+            sock.connect(address)
+            return sock
+        except OSError as failure:
+            sock.close()
+            error = failure
+        except BaseException:
+            sock.close()
+            raise
+    raise ConnectError(describe_dial_error(url, config, error, deadline)) from error
 
 
 def describe_dial_error(url: str, config: ClientConfig, error: BaseException, deadline: float) -> str:
@@ -355,9 +388,9 @@ class Client:
 
     def _track(self, sock: socket.socket) -> None:
         with self._lock:
-            self._dialing = sock
             if self._closing.is_set():
-                shut_down(sock)
+                raise ConnectError(f"the client was closed while dialing {self.url}", retryable=False)
+            self._dialing = sock
 
 
 class _Deliver:

@@ -45,6 +45,14 @@ def require(available: object, what: str, install: str) -> None:
     pytest.skip(message)
 
 
+def free_port() -> int:
+    """A port nothing listens on: bind to port 0, note the port, let it go."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT, step: float = 0.01) -> bool:
     """Poll ``condition`` until it holds or ``timeout`` passes; its last value."""
     deadline = time.monotonic() + timeout

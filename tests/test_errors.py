@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Callable
 
 import pytest
-from helpers import SERVER, Program, ServerProgram, run_client, wait_until
+from helpers import SERVER, Program, ServerProgram, free_port, run_client, wait_until
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> None:
@@ -56,13 +56,6 @@ def test_server_port_in_use(start_server: Callable[..., ServerProgram]) -> None:
     second = Program(SERVER, "--port", str(first.port))
     assert second.wait() == 1
     assert_one_line_error("\n".join(second.stderr), f"cannot listen on 127.0.0.1:{first.port}", "in use")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_client_server_unreachable() -> None:

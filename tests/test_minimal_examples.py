@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
-from helpers import ROOT, WAIT, Program
+from helpers import ROOT, WAIT, Program, free_port
 
 SERVER = str(ROOT / "examples" / "minimal_server.py")
 CLIENT = str(ROOT / "examples" / "minimal_client.py")
 
 #: Short, but one interval is each side's margin between the other's last message and its close.
 INTERVAL = "0.2"
-
-
-def free_port() -> int:
-    """A port nothing listens on: bind to port 0, note the port, let it go."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_minimal_client_and_server_exchange_five_messages_each() -> None:

@@ -8,7 +8,7 @@ Every stack is an echo server in its own process, pinned to one core, with
 its own client pinned to the other:
 
 * ``ours``: ``sync_server.py --echo --quiet`` and websocket-client, configured
-  as ``sync_client.py`` configures it (its transport and send lock);
+  as ``sync_client.py`` runs it (``wsthreads.dial`` and the connection's reader);
 * ``gunicorn``: the same app under gunicorn, 2 gthread workers, not pinned
   (the workers are meant to share both cores with the client);
 * ``websockets``: the websockets package's threading server and client;

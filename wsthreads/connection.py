@@ -4,7 +4,7 @@ The concurrency contract (gorilla's ``doc.go``, in threads):
 
 * **The reader thread owns the connection.** It is the only thread that reads
   the socket. It feeds the bytes to wsproto (one frame layer for both sides),
-  answers pings, pings a quiet peer, delivers each message to ``on_message``,
+  answers pings, pings the peer every ``ping_interval``, delivers each message to ``on_message``,
   runs the closing handshake, and, in its ``finally``, closes the socket
   (Go: ``defer conn.Close()``). Nothing else closes the socket; other threads
   may only :meth:`Connection.abort` it (shut it down), which wakes the reader.
@@ -317,7 +317,7 @@ class Connection:
         self.closed: Closed | None = None
         #: ``time.monotonic()`` of the last message received (or of the start).
         self.last_received = time.monotonic()
-        #: Serialises every write to the socket, and guards the frame layer's state.
+        #: Serialises every write to the socket (only the reader touches the frame layer).
         self.wire_lock = threading.Lock()
         self._frames = FrameLayer(ConnectionType.CLIENT if client else ConnectionType.SERVER)
         self._pending = pending
@@ -326,6 +326,7 @@ class Connection:
         self._close_sent: Closed | None = None
         self._close_deadline: float | None = None
         self._lost_reason = ""  # why a writer gave up on the peer, for the reader to report
+        self._aborted = False
         self._parts: list[Message] = []
         self._size = 0
         self._awaiting_pong = False
@@ -391,6 +392,7 @@ class Connection:
 
     def abort(self) -> None:
         """Cut the connection now: the reader and any blocked writer return at once."""
+        self._aborted = True  # before the shutdown: the reader must not read on what is still queued
         self.stop.set()
         shut_down(self.sock)
 
@@ -449,6 +451,8 @@ class Connection:
     def _receive(self) -> bytes:
         """The next bytes from the peer, keeping the pings and the close on time."""
         while True:
+            if self._aborted:
+                raise _Lost("the connection was cut")
             timeout = self._due_in()
             ready = self._wait_readable(timeout)
             if not ready:
@@ -650,6 +654,5 @@ class Connection:
     def _give_up(self, why: str) -> None:
         """Drop a peer that does not read; the reader reports ``why``."""
         if not self._lost_reason:
-            self._lost_reason = why
-            log.warning("dropping the connection: %s", why)
+            self._lost_reason = why  # the reader's last line says it: "connection lost: WHY"
         self.abort()

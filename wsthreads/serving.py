@@ -102,9 +102,18 @@ class RequestHandler(WSGIRequestHandler):
             self._disarm()
 
     def run_wsgi(self) -> None:
-        """The request has arrived whole: the deadline is met; run the app."""
+        """The request has arrived whole: the deadline is met; run the app.
+
+        After an upgrade request the connection is over, whatever the app
+        answered: the bytes still in it belong to a WebSocket, and must not
+        be read as a next HTTP request.
+        """
         self._disarm()
-        super().run_wsgi()
+        try:
+            super().run_wsgi()
+        finally:
+            if "websocket" in self.headers.get("Upgrade", "").lower():
+                self.close_connection = True
 
     def connection_dropped(self, error: BaseException, environ: object = None) -> None:
         """A client reset the connection: close the selector Werkzeug left open.

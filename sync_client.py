@@ -37,7 +37,7 @@ import wsthreads
 from common import OneLineParser, Sender, add_common_options, fail, positive_seconds_arg, setup_logging
 from wsthreads.client import DEFAULT_URL, DIAL_TIMEOUT
 from wsthreads.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT
-from wsthreads.signals import run_until_signal
+from wsthreads.signals import catch_signals, run_until_signal
 
 #: Seconds of silence after which the client, done sending, closes. It must
 #: exceed the server's interval, or the client hangs up between two messages.
@@ -46,6 +46,7 @@ DEFAULT_LINGER = 3.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the client; exit status 0 after a clean close or Ctrl+C, 1 otherwise."""
+    signalled = catch_signals()  # first: a Ctrl+C during start-up is not lost
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(quiet=args.quiet)
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Daemon: if Ctrl+C comes while the dial is pending, close() cuts it short,
     # and nothing may keep the process alive after main() returns.
     threading.Thread(target=run, name="sender", daemon=True).start()
-    interrupted = run_until_signal(finished, on_signal=client.close)
+    interrupted = run_until_signal(finished, on_signal=client.close, signalled=signalled)
     if interrupted:
         finished.wait(CLOSE_TIMEOUT + 1.0)
     result = outcome[0] if outcome else None

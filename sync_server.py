@@ -54,6 +54,7 @@ from common import (
 from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
+from wsthreads.signals import catch_signals
 
 log = logging.getLogger("wsthreads.server")
 
@@ -72,6 +73,7 @@ def create_app(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until Ctrl+C or SIGTERM; returns the exit status."""
+    signalled = catch_signals()  # first: a Ctrl+C during start-up is not lost
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(quiet=args.quiet)
@@ -101,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         fail(parser.prog, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     log.info("listening on %s (the browser page: %s)", server.url, server.page_url)
-    server.serve_until_signal()
+    server.serve_until_signal(signalled)
     return 0
 
 

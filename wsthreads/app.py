@@ -46,6 +46,9 @@ PING_INTERVAL = 25.0
 MAX_CONNECTIONS = 1000
 #: Seconds :meth:`WebSocketApp.shutdown` takes at most, however many peers are stuck.
 SHUTDOWN_TIMEOUT = 2.0
+#: The environ key of a callable our Werkzeug handler puts there: calling it
+#: ends the request's deadline, which must not cut the session that follows.
+DISARM_KEY = "wsthreads.disarm_deadline"
 
 
 class Listen:
@@ -195,6 +198,7 @@ class WebSocketApp:
         name = f"conn-{next(self._numbers)}"
         thread = threading.current_thread()
         server_thread_name, thread.name = thread.name, name
+        environ.get(DISARM_KEY, lambda: None)()
         try:
             try:
                 ws = simple_websocket.Server.accept(without_compression(environ), thread_class=_NoThread)

@@ -138,10 +138,11 @@ def dial(
     try:
         if secure:
             context = ssl.create_default_context(cafile=config.cafile)
-            sock = context.wrap_socket(sock, server_hostname=host)
+            sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
             armed.sock = sock  # the plain socket object gave its descriptor away
             if track is not None:
                 track(sock)
+            sock.do_handshake()
         key = new_key()
         ws = websocket.create_connection(
             url,
@@ -318,6 +319,12 @@ class Client:
             conn = self._conn
         return conn if conn is not None and not conn.done.is_set() else None
 
+    def in_reader(self) -> bool:
+        """True when called from the reader thread of the current connection."""
+        with self._lock:
+            conn = self._conn
+        return conn is not None and threading.current_thread() is conn.reader
+
     def dial(self) -> Connection:
         """Dial once; the connection, its reader not started. ConnectError on failure or after close()."""
         try:
@@ -449,18 +456,20 @@ class WebSocketClient:
         self.messages: queue.Queue[Message] = queue.Queue()
         self._handler = _Deliver(on_message or self.messages.put)
         self._client = Client(url, ClientConfig(**settings), reconnect=reconnect, backoff=backoff)  # type: ignore[arg-type]
+        self._lock = threading.Lock()  # guards _supervisor
         self._supervisor: threading.Thread | None = None
         #: How the last session ended, once it has.
         self.closed: Closed | None = None
 
     def connect(self) -> WebSocketClient:
-        """Open the connection; raises ConnectError if the first dial fails."""
+        """Open the connection; raises ConnectError if the first dial fails (or close() came)."""
         if self._supervisor is None:
             first = self._client.dial()
-            self._supervisor = threading.Thread(
-                target=self._supervise, args=(first,), name="supervisor", daemon=True
-            )
-            self._supervisor.start()
+            with self._lock:  # close() joins only a supervisor that has started
+                self._supervisor = threading.Thread(
+                    target=self._supervise, args=(first,), name="supervisor", daemon=True
+                )
+                self._supervisor.start()
         return self
 
     @property
@@ -479,10 +488,16 @@ class WebSocketClient:
             raise NotConnected(f"connection to {self.url} closed: {closed}") from None
 
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
-        """Close with ``code`` and stop reconnecting; idempotent and bounded."""
+        """Close with ``code`` and stop reconnecting; idempotent and bounded.
+
+        From your ``on_message`` (the reader thread) it only asks and returns:
+        the reader must be free to finish the closing handshake.
+        """
         self._client.close(code, reason)
-        if self._supervisor is not None:
-            self._supervisor.join(self._client.config.close_timeout + 1.0)
+        with self._lock:
+            supervisor = self._supervisor
+        if supervisor is not None and not self._client.in_reader():
+            supervisor.join(self._client.config.close_timeout + 1.0)
 
     def __enter__(self) -> WebSocketClient:
         return self.connect()

@@ -23,6 +23,7 @@ The only unbounded code is yours: ``on_message`` runs in the reader thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -332,7 +333,14 @@ class Connection:
         self._awaiting_pong = False
         self._next_ping = time.monotonic() + (ping_interval or 0)
         self._on_message: Callable[[Message], None] = lambda message: None
-        self._reader: threading.Thread | None = None
+        #: The reader thread, once started.
+        self.reader: threading.Thread | None = None
+        # OpenSSL's connection object may not be used by two threads at once, so
+        # with TLS every (non-blocking, so short) recv and send takes this lock.
+        self._tls_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if isinstance(sock, ssl.SSLSocket) else contextlib.nullcontext()
+        )
+        self._close_by: float | None = None  # when a requested close must be over
         sock.setblocking(False)  # every wait below is a poll with a timeout
 
     # --- the lifecycle, from any thread ---------------------------------------------
@@ -345,9 +353,9 @@ class Connection:
         """
         if on_message is not None:
             self._on_message = on_message
-        self._reader = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
-        self._reader.start()
-        return self._reader
+        self.reader = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
+        self.reader.start()
+        return self.reader
 
     def send(self, message: Message) -> None:
         """Send text (str) or binary (bytes); thread-safe; bounded by ``write_timeout``.
@@ -367,6 +375,8 @@ class Connection:
             self._give_up("a write waited too long for the one before it")
             raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
         try:
+            if self._aborted:
+                raise Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
             if self._frames.state is not ConnectionState.OPEN or self._close_requested is not None:
                 raise Closed(GOING_AWAY, "the connection is closing", by_peer=False)
             if len(payload) <= SMALL_FRAME:
@@ -387,6 +397,7 @@ class Connection:
         self.stop.set()
         with self._wakeup.lock:
             if self._close_requested is None:
+                self._close_by = time.monotonic() + self.close_timeout
                 self._close_requested = (sendable_code(code), close_reason(reason))
         self._wakeup.ring()
 
@@ -417,10 +428,16 @@ class Connection:
             log.exception("reader failed")
             self.closed = Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False)
         finally:
+            self._aborted = True
             self.stop.set()
             self._wakeup.close()
             shut_down(self.sock)
+            # A writer may still be inside a write; after the shutdown it fails at
+            # once, and only then may the socket be closed under it.
+            locked = self.wire_lock.acquire(timeout=self.write_timeout)
             self.sock.close()  # Go: defer conn.Close()
+            if locked:
+                self.wire_lock.release()
             self.done.set()
 
     def _read_until_closed(self) -> Closed:
@@ -458,7 +475,8 @@ class Connection:
             if not ready:
                 continue  # something is due: _due_in() does it
             try:
-                data = self.sock.recv(READ_SIZE)
+                with self._tls_lock:
+                    data = self.sock.recv(READ_SIZE)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 continue
             except OSError as error:
@@ -468,8 +486,10 @@ class Connection:
             return data
 
     def _wait_readable(self, timeout: float | None) -> bool:
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            return True
+        if isinstance(self.sock, ssl.SSLSocket):
+            with self._tls_lock:
+                if self.sock.pending():
+                    return True
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
         poller.register(self._wakeup.fd, select.POLLIN)
@@ -513,6 +533,9 @@ class Connection:
                 self._awaiting_pong = False
             elif isinstance(event, CloseConnection):
                 return self._closed_by(event)
+        limit = self.max_message_size
+        if limit is not None and self._size + self._announced_remainder() > limit:
+            raise _Fail(MESSAGE_TOO_BIG, f"message over {limit} bytes")  # a header alone can tell
         return None
 
     def _closed_by(self, event: CloseConnection) -> Closed:
@@ -573,7 +596,7 @@ class Connection:
             # close often arrives in the same read as its last messages): the
             # reader must still see that close itself.
             log.debug("reply not sent: the connection is closing")
-        except Exception as error:  # your code failed, not the peer: 1011, one line
+        except BaseException as error:  # your code failed, not the peer: 1011, one line
             log.error("closing after an error in the message handler: %r", error)
             self.close(INTERNAL_ERROR, "internal error")
 
@@ -596,8 +619,9 @@ class Connection:
             if not wait_for(self.sock, select.POLLIN, left):
                 return
             try:
-                if not self.sock.recv(READ_SIZE):
-                    return
+                with self._tls_lock:
+                    if not self.sock.recv(READ_SIZE):
+                        return
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 continue
             except OSError:
@@ -609,7 +633,7 @@ class Connection:
         """Send our close frame once (the reader only), and start the close deadline."""
         code, reason = sendable_code(code), close_reason(reason)
         now = time.monotonic()
-        self._close_deadline = self._close_deadline or now + self.close_timeout
+        self._close_deadline = self._close_deadline or self._close_by or now + self.close_timeout
         self.stop.set()
         if not self.wire_lock.acquire(timeout=max(self._close_deadline - now, 0)):
             self._give_up("a write held the connection past the close deadline")
@@ -637,19 +661,44 @@ class Connection:
                     pass  # the reader finds out on its next read
 
     def _write(self, data: bytes, deadline: float) -> None:
-        """Write all of ``data`` by ``deadline``, or drop the peer (the caller holds wire_lock)."""
+        """Write all of ``data`` by ``deadline``, or drop the peer (the caller holds wire_lock).
+
+        In the reader (a pong, a close frame, or your ``on_message`` replying)
+        a requested close also shortens the wait to the close deadline: nobody
+        else is there to cut the connection.
+        """
+        in_reader = threading.current_thread() is self.reader
         view = memoryview(data)
         while view:
             try:
-                sent = self.sock.send(view)
+                with self._tls_lock:
+                    sent = self.sock.send(view)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             except OSError as error:
                 raise Closed(ABNORMAL_CLOSURE, str(error) or type(error).__name__, by_peer=False) from None
             view = view[sent:]
-            if view and not wait_for(self.sock, select.POLLOUT, deadline - time.monotonic()):
+            if view and not self._wait_writable(deadline, in_reader):
                 self._give_up(f"a write took over {self.write_timeout:g} s: the peer is not reading")
                 raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
+
+    def _wait_writable(self, deadline: float, in_reader: bool) -> bool:
+        """Wait for room in the socket's buffer until ``deadline``; False if none came."""
+        while True:
+            if in_reader and self._close_by is not None:
+                deadline = min(deadline, self._close_by)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            poller = select.poll()
+            poller.register(self.sock, select.POLLOUT)
+            if in_reader:
+                poller.register(self._wakeup.fd, select.POLLIN)
+            events = poller.poll(left * 1000)
+            if any(fd == self.sock.fileno() for fd, _ in events):
+                return True
+            if events:
+                self._wakeup.clear()  # a close was requested: the loop shortens the deadline
 
     def _give_up(self, why: str) -> None:
         """Drop a peer that does not read; the reader reports ``why``."""

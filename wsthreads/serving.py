@@ -11,10 +11,12 @@ import selectors
 import socket
 import ssl
 import threading
+import time
+from typing import Any
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-from .app import SHUTDOWN_TIMEOUT, WebSocketApp
+from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, WebSocketApp
 from .deadlines import Armed, deadlines
 from .signals import run_until_signal
 
@@ -101,14 +103,21 @@ class RequestHandler(WSGIRequestHandler):
         finally:
             self._disarm()
 
-    def run_wsgi(self) -> None:
-        """The request has arrived whole: the deadline is met; run the app.
+    def make_environ(self) -> dict[str, Any]:
+        """Werkzeug's environ, plus the hook that ends the deadline once a session begins."""
+        environ: dict[str, Any] = super().make_environ()
+        environ[DISARM_KEY] = self._disarm
+        return environ
 
-        After an upgrade request the connection is over, whatever the app
-        answered: the bytes still in it belong to a WebSocket, and must not
-        be read as a next HTTP request.
+    def run_wsgi(self) -> None:
+        """Run the app; the deadline still runs, until the app starts a session.
+
+        So a request that is refused, or not a WebSocket at all, is bounded
+        too, body included (Werkzeug reads what is left of a body after the
+        response). After an upgrade request the connection is over, whatever
+        the app answered: the bytes still in it belong to a WebSocket, and
+        must not be read as a next HTTP request.
         """
-        self._disarm()
         try:
             super().run_wsgi()
         finally:
@@ -187,21 +196,32 @@ class RunningServer:
             self.stopped.set()
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
-        """Stop accepting, close every session with 1001 at once, wait at most ``timeout`` s.
+        """Close every session with 1001 at once, stop accepting; all within ``timeout`` s.
 
-        Returns True if every session ended in time. Idempotent; call it from
-        any thread but the acceptor (socketserver's rule).
+        The sessions are told first, and the acceptor is stopped while they
+        close, under the same deadline. Returns True if everything ended in
+        time. Idempotent; call it from any thread but the acceptor.
         """
+        deadline = time.monotonic() + timeout
+        stopper = threading.Thread(target=self._stop_accepting, name="acceptor-stop", daemon=True)
+        stopper.start()
+        ended = self.app.shutdown(timeout=timeout)
+        stopper.join(max(deadline - time.monotonic(), 0))
+        return ended and not stopper.is_alive()
+
+    def _stop_accepting(self) -> None:
         with self._shutdown_lock:
             if self.thread.is_alive():
                 self.httpd.shutdown()
-                self.thread.join(timeout)
+                self.thread.join()
             self.httpd.server_close()
-        return self.app.shutdown(timeout=timeout)
 
-    def serve_until_signal(self) -> None:
-        """Block the main thread until Ctrl+C or SIGTERM, then :meth:`shutdown` (1001 for every session)."""
-        run_until_signal(self.stopped, on_signal=self.shutdown)
+    def serve_until_signal(self, signalled: threading.Event | None = None) -> None:
+        """Block the main thread until Ctrl+C or SIGTERM, then :meth:`shutdown` (1001 for every session).
+
+        ``signalled``: the Event of an earlier :func:`wsthreads.signals.catch_signals`.
+        """
+        run_until_signal(self.stopped, on_signal=self.shutdown, signalled=signalled)
 
     def __enter__(self) -> RunningServer:
         return self

@@ -71,7 +71,7 @@ def run_session(conn: Connection, handler: Handler, *, linger: float | None = No
         handler.run(conn)
     except Closed:
         pass  # the session ended under the handler: nothing to add
-    except Exception as error:
+    except BaseException as error:  # SystemExit too: it would end only this thread, silently
         log.error("closing after an error in the session handler: %r", error)
         conn.close(INTERNAL_ERROR, "internal error")
     wait_until_quiet(conn, linger)

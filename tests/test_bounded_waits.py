@@ -186,23 +186,25 @@ def test_a_reader_inside_a_slow_on_message_when_the_session_ends_does_not_spin()
 class Failing:
     """A handler whose code fails in one of its two methods."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, error: type[BaseException]) -> None:
         self.where = where
+        self.error = error
 
     def on_message(self, conn: Connection, message: Message) -> None:
         if self.where == "on_message":
-            raise RuntimeError("boom in on_message")
+            raise self.error("boom in on_message")
 
     def run(self, conn: Connection) -> None:
         if self.where == "run":
-            raise RuntimeError("boom in run")
+            raise self.error("boom in run")
         conn.stop.wait(10)
 
 
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit])
 @pytest.mark.parametrize("where", ["run", "on_message"])
-def test_an_exception_in_per_connection_code_closes_with_1011(where: str) -> None:
+def test_an_exception_in_per_connection_code_closes_with_1011(where: str, error: type[BaseException]) -> None:
     """The client gets a 1011 close frame, the server keeps serving, nothing reaches Werkzeug."""
-    app = wsthreads.create_app(handler=Failing(where))
+    app = wsthreads.create_app(handler=Failing(where, error))
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:
         for _ in range(2):
             peer = RawPeer(server.port)
@@ -270,3 +272,84 @@ def test_sigterm_and_sigint_together_end_the_client_cleanly(
     assert client.wait() == 0, client.output()
     assert "Traceback" not in client.output()
     server.wait_for(r"peer closed the connection: 1000")
+
+
+def test_shutdown_under_load_ends_within_2_s(start_server: Callable[..., ServerProgram]) -> None:
+    """100 echo sessions whose clients flood and never read, plus handshakes never finished:
+    SIGTERM, SIGINT, SIGTERM; the server exits 0 within 2 s of the first (plus process exit)."""
+    server = start_server("--echo", "--quiet", "--max-message-size", "0", "--ping-interval", "0")
+    peers, stalled = [], []
+    try:
+        for _ in range(100):
+            peer = RawPeer(server.port)
+            small_buffers(peer)
+            peer.sock.setblocking(False)
+            try:
+                for _ in range(8):
+                    peer.sock.send(encode_frame(OP_TEXT, b"x" * 65536))
+            except BlockingIOError:
+                pass  # its echoes are stuck: the server's writes to it block
+            peers.append(peer)
+        for _ in range(10):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /ws HTTP/1.1\r\n")
+            stalled.append(sock)
+        time.sleep(0.5)
+        started = time.monotonic()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            server.signal(signum)
+        assert server.wait() == 0, server.output()
+        assert time.monotonic() - started < 3.0
+        assert "Traceback" not in server.output()
+    finally:
+        for sock in [p.sock for p in peers] + stalled:
+            sock.close()
+
+
+def test_a_request_body_that_drips_is_cut_at_the_handshake_deadline(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """A refused request whose body trickles in a byte every 300 ms does not hold a thread."""
+    server = start_server("--handshake-timeout", "1")
+    threads = server.threads()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 6:
+            sock.sendall(b"x")
+            time.sleep(0.3)
+    except OSError:
+        pass  # the server cut us off
+    assert time.monotonic() - started < 3.0
+    sock.close()
+    assert wait_until(lambda: server.threads() == threads)
+
+
+class EchoToStuckPeer:
+    """on_message replies with more than a peer that reads nothing can take."""
+
+    def on_message(self, conn: Connection, message: Message) -> None:
+        conn.send(b"x" * (8 << 20))
+
+    def run(self, conn: Connection) -> None:
+        pass
+
+
+def test_close_bounds_a_reader_stuck_in_its_own_write() -> None:
+    """The reader itself is blocked replying (write deadline 30 s): close() still ends the
+    connection within close_timeout."""
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn = Connection(ours, client=False, write_timeout=30.0, close_timeout=0.5)
+    handler = EchoToStuckPeer()
+    conn.start(lambda message: handler.on_message(conn, message))
+    theirs.sendall(encode_frame(OP_TEXT, b"reply, please"))
+    time.sleep(0.3)
+    started = time.monotonic()
+    conn.close()
+    assert conn.done.wait(2.0)
+    assert time.monotonic() - started < 1.5
+    theirs.close()

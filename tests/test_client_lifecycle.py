@@ -32,6 +32,7 @@ def never_answering(conn: socket.socket) -> None:
 def test_close_against_a_server_that_never_answers_ends_everything_within_2_s() -> None:
     """close() returns within close_timeout plus a margin, with reader, supervisor and socket gone."""
     before = set(threading.enumerate())
+
     server = RawServer(never_answering)
     client = WebSocketClient(server.url).connect()
     assert client.connected
@@ -141,7 +142,7 @@ class CountingServer:
             conn.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 + f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode()
-                + encode_frame(OP_CLOSE, struct.pack("!H", self.code), mask=False)
+                + (encode_frame(OP_CLOSE, struct.pack("!H", self.code), mask=False) if self.code else b"")
             )
             try:
                 conn.recv(4096)
@@ -215,3 +216,64 @@ def test_a_session_that_ends_cleanly_is_reported_by_the_client_object() -> None:
     assert isinstance(client.closed, Closed) and client.closed.code == 1000
     client.close()
     server.close()
+
+
+def test_close_racing_connect_never_leaves_a_thread_behind() -> None:
+    """close() from another thread at any moment of connect(): once close() returns, no reader
+    or supervisor is alive (it used to raise 'cannot join thread before it is started', or miss
+    a supervisor about to start)."""
+    server = CountingServer(0)  # 0: never closes by itself (see _session)
+    before = set(threading.enumerate())
+    for i in range(60):
+        client = WebSocketClient(server.url)
+
+        def connect(client: WebSocketClient = client) -> None:
+            try:
+                client.connect()
+            except ConnectError:
+                pass
+
+        connector = threading.Thread(target=connect)
+        connector.start()
+        time.sleep((i % 6) * 0.001)
+        client.close()
+        assert alive_client_threads(before) == set(), i
+        connector.join(5)
+        assert not client.connected
+    server.close()
+
+
+def test_close_from_on_message_returns_at_once_and_closes_cleanly() -> None:
+    """WebSocketClient.close() in the reader thread only asks; the session ends with 1000."""
+
+    def say_bye_then_answer(conn: socket.socket) -> None:
+        conn.sendall(encode_frame(0x1, b"bye now", mask=False))
+        answer_the_close(conn)
+
+    server = RawServer(say_bye_then_answer)
+    holder: list[WebSocketClient] = []
+    took: list[float] = []
+
+    def on_message(message: object) -> None:
+        started = time.monotonic()
+        holder[0].close()
+        took.append(time.monotonic() - started)
+
+    client = WebSocketClient(server.url, on_message=on_message)
+    holder.append(client)
+    client.connect()
+    deadline = time.monotonic() + 5
+    while client.closed is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert took and took[0] < 0.1
+    assert client.closed is not None and client.closed.code == 1000, client.closed
+    client.close()
+    server.close()
+
+
+def answer_the_close(conn: socket.socket) -> None:
+    """Answer the client's close frame with a close frame, then end."""
+    conn.settimeout(5)
+    data = conn.recv(4096)
+    if data and data[0] & 0x0F == OP_CLOSE:
+        conn.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000), mask=False))

@@ -103,12 +103,13 @@ def test_an_illegal_control_frame_gets_1002_and_no_answer(frame: bytes) -> None:
     assert OP_PONG not in [opcode for opcode, _ in frames]
 
 
-def test_a_frame_announcing_a_huge_message_gets_1009_before_its_payload() -> None:
-    """A header announcing 2**40 bytes, then a trickle: 1009 at once, nothing buffered."""
+@pytest.mark.parametrize("payload", [b"x" * 1000, b""], ids=["with-payload", "header-alone"])
+def test_a_frame_announcing_a_huge_message_gets_1009_before_its_payload(payload: bytes) -> None:
+    """A header announcing 2**40 bytes (with or without payload after it): 1009 at once, nothing buffered."""
     seen: list[list[tuple[int, bytes]]] = []
 
     def script(conn: socket.socket) -> None:
-        conn.sendall(bytes([0x82, 127]) + struct.pack("!Q", 1 << 40) + b"x" * 1000)
+        conn.sendall(bytes([0x82, 127]) + struct.pack("!Q", 1 << 40) + payload)
         seen.append(frames_until_eof(conn))
 
     server = HandshakeServer(lambda key: switching(accept_key(key)), script)

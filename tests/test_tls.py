@@ -77,3 +77,74 @@ def test_missing_certificate_file_is_one_line(tmp_path: Path) -> None:
     server = Program(SERVER, "--port", "0", "--certfile", str(tmp_path / "nope.pem"))
     assert server.wait() == 1
     assert len(server.stderr) == 1 and "cannot use the certificate" in server.stderr[0], server.output()
+
+
+def test_eight_threads_sending_over_wss_while_the_reader_receives(
+    start_server: Callable[..., ServerProgram], pki: tuple[str, str]
+) -> None:
+    """One TLS connection used by 8 senders and the reader at once: every echo comes back.
+
+    OpenSSL's connection object is not thread-safe; without a lock around the
+    non-blocking reads and writes this broke about one run in six
+    ("[SSL: BAD_LENGTH] bad length", then 1006).
+    """
+    import os
+    import queue
+    import threading
+
+    from wsthreads import WebSocketClient
+
+    certfile, cafile = pki
+    server = start_server("--certfile", certfile, "--echo", "--quiet", "--max-message-size", "0")
+    sizes = [10, 200, 17000, 70000, 300000]
+    with WebSocketClient(server.url, cafile=cafile, max_message_size=None) as client:
+
+        def worker(k: int) -> None:
+            for i in range(150):
+                client.send(os.urandom(sizes[(i + k) % len(sizes)]))
+
+        workers = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        echoed: list[object] = []
+        try:
+            while len(echoed) < 8 * 150:
+                echoed.append(client.messages.get(timeout=10))
+        except queue.Empty:
+            pass
+    assert len(echoed) == 8 * 150
+    assert client.closed is not None and client.closed.code == 1000
+
+
+def test_close_cuts_a_tls_handshake_short() -> None:
+    """close() while the TLS handshake waits on a server that never answers: the dial ends at once."""
+    import threading
+    import time
+
+    from wsthreads import Client, ClientConfig, ConnectError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    client = Client(f"wss://127.0.0.1:{listener.getsockname()[1]}/ws", ClientConfig(timeout=30))
+    errors: list[ConnectError] = []
+
+    def dial() -> None:
+        try:
+            client.dial()
+        except ConnectError as error:
+            errors.append(error)
+
+    dialer = threading.Thread(target=dial)
+    dialer.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    client.close()
+    dialer.join(2)
+    assert not dialer.is_alive() and errors
+    assert time.monotonic() - started < 1.0
+    listener.close()
+    for sock in accepted:
+        sock.close()

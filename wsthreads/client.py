@@ -463,9 +463,11 @@ class WebSocketClient:
 
     def connect(self) -> WebSocketClient:
         """Open the connection; raises ConnectError if the first dial fails (or close() came)."""
-        if self._supervisor is None:
-            first = self._client.dial()
-            with self._lock:  # close() joins only a supervisor that has started
+        # Under the lock for the whole dial: a close() meanwhile cuts the dial short,
+        # then waits here, and so never misses a supervisor about to start.
+        with self._lock:
+            if self._supervisor is None:
+                first = self._client.dial()
                 self._supervisor = threading.Thread(
                     target=self._supervise, args=(first,), name="supervisor", daemon=True
                 )

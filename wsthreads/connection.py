@@ -679,7 +679,10 @@ class Connection:
                 raise Closed(ABNORMAL_CLOSURE, str(error) or type(error).__name__, by_peer=False) from None
             view = view[sent:]
             if view and not self._wait_writable(deadline, in_reader):
-                self._give_up(f"a write took over {self.write_timeout:g} s: the peer is not reading")
+                if time.monotonic() < deadline:
+                    self._give_up("a write was still waiting for the peer to read at the close deadline")
+                else:
+                    self._give_up(f"a write took over {self.write_timeout:g} s: the peer is not reading")
                 raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
 
     def _wait_writable(self, deadline: float, in_reader: bool) -> bool:

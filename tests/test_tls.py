@@ -148,3 +148,24 @@ def test_close_cuts_a_tls_handshake_short() -> None:
     listener.close()
     for sock in accepted:
         sock.close()
+
+
+def test_tls_clients_that_reset_at_once_get_one_line_each_and_no_traceback(
+    start_server: Callable[..., ServerProgram], pki: tuple[str, str]
+) -> None:
+    """A reset before or during the ClientHello: wrapping the socket already fails; that is one
+    warning line, never socketserver's traceback, and the request's deadline is disarmed."""
+    import struct
+
+    from helpers import wait_until
+
+    server = start_server("--certfile", pki[0], "--handshake-timeout", "10")
+    threads = server.threads()
+    for i in range(40):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        if i % 2:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 39)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    assert wait_until(lambda: server.threads() == threads, timeout=3), (server.threads(), threads)
+    assert "Traceback" not in server.output()

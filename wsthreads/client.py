@@ -139,7 +139,7 @@ def dial(
         if secure:
             context = ssl.create_default_context(cafile=config.cafile)
             sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
-            armed.sock = sock  # the plain socket object gave its descriptor away
+            deadlines.retarget(armed, sock)  # the plain socket object gave its descriptor away
             if track is not None:
                 track(sock)
             sock.do_handshake()

@@ -50,6 +50,11 @@ class Deadlines:
             self._changed.notify()
         return armed
 
+    def retarget(self, armed: Armed, sock: socket.socket) -> None:
+        """Let a deadline cut ``sock`` instead (TLS wrapping moves the descriptor to a new object)."""
+        with self._changed:
+            armed.sock = sock
+
     def disarm(self, armed: Armed) -> None:
         """Cancel a deadline; once this returns, the socket will not be shut down by us."""
         with self._changed:

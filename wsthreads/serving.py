@@ -80,9 +80,12 @@ class RequestHandler(WSGIRequestHandler):
         self.tls_failed = False
         context = self.server.tls_context
         if context is not None:
-            self.request = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
-            self.deadline.sock = self.request  # the plain socket object gave its descriptor away
             try:
+                # Even wrapping reads from the socket, and raises if the client reset already.
+                self.request = context.wrap_socket(
+                    self.request, server_side=True, do_handshake_on_connect=False
+                )
+                deadlines.retarget(self.deadline, self.request)  # the plain socket gave its descriptor away
                 self.request.do_handshake()
             except OSError as error:  # ssl.SSLError, a timeout, or a reset
                 self.tls_failed = True

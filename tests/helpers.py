@@ -386,3 +386,26 @@ def websocket_client(url: str) -> Any:
     import websocket
 
     return websocket.create_connection(url, timeout=WAIT)
+
+
+def assert_close_cuts_the_dial_short(client: Any, after: float) -> None:
+    """Dial with ``client`` (a wsthreads.Client) in a thread, close() it ``after`` seconds in:
+    the dial must end with ConnectError within a second of the close."""
+    from wsthreads import ConnectError
+
+    errors: list[ConnectError] = []
+
+    def dial() -> None:
+        try:
+            client.dial()
+        except ConnectError as error:
+            errors.append(error)
+
+    dialer = threading.Thread(target=dial, name="test-dialer")
+    dialer.start()
+    time.sleep(after)
+    started = time.monotonic()
+    client.close()
+    dialer.join(2.0)
+    assert not dialer.is_alive() and errors
+    assert time.monotonic() - started < 1.0

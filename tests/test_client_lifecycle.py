@@ -8,7 +8,16 @@ import threading
 import time
 
 import pytest
-from helpers import CLIENT, OP_CLOSE, Program, RawServer, accept_key, encode_frame, run_client
+from helpers import (
+    CLIENT,
+    OP_CLOSE,
+    Program,
+    RawServer,
+    accept_key,
+    assert_close_cuts_the_dial_short,
+    encode_frame,
+    run_client,
+)
 
 from wsthreads import Closed, ConnectError, WebSocketClient
 from wsthreads.client import Client, ClientConfig
@@ -73,22 +82,7 @@ def test_close_during_a_pending_dial_wins() -> None:
     and the client stays closed: nothing connects afterwards, no thread is left waiting."""
     silent = ListenerThatNeverAnswers()
     client = Client(f"ws://127.0.0.1:{silent.port}/ws", ClientConfig(timeout=30))
-    errors: list[ConnectError] = []
-
-    def dial() -> None:
-        try:
-            client.dial()
-        except ConnectError as error:
-            errors.append(error)
-
-    dialer = threading.Thread(target=dial)
-    dialer.start()
-    time.sleep(0.3)
-    started = time.monotonic()
-    client.close()
-    dialer.join(2.0)
-    assert not dialer.is_alive() and errors
-    assert time.monotonic() - started < 1.0
+    assert_close_cuts_the_dial_short(client, after=0.3)
     assert client.connection is None
     silent.close()
 

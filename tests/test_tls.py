@@ -121,30 +121,16 @@ def test_eight_threads_sending_over_wss_while_the_reader_receives(
 def test_close_cuts_a_tls_handshake_short() -> None:
     """close() while the TLS handshake waits on a server that never answers: the dial ends at once."""
     import threading
-    import time
 
-    from wsthreads import Client, ClientConfig, ConnectError
+    from helpers import assert_close_cuts_the_dial_short
+
+    from wsthreads import Client, ClientConfig
 
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
     client = Client(f"wss://127.0.0.1:{listener.getsockname()[1]}/ws", ClientConfig(timeout=30))
-    errors: list[ConnectError] = []
-
-    def dial() -> None:
-        try:
-            client.dial()
-        except ConnectError as error:
-            errors.append(error)
-
-    dialer = threading.Thread(target=dial)
-    dialer.start()
-    time.sleep(0.5)
-    started = time.monotonic()
-    client.close()
-    dialer.join(2)
-    assert not dialer.is_alive() and errors
-    assert time.monotonic() - started < 1.0
+    assert_close_cuts_the_dial_short(client, after=0.5)
     listener.close()
     for sock in accepted:
         sock.close()

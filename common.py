@@ -19,6 +19,7 @@ import sys
 from typing import NoReturn
 
 from wsthreads.connection import Closed, Connection, Message, message_log
+from wsthreads.handshake import is_token
 
 log = logging.getLogger("wsthreads.program")
 
@@ -140,6 +141,13 @@ def positive_seconds_arg(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
+
+
+def subprotocol_arg(text: str) -> str:
+    """argparse type: a subprotocol name (an RFC 7230 token: no spaces, commas or quotes)."""
+    if not is_token(text):
+        raise argparse.ArgumentTypeError(f"not a valid subprotocol name: {text!r}")
+    return text
 
 
 def add_common_options(parser: argparse.ArgumentParser, max_message_size: int, write_timeout: float) -> None:

@@ -50,8 +50,9 @@ from common import (
     positive_seconds_arg,
     seconds_arg,
     setup_logging,
+    subprotocol_arg,
 )
-from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL
+from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL, WS_PATH
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
 from wsthreads.signals import catch_signals
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_timeout=args.write_timeout,
         max_connections=args.max_connections,
         allowed_origins=tuple(args.allowed_origin),
+        path=args.path,
+        subprotocols=tuple(args.subprotocol),
     )
     context = None
     if args.certfile:
@@ -119,6 +122,9 @@ def build_parser() -> OneLineParser:
         type=port_arg,
         default=DEFAULT_PORT,
         help=f"port, 0 for any free one (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--path", type=path_arg, default=WS_PATH, help=f"the WebSocket endpoint (default {WS_PATH})"
     )
     add_common_options(parser, MAX_MESSAGE_SIZE, WRITE_TIMEOUT)
     parser.add_argument(
@@ -154,7 +160,23 @@ def build_parser() -> OneLineParser:
         help="a browser origin allowed to connect besides the server's own, e.g."
         " https://example.com; repeatable; '*' allows all",
     )
+    parser.add_argument(
+        "--subprotocol",
+        type=subprotocol_arg,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a subprotocol the server speaks, most preferred first; repeatable; the client's"
+        " first choice among them is picked",
+    )
     return parser
+
+
+def path_arg(text: str) -> str:
+    """argparse type: an endpoint path, starting with '/'."""
+    if not text.startswith("/") or "?" in text or "#" in text:
+        raise argparse.ArgumentTypeError(f"not a path starting with '/' (no query): {text!r}")
+    return text
 
 
 def port_arg(text: str) -> int:

@@ -4,7 +4,9 @@ The layers, one module each:
 
 * :mod:`wsthreads.connection` — one connection, both sides: the reader that
   owns the socket, bounded writes, the closing handshake;
-* :mod:`wsthreads.session` — per-connection code (a handler) and its lifecycle;
+* :mod:`wsthreads.session` — per-connection code (a function or a handler) and its lifecycle;
+* :mod:`wsthreads.queues` — the bounded queues between a connection and your code;
+* :mod:`wsthreads.request` — the handshake's request, and how authentication refuses one;
 * :mod:`wsthreads.handshake` — the opening handshake's checks, both sides;
 * :mod:`wsthreads.app` — the WSGI application (Werkzeug or gunicorn);
 * :mod:`wsthreads.serving` — serving it on Werkzeug: deadlines, TLS, shutdown;
@@ -15,11 +17,12 @@ The layers, one module each:
 
 from __future__ import annotations
 
-from .app import ServerConfig, WebSocketApp, create_app
+from .app import Mounted, ServerConfig, WebSocketApp, create_app
 from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
 from .connection import Closed, Connection, Message, describe_close
+from .request import Reject, Request
 from .serving import RunningServer, start_server, tls_context
-from .session import Echo, Handler, run_session
+from .session import Echo, Handler, SessionCode, run_session
 
 __version__ = "0.2.0"
 
@@ -32,9 +35,13 @@ __all__ = [
     "Echo",
     "Handler",
     "Message",
+    "Mounted",
     "NotConnected",
+    "Reject",
+    "Request",
     "RunningServer",
     "ServerConfig",
+    "SessionCode",
     "WebSocketApp",
     "WebSocketClient",
     "__version__",

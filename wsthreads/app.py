@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any, Callable, NoReturn
@@ -26,12 +27,20 @@ from .connection import (
     CLOSE_TIMEOUT,
     GOING_AWAY,
     MAX_MESSAGE_SIZE,
+    MAX_QUEUE,
+    OUTBOUND_LIMIT,
     READ_SIZE,
     WRITE_TIMEOUT,
     Connection,
+    Message,
+    broadcast,
 )
-from .handshake import Refusal, check_request, is_websocket_upgrade
-from .session import Echo, Handler, run_session
+from .handshake import Refusal, check_request, is_token, is_websocket_upgrade
+from .queues import CLOSE, OVERFLOW_POLICIES
+from .request import Authenticate, Reject, Request
+from .session import Echo, SessionCode, run_session
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 log = logging.getLogger("wsthreads.server")
 
@@ -66,11 +75,21 @@ class ServerConfig:
     """What the server's sessions do, and the limits they run under.
 
     Attributes:
-        handler: your per-connection logic (see :class:`wsthreads.session.Handler`).
-            One handler object serves every connection, from several threads
-            at once. Default: echo with ``echo``, else only print.
+        handler: your per-connection code: a function ``handler(conn)``
+            called once per connection in its own thread, or a
+            :class:`wsthreads.session.Handler` object (one object serves
+            every connection, from several threads at once). Default: echo
+            with ``echo``, else only print.
         echo: send every message straight back (when no handler is given).
         path: the endpoint; an upgrade on any other path gets 404.
+        authenticate: ``authenticate(request)``, called before the upgrade
+            with the :class:`~wsthreads.request.Request`: returns who the
+            client is (anything but None; it becomes ``conn.user``), or
+            refuses: None gives 401, ``raise Reject(403, "reason")`` any
+            status with a one-line reason. Runs within the handshake deadline.
+        subprotocols: the subprotocols the server speaks; it picks the first
+            the client offers that is in this list (RFC 6455 4.2.2), and none
+            (``conn.subprotocol`` None) if the client offers none of them.
         max_message_size: largest incoming message in bytes (None: no limit);
             a larger one closes the session with 1009.
         ping_interval: seconds between keepalive pings (None: none); a client
@@ -81,19 +100,45 @@ class ServerConfig:
         max_connections: sessions open at once; more get 503.
         allowed_origins: browser origins allowed besides the server's own
             (``*``: all).
+        max_queue: received messages that may wait for ``conn.recv()``.
+        outbound_limit: bytes that may wait for a connection's writer
+            (``send_nowait``, :meth:`WebSocketApp.broadcast`).
+        on_overflow: when a client is that far behind: ``"close"`` it with
+            1013 (try again later; a reconnecting client comes back), or
+            ``"drop-oldest"`` queued messages to make room.
     """
 
-    handler: Handler | None = None
+    handler: SessionCode | None = None
     echo: bool = False
     path: str = WS_PATH
+    authenticate: Authenticate | None = None
+    subprotocols: tuple[str, ...] = ()
     max_message_size: int | None = MAX_MESSAGE_SIZE
     ping_interval: float | None = PING_INTERVAL
     write_timeout: float = WRITE_TIMEOUT
     close_timeout: float = CLOSE_TIMEOUT
     max_connections: int = MAX_CONNECTIONS
     allowed_origins: tuple[str, ...] = ()
+    max_queue: int = MAX_QUEUE
+    outbound_limit: int = OUTBOUND_LIMIT
+    on_overflow: str = CLOSE
 
-    def session_handler(self) -> Handler:
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"the endpoint path must start with '/': {self.path!r}")
+        if self.on_overflow not in OVERFLOW_POLICIES:
+            policies = ", ".join(OVERFLOW_POLICIES)
+            raise ValueError(f"on_overflow must be one of {policies}: {self.on_overflow!r}")
+        for name in ("subprotocols", "allowed_origins"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"{name} is a sequence of strings, e.g. ({value!r},)")
+            object.__setattr__(self, name, tuple(value))  # frozen, but a list is fine too
+        for protocol in self.subprotocols:
+            if not is_token(protocol):
+                raise ValueError(f"not a valid subprotocol name (an RFC 7230 token): {protocol!r}")
+
+    def session_handler(self) -> SessionCode:
         """What each session does."""
         if self.handler is not None:
             return self.handler
@@ -127,6 +172,8 @@ class WebSocketApp:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self._numbers = itertools.count(1)
+        self._broadcasting = threading.Lock()  # one broadcast at a time: the same order everywhere
+        _apps.add(self)
         # Guards the three fields below; notified whenever a session ends.
         self._changed = threading.Condition()
         self._admitted = 0  # requests between admission and the end of their session
@@ -184,6 +231,23 @@ class WebSocketApp:
         with self._changed:
             return list(self._connections)
 
+    def broadcast(self, message: Message, where: Callable[[Connection], bool] | None = None) -> int:
+        """Queue ``message`` for every open connection (or those ``where(conn)`` selects); never blocks.
+
+        Each connection's own writer sends it, so a client that does not
+        read cannot hold up the caller or the others; it meets the
+        ``on_overflow`` policy, or is dropped after ``write_timeout``.
+        Broadcasts from several threads reach every connection in the same
+        order. Returns how many connections it was queued for.
+        """
+        connections = self.connections()
+        with self._broadcasting:
+            return broadcast(connections if where is None else filter(where, connections), message)
+
+    def mount(self, other: WSGIApp) -> Mounted:
+        """A WSGI app that serves our endpoint and hands every other request to ``other`` (a Flask app)."""
+        return Mounted(self, other)
+
     def _admit(self) -> Refusal | None:
         with self._changed:
             if not self._accepting:
@@ -195,13 +259,26 @@ class WebSocketApp:
             return None
 
     def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = Request.from_environ(environ)
+        user = None
+        if self.config.authenticate is not None:
+            try:
+                user = self._authenticate(request)
+            except Reject as rejected:
+                log.info("refused %s: %s %s", request.path, rejected.status, rejected.reason)
+                headers = tuple(rejected.headers.items())
+                return plain_response(start_response, Refusal(rejected.status_line, rejected.reason, headers))
         name = f"conn-{next(self._numbers)}"
         thread = threading.current_thread()
         server_thread_name, thread.name = thread.name, name
         environ.get(DISARM_KEY, lambda: None)()
         try:
             try:
-                ws = simple_websocket.Server.accept(without_compression(environ), thread_class=_NoThread)
+                ws = simple_websocket.Server.accept(
+                    without_compression(environ),
+                    subprotocols=list(self.config.subprotocols) or None,
+                    thread_class=_NoThread,
+                )
             except Exception as error:  # wsproto refused what we let through
                 return plain_response(start_response, Refusal("400 Bad Request", f"bad handshake: {error}"))
             sock: socket.socket = ws.sock
@@ -217,11 +294,31 @@ class WebSocketApp:
                 write_timeout=config.write_timeout,
                 close_timeout=config.close_timeout,
                 name=f"{name}-reader",
+                max_queue=config.max_queue,
+                outbound_limit=config.outbound_limit,
+                on_overflow=config.on_overflow,
+                request=request,
+                user=user,
+                subprotocol=ws.subprotocol,
             )
             self._run(conn, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
         finally:
             thread.name = server_thread_name
         end_hijacked_request(ws.mode)
+
+    def _authenticate(self, request: Request) -> Any:
+        """Who the client is, says the hook; Reject if it refuses (or fails: 500, logged)."""
+        assert self.config.authenticate is not None
+        try:
+            user = self.config.authenticate(request)
+        except Reject:
+            raise
+        except Exception as error:
+            log.error("the authenticate hook failed: %r", error)
+            raise Reject(500, "internal error while authenticating") from None
+        if user is None:
+            raise Reject(401, "authentication required")
+        return user
 
     def _run(self, conn: Connection, peer: str) -> None:
         with self._changed:
@@ -239,6 +336,34 @@ class WebSocketApp:
             conn.wait_closed()
             with self._changed:
                 self._connections.discard(conn)
+
+
+#: Every WebSocketApp of this process, for hooks that must shut them all down (gunicorn's).
+_apps: weakref.WeakSet[WebSocketApp] = weakref.WeakSet()
+
+
+def all_apps() -> list[WebSocketApp]:
+    """The WebSocket apps alive in this process."""
+    return list(_apps)
+
+
+class Mounted:
+    """Our endpoint inside another WSGI app: requests for it go to us, the rest to the other app.
+
+    The endpoint keeps its own checks (origin, limits, authentication) and
+    shutdown; the other app (Flask, Django's WSGI handler) serves its pages
+    as before, on the same server and port.
+    """
+
+    def __init__(self, websocket_app: WebSocketApp, other: WSGIApp) -> None:
+        self.websocket_app = websocket_app
+        self.other = other
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Route one request (the WSGI entry point)."""
+        if environ.get("PATH_INFO") == self.websocket_app.config.path:
+            return self.websocket_app(environ, start_response)
+        return self.other(environ, start_response)
 
 
 def without_compression(environ: dict[str, Any]) -> dict[str, Any]:

@@ -32,12 +32,18 @@ import ssl
 import struct
 import threading
 import time
-from typing import Callable, Union
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from wsproto.connection import Connection as FrameLayer
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.events import Message as DataEvent
+
+from .queues import CLOSE, Inbox, Outbox
+
+if TYPE_CHECKING:
+    from .request import Request
 
 try:  # the C masker websocket-client uses too; 8x faster than the fallback below
     from wsaccel.xormask import XorMaskerSimple
@@ -61,6 +67,12 @@ WRITE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 1.0
 #: Default limit on one incoming message, in bytes (1 MiB, as websockets).
 MAX_MESSAGE_SIZE = 1 << 20
+#: Received messages that may wait for ``recv()`` before the reader stops
+#: reading (websockets' ``max_queue``).
+MAX_QUEUE = 16
+#: Bytes that may wait for a connection's writer (``send_nowait``, broadcasts)
+#: before the overflow policy applies.
+OUTBOUND_LIMIT = 1 << 20
 
 # --- Close codes (RFC 6455, section 7.4.1) ----------------------------------------
 
@@ -71,6 +83,7 @@ POLICY_VIOLATION = 1008
 INVALID_DATA = 1007
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
 #: Never sent on the wire: "the close frame had no code" and "no close frame
 #: at all, the connection just went away".
 NO_STATUS = 1005
@@ -93,7 +106,7 @@ CLOSE_CODE_NAMES = {
     1010: "mandatory extension",
     INTERNAL_ERROR: "internal error",
     1012: "service restart",
-    1013: "try again later",
+    TRY_AGAIN_LATER: "try again later",
     1014: "bad gateway",
 }
 
@@ -270,12 +283,16 @@ class _Fail(Exception):
 class Connection:
     """A WebSocket connection whose opening handshake is done: the same class for both sides.
 
-    Start its reader with :meth:`start`; then :meth:`send` from any thread,
-    :meth:`close` from any thread, and :meth:`wait_closed` for the end. The
-    ``stop`` event is set as soon as the session winds down (a close began on
-    either side, the connection was lost, or a stop was requested): a sender
-    sleeps with ``stop.wait(interval)``. ``done`` is set once the reader has
-    ended and the socket is released; ``closed`` then says how it ended.
+    Start its reader with :meth:`start`: with a callback, every message goes
+    to it in the reader thread; without one, to a bounded queue that
+    :meth:`recv` and ``for message in conn`` read. Then, from any thread,
+    :meth:`send` (waits for the socket, bounded), :meth:`send_nowait` (queues
+    for the connection's writer, never waits), :meth:`close`, and
+    :meth:`wait_closed` for the end. The ``stop`` event is set as soon as the
+    session winds down (a close began on either side, the connection was
+    lost, or a stop was requested): a sender sleeps with
+    ``stop.wait(interval)``. ``done`` is set once the reader has ended and
+    the socket is released; ``closed`` then says how it ended, for good.
 
     Args:
         sock: the connected socket (plain or TLS), handed over: from now on
@@ -290,7 +307,16 @@ class Connection:
             None: no pings.
         write_timeout: seconds one write may take.
         close_timeout: seconds a close may take, from request to release.
-        name: the reader thread's name.
+        name: the reader thread's name; the writer's ends in ``writer``
+            instead of ``reader`` (``conn-1-reader``, ``conn-1-writer``).
+        max_queue: received messages that may wait for :meth:`recv`; when
+            that many wait, the reader stops reading until one is taken.
+        outbound_limit: bytes that may wait for the writer (:meth:`send_nowait`).
+        on_overflow: what happens when they would exceed it: ``"close"``
+            (1013, "try again later") or ``"drop-oldest"``.
+        request: on the server, the HTTP request the session began with.
+        user: on the server, what the ``authenticate`` hook returned.
+        subprotocol: the subprotocol both sides agreed on, or None.
     """
 
     def __init__(
@@ -304,8 +330,20 @@ class Connection:
         write_timeout: float = WRITE_TIMEOUT,
         close_timeout: float = CLOSE_TIMEOUT,
         name: str = "reader",
+        max_queue: int = MAX_QUEUE,
+        outbound_limit: int = OUTBOUND_LIMIT,
+        on_overflow: str = CLOSE,
+        request: Request | None = None,
+        user: Any = None,
+        subprotocol: str | None = None,
     ) -> None:
         self.sock = sock
+        #: The HTTP request of the opening handshake (server side; None on a client).
+        self.request = request
+        #: Who the client is, as the server's ``authenticate`` hook said (None without one).
+        self.user = user
+        #: The negotiated subprotocol, or None.
+        self.subprotocol = subprotocol
         self.client = client
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
@@ -332,7 +370,16 @@ class Connection:
         self._size = 0
         self._awaiting_pong = False
         self._next_ping = time.monotonic() + (ping_interval or 0)
-        self._on_message: Callable[[Message], None] = lambda message: None
+        self._on_message: Callable[[Message], None] | None = None
+        #: Received messages for :meth:`recv`, when the reader was started without a callback.
+        self.inbox: Inbox[Message] = Inbox(max_queue)
+        self._outbox = Outbox(
+            self._write_frames,
+            limit=outbound_limit,
+            policy=on_overflow,
+            overflow=self._overflowed,
+            name=name.removesuffix("reader") + "writer" if name.endswith("reader") else f"{name}-writer",
+        )
         #: The reader thread, once started.
         self.reader: threading.Thread | None = None
         # OpenSSL's connection object may not be used by two threads at once, so
@@ -351,11 +398,27 @@ class Connection:
         Daemon, so that a reader stuck in your ``on_message`` can never keep
         the process alive; everything else it waits on is bounded.
         """
-        if on_message is not None:
-            self._on_message = on_message
+        self._on_message = on_message
         self.reader = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
         self.reader.start()
         return self.reader
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """The next message (reader started without a callback); waits at most ``timeout`` s.
+
+        Raises TimeoutError when none came in time, and :class:`Closed` (with
+        the code and reason) once the session is over and every message
+        received before the end has been taken.
+        """
+        return self.inbox.recv(timeout)
+
+    def __iter__(self) -> Iterator[Message]:
+        """``for message in conn``: every message until the session ends (then the loop ends)."""
+        while True:
+            try:
+                yield self.inbox.recv()
+            except Closed:
+                return
 
     def send(self, message: Message) -> None:
         """Send text (str) or binary (bytes); thread-safe; bounded by ``write_timeout``.
@@ -365,11 +428,51 @@ class Connection:
         three times: a header of 2 to 14 bytes, and for a client the masked
         payload.
         """
-        payload = message.encode() if isinstance(message, str) else message
+        self._send_wire(*self._framed(message))
+
+    def send_nowait(self, message: Message) -> bool:
+        """Queue a message for this connection's writer thread and return at once; thread-safe.
+
+        Messages queued this way go out in order. False if it was not queued:
+        the session is closing, or the peer is so far behind that the
+        ``on_overflow`` policy closed it. Under ``drop-oldest`` the oldest
+        waiting messages make room instead. A peer that stops reading is
+        dropped after ``write_timeout``, as with :meth:`send`.
+        """
+        return self._queue_frame(b"".join(self._framed(message)))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until what :meth:`send_nowait` queued is written (default: ``write_timeout``)."""
+        return self._outbox.flush(self.write_timeout if timeout is None else timeout)
+
+    def _queue_frame(self, frame: bytes) -> bool:
+        if self.stop.is_set():
+            return False
+        return self._outbox.put(frame)
+
+    def _overflowed(self, waiting: int) -> None:
+        log.warning(
+            "%s: the peer is too slow (%d bytes waiting, limit %d): closing",
+            self.name,
+            waiting,
+            self._outbox.limit,
+        )
+        self.close(TRY_AGAIN_LATER, "too slow: too many messages waiting")
+
+    def _framed(self, message: Message) -> tuple[bytes, bytes]:
+        """A data frame's header and payload, masked on the client."""
+        payload = message.encode() if isinstance(message, str) else bytes(message)
         header = frame_header(0x1 if isinstance(message, str) else 0x2, len(payload), masked=self.client)
         if self.client:
             key = os.urandom(4)
-            header, payload = header + key, mask(key, payload)
+            return header + key, mask(key, payload)
+        return header, payload
+
+    def _write_frames(self, data: bytes) -> None:
+        """The writer thread's write: whole frames, bounded like :meth:`send`."""
+        self._send_wire(data)
+
+    def _send_wire(self, header: bytes, payload: bytes = b"") -> None:
         deadline = time.monotonic() + self.write_timeout
         if not self.wire_lock.acquire(timeout=self.write_timeout):
             self._give_up("a write waited too long for the one before it")
@@ -395,6 +498,8 @@ class Connection:
         a reason is cut to the 123 bytes a close frame holds.
         """
         self.stop.set()
+        self.inbox.stop_waiting()
+        self._outbox.stop()
         with self._wakeup.lock:
             if self._close_requested is None:
                 self._close_by = time.monotonic() + self.close_timeout
@@ -405,6 +510,8 @@ class Connection:
         """Cut the connection now: the reader and any blocked writer return at once."""
         self._aborted = True  # before the shutdown: the reader must not read on what is still queued
         self.stop.set()
+        self.inbox.stop_waiting()
+        self._outbox.stop()
         shut_down(self.sock)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
@@ -430,6 +537,8 @@ class Connection:
         finally:
             self._aborted = True
             self.stop.set()
+            self._outbox.stop()
+            self.inbox.end(self.closed or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
             self._wakeup.close()
             shut_down(self.sock)
             # A writer may still be inside a write; after the shutdown it fails at
@@ -589,6 +698,9 @@ class Connection:
     def _deliver(self, message: Message) -> None:
         self.last_received = time.monotonic()
         message_log.info("received: %s", describe_message(message))
+        if self._on_message is None:
+            self.inbox.deliver(message)  # waits while the queue is full: TCP pushes back
+            return
         try:
             self._on_message(message)
         except Closed:
@@ -708,3 +820,20 @@ class Connection:
         if not self._lost_reason:
             self._lost_reason = why  # the reader's last line says it: "connection lost: WHY"
         self.abort()
+
+
+def broadcast(connections: Iterable[Connection], message: Message) -> int:
+    """Queue ``message`` for each connection's writer (:meth:`Connection.send_nowait`); never blocks.
+
+    Frames it once for every server-side connection (their frames are not
+    masked, so one buffer serves all). Returns how many connections took it.
+    """
+    frame = b""
+    queued = 0
+    for conn in connections:
+        if conn.client:
+            queued += conn.send_nowait(message)
+            continue
+        frame = frame or b"".join(conn._framed(message))
+        queued += conn._queue_frame(frame)
+    return queued

@@ -27,6 +27,15 @@ class Refusal(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
+#: RFC 7230 3.2.6: the characters of a token (a subprotocol's name, a header's name).
+TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def is_token(text: str) -> bool:
+    """True if ``text`` may be a subprotocol name or a header name (an RFC 7230 token)."""
+    return bool(text) and set(text) <= TOKEN_CHARS
+
+
 def new_key() -> str:
     """A fresh Sec-WebSocket-Key: 16 random bytes in base64."""
     return base64.b64encode(os.urandom(16)).decode()

@@ -16,7 +16,7 @@ from typing import Any
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, WebSocketApp
+from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp
 from .deadlines import Armed, deadlines
 from .signals import run_until_signal
 
@@ -161,7 +161,7 @@ class WebSocketServer(ThreadedWSGIServer):
     def __init__(
         self,
         sock: socket.socket,
-        app: WebSocketApp,
+        app: WebSocketApp | Mounted,
         *,
         tls_context: ssl.SSLContext | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -234,7 +234,7 @@ class RunningServer:
 
 
 def start_server(
-    app: WebSocketApp,
+    app: WebSocketApp | Mounted,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     *,
@@ -242,6 +242,9 @@ def start_server(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> RunningServer:
     """Listen on ``host:port`` (0 picks a free port) and serve ``app`` in threads.
+
+    ``app`` is a :class:`WebSocketApp`, or one mounted in another WSGI app
+    (:meth:`WebSocketApp.mount`); shutdown closes the WebSocket sessions either way.
 
     With ``tls_context`` the server speaks ``wss://``. A client gets
     ``handshake_timeout`` seconds for its whole request (and TLS handshake).
@@ -253,6 +256,6 @@ def start_server(
         httpd = WebSocketServer(sock, app, tls_context=tls_context, handshake_timeout=handshake_timeout)
     finally:
         sock.close()
-    server = RunningServer(app, httpd, host)
+    server = RunningServer(app.websocket_app if isinstance(app, Mounted) else app, httpd, host)
     server.thread.start()
     return server

@@ -1,16 +1,23 @@
 """Per-connection code, plugged into a connection's lifecycle: the same on both sides.
 
-A :class:`Handler` says what one session does: ``on_message`` runs in the
-connection's reader thread for every message, ``run`` in the session's own
-thread once the reader has started. :func:`run_session` is the lifecycle
-around them, start to finish, for the server's request thread and for the
-client alike.
+Per-connection code comes in two shapes:
+
+* a plain function ``handler(conn)``, called once per connection in the
+  session's own thread; it reads in its own loop (``conn.recv(timeout)``,
+  ``for message in conn``) and the session closes with 1000 when it returns
+  (as ``websockets.sync.server.serve(handler)`` does);
+* a :class:`Handler` object: ``on_message`` runs in the connection's reader
+  thread for every message, ``run`` in the session's own thread once the
+  reader has started, and the session lasts until the peer closes.
+
+:func:`run_session` is the lifecycle around either, start to finish, for the
+server's request thread and for the client alike.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Callable, Protocol, Union
 
 from .connection import (
     ABNORMAL_CLOSURE,
@@ -31,6 +38,10 @@ class Handler(Protocol):
 
     def run(self, conn: Connection) -> None:
         """Do the session's own work, e.g. send messages (in the session's thread)."""
+
+
+#: Per-connection code: a :class:`Handler` object, or a function called with the connection.
+SessionCode = Union[Handler, Callable[[Connection], None]]
 
 
 class Echo:
@@ -57,24 +68,35 @@ def wait_until_quiet(conn: Connection, linger: float | None) -> None:
             return
 
 
-def run_session(conn: Connection, handler: Handler, *, linger: float | None = None) -> Closed:
+def run_session(conn: Connection, handler: SessionCode, *, linger: float | None = None) -> Closed:
     """One side of a session, start to finish; returns how it ended.
 
-    Starts the reader (Go: ``go reader(conn)``), runs ``handler.run`` in the
-    calling thread, waits until the peer closes or (``linger``) goes quiet,
-    closes with 1000 if nobody has yet, and waits, bounded, for the reader to
-    release the socket. An exception in the handler closes with 1011 and is
-    logged on one line; it never reaches the caller.
+    Starts the reader (Go: ``go reader(conn)``) and runs the per-connection
+    code in the calling thread. A function ``handler(conn)`` pulls messages
+    itself; when it returns, the session closes with 1000. With a
+    :class:`Handler`, ``handler.run`` runs, then the session waits until
+    the peer closes or (``linger``) goes quiet, and closes with 1000 if
+    nobody has yet. Either way, what ``send_nowait`` queued is written first
+    (within ``write_timeout``), and the reader's end is awaited, bounded. An
+    exception in the handler closes with 1011 and is logged on one line; it
+    never reaches the caller.
     """
-    conn.start(lambda message: handler.on_message(conn, message))
+    pulls = not hasattr(handler, "on_message")
+    conn.start(None if pulls else lambda message: handler.on_message(conn, message))  # type: ignore[union-attr]
     try:
-        handler.run(conn)
+        if pulls:
+            handler(conn)  # type: ignore[operator]
+        else:
+            handler.run(conn)  # type: ignore[union-attr]
     except Closed:
         pass  # the session ended under the handler: nothing to add
     except BaseException as error:  # SystemExit too: it would end only this thread, silently
         log.error("closing after an error in the session handler: %r", error)
         conn.close(INTERNAL_ERROR, "internal error")
-    wait_until_quiet(conn, linger)
+    if not pulls:
+        wait_until_quiet(conn, linger)
+    if not conn.stop.is_set():
+        conn.flush()
     conn.close(NORMAL_CLOSURE)
     conn.wait_closed()
     return conn.closed or Closed(ABNORMAL_CLOSURE, "the reader did not end", by_peer=False)

@@ -1,0 +1,279 @@
+"""The embedding API, server side: the request, authentication, subprotocols, the path, pull style.
+
+Peers are websockets' synchronous client (an independent implementation) and
+raw sockets; servers are real, on port 0.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from helpers import ServerProgram, run_client, wait_until
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+import wsthreads
+from wsthreads import Closed, Connection, Reject, Request
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., wsthreads.RunningServer]]:
+    """Start ``create_app(**settings)`` on a free port; shut down at the end."""
+    servers: list[wsthreads.RunningServer] = []
+
+    def start(**settings: Any) -> wsthreads.RunningServer:
+        server = wsthreads.start_server(wsthreads.create_app(**settings), "127.0.0.1", 0)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+Serve = Callable[..., wsthreads.RunningServer]
+
+
+def describe_request(conn: Connection) -> None:
+    """A handler that tells the client what it saw of the request."""
+    request = conn.request
+    assert request is not None
+    conn.send(
+        json.dumps(
+            {
+                "path": request.path,
+                "topics": request.query.getlist("topic"),
+                "token": request.headers.get("authorization"),
+                "cookie": request.cookies.get("session"),
+                "remote": request.remote_addr,
+                "offered": list(request.subprotocols),
+                "subprotocol": conn.subprotocol,
+                "user": conn.user,
+            }
+        )
+    )
+
+
+def test_the_handler_sees_path_query_headers_cookies_address_and_subprotocol(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(handler=describe_request, subprotocols=("chat.v1", "chat.v2"))
+    with connect(
+        f"{server.url}?topic=a&topic=b",
+        additional_headers={"Authorization": "Bearer t0k", "Cookie": "session=s1; other=x"},
+        subprotocols=["chat.v2", "chat.v1"],  # type: ignore[list-item]
+    ) as ws:
+        seen = json.loads(ws.recv(timeout=5))
+        assert ws.subprotocol == "chat.v2"
+    assert seen == {
+        "path": "/ws",
+        "topics": ["a", "b"],
+        "token": "Bearer t0k",
+        "cookie": "s1",
+        "remote": "127.0.0.1",
+        "offered": ["chat.v2", "chat.v1"],
+        "subprotocol": "chat.v2",  # the client's first preference that the server speaks
+        "user": None,
+    }
+
+
+def test_a_client_offering_none_of_our_subprotocols_gets_a_session_without_one(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(handler=describe_request, subprotocols=("chat.v1",))
+    with connect(server.url, subprotocols=["other"]) as ws:  # type: ignore[list-item]
+        assert json.loads(ws.recv(timeout=5))["subprotocol"] is None
+        assert ws.subprotocol is None
+    with connect(server.url) as ws:
+        assert json.loads(ws.recv(timeout=5))["subprotocol"] is None
+
+
+def bearer_auth(request: Request) -> str:
+    """Tokens of two users; no token 401, an unknown one 403."""
+    header = request.headers.get("authorization", "")
+    if not header.startswith("Bearer "):
+        raise Reject(401, "missing bearer token")
+    user = {"t-alice": "alice", "t-bob": "bob"}.get(header.removeprefix("Bearer "))
+    if user is None:
+        raise Reject(403, "unknown token")
+    return user
+
+
+def raw_handshake(port: int, *headers: str) -> bytes:
+    """Send an upgrade request with extra header lines; the whole answer."""
+    request = (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        + "".join(f"{h}\r\n" for h in headers)
+        + "\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes after a refusal of an upgrade
+            answer += chunk
+    return answer
+
+
+def test_authentication_refuses_with_401_or_403_and_a_one_line_reason(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    sessions: list[Connection] = []
+    server = serve(handler=sessions.append, authenticate=bearer_auth)
+    answer = raw_handshake(server.port)
+    assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert b"WWW-Authenticate: Bearer" in answer
+    assert answer.endswith(b"\r\n\r\nmissing bearer token\n")
+    answer = raw_handshake(server.port, "Authorization: Bearer stolen")
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert answer.endswith(b"\r\n\r\nunknown token\n")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url, additional_headers={"Authorization": "Bearer nope"})
+    assert refused.value.response.status_code == 403
+    assert sessions == [] and server.app.connections() == []  # rejected requests never became sessions
+
+
+def test_the_user_the_hook_returns_is_on_the_connection(serve: Serve) -> None:
+    server = serve(handler=describe_request, authenticate=bearer_auth)
+    with connect(server.url, additional_headers={"Authorization": "Bearer t-bob"}) as ws:
+        assert json.loads(ws.recv(timeout=5))["user"] == "bob"
+
+
+def test_a_hook_returning_none_refuses_and_a_failing_hook_gives_500_without_a_traceback(
+    serve: Callable[..., wsthreads.RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = serve(authenticate=lambda request: None)
+    assert raw_handshake(server.port).startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+
+    def broken(request: Request) -> str:
+        raise KeyError("users table")
+
+    server = serve(authenticate=broken)
+    answer = raw_handshake(server.port)
+    assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert answer.endswith(b"\r\n\r\ninternal error while authenticating\n")
+    assert b"KeyError" not in answer
+    assert any("the authenticate hook failed: KeyError('users table')" in r.message for r in caplog.records)
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_the_endpoint_path_is_configurable(serve: Serve) -> None:
+    server = serve(echo=True, path="/live/updates")
+    assert server.url.endswith("/live/updates")
+    with connect(server.url) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url.replace("/live/updates", "/ws"))
+    assert refused.value.response.status_code == 404
+    assert b"the WebSocket endpoint is /live/updates" in refused.value.response.body
+    with pytest.raises(ValueError, match="must start with '/'"):
+        wsthreads.create_app(path="ws")
+
+
+def test_cli_path_and_subprotocol(start_server: Callable[..., ServerProgram]) -> None:
+    server = start_server("--echo", "--path", "/feed", "--subprotocol", "v2", "--subprotocol", "v1")
+    assert server.url.endswith("/feed")
+    with connect(server.url, subprotocols=["v1", "v2"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "v1"
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
+    bad = run_client("--url", server.url.replace("/feed", "/ws"), "--timeout", "5")
+    assert "404" in bad.stderr and "/feed" in bad.stderr
+
+
+def test_a_function_handler_pulls_with_recv_and_iteration(serve: Serve) -> None:
+    ended: list[Closed] = []
+
+    def handler(conn: Connection) -> None:
+        with pytest.raises(TimeoutError):
+            conn.recv(timeout=0.2)  # nothing yet: the client waits for our prompt
+        conn.send("ready")
+        first = conn.recv(timeout=5)
+        assert isinstance(first, str)
+        conn.send(f"first: {first}")
+        for message in conn:  # until the client closes
+            assert isinstance(message, str)
+            conn.send(f"then: {message}")
+        assert conn.closed is None or conn.closed.code == 1000
+        conn.wait_closed()
+        assert conn.closed is not None
+        ended.append(conn.closed)
+        with pytest.raises(Closed) as after:
+            conn.recv(timeout=1)  # the end stays readable, and recv says it at once
+        assert after.value.code == 1000
+
+    server = serve(handler=handler)
+    with connect(server.url) as ws:
+        assert ws.recv(timeout=5) == "ready"
+        for text in ("a", "b", "c"):
+            ws.send(text)
+        assert [ws.recv(timeout=5) for _ in range(3)] == ["first: a", "then: b", "then: c"]
+    assert wait_until(lambda: bool(ended))
+    assert (ended[0].code, ended[0].by_peer) == (1000, True)
+
+
+def test_a_function_handler_returning_closes_with_1000_after_what_it_queued(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    def handler(conn: Connection) -> None:
+        for i in range(100):
+            assert conn.send_nowait(f"queued {i}")
+
+    server = serve(handler=handler)
+    with connect(server.url) as ws:
+        received = [ws.recv(timeout=5) for _ in range(100)]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert received == [f"queued {i}" for i in range(100)]  # written before the close, in order
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+
+
+def test_a_function_handler_that_raises_closes_with_1011(serve: Serve) -> None:
+    def handler(conn: Connection) -> None:
+        conn.recv(timeout=5)
+        raise RuntimeError("bug")
+
+    server = serve(handler=handler)
+    with connect(server.url) as ws:
+        ws.send("go")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+
+
+def test_a_handler_that_stops_reading_stops_the_reader_and_a_close_still_ends_it(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    """max_queue messages wait; then TCP pushes back; close() from elsewhere ends it within close_timeout."""
+    conns: list[Connection] = []
+    release = threading.Event()
+
+    def handler(conn: Connection) -> None:
+        conns.append(conn)
+        release.wait(30)  # reads nothing
+
+    server = serve(handler=handler, max_queue=4)
+    with connect(server.url) as ws:
+        try:
+            assert wait_until(lambda: bool(conns))
+            for i in range(20):
+                ws.send(f"m{i}")
+            assert wait_until(lambda: conns[0].inbox.qsize() == 4)
+            time.sleep(0.3)
+            assert conns[0].inbox.qsize() == 4  # the reader waits for room instead of queueing more
+            started = time.monotonic()
+            conns[0].close(1001, "bye")
+            assert conns[0].wait_closed()
+            assert time.monotonic() - started < conns[0].close_timeout + 0.5
+            assert conns[0].closed is not None and conns[0].closed.code == 1001
+            # What was received before the end can still be read.
+            assert [conns[0].recv(timeout=1) for _ in range(4)] == ["m0", "m1", "m2", "m3"]
+        finally:
+            release.set()

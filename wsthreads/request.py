@@ -1,0 +1,92 @@
+"""The HTTP request a session began with, and how an authentication hook refuses one.
+
+The server builds a :class:`Request` from the WSGI environ before the upgrade
+and hands it to your ``authenticate`` hook; what the hook returns becomes the
+connection's ``user``. Both stay on the connection (``conn.request``,
+``conn.user``) for the session's code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from werkzeug.datastructures import EnvironHeaders, MultiDict
+from werkzeug.http import parse_cookie
+
+#: ``authenticate(request)``: who the client is (anything but None), or None to refuse with 401.
+Authenticate = Callable[["Request"], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """The opening handshake's HTTP request, as the session's code sees it.
+
+    Attributes:
+        path: the path, e.g. ``/ws`` (without the query).
+        query: the query's parameters; ``query.get("topic")`` is the first
+            value, ``query.getlist("topic")`` every one.
+        headers: the request's headers, names case-insensitive.
+        cookies: the cookies the client sent, by name.
+        remote_addr: the client's address (the proxy's, behind a proxy).
+        subprotocols: the subprotocols the client offered, in its order of preference.
+        environ: the WSGI environ itself, e.g. for the host app's session
+            (``with flask_app.request_context(request.environ): ...``).
+    """
+
+    path: str
+    query: MultiDict[str, str]
+    headers: Mapping[str, str]
+    cookies: Mapping[str, str]
+    remote_addr: str
+    subprotocols: tuple[str, ...]
+    environ: Mapping[str, Any] = dataclasses.field(repr=False)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, Any]) -> Request:
+        """The request of a WSGI environ (Werkzeug's or gunicorn's)."""
+        offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
+        return cls(
+            path=environ.get("PATH_INFO", ""),
+            query=url_query(environ.get("QUERY_STRING", "")),
+            headers=EnvironHeaders(environ),  # type: ignore[arg-type]
+            cookies=parse_cookie(environ.get("HTTP_COOKIE", "")),
+            remote_addr=environ.get("REMOTE_ADDR", ""),
+            subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
+            environ=environ,
+        )
+
+
+def url_query(text: str) -> MultiDict[str, str]:
+    """The parameters of a query string, every value kept, in order."""
+    return MultiDict(parse_qsl(text, keep_blank_values=True))
+
+
+class Reject(Exception):
+    """Raise it in an ``authenticate`` hook to refuse the request with ``status`` and one line.
+
+    ``raise Reject(401, "missing bearer token")`` answers ``401 Unauthorized``
+    with that line as the body (and ``WWW-Authenticate: Bearer``, which a 401
+    must carry, unless ``headers`` has one); 403 for "known, but not allowed".
+    """
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        if not 400 <= status <= 599:
+            raise ValueError(f"Reject needs an HTTP error status (400-599), not {status}")
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason.strip().splitlines()[0] if reason.strip() else self.status_line
+        self.headers = dict(headers or {})
+        if status == 401:
+            self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+    @property
+    def status_line(self) -> str:
+        """``401 Unauthorized``."""
+        try:
+            return f"{self.status} {HTTPStatus(self.status).phrase}"
+        except ValueError:
+            return str(self.status)

@@ -18,6 +18,7 @@ import logging
 import sys
 from typing import NoReturn
 
+from wsthreads.client import check_header
 from wsthreads.connection import Closed, Connection, Message, message_log
 from wsthreads.handshake import is_token
 
@@ -148,6 +149,19 @@ def subprotocol_arg(text: str) -> str:
     if not is_token(text):
         raise argparse.ArgumentTypeError(f"not a valid subprotocol name: {text!r}")
     return text
+
+
+def header_arg(text: str) -> tuple[str, str]:
+    """argparse type: ``"Name: value"``, a header for the opening handshake (see ``check_header``)."""
+    name, colon, value = text.partition(":")
+    if not colon:
+        raise argparse.ArgumentTypeError(f"not a header 'Name: value': {text!r}")
+    value = value.strip(" \t")  # the optional white space around a field value (RFC 7230 3.2)
+    try:
+        check_header(name, value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name, value
 
 
 def add_common_options(parser: argparse.ArgumentParser, max_message_size: int, write_timeout: float) -> None:

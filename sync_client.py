@@ -29,12 +29,23 @@ and a ``select`` on the interrupt channel). Run ``python sync_client.py
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 from collections.abc import Sequence
 
 import wsthreads
-from common import OneLineParser, Sender, add_common_options, fail, positive_seconds_arg, setup_logging
+from common import (
+    OneLineParser,
+    Sender,
+    add_common_options,
+    fail,
+    header_arg,
+    positive_seconds_arg,
+    seconds_arg,
+    setup_logging,
+    subprotocol_arg,
+)
 from wsthreads.client import DEFAULT_URL, DIAL_TIMEOUT
 from wsthreads.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.signals import catch_signals, run_until_signal
@@ -49,13 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signalled = catch_signals()  # first: a Ctrl+C during start-up is not lost
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        config = client_config(args)
+    except ValueError as error:  # e.g. a header given twice
+        parser.error(str(error))
     setup_logging(quiet=args.quiet)
-    config = wsthreads.ClientConfig(
-        timeout=args.timeout,
-        cafile=args.cafile,
-        max_message_size=args.max_message_size or None,
-        write_timeout=args.write_timeout,
-    )
     client = wsthreads.Client(args.url, config, reconnect=args.reconnect)
     handler = wsthreads.Echo() if args.echo else Sender(args.count, args.interval, "client")
     # --echo answers until the server closes; otherwise we close once it goes quiet.
@@ -83,6 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if interrupted:
         return 0
     return 0 if isinstance(result, wsthreads.Closed) and result.clean else 1
+
+
+def client_config(args: argparse.Namespace) -> wsthreads.ClientConfig:
+    """The settings the command line asked for; ValueError (one line) for ones that cannot work."""
+    return wsthreads.ClientConfig(
+        timeout=args.timeout,
+        cafile=args.cafile,
+        max_message_size=args.max_message_size or None,
+        write_timeout=args.write_timeout,
+        headers=tuple(args.header),
+        subprotocols=tuple(args.subprotocol),
+        ping_interval=args.ping_interval or None,
+    )
 
 
 def build_parser() -> OneLineParser:
@@ -115,6 +137,31 @@ def build_parser() -> OneLineParser:
         action="store_true",
         help="when the server goes away (1001, 1011-1014) or the connection drops (1006), dial again"
         " (after 0.5 s, doubling to 30 s)",
+    )
+    parser.add_argument(
+        "--header",
+        type=header_arg,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra header for the opening handshake, e.g. 'Authorization: Bearer TOKEN'; repeatable",
+    )
+    parser.add_argument(
+        "--subprotocol",
+        type=subprotocol_arg,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a subprotocol to offer, most preferred first; repeatable; the server picks one of"
+        " them or none, and the 'connected' line names it",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=seconds_arg,
+        default=0.0,
+        metavar="SECONDS",
+        help="send a keepalive ping this often; a server that has not answered one by the next"
+        " is closed with 1011; 0: off (default 0)",
     )
     return parser
 

@@ -97,7 +97,8 @@ def test_eight_threads_sending_over_wss_while_the_reader_receives(
     certfile, cafile = pki
     server = start_server("--certfile", certfile, "--echo", "--quiet", "--max-message-size", "0")
     sizes = [10, 200, 17000, 70000, 300000]
-    with WebSocketClient(server.url, cafile=cafile, max_message_size=None) as client:
+    # Room for every echo: they are read only after all 1200 are sent.
+    with WebSocketClient(server.url, cafile=cafile, max_message_size=None, max_queue=8 * 150) as client:
 
         def worker(k: int) -> None:
             for i in range(150):

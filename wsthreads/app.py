@@ -13,7 +13,9 @@ import dataclasses
 import functools
 import itertools
 import logging
+import select
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -34,6 +36,7 @@ from .connection import (
     Connection,
     Message,
     broadcast,
+    wait_for,
 )
 from .handshake import Refusal, check_request, is_token, is_websocket_upgrade
 from .queues import CLOSE, OVERFLOW_POLICIES
@@ -159,6 +162,52 @@ class _NoThread:
         """Start nothing: the connection's reader does this thread's work."""
 
 
+class _HeldResponse:
+    """Stands in for the socket while simple-websocket answers the handshake: keeps the 101.
+
+    The server sends it itself once the connection is registered (see ``_run``).
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def send(self, data: bytes) -> int:
+        """Keep ``data`` instead of sending it."""
+        self.data += data
+        return len(data)
+
+
+#: Where Werkzeug and gunicorn put the connection's socket in the environ.
+SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
+
+
+def hijacked_socket(environ: dict[str, Any]) -> socket.socket:
+    """The request's socket, which the session takes over."""
+    sock: socket.socket = next(environ[key] for key in SOCKET_KEYS if key in environ)
+    return sock
+
+
+def with_socket(environ: dict[str, Any], stand_in: object) -> dict[str, Any]:
+    """The environ with ``stand_in`` where the server put the socket."""
+    return {k: stand_in if k in SOCKET_KEYS else v for k, v in environ.items()}
+
+
+def send_response(sock: socket.socket, data: bytes, timeout: float) -> bool:
+    """Write the handshake's answer to a non-blocking socket within ``timeout``; False if it failed."""
+    deadline = time.monotonic() + timeout
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            pass
+        except OSError:
+            return False
+        if view and not wait_for(sock, select.POLLOUT, deadline - time.monotonic()):
+            return False
+    return True
+
+
 class WebSocketApp:
     """The WSGI application: the endpoint runs a session, anything else is refused.
 
@@ -273,15 +322,16 @@ class WebSocketApp:
         server_thread_name, thread.name = thread.name, name
         environ.get(DISARM_KEY, lambda: None)()
         try:
+            held = _HeldResponse()
             try:
                 ws = simple_websocket.Server.accept(
-                    without_compression(environ),
+                    with_socket(without_compression(environ), held),
                     subprotocols=list(self.config.subprotocols) or None,
                     thread_class=_NoThread,
                 )
             except Exception as error:  # wsproto refused what we let through
                 return plain_response(start_response, Refusal("400 Bad Request", f"bad handshake: {error}"))
-            sock: socket.socket = ws.sock
+            sock = hijacked_socket(environ)
             sock.settimeout(None)  # the request deadline no longer applies
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             config = self.config
@@ -301,7 +351,7 @@ class WebSocketApp:
                 user=user,
                 subprotocol=ws.subprotocol,
             )
-            self._run(conn, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
+            self._run(conn, held.data, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
         finally:
             thread.name = server_thread_name
         end_hijacked_request(ws.mode)
@@ -320,10 +370,14 @@ class WebSocketApp:
             raise Reject(401, "authentication required")
         return user
 
-    def _run(self, conn: Connection, peer: str) -> None:
-        with self._changed:
+    def _run(self, conn: Connection, response: bytes, peer: str) -> None:
+        # The 101 goes out only once the connection is listed, both under the
+        # broadcast lock: every broadcast after the client saw the 101 reaches it.
+        with self._broadcasting, self._changed:
             self._connections.add(conn)
-            if not self._accepting:  # shutdown began during our handshake
+            if not send_response(conn.sock, response, conn.write_timeout):
+                conn.abort()  # the client is gone: the reader finds out and releases the socket
+            elif not self._accepting:  # shutdown began during our handshake
                 conn.close(GOING_AWAY, "server shutting down")
         try:
             log.info("connected: %s", peer)

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
+import math
 import random
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
-from typing import Callable
+from typing import Any, Callable, Union
 from urllib.parse import urlsplit
 
 import websocket
 
 from .connection import (
+    ABNORMAL_CLOSURE,
     CLOSE_TIMEOUT,
     MAX_MESSAGE_SIZE,
     NORMAL_CLOSURE,
@@ -43,7 +44,8 @@ from .connection import (
     shut_down,
 )
 from .deadlines import deadlines
-from .handshake import check_response, new_key
+from .handshake import check_response, is_token, new_key
+from .queues import Inbox
 from .session import Handler, run_session
 
 log = logging.getLogger("wsthreads.client")
@@ -57,6 +59,27 @@ BACKOFF = (0.5, 30.0)
 STABLE_SESSION = 10.0
 #: HTTP statuses of a refused handshake that are worth another try later.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Received messages that may wait to be taken (see ``ClientConfig.max_queue``).
+CLIENT_MAX_QUEUE = 1024
+#: Headers the opening handshake sets itself (lower case): ``ClientConfig.headers`` may not.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+    }
+)
+#: Headers websocket-client writes itself (Origin always, Cookie from its cookie jar).
+#: Given in ``ClientConfig.headers`` they go in as its options of the same name, so that
+#: ours replaces its Origin and joins its Cookie instead of doubling the header.
+HEADER_OPTIONS = frozenset({"origin", "cookie"})
+
+#: What ``ClientConfig.headers`` accepts: (name, value) pairs, or a mapping.
+HeaderSettings = Union[Mapping[str, str], Iterable[tuple[str, str]]]
 
 
 class ConnectError(Exception):
@@ -92,6 +115,31 @@ class ClientConfig:
         write_timeout: seconds one write may take before the server counts
             as not reading.
         close_timeout: seconds a close may take before the connection is cut.
+        headers: extra headers for the opening handshake, as (name, value)
+            pairs (a dict or a list of pairs is fine too; they become a
+            tuple), e.g. ``{"Authorization": "Bearer TOKEN"}``. Each name at
+            most once; the headers the handshake sets itself
+            (:data:`RESERVED_HEADERS`) may not be given.
+        subprotocols: the subprotocols to offer, most preferred first. The
+            server picks one of them or none; a server that picks another
+            fails the dial (ConnectError). The choice is ``conn.subprotocol``.
+        ping_interval: seconds between keepalive pings to the server (None,
+            the default: no pings); a server that has not answered one by
+            the next is closed with 1011 "keepalive ping timeout".
+        max_queue: received messages that may wait to be taken
+            (:meth:`WebSocketClient.recv`, ``conn.recv()``). When that many
+            wait, the reader stops reading until one is taken: TCP then tells
+            the server to slow down. Default 1024 (websockets: 16), so that a
+            program may send many requests before it reads the answers; with
+            ``max_message_size`` it bounds the memory they take.
+
+    Raises:
+        ValueError: a setting that cannot work, with a one-line message:
+            ``header 'Upgrade' is set by the WebSocket handshake itself``,
+            ``not a valid subprotocol name (an RFC 7230 token): 'chat v2'``,
+            ``ping_interval must be more than 0 seconds (None: no pings): 0``.
+        TypeError: ``headers`` or ``subprotocols`` of the wrong shape, e.g.
+            ``subprotocols is a sequence of names, e.g. ('chat',)``.
     """
 
     timeout: float = DIAL_TIMEOUT
@@ -99,10 +147,87 @@ class ClientConfig:
     max_message_size: int | None = MAX_MESSAGE_SIZE
     write_timeout: float = WRITE_TIMEOUT
     close_timeout: float = CLOSE_TIMEOUT
+    headers: tuple[tuple[str, str], ...] = ()
+    subprotocols: tuple[str, ...] = ()
+    ping_interval: float | None = None
+    max_queue: int = CLIENT_MAX_QUEUE
+
+    def __post_init__(self) -> None:
+        # Frozen, but a dict or a list is fine too: stored as tuples.
+        object.__setattr__(self, "headers", header_pairs(self.headers))
+        object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
+        if self.ping_interval is not None and not 0 < self.ping_interval < math.inf:
+            raise ValueError(
+                f"ping_interval must be more than 0 seconds (None: no pings): {self.ping_interval!r}"
+            )
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1: {self.max_queue!r}")
+
+
+def check_header(name: str, value: str) -> None:
+    """Whether ``name: value`` may go in our opening handshake; ValueError if not.
+
+    Raises:
+        ValueError: ``not a valid header name (an RFC 7230 token): 'X Token'``,
+            ``the value of header 'X-Token' contains CR or LF``, or
+            ``header 'Upgrade' is set by the WebSocket handshake itself``.
+    """
+    if not is_token(name):
+        raise ValueError(f"not a valid header name (an RFC 7230 token): {name!r}")
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"the value of header {name!r} contains CR or LF")
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"header {name!r} is set by the WebSocket handshake itself")
+
+
+def header_pairs(headers: HeaderSettings) -> tuple[tuple[str, str], ...]:
+    """``headers`` as a tuple of checked (name, value) pairs (:func:`check_header`).
+
+    Raises:
+        ValueError: a header that may not be sent (see :func:`check_header`),
+            or one given twice: ``header 'Accept' is given twice (join its
+            values with ', ')``.
+        TypeError: anything but a mapping or pairs of strings, e.g.
+            ``a header is a (name, value) pair of strings: 'Accept'``.
+    """
+    if isinstance(headers, str):
+        raise TypeError(f"headers are (name, value) pairs or a dict, e.g. {{'Accept': {headers!r}}}")
+    given = headers.items() if isinstance(headers, Mapping) else headers
+    pairs: list[tuple[str, str]] = []
+    for pair in given:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise TypeError(f"a header is a (name, value) pair of strings: {pair!r}")
+        name, value = pair
+        check_header(name, value)
+        if name.lower() in (known.lower() for known, _ in pairs):
+            raise ValueError(f"header {name!r} is given twice (join its values with ', ')")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def subprotocol_names(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` as a tuple of subprotocol names, each an RFC 7230 token.
+
+    Raises:
+        ValueError: ``not a valid subprotocol name (an RFC 7230 token): 'chat v2'``.
+        TypeError: a single string: ``subprotocols is a sequence of names, e.g. ('chat',)``.
+    """
+    if isinstance(names, str):
+        raise TypeError(f"subprotocols is a sequence of names, e.g. ({names!r},)")
+    names = tuple(names)
+    for name in names:
+        if not (isinstance(name, str) and is_token(name)):
+            raise ValueError(f"not a valid subprotocol name (an RFC 7230 token): {name!r}")
+    return names
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
-    """Host, port and whether TLS is used; ConnectError for anything but ``ws://`` or ``wss://``."""
+    """Host, port and whether TLS is used.
+
+    Raises:
+        ConnectError: (``retryable`` False) for anything but ``ws://`` or ``wss://``:
+            ``invalid URL 'http://x/ws': expected ws://HOST:PORT/PATH or wss://HOST:PORT/PATH``.
+    """
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -125,10 +250,23 @@ def dial(
 ) -> Connection:
     """Open a connection to ``url`` within ``config.timeout`` seconds, all steps together.
 
-    ``track`` is told the socket as soon as it exists (and again after TLS
-    wraps it), so another thread can shut it down to cut the dial short.
-    Returns the connection, its reader not started yet. Raises ConnectError
-    with a one-line explanation on any failure.
+    The request carries ``config.headers`` and offers ``config.subprotocols``;
+    the server's choice becomes ``conn.subprotocol``. ``track`` is told the
+    socket as soon as it exists (and again after TLS wraps it), so another
+    thread can shut it down to cut the dial short. Returns the connection,
+    its reader not started yet.
+
+    Raises:
+        ConnectError: on any failure, with a one-line explanation.
+            ``retryable`` is True when a later dial may succeed:
+            ``cannot connect to ws://localhost:8080/ws: connection refused
+            (is the server running?)``, ``no answer from ... within 10 s``,
+            ``... refused the WebSocket handshake: HTTP 503 Service
+            Unavailable: too many connections (limit 100)``. It is False
+            when it cannot: ``invalid URL ...``, ``... refused the WebSocket
+            handshake: HTTP 401 Unauthorized: authentication required``,
+            ``the TLS certificate of ... is not trusted: ...``, ``... answered
+            the handshake wrongly: subprotocol 'chat' was never offered``.
     """
     config = config or ClientConfig()
     host, port, secure = parse_url(url)
@@ -145,18 +283,9 @@ def dial(
             sock.do_handshake()
         key = new_key()
         ws = websocket.create_connection(
-            url,
-            socket=sock,
-            header={"Sec-WebSocket-Key": key},
-            redirect_limit=0,
-            enable_multithread=False,
+            url, socket=sock, redirect_limit=0, enable_multithread=False, **handshake_options(key, config)
         )
-        if ws.getstatus() != 101:
-            problem: str | None = f"HTTP {ws.getstatus()} instead of 101 (redirects are not followed)"
-        else:
-            problem = check_response(ws.getheaders() or {}, key)
-        if problem is not None:
-            raise ConnectError(f"{url} answered the handshake wrongly: {problem}", retryable=False)
+        subprotocol = accepted_subprotocol(url, ws, key, config.subprotocols)
     except ConnectError:
         sock.close()
         raise
@@ -173,10 +302,53 @@ def dial(
         sock,
         client=True,
         max_message_size=config.max_message_size,
+        ping_interval=config.ping_interval,
         write_timeout=config.write_timeout,
         close_timeout=config.close_timeout,
         name=name,
+        max_queue=config.max_queue,
+        subprotocol=subprotocol,
     )
+
+
+def handshake_options(key: str, config: ClientConfig) -> dict[str, Any]:
+    """websocket-client's options for our request: our key, the subprotocols, the extra headers.
+
+    websocket-client takes our key only from a dict (``header={...}``), and
+    adds Host, Upgrade, Connection, Sec-WebSocket-Version and Origin itself.
+    The subprotocols go in as a header rather than as its ``subprotocols``
+    option, whose check fails a server that picks none (RFC 6455 allows it;
+    our server does it) and ignores case; :func:`check_response` checks.
+    """
+    fields = {"Sec-WebSocket-Key": key}
+    if config.subprotocols:
+        fields["Sec-WebSocket-Protocol"] = ", ".join(config.subprotocols)
+    options: dict[str, Any] = {"header": fields}
+    for name, value in config.headers:
+        if name.lower() in HEADER_OPTIONS:
+            options[name.lower()] = value
+        else:
+            fields[name] = value
+    return options
+
+
+def accepted_subprotocol(url: str, ws: websocket.WebSocket, key: str, offered: Sequence[str]) -> str | None:
+    """The subprotocol the server's 101 picked, or None.
+
+    Raises:
+        ConnectError: (``retryable`` False) if the answer is not a 101 that
+            fits our request: ``ws://localhost:8080/ws answered the handshake
+            wrongly: wrong Sec-WebSocket-Accept`` (or ``HTTP 301 instead of
+            101 (redirects are not followed)``, ``subprotocol 'x' was never offered``).
+    """
+    headers = ws.getheaders() or {}
+    if ws.getstatus() != 101:
+        problem: str | None = f"HTTP {ws.getstatus()} instead of 101 (redirects are not followed)"
+    else:
+        problem = check_response(headers, key, offered)
+    if problem is not None:
+        raise ConnectError(f"{url} answered the handshake wrongly: {problem}", retryable=False)
+    return headers.get("sec-websocket-protocol", "").strip() or None
 
 
 def open_tcp(
@@ -191,6 +363,13 @@ def open_tcp(
 
     Each socket is shown to ``track`` before it connects, so a close() can
     cut even this step short.
+
+    Raises:
+        ConnectError: (``retryable`` True) ``cannot find the host of
+            ws://nowhere.invalid/ws: Name or service not known``, ``cannot
+            connect to ...: connection refused (is the server running?)``,
+            ``no answer from ... within 10 s``; whatever ``track`` raises
+            (:class:`Client` raises ConnectError, ``retryable`` False, once closed).
     """
     error: OSError = TimeoutError()
     try:
@@ -218,7 +397,7 @@ def open_tcp(
 
 
 def describe_dial_error(url: str, config: ClientConfig, error: BaseException, deadline: float) -> str:
-    """One line telling why dialing ``url`` failed."""
+    """One line telling why dialing ``url`` failed (``no answer from URL within 10 s``); never raises."""
     if isinstance(error, websocket.WebSocketBadStatusException):
         return f"{url} refused the WebSocket handshake: HTTP {describe_status(error)}"
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -241,7 +420,7 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Whether a dial that failed with ``error`` may succeed later."""
+    """Whether a dial that failed with ``error`` may succeed later; never raises."""
     if isinstance(error, websocket.WebSocketBadStatusException):
         return error.status_code in RETRYABLE_STATUSES
     if isinstance(error, (ssl.SSLCertVerificationError, ValueError)):
@@ -250,7 +429,7 @@ def is_retryable(error: BaseException) -> bool:
 
 
 def describe_status(error: websocket.WebSocketBadStatusException) -> str:
-    """``404 Not Found: no such path; ...``: the status line and the server's one-line reason."""
+    """``404 Not Found: no such path; ...``: the status line and the server's reason; never raises."""
     # websocket-client < 1.9.1 (the last for Python 3.9) does not keep the reason phrase.
     phrase = getattr(error, "status_message", None)
     if not phrase:
@@ -272,7 +451,7 @@ def backoff_delays(first: float = BACKOFF[0], cap: float = BACKOFF[1]) -> Iterat
 
     Doubles from ``first`` up to ``cap``; each delay is drawn between half
     and all of that ("equal jitter"), so clients that lost the same server at
-    the same moment do not all come back at the same moment.
+    the same moment do not all come back at the same moment. Never raises.
     """
     ceiling = first
     while True:
@@ -290,6 +469,7 @@ class Client:
     end quickly and starts over after one that lasted :data:`STABLE_SESSION`.
     :meth:`close` may come from any thread at any time and wins: over a
     session (closed with its code), a backoff delay, and a dial in progress.
+    Creating one never raises (the settings are checked by :class:`ClientConfig`).
     """
 
     def __init__(
@@ -314,19 +494,25 @@ class Client:
 
     @property
     def connection(self) -> Connection | None:
-        """The open connection, if there is one now."""
+        """The open connection, if there is one now; never raises."""
         with self._lock:
             conn = self._conn
         return conn if conn is not None and not conn.done.is_set() else None
 
     def in_reader(self) -> bool:
-        """True when called from the reader thread of the current connection."""
+        """True when called from the reader thread of the current connection; never raises."""
         with self._lock:
             conn = self._conn
         return conn is not None and threading.current_thread() is conn.reader
 
     def dial(self) -> Connection:
-        """Dial once; the connection, its reader not started. ConnectError on failure or after close()."""
+        """Dial once; the connection, its reader not started.
+
+        Raises:
+            ConnectError: the dial failed (see :func:`dial` for the messages
+                and ``retryable``), or close() came first or during it:
+                ``the client was closed while dialing ws://...`` (``retryable`` False).
+        """
         try:
             conn = dial(self.url, self.config, track=self._track, name=self.reader_name)
         finally:
@@ -335,7 +521,8 @@ class Client:
         with self._lock:
             if not self._closing.is_set():
                 self._conn = conn
-                log.info("connected to %s", self.url)
+                chosen = f" (subprotocol {conn.subprotocol})" if conn.subprotocol else ""
+                log.info("connected to %s%s", self.url, chosen)
                 return conn
         # close() came during the dial: this connection is ours to end, cleanly.
         conn.start()
@@ -348,8 +535,13 @@ class Client:
     ) -> Closed:
         """Sessions with ``handler`` until one ends for good; how the last one ended.
 
-        The first dial's ConnectError is raised; later failed dials are
-        logged and retried (unless they cannot succeed).
+        Returns the :class:`Closed` of the last session (it is returned, not
+        raised). Later failed dials are logged and retried (unless they
+        cannot succeed).
+
+        Raises:
+            ConnectError: the first dial failed (only without ``first``); see
+                :meth:`dial`.
         """
         conn = first or self.dial()
         delays = backoff_delays(*self.backoff)
@@ -368,7 +560,10 @@ class Client:
             conn = again
 
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
-        """End everything from any thread: the session with ``code``, a dial, the reconnecting."""
+        """End everything from any thread: the session with ``code``, a dial, the reconnecting.
+
+        Returns at once (the session ends within ``close_timeout``); never raises.
+        """
         with self._lock:
             if not self._closing.is_set():
                 self._close_with = (code, reason)
@@ -422,14 +617,26 @@ class WebSocketClient:
         with WebSocketClient("ws://localhost:8080/ws", on_message=print) as client:
             client.send("job 1: 10 % done")
 
+        with WebSocketClient(url, headers={"Authorization": "Bearer TOKEN"}, subprotocols=["chat"]) as client:
+            client.send("hello")
+            for message in client:  # until the session ends for good
+                print(message)
+
     Threads: the first connection is dialed in the caller's thread, so a
     failure raises ConnectError right there. Then a ``reader`` thread
-    delivers every message to ``on_message`` (or, without one, to the
-    ``messages`` queue), and a ``supervisor`` thread runs the sessions and,
-    with ``reconnect``, dials again after a backoff. ``send()`` may be called
-    from any thread; it raises NotConnected while there is no open
-    connection. ``close()`` is idempotent, ends the reader, the supervisor
-    and the socket, and returns within ``close_timeout`` plus a second.
+    delivers every message to ``on_message`` or, without one, to the
+    ``messages`` queue, which :meth:`recv` and iteration read; and a
+    ``supervisor`` thread runs the sessions and, with ``reconnect``, dials
+    again after a backoff. ``send()`` may be called from any thread; it
+    raises NotConnected while there is no open connection. ``close()`` is
+    idempotent, ends the reader, the supervisor and the socket, and returns
+    within ``close_timeout`` plus a second.
+
+    The queue holds at most ``max_queue`` messages (default 16): when it is
+    full the reader waits for one to be taken and stops reading, and TCP
+    tells the server to slow down. Meanwhile nothing is read, so a close or a
+    ping timeout from the server is seen once you take a message again;
+    ``close()`` ends the wait at once.
 
     Args:
         url: the server, ``ws://`` or ``wss://``.
@@ -439,7 +646,15 @@ class WebSocketClient:
             drops (1001, 1006, 1011-1014), until close().
         backoff: first and largest delay between two dials.
         **settings: the fields of :class:`ClientConfig` (``timeout``,
-            ``cafile``, ``max_message_size``, ...).
+            ``cafile``, ``max_message_size``, ``headers``, ``subprotocols``,
+            ``ping_interval``, ``max_queue``, ...).
+
+    Raises:
+        ValueError: a bad setting, before any dial: ``header 'Host' is set by
+            the WebSocket handshake itself``, ``max_queue must be at least 1: 0``
+            (see :class:`ClientConfig`).
+        TypeError: a setting :class:`ClientConfig` does not have
+            (``... got an unexpected keyword argument 'timout'``), or one of the wrong shape.
     """
 
     def __init__(
@@ -452,17 +667,30 @@ class WebSocketClient:
         **settings: object,
     ) -> None:
         self.url = url
-        #: Messages received, when no ``on_message`` was given.
-        self.messages: queue.Queue[Message] = queue.Queue()
-        self._handler = _Deliver(on_message or self.messages.put)
-        self._client = Client(url, ClientConfig(**settings), reconnect=reconnect, backoff=backoff)  # type: ignore[arg-type]
+        config = ClientConfig(**settings)  # type: ignore[arg-type]
+        #: Messages received, when no ``on_message`` was given: what :meth:`recv` and
+        #: iteration read (a :class:`queue.Queue`: ``get(timeout=...)`` works too).
+        self.messages: Inbox[Message] = Inbox(config.max_queue)
+        self._on_message = on_message
+        self._handler = _Deliver(on_message or self.messages.deliver)
+        self._client = Client(url, config, reconnect=reconnect, backoff=backoff)
         self._lock = threading.Lock()  # guards _supervisor
         self._supervisor: threading.Thread | None = None
         #: How the last session ended, once it has.
         self.closed: Closed | None = None
 
     def connect(self) -> WebSocketClient:
-        """Open the connection; raises ConnectError if the first dial fails (or close() came)."""
+        """Open the connection (once; again it does nothing) and return the client.
+
+        Raises:
+            ConnectError: the first dial failed, with a one-line message and
+                ``retryable`` (see :func:`dial`): ``cannot connect to
+                ws://localhost:8080/ws: connection refused (is the server
+                running?)`` (True), ``ws://localhost:8080/ws refused the
+                WebSocket handshake: HTTP 401 Unauthorized: authentication
+                required`` (False); or close() came first or during the dial:
+                ``the client was closed while dialing ws://...`` (False).
+        """
         # Under the lock for the whole dial: a close() meanwhile cuts the dial short,
         # then waits here, and so never misses a supervisor about to start.
         with self._lock:
@@ -476,11 +704,24 @@ class WebSocketClient:
 
     @property
     def connected(self) -> bool:
-        """True while a connection is open (it may still drop at any time)."""
+        """True while a connection is open (it may still drop at any time); never raises."""
         return self._client.connection is not None
 
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol of the open connection (None: none agreed, or no connection); never raises."""
+        conn = self._client.connection
+        return None if conn is None else conn.subprotocol
+
     def send(self, message: Message) -> None:
-        """Send text (str) or binary (bytes) from any thread; NotConnected if there is no connection."""
+        """Send text (str) or binary (bytes) from any thread, bounded by ``write_timeout``.
+
+        Raises:
+            NotConnected: there is no open connection: ``not connected to
+                ws://localhost:8080/ws``; or it closed under the send:
+                ``connection to ws://localhost:8080/ws closed: 1006
+                (connection lost) 'the peer is not reading'``.
+        """
         conn = self._client.connection
         if conn is None:
             raise NotConnected(f"not connected to {self.url}")
@@ -489,23 +730,74 @@ class WebSocketClient:
         except Closed as closed:
             raise NotConnected(f"connection to {self.url} closed: {closed}") from None
 
-    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
-        """Close with ``code`` and stop reconnecting; idempotent and bounded.
+    def recv(self, timeout: float | None = None) -> Message:
+        """The next message from the queue, waiting at most ``timeout`` seconds (None: no limit).
 
-        From your ``on_message`` (the reader thread) it only asks and returns:
-        the reader must be free to finish the closing handshake.
+        With ``reconnect`` it waits across reconnects; messages received
+        before the end are all returned first.
+
+        Raises:
+            TimeoutError: nothing came in time: ``no message within 0.5 s``.
+            Closed: the client is over for good (closed, or the session ended
+                and no reconnect follows) and the queue is empty; it carries
+                the last session's ``code`` and ``reason``: ``1000 (normal
+                closure)``, ``1011 (internal error) 'keepalive ping timeout'``.
+            NotConnected: connect() was never called (or failed):
+                ``not connected to ws://...: call connect() first``.
+            RuntimeError: ``on_message`` was given, so messages go there:
+                ``recv() and iteration are not available: messages go to on_message``.
+        """
+        self._check_receiving()
+        return self.messages.recv(timeout)
+
+    def __iter__(self) -> Iterator[Message]:
+        """``for message in client``: every message, until :meth:`recv` would raise Closed.
+
+        Raises:
+            NotConnected, RuntimeError: as :meth:`recv`, at once.
+        """
+        self._check_receiving()
+        return self._until_closed()
+
+    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close with ``code`` and stop reconnecting; idempotent, bounded, never raises.
+
+        Returns within ``close_timeout`` plus a second, even when the queue is
+        full and nobody reads it. From your ``on_message`` (the reader
+        thread) it only asks and returns: the reader must be free to finish
+        the closing handshake.
         """
         self._client.close(code, reason)
+        self.messages.stop_waiting()  # a reader waiting for room must go on, to see the close
         with self._lock:
             supervisor = self._supervisor
         if supervisor is not None and not self._client.in_reader():
             supervisor.join(self._client.config.close_timeout + 1.0)
 
     def __enter__(self) -> WebSocketClient:
+        """:meth:`connect`, with its ConnectError."""
         return self.connect()
 
     def __exit__(self, *exc_info: object) -> None:
+        """:meth:`close`; never raises."""
         self.close()
 
+    def _check_receiving(self) -> None:
+        if self._on_message is not None:
+            raise RuntimeError("recv() and iteration are not available: messages go to on_message")
+        # Read without the lock, which connect() holds for its whole dial.
+        if self._supervisor is None:
+            raise NotConnected(f"not connected to {self.url}: call connect() first")
+
+    def _until_closed(self) -> Iterator[Message]:
+        while True:
+            try:
+                yield self.messages.recv()
+            except Closed:
+                return
+
     def _supervise(self, first: Connection) -> None:
-        self.closed = self._client.run(self._handler, first=first)
+        try:
+            self.closed = self._client.run(self._handler, first=first)
+        finally:  # over for good: recv() raises how, once the rest is taken
+            self.messages.end(self.closed or Closed(ABNORMAL_CLOSURE, "the client stopped", by_peer=False))

@@ -472,6 +472,11 @@ class Connection:
         """The writer thread's write: whole frames, bounded like :meth:`send`."""
         self._send_wire(data)
 
+    def _takes_data(self) -> bool:
+        """Whether a data frame may go out now (under wire_lock): open, and no close asked for."""
+        open_ = self._frames.state is ConnectionState.OPEN
+        return open_ and not self._aborted and self._close_requested is None
+
     def _send_wire(self, header: bytes, payload: bytes = b"") -> None:
         deadline = time.monotonic() + self.write_timeout
         if not self.wire_lock.acquire(timeout=self.write_timeout):

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 from typing import Callable, Generic, TypeVar
@@ -29,6 +28,11 @@ DROP_OLDEST = "drop-oldest"
 OVERFLOW_POLICIES = (CLOSE, DROP_OLDEST)
 #: Seconds a writer waits for more frames before its thread ends.
 WRITER_IDLE = 5.0
+#: While messages keep coming, a writer pauses between two writes for this
+#: many seconds per writer alive in the process (at most MAX_CORK): together
+#: the writers then wake at most about 1 / CORK_PER_WRITER times a second.
+CORK_PER_WRITER = 0.0002
+MAX_CORK = 0.25
 
 
 class Inbox(queue.Queue, Generic[T]):  # type: ignore[type-arg]
@@ -82,16 +86,31 @@ class Inbox(queue.Queue, Generic[T]):  # type: ignore[type-arg]
             return item
 
 
+#: Writer threads alive in this process (read without the lock: an estimate is enough).
+_alive = [0]
+_alive_lock = threading.Lock()
+
+
 class Outbox:
     """Frames waiting for one connection's writer thread, at most ``limit`` bytes of them.
 
+    The writer takes everything that waits and writes it at once, then
+    pauses (it "corks", see :data:`CORK_PER_WRITER`), so that what comes
+    meanwhile goes out in its next write. Under the GIL, hundreds of threads
+    that each wake once per message spend the time handing the interpreter
+    to each other: 1000 back-to-back broadcasts to 500 connections took 29 s
+    with writers woken per message, 2.0 s corked (1000 connections: 9 s).
+    A message after a quiet spell goes out at once. The frames wait in a
+    :class:`queue.SimpleQueue`, whose ``put`` never waits for a lock the
+    writer holds.
+
     Args:
-        write: writes one buffer to the peer, bounded by the write deadline;
+        write: writes a buffer to the peer, bounded by the write deadline;
             raises once the connection is closing or the peer is dropped.
         limit: bytes that may wait; beyond it the ``policy`` applies.
         policy: :data:`CLOSE` or :data:`DROP_OLDEST`.
-        overflow: called (outside the lock) when the policy is CLOSE and the
-            limit is hit, with the bytes that were waiting.
+        overflow: called when the policy is CLOSE and the limit is hit, with
+            the bytes that were waiting.
         name: the writer thread's name.
     """
 
@@ -113,34 +132,43 @@ class Outbox:
         self.name = name
         #: Messages dropped under DROP_OLDEST, in all.
         self.dropped = 0
-        self._frames: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._changed = threading.Condition()  # guards the fields below and the two above
-        self._writing = False  # a frame has been taken and is being written
+        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # None: stop
+        # Bytes waiting = put - taken - dropped; each counter is changed by one
+        # side only: _put, _dropped and _writer under _putting; _taken and
+        # _busy (a batch is being written) by the writer alone.
+        self._putting = threading.Lock()
+        self._put = 0
+        self._dropped = 0
+        self._taken = 0
+        self._busy = False
         self._writer: threading.Thread | None = None
         self._stopped = False
+        self._stopping = threading.Event()  # ends a writer's pause
+        self._drained = threading.Condition()  # flush() waits on it
+
+    @property
+    def waiting(self) -> int:
+        """Bytes queued and not yet taken by the writer."""
+        return self._put - self._taken - self._dropped
 
     def put(self, frame: bytes) -> bool:
         """Queue one frame; never blocks. False if it was not queued (closed, or overflow under CLOSE)."""
-        with self._changed:
+        with self._putting:
             if self._stopped:
                 return False
-            if self._size + len(frame) > self.limit and self._frames:
+            waiting = self.waiting
+            if waiting and waiting + len(frame) > self.limit:
                 if self.policy == CLOSE:
-                    waiting = self._size
                     self._stop_locked()
                     overflowed = True
                 else:
-                    while self._frames and self._size + len(frame) > self.limit:
-                        self._size -= len(self._frames.popleft())
-                        self.dropped += 1
+                    self._drop_oldest_locked(len(frame))
                     overflowed = False
             else:
                 overflowed = False
             if not overflowed:
-                self._frames.append(frame)
-                self._size += len(frame)
-                self._changed.notify()
+                self._put += len(frame)
+                self._frames.put(frame)
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._write_loop, name=self.name, daemon=True)
                     self._writer.start()
@@ -151,48 +179,82 @@ class Outbox:
 
     def stop(self) -> None:
         """Discard what waits and end the writer (it finishes the write it is in, bounded)."""
-        with self._changed:
+        with self._putting:
             self._stop_locked()
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued has been written (at most ``timeout`` s); True if it has."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not (self._frames or self._writing), timeout)
+        with self._drained:
+            return self._drained.wait_for(lambda: not (self.waiting or self._busy) or self._stopped, timeout)
 
     @property
     def writer(self) -> threading.Thread | None:
         """The writer thread, while there is one."""
-        with self._changed:
-            return self._writer
+        return self._writer
+
+    def _drop_oldest_locked(self, room: int) -> None:
+        while self.waiting and self.waiting + room > self.limit:
+            try:
+                frame = self._frames.get_nowait()
+            except queue.Empty:  # the writer took them meanwhile
+                return
+            if frame is None:
+                self._frames.put(None)
+                return
+            self._dropped += len(frame)
+            self.dropped += 1
 
     def _stop_locked(self) -> None:
         self._stopped = True
-        self._frames.clear()
-        self._size = 0
-        self._changed.notify_all()
+        self._stopping.set()
+        self._frames.put(None)  # wakes the writer
+        with self._drained:
+            self._drained.notify_all()
 
     def _write_loop(self) -> None:
+        with _alive_lock:
+            _alive[0] += 1
         try:
-            while True:
-                with self._changed:
-                    self._writing = False
-                    self._changed.notify_all()  # flush() waiters
-                    self._changed.wait_for(lambda: self._frames or self._stopped, WRITER_IDLE)
-                    if self._stopped or not self._frames:
-                        # Decided under the lock: a put() from now on starts a new writer.
-                        self._writer = None
-                        return
-                    batch = b"".join(self._frames)  # one write for everything waiting
-                    self._frames.clear()
-                    self._size = 0
-                    self._writing = True
+            while (batch := self._next_batch()) is not None:
                 try:
                     self.write(batch)
                 except Exception:  # the connection is closing or the peer was dropped
                     self.stop()
+                self._busy = False
+                if not self.waiting:
+                    with self._drained:
+                        self._drained.notify_all()
+                # The cork: what comes meanwhile goes out in the next write, one wake-up later.
+                self._stopping.wait(min(CORK_PER_WRITER * _alive[0], MAX_CORK))
         finally:
-            with self._changed:
-                self._writing = False
-                if self._writer is threading.current_thread():
-                    self._writer = None
-                self._changed.notify_all()
+            self._busy = False
+            with self._drained:
+                self._drained.notify_all()
+            with _alive_lock:
+                _alive[0] -= 1
+
+    def _next_batch(self) -> bytes | None:
+        """Everything waiting, in one buffer, once there is some; None: the writer ends."""
+        while True:
+            try:
+                item = self._frames.get(timeout=WRITER_IDLE)
+                break
+            except queue.Empty:
+                with self._putting:
+                    if self._frames.empty():  # decided under the lock: a put() from now on starts a writer
+                        self._writer = None
+                        return None
+        self._busy = True
+        frames: list[bytes] = []
+        while item is not None:
+            frames.append(item)
+            try:
+                item = self._frames.get_nowait()
+            except queue.Empty:
+                break
+        if item is None or self._stopped:
+            with self._putting:
+                self._writer = None
+            return None
+        self._taken += sum(map(len, frames))
+        return b"".join(frames)

@@ -43,10 +43,10 @@ class Request:
     cookies: Mapping[str, str]
     remote_addr: str
     subprotocols: tuple[str, ...]
-    environ: Mapping[str, Any] = dataclasses.field(repr=False)
+    environ: dict[str, Any] = dataclasses.field(repr=False)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, Any]) -> Request:
+    def from_environ(cls, environ: dict[str, Any]) -> Request:
         """The request of a WSGI environ (Werkzeug's or gunicorn's)."""
         offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
         return cls(

@@ -1,0 +1,250 @@
+"""Broadcast: one client that stops reading cannot stall the caller or the others.
+
+500 real connections to an in-process server; the 499 that read are served
+by one selector thread here (raw sockets, frames parsed by ``decode_frames``),
+so the test needs no 500 client threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import resource
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from helpers import decode_frames, wait_until
+from websockets.sync.client import connect
+
+import wsthreads
+from wsthreads import Connection
+
+CLIENTS = 500
+MESSAGES = 1000
+
+
+@pytest.fixture(autouse=True)
+def enough_descriptors() -> None:
+    """Each connection costs three descriptors here (both ends and the reader's eventfd)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * CLIENTS + 256
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+def open_client(port: int, receive_buffer: int | None = None) -> socket.socket:
+    """A raw WebSocket client, handshake done (its frames are read by the caller)."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(1)  # byte by byte: nothing of the first frames is read here
+        assert chunk, "server closed during the handshake"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+class Readers:
+    """Reads every good client's frames in one thread; collects each client's text payloads."""
+
+    def __init__(self, socks: list[socket.socket], expected: int) -> None:
+        self.expected = expected
+        self.received: dict[socket.socket, list[bytes]] = {sock: [] for sock in socks}
+        self.buffers: dict[socket.socket, bytes] = {sock: b"" for sock in socks}
+        self.complete = threading.Event()
+        self.stopping = threading.Event()
+        self.selector = selectors.DefaultSelector()
+        for sock in socks:
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ)
+        self.thread = threading.Thread(target=self._run, name="test-readers", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        done = 0
+        deadline = time.monotonic() + 120
+        while done < len(self.received) and time.monotonic() < deadline and not self.stopping.is_set():
+            for key, _ in self.selector.select(1.0):
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                data = sock.recv(1 << 20)
+                if not data:
+                    self.selector.unregister(sock)
+                    continue
+                frames, self.buffers[sock] = split_frames(self.buffers[sock] + data)
+                got = self.received[sock]
+                got.extend(payload for _, payload in frames)
+                if len(got) >= self.expected and len(got) - len(frames) < self.expected:
+                    done += 1
+        self.complete.set()
+
+    def stop(self) -> None:
+        """End the thread (before the sockets are closed)."""
+        self.stopping.set()
+        self.thread.join(5)
+        self.selector.close()
+
+
+def split_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Whole unmasked server frames at the front of ``data``, and the rest."""
+    end = 0
+    while len(data) - end >= 2:
+        length = data[end + 1] & 0x7F
+        header = 2
+        if length == 126:
+            header, length = 4, int.from_bytes(data[end + 2 : end + 4], "big")
+        elif length == 127:
+            header, length = 10, int.from_bytes(data[end + 2 : end + 10], "big")
+        if len(data) - end < header + length:
+            break
+        end += header + length
+    return decode_frames(data[:end]), data[end:]
+
+
+@pytest.fixture
+def server() -> Iterator[wsthreads.RunningServer]:
+    app = wsthreads.create_app(write_timeout=2.0, ping_interval=None)
+    running = wsthreads.start_server(app, "127.0.0.1", 0)
+    yield running
+    running.shutdown()
+
+
+def stuck_connection(
+    server: wsthreads.RunningServer, stuck: socket.socket, before: set[Connection]
+) -> Connection:
+    """The server's connection of the client that does not read, its pipe already full.
+
+    8 MB is more than the kernel holds for one connection here (about 3 MB):
+    its writer is blocked in a write before the broadcasts begin.
+    """
+    assert wait_until(lambda: len(set(server.app.connections()) - before) == 1)
+    (conn,) = set(server.app.connections()) - before
+    assert conn.send_nowait(b"\0" * (8 << 20))
+    return conn
+
+
+def test_500_clients_get_1000_broadcasts_complete_and_in_order_while_a_stuck_one_is_dropped(
+    server: wsthreads.RunningServer,
+) -> None:
+    good = [open_client(server.port) for _ in range(CLIENTS - 1)]
+    assert wait_until(lambda: len(server.app.connections()) == CLIENTS - 1, timeout=20)
+    before = set(server.app.connections())
+    stuck = open_client(server.port, receive_buffer=4096)
+    stuck_conn = stuck_connection(server, stuck, before)
+    readers = Readers(good, MESSAGES)
+    try:
+        counts, longest = [], 0.0
+        for i in range(MESSAGES):
+            started = time.monotonic()
+            counts.append(server.app.broadcast(f"broadcast {i}"))
+            longest = max(longest, time.monotonic() - started)
+        # No call waited for the stuck client, whose write is blocked for write_timeout.
+        assert longest < stuck_conn.write_timeout / 2
+        assert counts[0] == CLIENTS
+        # The stuck one is dropped by its write deadline, counted from its blocked write.
+        assert stuck_conn.done.wait(stuck_conn.write_timeout + stuck_conn.close_timeout + 1.0)
+        assert stuck_conn.closed is not None and stuck_conn.closed.code == 1006
+        assert "not reading" in stuck_conn.closed.reason
+        assert readers.complete.wait(120)
+        expected = [f"broadcast {i}".encode() for i in range(MESSAGES)]
+        for sock, got in readers.received.items():
+            assert got == expected, (
+                f"client {sock.getsockname()} got {len(got)} messages, out of order or missing"
+            )
+        assert len(server.app.connections()) == CLIENTS - 1
+    finally:
+        readers.stop()
+        for sock in [*good, stuck]:
+            sock.close()
+
+
+def test_a_client_too_far_behind_is_closed_with_1013_under_the_close_policy() -> None:
+    app = wsthreads.create_app(outbound_limit=64 * 1024, ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+        stuck = open_client(server.port, receive_buffer=4096)
+        try:
+            conn = stuck_connection(server, stuck, set())
+            queued = [app.broadcast(b"x" * 1024) for _ in range(100)]
+            assert queued.count(0) > 0  # beyond 64 KiB waiting the policy applied
+            assert not conn.send_nowait("more")  # and nothing more is taken
+            assert conn.done.wait(conn.close_timeout + 1.0)  # its close frame cannot get through: cut
+            assert conn.stop.is_set() and wait_until(lambda: app.connections() == [])
+        finally:
+            stuck.close()
+
+
+def test_under_drop_oldest_a_slow_client_keeps_its_newest_messages() -> None:
+    app = wsthreads.create_app(outbound_limit=10 * 1024, on_overflow="drop-oldest", ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+        slow = open_client(server.port, receive_buffer=4096)
+        try:
+            conn = stuck_connection(server, slow, set())
+            for i in range(100):
+                assert app.broadcast(f"{i:04d}".ljust(1024, ".")) == 1  # always taken
+            assert conn._outbox.dropped >= 90
+            slow.setblocking(True)
+            slow.settimeout(10)
+            data = b""
+            while len(data) < (8 << 20) + 10:  # the 8 MB message first
+                chunk = slow.recv(1 << 20)
+                assert chunk
+                data += chunk
+            slow.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                while chunk := slow.recv(1 << 20):  # then what survived, until quiet
+                    data += chunk
+            frames, _ = split_frames(data)
+            kept = [payload[:4].decode() for _, payload in frames[1:]]
+            assert kept == [f"{i:04d}" for i in range(100 - len(kept), 100)]  # the newest, in order
+            assert conn.stop.is_set() is False
+        finally:
+            slow.close()
+
+
+def test_broadcast_can_select_connections_and_comes_from_any_thread() -> None:
+    app = wsthreads.create_app(ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+        socks = [open_client(server.port) for _ in range(4)]
+        try:
+            assert wait_until(lambda: len(app.connections()) == 4)
+            chosen = sorted(app.connections(), key=id)[:2]
+            threads = [
+                threading.Thread(target=app.broadcast, args=(f"t{n}", lambda c: c in chosen))
+                for n in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            readers = Readers(socks, 8)
+            time.sleep(0.5)
+            readers.stop()
+            counts = sorted(len(got) for got in readers.received.values())
+            assert counts == [0, 0, 8, 8]
+            orders = [got for got in readers.received.values() if got]
+            assert orders[0] == orders[1]  # every connection saw the broadcasts in the same order
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_a_broadcast_right_after_the_handshake_reaches_the_new_client() -> None:
+    """The 101 goes out only once the connection is listed: no window where an open client is missed."""
+    app = wsthreads.create_app(handler=lambda conn: [None for _ in conn], ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+        for i in range(100):
+            with connect(server.url) as ws:
+                assert app.broadcast(f"hello {i}") == 1
+                assert ws.recv(timeout=5) == f"hello {i}"

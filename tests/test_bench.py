@@ -25,3 +25,19 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["figures"]["ours"]["msgs_per_s"]["runs"]
     assert data["figures"]["ours"]["c10_completed"]["median"] == 10
+
+
+def test_broadcast_bench_smoke_run(tmp_path: Path) -> None:
+    """bench/broadcast.py --smoke measures both ways, checks every message, and writes its JSON."""
+    out = tmp_path / "broadcast.json"
+    result = subprocess.run(
+        [sys.executable, "bench/broadcast.py", "--smoke", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| 10 | broadcast / send loop |" in result.stdout
+    figures = json.loads(out.read_text())["figures"]["10"]
+    assert figures["broadcast"]["msgs_per_s"] > 0 and figures["send loop"]["max_ms"] > 0

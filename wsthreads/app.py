@@ -38,7 +38,7 @@ from .connection import (
     broadcast,
     wait_for,
 )
-from .handshake import Refusal, check_request, is_token, is_websocket_upgrade
+from .handshake import Refusal, check_request, is_websocket_upgrade, subprotocol_names
 from .queues import CLOSE, OVERFLOW_POLICIES
 from .request import Authenticate, Reject, Request
 from .session import Echo, SessionCode, run_session
@@ -132,14 +132,11 @@ class ServerConfig:
         if self.on_overflow not in OVERFLOW_POLICIES:
             policies = ", ".join(OVERFLOW_POLICIES)
             raise ValueError(f"on_overflow must be one of {policies}: {self.on_overflow!r}")
-        for name in ("subprotocols", "allowed_origins"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                raise TypeError(f"{name} is a sequence of strings, e.g. ({value!r},)")
-            object.__setattr__(self, name, tuple(value))  # frozen, but a list is fine too
-        for protocol in self.subprotocols:
-            if not is_token(protocol):
-                raise ValueError(f"not a valid subprotocol name (an RFC 7230 token): {protocol!r}")
+        # Frozen, but a list is fine too: stored as tuples.
+        object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
+        if isinstance(self.allowed_origins, str):
+            raise TypeError(f"allowed_origins is a sequence of origins, e.g. ({self.allowed_origins!r},)")
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
 
     def session_handler(self) -> SessionCode:
         """What each session does."""

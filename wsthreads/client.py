@@ -44,7 +44,7 @@ from .connection import (
     shut_down,
 )
 from .deadlines import deadlines
-from .handshake import check_response, is_token, new_key
+from .handshake import check_response, is_token, new_key, subprotocol_names
 from .queues import Inbox
 from .session import Handler, run_session
 
@@ -203,22 +203,6 @@ def header_pairs(headers: HeaderSettings) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"header {name!r} is given twice (join its values with ', ')")
         pairs.append((name, value))
     return tuple(pairs)
-
-
-def subprotocol_names(names: Iterable[str]) -> tuple[str, ...]:
-    """``names`` as a tuple of subprotocol names, each an RFC 7230 token.
-
-    Raises:
-        ValueError: ``not a valid subprotocol name (an RFC 7230 token): 'chat v2'``.
-        TypeError: a single string: ``subprotocols is a sequence of names, e.g. ('chat',)``.
-    """
-    if isinstance(names, str):
-        raise TypeError(f"subprotocols is a sequence of names, e.g. ({names!r},)")
-    names = tuple(names)
-    for name in names:
-        if not (isinstance(name, str) and is_token(name)):
-            raise ValueError(f"not a valid subprotocol name (an RFC 7230 token): {name!r}")
-    return names
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:

@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -34,6 +34,22 @@ TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCD
 def is_token(text: str) -> bool:
     """True if ``text`` may be a subprotocol name or a header name (an RFC 7230 token)."""
     return bool(text) and set(text) <= TOKEN_CHARS
+
+
+def subprotocol_names(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` as a tuple of subprotocol names, each an RFC 7230 token.
+
+    Raises:
+        ValueError: ``not a valid subprotocol name (an RFC 7230 token): 'chat v2'``.
+        TypeError: a single string: ``subprotocols is a sequence of names, e.g. ('chat',)``.
+    """
+    if isinstance(names, str):
+        raise TypeError(f"subprotocols is a sequence of names, e.g. ({names!r},)")
+    names = tuple(names)
+    for name in names:
+        if not (isinstance(name, str) and is_token(name)):
+            raise ValueError(f"not a valid subprotocol name (an RFC 7230 token): {name!r}")
+    return names
 
 
 def new_key() -> str:

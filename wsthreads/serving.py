@@ -227,9 +227,11 @@ class RunningServer:
         run_until_signal(self.stopped, on_signal=self.shutdown, signalled=signalled)
 
     def __enter__(self) -> RunningServer:
+        """``with start_server(app) as server:`` serves until the block ends."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Shut down (1001 for every session), bounded."""
         self.shutdown()
 
 

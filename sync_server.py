@@ -52,7 +52,7 @@ from common import (
     setup_logging,
     subprotocol_arg,
 )
-from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL, WS_PATH
+from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL, WS_PATH, is_plain_path
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
 from wsthreads.signals import catch_signals
@@ -174,8 +174,10 @@ def build_parser() -> OneLineParser:
 
 def path_arg(text: str) -> str:
     """argparse type: an endpoint path, starting with '/'."""
-    if not text.startswith("/") or "?" in text or "#" in text:
-        raise argparse.ArgumentTypeError(f"not a path starting with '/' (no query): {text!r}")
+    if not is_plain_path(text):
+        raise argparse.ArgumentTypeError(
+            f"not a path of '/', letters, digits and -._~ (e.g. /live/updates): {text!r}"
+        )
     return text
 
 

@@ -163,7 +163,7 @@ def test_500_clients_get_1000_broadcasts_complete_and_in_order_while_a_stuck_one
             assert got == expected, (
                 f"client {sock.getsockname()} got {len(got)} messages, out of order or missing"
             )
-        assert len(server.app.connections()) == CLIENTS - 1
+        assert wait_until(lambda: len(server.app.connections()) == CLIENTS - 1)
     finally:
         readers.stop()
         for sock in [*good, stuck]:
@@ -248,3 +248,38 @@ def test_a_broadcast_right_after_the_handshake_reaches_the_new_client() -> None:
             with connect(server.url) as ws:
                 assert app.broadcast(f"hello {i}") == 1
                 assert ws.recv(timeout=5) == f"hello {i}"
+
+
+def test_flush_says_false_when_the_policy_discarded_what_waited() -> None:
+    app = wsthreads.create_app(outbound_limit=64 * 1024, ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+        stuck = open_client(server.port, receive_buffer=4096)
+        try:
+            conn = stuck_connection(server, stuck, set())
+            for _ in range(100):
+                app.broadcast(b"x" * 1024)
+            assert conn.flush(1) is False
+        finally:
+            stuck.close()
+
+
+def test_one_message_over_the_limit_does_not_punish_clients_that_keep_up() -> None:
+    """A broadcast bigger than outbound_limit, amid small ones, to readers that keep up: all delivered."""
+    app = wsthreads.create_app(outbound_limit=100_000, ping_interval=None, max_message_size=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server, contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(connect(server.url, max_size=None)) for _ in range(5)]
+        assert wait_until(lambda: len(app.connections()) == 5)
+        expected = [("big " * 40_000) if i == 100 else f"small {i}" for i in range(200)]
+        for message in expected:
+            assert app.broadcast(message) == 5
+            time.sleep(0.001)
+        for ws in clients:
+            assert [ws.recv(timeout=10) for _ in expected] == expected
+
+
+def test_broadcast_stops_once_shutdown_begins() -> None:
+    app = wsthreads.create_app(ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server, connect(server.url):
+        assert wait_until(lambda: len(app.connections()) == 1)
+        assert app.shutdown()
+        assert app.broadcast("late") == 0

@@ -173,7 +173,7 @@ def test_the_endpoint_path_is_configurable(serve: Serve) -> None:
         connect(server.url.replace("/live/updates", "/ws"))
     assert refused.value.response.status_code == 404
     assert b"the WebSocket endpoint is /live/updates" in refused.value.response.body
-    with pytest.raises(ValueError, match="must start with '/'"):
+    with pytest.raises(ValueError, match="the endpoint path must be"):
         wsthreads.create_app(path="ws")
 
 
@@ -277,3 +277,107 @@ def test_a_handler_that_stops_reading_stops_the_reader_and_a_close_still_ends_it
             assert [conns[0].recv(timeout=1) for _ in range(4)] == ["m0", "m1", "m2", "m3"]
         finally:
             release.set()
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+def test_a_hook_raising_systemexit_or_keyboardinterrupt_still_gets_500(
+    serve: Serve, error: BaseException
+) -> None:
+    def hook(request: Request) -> str:
+        raise error
+
+    server = serve(authenticate=hook)
+    assert raw_handshake(server.port).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert server.app.connections() == []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Reject(403, "no", {"X-Test": "a\r\nSet-Cookie: evil=1"}),
+        lambda: Reject(403, "no", {"X Bad": "a"}),
+        lambda: Reject(403, "no", {"X-Euro": "€"}),
+        lambda: Reject(403, "no", {"Content-Length": "3"}),
+        lambda: Reject(403.5, "no"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_refusal_that_cannot_be_sent_as_given_is_a_500_never_an_injected_header(
+    serve: Serve, make: Callable[[], Reject]
+) -> None:
+    def hook(request: Request) -> str:
+        raise make()
+
+    answer = raw_handshake(serve(authenticate=hook).port)
+    assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"evil" not in answer and b"X Bad" not in answer
+
+
+def test_a_401_keeps_the_hooks_own_challenge() -> None:
+    assert Reject(401, "log in", {"www-authenticate": "Basic"}).headers == {"www-authenticate": "Basic"}
+
+
+def test_a_hook_slower_than_the_handshake_deadline_starts_no_session() -> None:
+    started: list[Connection] = []
+
+    def slow(request: Request) -> str:
+        time.sleep(1.5)
+        return "late user"
+
+    app = wsthreads.create_app(handler=started.append, authenticate=slow)
+    with wsthreads.start_server(app, "127.0.0.1", 0, handshake_timeout=0.5) as server:
+        assert raw_handshake(server.port) == b""  # cut by the deadline: no answer
+        time.sleep(1.5)
+        assert started == [] and app.connections() == []
+
+
+def test_messages_queued_before_close_go_out_before_the_close_frame(serve: Serve) -> None:
+    def handler(conn: Connection) -> None:
+        for i in range(5):
+            conn.send_nowait(f"msg {i}")
+        conn.close(1000, "bye")
+        assert conn.flush(5)  # written, not discarded
+
+    with connect(serve(handler=handler).url) as ws:
+        got = [ws.recv(timeout=5) for _ in range(5)]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert got == [f"msg {i}" for i in range(5)]
+    assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+        1000,
+        "bye",
+    )
+
+
+def test_head_of_the_page_has_no_body(serve: Serve) -> None:
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
+
+
+@pytest.mark.parametrize("path", ["ws", "/ü", "/a%20b", "/a b", "//", "/a?b"])
+def test_a_path_the_server_could_never_match_is_refused_at_once(path: str) -> None:
+    with pytest.raises(ValueError, match="the endpoint path must be"):
+        wsthreads.create_app(path=path)
+
+
+def test_recv_on_a_connection_that_delivers_to_a_callback_says_so(serve: Serve) -> None:
+    errors: list[BaseException] = []
+
+    class Pusher:
+        def on_message(self, conn: Connection, message: object) -> None:
+            pass
+
+        def run(self, conn: Connection) -> None:
+            try:
+                conn.recv(timeout=1)
+            except RuntimeError as error:
+                errors.append(error)
+
+    with connect(serve(handler=Pusher()).url):
+        assert wait_until(lambda: bool(errors))
+    assert "on_message" in str(errors[0])

@@ -105,10 +105,12 @@ class ServerConfig:
             (``*``: all).
         max_queue: received messages that may wait for ``conn.recv()``.
         outbound_limit: bytes that may wait for a connection's writer
-            (``send_nowait``, :meth:`WebSocketApp.broadcast`).
-        on_overflow: when a client is that far behind: ``"close"`` it with
+            (``send_nowait``, :meth:`WebSocketApp.broadcast`); a message
+            that comes when more waits meets ``on_overflow``.
+        on_overflow: what a client that far behind gets: ``"close"``, with
             1013 (try again later; a reconnecting client comes back), or
-            ``"drop-oldest"`` queued messages to make room.
+            ``"drop-oldest"``: its oldest waiting messages are dropped until
+            no more than the limit waits.
     """
 
     handler: SessionCode | None = None
@@ -127,8 +129,10 @@ class ServerConfig:
     on_overflow: str = CLOSE
 
     def __post_init__(self) -> None:
-        if not self.path.startswith("/"):
-            raise ValueError(f"the endpoint path must start with '/': {self.path!r}")
+        if not is_plain_path(self.path):
+            raise ValueError(
+                f"the endpoint path must be '/' and letters, digits, -._~ (e.g. /live/updates): {self.path!r}"
+            )
         if self.on_overflow not in OVERFLOW_POLICIES:
             policies = ", ".join(OVERFLOW_POLICIES)
             raise ValueError(f"on_overflow must be one of {policies}: {self.on_overflow!r}")
@@ -233,7 +237,7 @@ class WebSocketApp:
             and environ.get("REQUEST_METHOD") in ("GET", "HEAD")
             and not is_websocket_upgrade(environ)
         ):
-            return page_response(start_response)
+            return page_response(start_response, head=environ["REQUEST_METHOD"] == "HEAD")
         refusal = check_request(environ, self.config.path, self.config.allowed_origins) or self._admit()
         if refusal is not None:
             log.info(
@@ -288,6 +292,8 @@ class WebSocketApp:
         """
         connections = self.connections()
         with self._broadcasting:
+            if not self._accepting:  # shutting down: the sessions are closing, leave them the CPU
+                return 0
             return broadcast(connections if where is None else filter(where, connections), message)
 
     def mount(self, other: WSGIApp) -> Mounted:
@@ -360,7 +366,7 @@ class WebSocketApp:
             user = self.config.authenticate(request)
         except Reject:
             raise
-        except Exception as error:
+        except BaseException as error:  # SystemExit too: it would end the request with no answer
             log.error("the authenticate hook failed: %r", error)
             raise Reject(500, "internal error while authenticating") from None
         if user is None:
@@ -371,11 +377,21 @@ class WebSocketApp:
         # The 101 goes out only once the connection is listed, both under the
         # broadcast lock: every broadcast after the client saw the 101 reaches it.
         with self._broadcasting, self._changed:
-            self._connections.add(conn)
-            if not send_response(conn.sock, response, conn.write_timeout):
-                conn.abort()  # the client is gone: the reader finds out and releases the socket
-            elif not self._accepting:  # shutdown began during our handshake
-                conn.close(GOING_AWAY, "server shutting down")
+            # Not once shutdown began (a slow authenticate hook may outlast it), nor
+            # when the client is gone (the request deadline may have cut the socket).
+            opened = self._accepting and send_response(conn.sock, response, conn.write_timeout)
+            if opened:
+                self._connections.add(conn)
+        if not opened:
+            log.info(
+                "no session for %s: %s",
+                peer,
+                "the server is shutting down" if not self._accepting else "the client went away",
+            )
+            conn.abort()
+            conn.start()  # the reader owns the socket: it sees the abort and releases it
+            conn.wait_closed()
+            return
         try:
             log.info("connected: %s", peer)
             run_session(conn, self.config.session_handler())
@@ -387,6 +403,16 @@ class WebSocketApp:
             conn.wait_closed()
             with self._changed:
                 self._connections.discard(conn)
+
+
+def is_plain_path(path: str) -> bool:
+    """A path that reaches the app as written: ``/``, ASCII letters, digits, ``-._~``; no ``//``.
+
+    Servers hand the app a percent-decoded path (``/a%20b`` arrives as
+    ``/a b``), so anything that needs encoding could never match.
+    """
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/")
+    return path.startswith("/") and set(path) <= allowed and "//" not in path
 
 
 #: Every WebSocketApp of this process, for hooks that must shut them all down (gunicorn's).
@@ -466,8 +492,8 @@ def page() -> bytes:
     return resources.files(__package__).joinpath("page.html").read_bytes()
 
 
-def page_response(start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """``GET /``: a page that opens a WebSocket to the endpoint on the same host."""
+def page_response(start_response: Callable[..., Any], head: bool = False) -> Iterable[bytes]:
+    """``GET /``: a page that opens a WebSocket to the endpoint on the same host (HEAD: its headers)."""
     body = page()
     start_response(
         "200 OK",
@@ -482,7 +508,7 @@ def page_response(start_response: Callable[..., Any]) -> Iterable[bytes]:
             ),
         ],
     )
-    return [body]
+    return [] if head else [body]
 
 
 def plain_response(start_response: Callable[..., Any], refusal: Refusal) -> Iterable[bytes]:

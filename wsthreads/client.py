@@ -169,13 +169,13 @@ def check_header(name: str, value: str) -> None:
 
     Raises:
         ValueError: ``not a valid header name (an RFC 7230 token): 'X Token'``,
-            ``the value of header 'X-Token' contains CR or LF``, or
+            ``the value of header 'X-Token' contains CR, LF or NUL``, or
             ``header 'Upgrade' is set by the WebSocket handshake itself``.
     """
     if not is_token(name):
         raise ValueError(f"not a valid header name (an RFC 7230 token): {name!r}")
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"the value of header {name!r} contains CR or LF")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"the value of header {name!r} contains CR, LF or NUL")
     if name.lower() in RESERVED_HEADERS:
         raise ValueError(f"header {name!r} is set by the WebSocket handshake itself")
 

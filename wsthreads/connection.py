@@ -70,8 +70,8 @@ MAX_MESSAGE_SIZE = 1 << 20
 #: Received messages that may wait for ``recv()`` before the reader stops
 #: reading (websockets' ``max_queue``).
 MAX_QUEUE = 16
-#: Bytes that may wait for a connection's writer (``send_nowait``, broadcasts)
-#: before the overflow policy applies.
+#: Bytes that may wait for a connection's writer (``send_nowait``, broadcasts):
+#: a message that comes when more waits meets the overflow policy.
 OUTBOUND_LIMIT = 1 << 20
 
 # --- Close codes (RFC 6455, section 7.4.1) ----------------------------------------
@@ -408,8 +408,13 @@ class Connection:
 
         Raises TimeoutError when none came in time, and :class:`Closed` (with
         the code and reason) once the session is over and every message
-        received before the end has been taken.
+        received before the end has been taken. RuntimeError if the reader
+        was started with a callback (``on_message`` gets the messages then).
         """
+        if self._on_message is not None:
+            raise RuntimeError(
+                "this connection hands its messages to on_message; recv() needs a handler function"
+            )
         return self.inbox.recv(timeout)
 
     def __iter__(self) -> Iterator[Message]:
@@ -469,15 +474,13 @@ class Connection:
         return header, payload
 
     def _write_frames(self, data: bytes) -> None:
-        """The writer thread's write: whole frames, bounded like :meth:`send`."""
-        self._send_wire(data)
+        """The writer thread's write: whole frames, bounded like :meth:`send`.
 
-    def _takes_data(self) -> bool:
-        """Whether a data frame may go out now (under wire_lock): open, and no close asked for."""
-        open_ = self._frames.state is ConnectionState.OPEN
-        return open_ and not self._aborted and self._close_requested is None
+        Frames queued before a close() still go out, up to our close frame.
+        """
+        self._send_wire(data, queued=True)
 
-    def _send_wire(self, header: bytes, payload: bytes = b"") -> None:
+    def _send_wire(self, header: bytes, payload: bytes = b"", *, queued: bool = False) -> None:
         deadline = time.monotonic() + self.write_timeout
         if not self.wire_lock.acquire(timeout=self.write_timeout):
             self._give_up("a write waited too long for the one before it")
@@ -485,7 +488,8 @@ class Connection:
         try:
             if self._aborted:
                 raise Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
-            if self._frames.state is not ConnectionState.OPEN or self._close_requested is not None:
+            closing = self._close_requested is not None and not queued
+            if self._frames.state is not ConnectionState.OPEN or closing:
                 raise Closed(GOING_AWAY, "the connection is closing", by_peer=False)
             if len(payload) <= SMALL_FRAME:
                 self._write(header + payload, deadline)  # one segment for small messages
@@ -504,7 +508,7 @@ class Connection:
         """
         self.stop.set()
         self.inbox.stop_waiting()
-        self._outbox.stop()
+        self._outbox.seal()  # what send_nowait queued before still goes out, before the close frame
         with self._wakeup.lock:
             if self._close_requested is None:
                 self._close_by = time.monotonic() + self.close_timeout
@@ -759,7 +763,10 @@ class Connection:
             if self._frames.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 return
             by_peer = self._frames.state is ConnectionState.REMOTE_CLOSING
-            data = self._frames.send(CloseConnection(code, reason))
+            # Our own close: the frames send_nowait queued before it go first (by the close deadline).
+            queued = b"" if by_peer else self._outbox.drain()
+            data = queued + self._frames.send(CloseConnection(code, reason))
+            self._outbox.stop()  # nothing may follow a close frame
             if not by_peer:
                 self._close_sent = Closed(code, reason, by_peer=False)
             try:

@@ -107,7 +107,8 @@ class Outbox:
     Args:
         write: writes a buffer to the peer, bounded by the write deadline;
             raises once the connection is closing or the peer is dropped.
-        limit: bytes that may wait; beyond it the ``policy`` applies.
+        limit: bytes that may wait: a frame that comes when more than this
+            waits meets the ``policy`` (so at most ``limit`` plus one frame waits).
         policy: :data:`CLOSE` or :data:`DROP_OLDEST`.
         overflow: called when the policy is CLOSE and the limit is hit, with
             the bytes that were waiting.
@@ -133,42 +134,47 @@ class Outbox:
         #: Messages dropped under DROP_OLDEST, in all.
         self.dropped = 0
         self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # None: stop
-        # Bytes waiting = put - taken - dropped; each counter is changed by one
-        # side only: _put, _dropped and _writer under _putting; _taken and
-        # _busy (a batch is being written) by the writer alone.
+        # Bytes waiting = put - taken - removed; each counter is changed by one
+        # side only: _put, _removed (dropped, or drained by the reader) and
+        # _writer under _putting; _taken and _busy (a batch is being written)
+        # by the writer alone.
         self._putting = threading.Lock()
         self._put = 0
-        self._dropped = 0
+        self._removed = 0
         self._taken = 0
         self._busy = False
         self._writer: threading.Thread | None = None
+        self._sealed = False  # no more frames: the connection is closing
         self._stopped = False
-        self._stopping = threading.Event()  # ends a writer's pause
+        self._lost = False  # stopped with frames still waiting
+        self._hurry = threading.Event()  # ends a writer's pause: a stop, or half the limit waiting
         self._drained = threading.Condition()  # flush() waits on it
 
     @property
     def waiting(self) -> int:
         """Bytes queued and not yet taken by the writer."""
-        return self._put - self._taken - self._dropped
+        return self._put - self._taken - self._removed
 
     def put(self, frame: bytes) -> bool:
         """Queue one frame; never blocks. False if it was not queued (closed, or overflow under CLOSE)."""
         with self._putting:
-            if self._stopped:
+            if self._stopped or self._sealed:
                 return False
             waiting = self.waiting
-            if waiting and waiting + len(frame) > self.limit:
+            if waiting > self.limit:  # the peer is behind: more than the limit waits already
                 if self.policy == CLOSE:
                     self._stop_locked()
                     overflowed = True
                 else:
-                    self._drop_oldest_locked(len(frame))
+                    self._drop_oldest_locked()
                     overflowed = False
             else:
                 overflowed = False
             if not overflowed:
                 self._put += len(frame)
                 self._frames.put(frame)
+                if waiting + len(frame) > self.limit // 2:
+                    self._hurry.set()  # a corked writer writes now, before the policy would apply
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._write_loop, name=self.name, daemon=True)
                     self._writer.start()
@@ -177,23 +183,49 @@ class Outbox:
             return False
         return True
 
+    def seal(self) -> None:
+        """Take no more frames; what waits still goes out (the reader drains it before its close frame)."""
+        with self._putting:
+            self._sealed = True
+
+    def drain(self) -> bytes:
+        """Take everything that waits, for the reader to write before its close frame."""
+        frames: list[bytes] = []
+        with self._putting:
+            while True:
+                try:
+                    frame = self._frames.get_nowait()
+                except queue.Empty:
+                    break
+                if frame is None:  # stopped: keep the sentinel for the writer
+                    self._frames.put(None)
+                    return b""
+                frames.append(frame)
+            self._removed += sum(map(len, frames))
+        return b"".join(frames)
+
     def stop(self) -> None:
         """Discard what waits and end the writer (it finishes the write it is in, bounded)."""
         with self._putting:
             self._stop_locked()
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything queued has been written (at most ``timeout`` s); True if it has."""
+        """Wait until everything queued has been written (at most ``timeout`` s).
+
+        True if it has; False on timeout, or if the connection ended with
+        messages still waiting (they were discarded).
+        """
         with self._drained:
-            return self._drained.wait_for(lambda: not (self.waiting or self._busy) or self._stopped, timeout)
+            done = self._drained.wait_for(lambda: not (self.waiting or self._busy) or self._stopped, timeout)
+            return done and not self._lost
 
     @property
     def writer(self) -> threading.Thread | None:
         """The writer thread, while there is one."""
         return self._writer
 
-    def _drop_oldest_locked(self, room: int) -> None:
-        while self.waiting and self.waiting + room > self.limit:
+    def _drop_oldest_locked(self) -> None:
+        while self.waiting > self.limit:
             try:
                 frame = self._frames.get_nowait()
             except queue.Empty:  # the writer took them meanwhile
@@ -201,12 +233,14 @@ class Outbox:
             if frame is None:
                 self._frames.put(None)
                 return
-            self._dropped += len(frame)
+            self._removed += len(frame)
             self.dropped += 1
 
     def _stop_locked(self) -> None:
+        if not self._stopped:
+            self._lost = bool(self.waiting or self._busy)
         self._stopped = True
-        self._stopping.set()
+        self._hurry.set()
         self._frames.put(None)  # wakes the writer
         with self._drained:
             self._drained.notify_all()
@@ -225,7 +259,7 @@ class Outbox:
                     with self._drained:
                         self._drained.notify_all()
                 # The cork: what comes meanwhile goes out in the next write, one wake-up later.
-                self._stopping.wait(min(CORK_PER_WRITER * _alive[0], MAX_CORK))
+                self._hurry.wait(min(CORK_PER_WRITER * _alive[0], MAX_CORK))
         finally:
             self._busy = False
             with self._drained:
@@ -245,6 +279,9 @@ class Outbox:
                         self._writer = None
                         return None
         self._busy = True
+        self._hurry.clear()  # from here on a put() that fills half the limit ends the next cork
+        if self._stopped:
+            self._hurry.set()
         frames: list[bytes] = []
         while item is not None:
             frames.append(item)

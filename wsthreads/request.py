@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl
 from werkzeug.datastructures import EnvironHeaders, MultiDict
 from werkzeug.http import parse_cookie
 
+from .handshake import is_token
+
 #: ``authenticate(request)``: who the client is (anything but None), or None to refuse with 401.
 Authenticate = Callable[["Request"], Any]
 
@@ -65,23 +67,44 @@ def url_query(text: str) -> MultiDict[str, str]:
     return MultiDict(parse_qsl(text, keep_blank_values=True))
 
 
+#: Headers of a refusal that the server sets itself.
+OWN_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding", "connection"})
+
+
+def check_header(name: str, value: str) -> bool:
+    """True if ``name: value`` may go in a refusal; ValueError with one line if not (no injection)."""
+    if not is_token(name):
+        raise ValueError(f"not a valid header name (an RFC 7230 token): {name!r}")
+    if name.lower() in OWN_HEADERS:
+        raise ValueError(f"header {name!r} of a refusal is set by the server")
+    if not isinstance(value, str) or any(c in value for c in "\r\n\0") or not value.isascii():
+        raise ValueError(f"the value of header {name!r} must be ASCII without CR, LF or NUL: {value!r}")
+    return True
+
+
 class Reject(Exception):
     """Raise it in an ``authenticate`` hook to refuse the request with ``status`` and one line.
 
     ``raise Reject(401, "missing bearer token")`` answers ``401 Unauthorized``
     with that line as the body (and ``WWW-Authenticate: Bearer``, which a 401
     must carry, unless ``headers`` has one); 403 for "known, but not allowed".
+
+    Raises:
+        ValueError: a status that is not an int in 400-599, or a header that
+            could not be sent as given (a name that is not a token, a value
+            with CR, LF, NUL or non-ASCII, or Content-Length and the like,
+            which the server sets itself).
     """
 
     def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
-        if not 400 <= status <= 599:
-            raise ValueError(f"Reject needs an HTTP error status (400-599), not {status}")
+        if not (isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599):
+            raise ValueError(f"Reject needs an HTTP error status (an int, 400-599), not {status!r}")
         super().__init__(reason)
         self.status = status
         self.reason = reason.strip().splitlines()[0] if reason.strip() else self.status_line
-        self.headers = dict(headers or {})
-        if status == 401:
-            self.headers.setdefault("WWW-Authenticate", "Bearer")
+        self.headers = {name: value for name, value in (headers or {}).items() if check_header(name, value)}
+        if status == 401 and "www-authenticate" not in (name.lower() for name in self.headers):
+            self.headers["WWW-Authenticate"] = "Bearer"
 
     @property
     def status_line(self) -> str:

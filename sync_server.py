@@ -166,8 +166,8 @@ def build_parser() -> OneLineParser:
         action="append",
         default=[],
         metavar="NAME",
-        help="a subprotocol the server speaks, most preferred first; repeatable; the client's"
-        " first choice among them is picked",
+        help="a subprotocol the server speaks; repeatable; the first one in the client's"
+        " list that the server speaks is picked",
     )
     return parser
 

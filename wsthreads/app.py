@@ -136,6 +136,18 @@ class ServerConfig:
         if self.on_overflow not in OVERFLOW_POLICIES:
             policies = ", ".join(OVERFLOW_POLICIES)
             raise ValueError(f"on_overflow must be one of {policies}: {self.on_overflow!r}")
+        for name in ("max_queue", "outbound_limit"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be at least 1: {getattr(self, name)!r}")
+        if not self.max_connections >= 0:
+            raise ValueError(f"max_connections must be 0 or more: {self.max_connections!r}")
+        for name in ("write_timeout", "close_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0 seconds: {getattr(self, name)!r}")
+        if self.ping_interval is not None and not self.ping_interval > 0:
+            raise ValueError(
+                f"ping_interval must be more than 0 seconds (None: no pings): {self.ping_interval!r}"
+            )
         # Frozen, but a list is fine too: stored as tuples.
         object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
         if isinstance(self.allowed_origins, str):

@@ -162,6 +162,9 @@ class ClientConfig:
             )
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be at least 1: {self.max_queue!r}")
+        for name in ("timeout", "write_timeout", "close_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0 seconds: {getattr(self, name)!r}")
 
 
 def check_header(name: str, value: str) -> None:
@@ -616,7 +619,7 @@ class WebSocketClient:
     idempotent, ends the reader, the supervisor and the socket, and returns
     within ``close_timeout`` plus a second.
 
-    The queue holds at most ``max_queue`` messages (default 16): when it is
+    The queue holds at most ``max_queue`` messages (default 1024): when it is
     full the reader waits for one to be taken and stops reading, and TCP
     tells the server to slow down. Meanwhile nothing is read, so a close or a
     ping timeout from the server is seen once you take a message again;

@@ -388,6 +388,7 @@ class Connection:
             threading.Lock() if isinstance(sock, ssl.SSLSocket) else contextlib.nullcontext()
         )
         self._close_by: float | None = None  # when a requested close must be over
+        self._peer_closed: Closed | None = None  # the peer's close, once it came first
         sock.setblocking(False)  # every wait below is a poll with a timeout
 
     # --- the lifecycle, from any thread ---------------------------------------------
@@ -490,7 +491,7 @@ class Connection:
                 raise Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
             closing = self._close_requested is not None and not queued
             if self._frames.state is not ConnectionState.OPEN or closing:
-                raise Closed(GOING_AWAY, "the connection is closing", by_peer=False)
+                raise self._peer_closed or Closed(GOING_AWAY, "the connection is closing", by_peer=False)
             if len(payload) <= SMALL_FRAME:
                 self._write(header + payload, deadline)  # one segment for small messages
             else:
@@ -667,8 +668,9 @@ class Connection:
         if self._close_sent is not None:
             return self._close_sent  # the peer answered our close
         # The peer closed first: answer with its code (RFC 6455 5.5.1).
+        self._peer_closed = Closed(event.code, event.reason or "")
         self._send_close(event.code, "")
-        return Closed(event.code, event.reason or "")
+        return self._peer_closed
 
     def _assemble(self, event: DataEvent) -> Message | None:  # type: ignore[type-arg]
         """Add a frame to the message being received; the message once whole.

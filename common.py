@@ -14,10 +14,14 @@ and the two programs import it, never the other way round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
+from wsthreads import trace
 from wsthreads.client import check_header
 from wsthreads.connection import Closed, Connection, Message, message_log
 from wsthreads.handshake import is_token
@@ -50,8 +54,11 @@ def send_messages(conn: Connection, count: int, interval: float, label: str) -> 
         except Closed:
             return
         message_log.info("sent: %s", text)
-        if number < count and conn.stop.wait(interval):
-            return
+        if number < count:
+            with trace.span("pause (stop.wait)", seconds=interval):
+                stopping = conn.stop.wait(interval)
+            if stopping:
+                return
 
 
 class Sender:
@@ -196,3 +203,26 @@ def add_common_options(parser: argparse.ArgumentParser, max_message_size: int, w
         metavar="SECONDS",
         help=f"time one write may take; a peer that stops reading is dropped (default {write_timeout:g})",
     )
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write a timeline of every thread to FILE (Trace Event Format: open it in"
+        " ui.perfetto.dev or chrome://tracing)",
+    )
+
+
+@contextlib.contextmanager
+def tracing(prog: str, path: str | None) -> Iterator[None]:
+    """Trace the ``with`` block into ``path`` (if given); the file is written at its end, Ctrl+C or not."""
+    if path is None:
+        yield
+        return
+    try:
+        Path(path).write_text('{"traceEvents": []}')  # fails now, not after the whole run
+    except OSError as error:
+        fail(prog, f"cannot write the trace to {path}: {error.strerror or error}")
+    trace.start(path)
+    try:
+        yield
+    finally:
+        trace.stop()

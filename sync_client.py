@@ -45,6 +45,7 @@ from common import (
     seconds_arg,
     setup_logging,
     subprotocol_arg,
+    tracing,
 )
 from wsthreads.client import DEFAULT_URL, DIAL_TIMEOUT
 from wsthreads.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT
@@ -65,6 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # e.g. a header given twice
         parser.error(str(error))
     setup_logging(quiet=args.quiet)
+    with tracing(parser.prog, args.trace):
+        return talk(parser, args, config, signalled)
+
+
+def talk(
+    parser: OneLineParser,
+    args: argparse.Namespace,
+    config: wsthreads.ClientConfig,
+    signalled: threading.Event,
+) -> int:
+    """Dial, run the sessions until the end or a signal; the exit status."""
     client = wsthreads.Client(args.url, config, reconnect=args.reconnect)
     handler = wsthreads.Echo() if args.echo else Sender(args.count, args.interval, "client")
     # --echo answers until the server closes; otherwise we close once it goes quiet.

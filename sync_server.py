@@ -35,6 +35,7 @@ import argparse
 import logging
 import ssl
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ from common import (
     seconds_arg,
     setup_logging,
     subprotocol_arg,
+    tracing,
 )
 from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL, WS_PATH, is_plain_path
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
@@ -79,6 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(quiet=args.quiet)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we log refusals ourselves
+    with tracing(parser.prog, args.trace):
+        serve(parser, args, signalled)
+    return 0
+
+
+def serve(parser: OneLineParser, args: argparse.Namespace, signalled: threading.Event) -> None:
+    """Build the app, listen, and serve until a signal."""
     app = create_app(
         args.count,
         args.interval,
@@ -107,7 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(parser.prog, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     log.info("listening on %s (the browser page: %s)", server.url, server.page_url)
     server.serve_until_signal(signalled)
-    return 0
 
 
 def build_parser() -> OneLineParser:

@@ -41,3 +41,16 @@ def test_broadcast_bench_smoke_run(tmp_path: Path) -> None:
     assert "| 10 | broadcast / send loop |" in result.stdout
     figures = json.loads(out.read_text())["figures"]["10"]
     assert figures["broadcast"]["msgs_per_s"] > 0 and figures["send loop"]["max_ms"] > 0
+
+
+def test_trace_cost_bench_runs() -> None:
+    """bench/trace_cost.py --quick prints the cost of the hooks off and of tracing on."""
+    result = subprocess.run(
+        [sys.executable, "bench/trace_cost.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| off: the hooks alone |" in result.stdout and "| on |" in result.stdout

@@ -25,6 +25,7 @@ from typing import Any, Callable, NoReturn
 
 import simple_websocket
 
+from . import trace
 from .connection import (
     CLOSE_TIMEOUT,
     GOING_AWAY,
@@ -273,7 +274,10 @@ class WebSocketApp:
         passed (a peer that reads nothing, a handler stuck in a write) are cut.
         Returns True if every session has ended within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
+        with trace.span("shutdown", code=code):
+            return self._shut_down(code, reason, time.monotonic() + timeout)
+
+    def _shut_down(self, code: int, reason: str, deadline: float) -> bool:
         with self._changed:
             self._accepting = False
             connections = list(self._connections)
@@ -365,6 +369,7 @@ class WebSocketApp:
                 request=request,
                 user=user,
                 subprotocol=ws.subprotocol,
+                key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
             )
             self._run(conn, held.data, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
         finally:

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import websocket
 
+from . import trace
 from .connection import (
     ABNORMAL_CLOSURE,
     CLOSE_TIMEOUT,
@@ -295,6 +296,7 @@ def dial(
         name=name,
         max_queue=config.max_queue,
         subprotocol=subprotocol,
+        key=key,
     )
 
 
@@ -501,7 +503,8 @@ class Client:
                 ``the client was closed while dialing ws://...`` (``retryable`` False).
         """
         try:
-            conn = dial(self.url, self.config, track=self._track, name=self.reader_name)
+            with trace.span("dial", url=self.url):
+                conn = dial(self.url, self.config, track=self._track, name=self.reader_name)
         finally:
             with self._lock:
                 self._dialing = None
@@ -563,7 +566,9 @@ class Client:
     def _redial(self, delays: Iterator[float]) -> Connection | None:
         for delay in delays:
             log.info("reconnecting to %s in %.1f s", self.url, delay)
-            if self._closing.wait(delay):
+            with trace.span("backoff", seconds=round(delay, 3)):
+                closing = self._closing.wait(delay)
+            if closing:
                 return None
             try:
                 return self.dial()

@@ -40,6 +40,7 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.events import Message as DataEvent
 
+from . import trace
 from .queues import CLOSE, Inbox, Outbox
 
 if TYPE_CHECKING:
@@ -317,6 +318,8 @@ class Connection:
         request: on the server, the HTTP request the session began with.
         user: on the server, what the ``authenticate`` hook returned.
         subprotocol: the subprotocol both sides agreed on, or None.
+        key: the handshake's Sec-WebSocket-Key: it names the connection on
+            both ends, in a trace (see :mod:`wsthreads.trace`).
     """
 
     def __init__(
@@ -336,6 +339,7 @@ class Connection:
         request: Request | None = None,
         user: Any = None,
         subprotocol: str | None = None,
+        key: str = "",
     ) -> None:
         self.sock = sock
         #: The HTTP request of the opening handshake (server side; None on a client).
@@ -344,6 +348,10 @@ class Connection:
         self.user = user
         #: The negotiated subprotocol, or None.
         self.subprotocol = subprotocol
+        self.key = key
+        self._sent = 0  # data messages written, and received: their numbers in a trace
+        self._received = 0
+        self._closing_started: float | None = None  # the closing handshake's span, when tracing
         self.client = client
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
@@ -434,7 +442,7 @@ class Connection:
         three times: a header of 2 to 14 bytes, and for a client the masked
         payload.
         """
-        self._send_wire(*self._framed(message))
+        self._send_wire(*self._framed(message), data=message)
 
     def send_nowait(self, message: Message) -> bool:
         """Queue a message for this connection's writer thread and return at once; thread-safe.
@@ -474,14 +482,23 @@ class Connection:
             return header + key, mask(key, payload)
         return header, payload
 
-    def _write_frames(self, data: bytes) -> None:
+    def _write_frames(self, data: bytes, frames: int) -> None:
         """The writer thread's write: whole frames, bounded like :meth:`send`.
 
         Frames queued before a close() still go out, up to our close frame.
         """
-        self._send_wire(data, queued=True)
+        self._send_wire(data, queued=True, messages=frames)
 
-    def _send_wire(self, header: bytes, payload: bytes = b"", *, queued: bool = False) -> None:
+    def _send_wire(
+        self,
+        header: bytes,
+        payload: bytes = b"",
+        *,
+        queued: bool = False,
+        messages: int = 1,
+        data: Message | None = None,
+    ) -> None:
+        started = trace.begin()
         deadline = time.monotonic() + self.write_timeout
         if not self.wire_lock.acquire(timeout=self.write_timeout):
             self._give_up("a write waited too long for the one before it")
@@ -497,8 +514,18 @@ class Connection:
             else:
                 self._write(header, deadline)
                 self._write(payload, deadline)
+            self._count_sent(messages, data)
         finally:
             self.wire_lock.release()
+            trace.end(started, "send (under the wire lock)", messages=messages)
+
+    def _count_sent(self, messages: int, data: Message | None) -> None:
+        """Number the messages just written (under wire_lock: the wire's order), for a trace."""
+        for _ in range(messages):
+            self._sent += 1
+            if trace.active():
+                flow = trace.flow_id(self.key, self.client, self._sent) if self.key else None
+                trace.message("sent", data if data is not None else "<queued message>", flow)
 
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Ask for the closing handshake with ``code``; returns at once, idempotent.
@@ -545,6 +572,7 @@ class Connection:
             log.exception("reader failed")
             self.closed = Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False)
         finally:
+            trace.end(self._closing_started, "closing handshake")
             self._aborted = True
             self.stop.set()
             self._outbox.stop()
@@ -590,7 +618,9 @@ class Connection:
             if self._aborted:
                 raise _Lost("the connection was cut")
             timeout = self._due_in()
+            started = trace.begin()
             ready = self._wait_readable(timeout)
+            trace.end(started, "recv (blocked)")
             if not ready:
                 continue  # something is due: _due_in() does it
             try:
@@ -668,6 +698,8 @@ class Connection:
         if self._close_sent is not None:
             return self._close_sent  # the peer answered our close
         # The peer closed first: answer with its code (RFC 6455 5.5.1).
+        self._closing_started = trace.begin()
+        trace.instant("close frame received", code=event.code, reason=event.reason or "")
         self._peer_closed = Closed(event.code, event.reason or "")
         self._send_close(event.code, "")
         return self._peer_closed
@@ -709,6 +741,10 @@ class Connection:
     def _deliver(self, message: Message) -> None:
         self.last_received = time.monotonic()
         message_log.info("received: %s", describe_message(message))
+        self._received += 1
+        if trace.active():
+            flow = trace.flow_id(self.key, not self.client, self._received) if self.key else None
+            trace.message("received", message, flow)
         if self._on_message is None:
             self.inbox.deliver(message)  # waits while the queue is full: TCP pushes back
             return
@@ -755,6 +791,8 @@ class Connection:
     def _send_close(self, code: int, reason: str) -> None:
         """Send our close frame once (the reader only), and start the close deadline."""
         code, reason = sendable_code(code), close_reason(reason)
+        self._closing_started = self._closing_started or trace.begin()
+        trace.instant("close frame sent", code=code, reason=reason)
         now = time.monotonic()
         self._close_deadline = self._close_deadline or self._close_by or now + self.close_timeout
         self.stop.set()
@@ -766,13 +804,14 @@ class Connection:
                 return
             by_peer = self._frames.state is ConnectionState.REMOTE_CLOSING
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
-            queued = b"" if by_peer else self._outbox.drain()
+            queued, count = (b"", 0) if by_peer else self._outbox.drain()
             data = queued + self._frames.send(CloseConnection(code, reason))
             self._outbox.stop()  # nothing may follow a close frame
             if not by_peer:
                 self._close_sent = Closed(code, reason, by_peer=False)
             try:
                 self._write(data, self._close_deadline)
+                self._count_sent(count, None)
             except Closed as failed:
                 raise _Lost(failed.reason) from None
         finally:

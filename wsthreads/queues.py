@@ -105,8 +105,9 @@ class Outbox:
     writer holds.
 
     Args:
-        write: writes a buffer to the peer, bounded by the write deadline;
-            raises once the connection is closing or the peer is dropped.
+        write: writes a buffer of so many frames to the peer, bounded by the
+            write deadline; raises once the connection is closing or the peer
+            is dropped.
         limit: bytes that may wait: a frame that comes when more than this
             waits meets the ``policy`` (so at most ``limit`` plus one frame waits).
         policy: :data:`CLOSE` or :data:`DROP_OLDEST`.
@@ -117,7 +118,7 @@ class Outbox:
 
     def __init__(
         self,
-        write: Callable[[bytes], None],
+        write: Callable[[bytes, int], None],
         *,
         limit: int,
         policy: str,
@@ -188,8 +189,8 @@ class Outbox:
         with self._putting:
             self._sealed = True
 
-    def drain(self) -> bytes:
-        """Take everything that waits, for the reader to write before its close frame."""
+    def drain(self) -> tuple[bytes, int]:
+        """Take everything that waits, and how many frames, for the reader to write before its close frame."""
         frames: list[bytes] = []
         with self._putting:
             while True:
@@ -199,10 +200,10 @@ class Outbox:
                     break
                 if frame is None:  # stopped: keep the sentinel for the writer
                     self._frames.put(None)
-                    return b""
+                    return b"", 0
                 frames.append(frame)
             self._removed += sum(map(len, frames))
-        return b"".join(frames)
+        return b"".join(frames), len(frames)
 
     def stop(self) -> None:
         """Discard what waits and end the writer (it finishes the write it is in, bounded)."""
@@ -251,7 +252,7 @@ class Outbox:
         try:
             while (batch := self._next_batch()) is not None:
                 try:
-                    self.write(batch)
+                    self.write(*batch)
                 except Exception:  # the connection is closing or the peer was dropped
                     self.stop()
                 self._busy = False
@@ -267,7 +268,7 @@ class Outbox:
             with _alive_lock:
                 _alive[0] -= 1
 
-    def _next_batch(self) -> bytes | None:
+    def _next_batch(self) -> tuple[bytes, int] | None:
         """Everything waiting, in one buffer, once there is some; None: the writer ends."""
         while True:
             try:
@@ -294,4 +295,4 @@ class Outbox:
                 self._writer = None
             return None
         self._taken += sum(map(len, frames))
-        return b"".join(frames)
+        return b"".join(frames), len(frames)

@@ -16,6 +16,7 @@ from typing import Any
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from . import trace
 from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp
 from .deadlines import Armed, deadlines
 from .signals import run_until_signal
@@ -194,7 +195,8 @@ class RunningServer:
 
     def _accept(self) -> None:
         try:
-            self.httpd.serve_forever(poll_interval=0.1)
+            with trace.span("accepting connections"):
+                self.httpd.serve_forever(poll_interval=0.1)
         finally:
             self.stopped.set()
 

@@ -1,0 +1,174 @@
+"""--trace: a valid Trace Event Format file, a lane per thread, every message, arrows across processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from helpers import ROOT, Program, ServerProgram, run_client
+
+from wsthreads import trace
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The events of a trace file, which must be valid JSON in the Trace Event Format."""
+    document = json.loads(path.read_text())
+    events: list[dict[str, Any]] = document["traceEvents"]
+    for event in events:
+        assert {"ph", "name", "pid"} <= event.keys(), event
+    return events
+
+
+def thread_names(events: list[dict[str, Any]]) -> dict[int, str]:
+    return {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+
+
+def in_lane(events: list[dict[str, Any]], lane: str, name: str) -> list[dict[str, Any]]:
+    names = thread_names(events)
+    return [e for e in events if e["ph"] != "M" and names.get(e["tid"]) == lane and e["name"] == name]
+
+
+def flows(events: list[dict[str, Any]], phase: str) -> set[int]:
+    return {e["id"] for e in events if e["ph"] == phase}
+
+
+def test_a_traced_demo_names_every_thread_and_links_every_message(
+    start_server: Callable[..., ServerProgram], tmp_path: Path
+) -> None:
+    server_trace, client_trace = tmp_path / "server.json", tmp_path / "client.json"
+    server = start_server("--count", "3", "--interval", "0.2", "--trace", str(server_trace))
+    client = run_client(
+        "--url", server.url, "--count", "3", "--interval", "0.2", "--trace", str(client_trace)
+    )
+    assert client.returncode == 0, client.stderr
+    server.signal(signal.SIGINT)
+    assert server.wait() == 0
+    ours, theirs = load(server_trace), load(client_trace)
+    assert {"MainThread", "acceptor", "conn-1", "conn-1-reader"} <= set(thread_names(ours).values())
+    assert {"sender", "reader"} <= set(thread_names(theirs).values())
+    # Every message, with its text, on the lane that sent or received it.
+    sent = [e["args"]["text"] for e in in_lane(ours, "conn-1", "sent message")]
+    assert sent == [f"server message {n} of 3" for n in (1, 2, 3)]
+    received = [e["args"]["text"] for e in in_lane(theirs, "reader", "received message")]
+    assert received == sent
+    assert [e["args"]["text"] for e in in_lane(ours, "conn-1-reader", "received message")] == [
+        f"client message {n} of 3" for n in (1, 2, 3)
+    ]
+    # An arrow from each sent message to the same message received, across the two files.
+    assert len(flows(ours, "s")) == len(flows(theirs, "s")) == 3
+    assert flows(ours, "s") == flows(theirs, "f") and flows(theirs, "s") == flows(ours, "f")
+    # The waits that matter.
+    assert len(in_lane(ours, "conn-1", "pause (stop.wait)")) == 2
+    assert in_lane(ours, "conn-1-reader", "recv (blocked)")
+    assert in_lane(ours, "conn-1", "send (under the wire lock)")
+    assert in_lane(theirs, "reader", "closing handshake")
+    assert in_lane(ours, "MainThread", "shutdown")
+
+
+def test_the_file_is_valid_after_ctrl_c_in_the_middle_of_a_session(
+    start_server: Callable[..., ServerProgram], tmp_path: Path
+) -> None:
+    server_trace = tmp_path / "server.json"
+    server = start_server("--count", "100", "--interval", "0.1", "--trace", str(server_trace))
+    client = Program("sync_client.py", "--url", server.url, "--count", "100", "--interval", "0.1")
+    try:
+        client.wait_for("received: server message 3 of 100")
+        server.signal(signal.SIGINT)
+        assert server.wait() == 0
+        assert client.wait() == 0
+    finally:
+        client.kill()
+    events = load(server_trace)
+    assert in_lane(events, "MainThread", "shutdown")
+    closes = in_lane(events, "conn-1-reader", "close frame sent")
+    assert [e["args"]["code"] for e in closes] == [1001]  # the 1001 of the shutdown, in the file
+
+
+def test_merge_puts_both_processes_on_one_timeline(tmp_path: Path) -> None:
+    for name, pid in (("a", 1), ("b", 2)):
+        events = [{"ph": "i", "s": "t", "name": f"from {name}", "pid": pid, "tid": 7, "ts": 1.0}]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"traceEvents": events}))
+    result = subprocess.run(
+        [sys.executable, "-m", "wsthreads", "merge-traces", "a.json", "b.json", "-o", "run.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert {e["name"] for e in load(tmp_path / "run.json")} == {"from a", "from b"}
+    broken = subprocess.run(
+        [sys.executable, "-m", "wsthreads", "merge-traces", "missing.json", "-o", "x.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert broken.returncode == 1 and broken.stderr.count("\n") == 1 and "cannot merge" in broken.stderr
+
+
+def test_the_ring_keeps_the_newest_events_and_takes_any_thread(tmp_path: Path) -> None:
+    trace.start(tmp_path / "ring.json", max_events=100)
+    try:
+
+        def ticks() -> None:
+            for n in range(1000):
+                trace.instant("tick", n=n)
+
+        workers = [threading.Thread(target=ticks, name=f"worker-{i}") for i in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(10)
+    finally:
+        trace.stop()
+    events = load(tmp_path / "ring.json")
+    assert len([e for e in events if e["name"] == "tick"]) == 100  # bounded: the oldest went
+    assert {f"worker-{i}" for i in range(4)} <= set(thread_names(events).values())
+
+
+def test_tracing_off_makes_no_file_and_no_thread(
+    start_server: Callable[..., ServerProgram], tmp_path: Path
+) -> None:
+    assert not trace.active()
+    before = threading.active_count()
+    trace.instant("nobody records this")
+    with trace.span("nor this"):
+        pass
+    assert threading.active_count() == before
+    server = start_server("--count", "1")
+    result = run_client("--url", server.url, "--count", "1")
+    assert result.returncode == 0
+    server.signal(signal.SIGINT)
+    assert server.wait() == 0
+    assert not list(ROOT.glob("*.json")) and not list(tmp_path.iterdir())
+
+
+def test_an_unwritable_trace_file_is_one_line_before_anything_runs(tmp_path: Path) -> None:
+    result = run_client("--trace", str(tmp_path / "missing" / "dir" / "t.json"))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "cannot write the trace" in result.stderr
+
+
+def test_the_lessons_picture_is_made_from_a_recorded_run(tmp_path: Path) -> None:
+    """bench/trace_png.py records the demo (Ctrl+C on the server included) and draws it."""
+    recorded, png = tmp_path / "demo.json", tmp_path / "demo.png"
+    for args in (["--record", str(recorded)], [str(recorded), str(png)]):
+        result = subprocess.run(
+            [sys.executable, "bench/trace_png.py", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    events = load(recorded)
+    assert {"acceptor", "conn-1", "conn-1-reader", "sender", "reader"} <= set(thread_names(events).values())
+    codes = [e["args"]["code"] for e in events if e["name"] == "close frame received"]
+    assert codes == [1001]  # the server's 1001 reached the client
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -28,11 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 COLOURS = {
     "recv (blocked)": "#9ecae1",
     "pause (stop.wait)": "#fdd49e",
+    "waiting for the session to end": "#f0f0c0",
+    "waiting for the end or a signal": "#f7f7f7",
     "send (under the wire lock)": "#e6550d",
     "closing handshake": "#a1d99b",
     "shutdown": "#bcbddc",
     "dial": "#c7e9c0",
     "accepting connections": "#eeeeee",
+    "enforcing request deadlines": "#636363",
 }
 
 

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 
+from . import trace
 from .connection import shut_down
 
 
@@ -62,7 +63,7 @@ class Deadlines:
             self._changed.notify()
 
     def _run(self) -> None:
-        with self._changed:
+        with trace.span("enforcing request deadlines"), self._changed:
             while self._heap:
                 when, _, armed = self._heap[0]
                 if armed.cancelled:
@@ -71,6 +72,7 @@ class Deadlines:
                     self._changed.wait(left)
                 else:
                     heapq.heappop(self._heap)
+                    trace.instant("deadline passed: socket shut down")
                     shut_down(armed.sock)
             self._thread = None
 

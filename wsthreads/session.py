@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Protocol, Union
 
+from . import trace
 from .connection import (
     ABNORMAL_CLOSURE,
     INTERNAL_ERROR,
@@ -94,7 +95,8 @@ def run_session(conn: Connection, handler: SessionCode, *, linger: float | None 
         log.error("closing after an error in the session handler: %r", error)
         conn.close(INTERNAL_ERROR, "internal error")
     if not pulls:
-        wait_until_quiet(conn, linger)
+        with trace.span("waiting for the session to end"):
+            wait_until_quiet(conn, linger)
     if not conn.stop.is_set():
         conn.flush()
     conn.close(NORMAL_CLOSURE)

@@ -7,6 +7,8 @@ import signal
 import threading
 from typing import Callable
 
+from . import trace
+
 log = logging.getLogger("wsthreads")
 
 
@@ -44,9 +46,12 @@ def run_until_signal(
     nothing: no exception can land inside a lock or an ``except`` block.
     """
     signalled = signalled or catch_signals()
-    while not finished.wait(0.05):
-        if signalled.is_set():
-            log.info("interrupted: shutting down")
-            on_signal()
-            return True
-    return False
+    with trace.span("waiting for the end or a signal"):
+        while not finished.wait(0.05):
+            if signalled.is_set():
+                break
+        else:
+            return False
+    log.info("interrupted: shutting down")
+    on_signal()
+    return True

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import decode_frames, wait_until
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import wsthreads
@@ -283,3 +284,43 @@ def test_broadcast_stops_once_shutdown_begins() -> None:
         assert wait_until(lambda: len(app.connections()) == 1)
         assert app.shutdown()
         assert app.broadcast("late") == 0
+
+
+@pytest.mark.parametrize("attempt", range(10))
+def test_nothing_accepted_before_close_is_lost_while_another_thread_sends(attempt: int) -> None:
+    """Broadcasts, direct sends from the handler, then close(): every accepted broadcast arrives."""
+    conns: list[Connection] = []
+
+    def handler(conn: Connection) -> None:
+        conns.append(conn)
+        with contextlib.suppress(wsthreads.Closed):
+            while True:
+                conn.send("direct")
+
+    app = wsthreads.create_app(handler=handler, ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server, connect(server.url) as ws:
+        assert wait_until(lambda: bool(conns))
+        accepted = [n for n in range(300) if app.broadcast(f"b {n}")]
+        conns[0].close(1000, "bye")
+        got = []
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                message = ws.recv(timeout=5)
+                if message != "direct":
+                    got.append(int(str(message).split()[1]))
+    assert got == accepted
+
+
+def test_flush_says_false_when_a_close_could_not_deliver_what_was_queued() -> None:
+    app = wsthreads.create_app(ping_interval=None)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+        stuck = open_client(server.port, receive_buffer=4096)
+        try:
+            assert wait_until(lambda: len(app.connections()) == 1)
+            (conn,) = app.connections()
+            for _ in range(100):
+                conn.send_nowait(b"x" * 100_000)
+            conn.close()
+            assert conn.flush(5) is False  # the peer never read them: not "written"
+        finally:
+            stuck.close()

@@ -253,9 +253,9 @@ def test_a_header_the_handshake_sets_itself_may_not_be_given(name: str) -> None:
             {"subprotocols": ["chat", "chat v2"]},
             "not a valid subprotocol name (an RFC 7230 token): 'chat v2'",
         ),
-        ({"ping_interval": 0}, "ping_interval must be more than 0 seconds (None: no pings): 0"),
-        ({"ping_interval": float("nan")}, "ping_interval must be more than 0 seconds"),
-        ({"max_queue": 0}, "max_queue must be at least 1: 0"),
+        ({"ping_interval": 0}, "ping_interval must be a number of seconds above 0 (None: off): 0"),
+        ({"ping_interval": float("nan")}, "ping_interval must be a number of seconds above 0"),
+        ({"max_queue": 0}, "max_queue must be a whole number of at least 1: 0"),
     ],
 )
 def test_bad_settings_raise_a_one_line_value_error_before_any_dial(

@@ -381,3 +381,57 @@ def test_recv_on_a_connection_that_delivers_to_a_callback_says_so(serve: Serve) 
     with connect(serve(handler=Pusher()).url):
         assert wait_until(lambda: bool(errors))
     assert "on_message" in str(errors[0])
+
+
+def test_send_after_the_peer_closed_raises_the_peers_code(serve: Serve) -> None:
+    raised: list[Closed] = []
+
+    def handler(conn: Connection) -> None:
+        conn.recv(timeout=5)
+        conn.wait_closed()  # the client closes; the session is over
+        try:
+            conn.send("too late")
+        except Closed as closed:
+            raised.append(closed)
+
+    with connect(serve(handler=handler).url) as ws:
+        ws.send("go")
+        ws.close(4001, "custom")
+    assert wait_until(lambda: bool(raised))
+    assert (raised[0].code, raised[0].reason, raised[0].by_peer) == (4001, "custom", True)
+
+
+def test_a_refusal_changed_after_it_was_made_is_checked_when_sent(serve: Serve) -> None:
+    def hook(request: Request) -> str:
+        refusal = Reject(403, "no")
+        refusal.headers["X-Evil"] = "a\r\nSet-Cookie: evil=1"
+        raise refusal
+
+    answer = raw_handshake(serve(authenticate=hook).port)
+    assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"evil" not in answer
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"write_timeout": float("inf")},
+        {"close_timeout": 1e300},
+        {"ping_interval": float("inf")},
+        {"max_message_size": -5},
+        {"max_message_size": "1M"},
+        {"max_queue": "16"},
+        {"outbound_limit": True},
+        {"path": "/a/../b"},
+        {"path": "/."},
+    ],
+)
+def test_settings_that_could_not_work_are_one_line_errors(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError) as error:
+        wsthreads.create_app(**settings)
+    assert "\n" not in str(error.value)
+
+
+def test_client_settings_that_could_not_work_are_one_line_errors() -> None:
+    for settings in ({"timeout": float("inf")}, {"max_message_size": 0}, {"write_timeout": "10"}):
+        with pytest.raises(ValueError):
+            wsthreads.ClientConfig(**settings)

@@ -43,6 +43,7 @@ from .handshake import Refusal, check_request, is_websocket_upgrade, subprotocol
 from .queues import CLOSE, OVERFLOW_POLICIES
 from .request import Authenticate, Reject, Request
 from .session import Echo, SessionCode, run_session
+from .settings import check_count, check_seconds
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -137,18 +138,13 @@ class ServerConfig:
         if self.on_overflow not in OVERFLOW_POLICIES:
             policies = ", ".join(OVERFLOW_POLICIES)
             raise ValueError(f"on_overflow must be one of {policies}: {self.on_overflow!r}")
-        for name in ("max_queue", "outbound_limit"):
-            if not getattr(self, name) >= 1:
-                raise ValueError(f"{name} must be at least 1: {getattr(self, name)!r}")
-        if not self.max_connections >= 0:
-            raise ValueError(f"max_connections must be 0 or more: {self.max_connections!r}")
-        for name in ("write_timeout", "close_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be more than 0 seconds: {getattr(self, name)!r}")
-        if self.ping_interval is not None and not self.ping_interval > 0:
-            raise ValueError(
-                f"ping_interval must be more than 0 seconds (None: no pings): {self.ping_interval!r}"
-            )
+        check_count("max_queue", self.max_queue)
+        check_count("outbound_limit", self.outbound_limit)
+        check_count("max_connections", self.max_connections, minimum=0)
+        check_count("max_message_size", self.max_message_size, optional=True)
+        check_seconds("write_timeout", self.write_timeout)
+        check_seconds("close_timeout", self.close_timeout)
+        check_seconds("ping_interval", self.ping_interval, optional=True)
         # Frozen, but a list is fine too: stored as tuples.
         object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
         if isinstance(self.allowed_origins, str):
@@ -333,9 +329,9 @@ class WebSocketApp:
             try:
                 user = self._authenticate(request)
             except Reject as rejected:
-                log.info("refused %s: %s %s", request.path, rejected.status, rejected.reason)
-                headers = tuple(rejected.headers.items())
-                return plain_response(start_response, Refusal(rejected.status_line, rejected.reason, headers))
+                refusal = refusal_of(rejected)
+                log.info("refused %s: %s %s", request.path, refusal.status, refusal.text)
+                return plain_response(start_response, refusal)
         name = f"conn-{next(self._numbers)}"
         thread = threading.current_thread()
         server_thread_name, thread.name = thread.name, name
@@ -422,6 +418,15 @@ class WebSocketApp:
                 self._connections.discard(conn)
 
 
+def refusal_of(rejected: Reject) -> Refusal:
+    """The answer a hook's Reject asks for, or a 500 if it cannot be sent as it now stands."""
+    try:
+        return Refusal(*rejected.response())
+    except ValueError as error:
+        log.error("the authenticate hook's refusal cannot be sent: %s", error)
+        return Refusal("500 Internal Server Error", "internal error while authenticating")
+
+
 def is_plain_path(path: str) -> bool:
     """A path that reaches the app as written: ``/``, ASCII letters, digits, ``-._~``; no ``//``.
 
@@ -429,7 +434,8 @@ def is_plain_path(path: str) -> bool:
     ``/a b``), so anything that needs encoding could never match.
     """
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/")
-    return path.startswith("/") and set(path) <= allowed and "//" not in path
+    dots = any(segment in (".", "..") for segment in path.split("/"))  # a browser would remove them
+    return path.startswith("/") and set(path) <= allowed and "//" not in path and not dots
 
 
 #: Every WebSocketApp of this process, for hooks that must shut them all down (gunicorn's).

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import socket
 import ssl
@@ -48,6 +47,7 @@ from .deadlines import deadlines
 from .handshake import check_response, is_token, new_key, subprotocol_names
 from .queues import Inbox
 from .session import Handler, run_session
+from .settings import check_count, check_seconds
 
 log = logging.getLogger("wsthreads.client")
 
@@ -138,7 +138,7 @@ class ClientConfig:
         ValueError: a setting that cannot work, with a one-line message:
             ``header 'Upgrade' is set by the WebSocket handshake itself``,
             ``not a valid subprotocol name (an RFC 7230 token): 'chat v2'``,
-            ``ping_interval must be more than 0 seconds (None: no pings): 0``.
+            ``ping_interval must be a number of seconds above 0 (None: off): 0``.
         TypeError: ``headers`` or ``subprotocols`` of the wrong shape, e.g.
             ``subprotocols is a sequence of names, e.g. ('chat',)``.
     """
@@ -157,15 +157,11 @@ class ClientConfig:
         # Frozen, but a dict or a list is fine too: stored as tuples.
         object.__setattr__(self, "headers", header_pairs(self.headers))
         object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
-        if self.ping_interval is not None and not 0 < self.ping_interval < math.inf:
-            raise ValueError(
-                f"ping_interval must be more than 0 seconds (None: no pings): {self.ping_interval!r}"
-            )
-        if self.max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1: {self.max_queue!r}")
+        check_seconds("ping_interval", self.ping_interval, optional=True)
+        check_count("max_queue", self.max_queue)
+        check_count("max_message_size", self.max_message_size, optional=True)
         for name in ("timeout", "write_timeout", "close_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be more than 0 seconds: {getattr(self, name)!r}")
+            check_seconds(name, getattr(self, name))
 
 
 def check_header(name: str, value: str) -> None:
@@ -477,6 +473,8 @@ class Client:
         self.reader_name = reader_name
         self._closing = threading.Event()
         self._close_with = (NORMAL_CLOSURE, "")
+        #: Why reconnecting stopped, when a redial was refused for good (a 403, a bad certificate).
+        self.gave_up: ConnectError | None = None
         self._lock = threading.Lock()  # guards the two fields below
         self._conn: Connection | None = None
         self._dialing: socket.socket | None = None
@@ -577,6 +575,7 @@ class Client:
                     return None
                 log.warning("reconnect failed: %s", error)
                 if not error.retryable:
+                    self.gave_up = error
                     return None
         raise AssertionError("backoff_delays never ends")
 
@@ -643,7 +642,7 @@ class WebSocketClient:
 
     Raises:
         ValueError: a bad setting, before any dial: ``header 'Host' is set by
-            the WebSocket handshake itself``, ``max_queue must be at least 1: 0``
+            the WebSocket handshake itself``, ``max_queue must be a whole number of at least 1: 0``
             (see :class:`ClientConfig`).
         TypeError: a setting :class:`ClientConfig` does not have
             (``... got an unexpected keyword argument 'timout'``), or one of the wrong shape.
@@ -734,6 +733,9 @@ class WebSocketClient:
                 and no reconnect follows) and the queue is empty; it carries
                 the last session's ``code`` and ``reason``: ``1000 (normal
                 closure)``, ``1011 (internal error) 'keepalive ping timeout'``.
+            ConnectError: with ``reconnect``, a redial was refused for good
+                (``retryable`` False, e.g. a 403 once the token was revoked):
+                why the client stopped, once the queue is empty.
             NotConnected: connect() was never called (or failed):
                 ``not connected to ws://...: call connect() first``.
             RuntimeError: ``on_message`` was given, so messages go there:
@@ -747,6 +749,7 @@ class WebSocketClient:
 
         Raises:
             NotConnected, RuntimeError: as :meth:`recv`, at once.
+            ConnectError: at the end, when reconnecting was refused for good (as :meth:`recv`).
         """
         self._check_receiving()
         return self._until_closed()
@@ -792,4 +795,5 @@ class WebSocketClient:
         try:
             self.closed = self._client.run(self._handler, first=first)
         finally:  # over for good: recv() raises how, once the rest is taken
-            self.messages.end(self.closed or Closed(ABNORMAL_CLOSURE, "the client stopped", by_peer=False))
+            ended = self.closed or Closed(ABNORMAL_CLOSURE, "the client stopped", by_peer=False)
+            self.messages.end(self._client.gave_up or ended)

@@ -382,7 +382,7 @@ class Connection:
         #: Received messages for :meth:`recv`, when the reader was started without a callback.
         self.inbox: Inbox[Message] = Inbox(max_queue)
         self._outbox = Outbox(
-            self._write_frames,
+            self._write_queued,
             limit=outbound_limit,
             policy=on_overflow,
             overflow=self._overflowed,
@@ -482,12 +482,13 @@ class Connection:
             return header + key, mask(key, payload)
         return header, payload
 
-    def _write_frames(self, data: bytes, frames: int) -> None:
-        """The writer thread's write: whole frames, bounded like :meth:`send`.
+    def _write_queued(self) -> None:
+        """The writer thread's write: everything queued, taken under the wire lock, bounded like :meth:`send`.
 
-        Frames queued before a close() still go out, up to our close frame.
+        Frames queued before a close() still go out, up to our close frame:
+        the reader drains what is left under the same lock before writing it.
         """
-        self._send_wire(data, queued=True, messages=frames)
+        self._send_wire(b"", queued=True)
 
     def _send_wire(
         self,
@@ -504,11 +505,17 @@ class Connection:
             self._give_up("a write waited too long for the one before it")
             raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
         try:
+            if self.closed is not None or self._peer_closed is not None:
+                raise self.closed or self._peer_closed  # type: ignore[misc]
             if self._aborted:
                 raise Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
             closing = self._close_requested is not None and not queued
             if self._frames.state is not ConnectionState.OPEN or closing:
                 raise self._peer_closed or Closed(GOING_AWAY, "the connection is closing", by_peer=False)
+            if queued:
+                header, messages = self._outbox.drain()
+                if not header:
+                    return  # the reader took it for its close, or it was discarded
             if len(payload) <= SMALL_FRAME:
                 self._write(header + payload, deadline)  # one segment for small messages
             else:
@@ -811,9 +818,11 @@ class Connection:
                 self._close_sent = Closed(code, reason, by_peer=False)
             try:
                 self._write(data, self._close_deadline)
-                self._count_sent(count, None)
             except Closed as failed:
+                if count:
+                    self._outbox.lost()  # what send_nowait queued did not get through
                 raise _Lost(failed.reason) from None
+            self._count_sent(count, None)
         finally:
             self.wire_lock.release()
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from typing import Callable, Generic, TypeVar
@@ -94,20 +95,21 @@ _alive_lock = threading.Lock()
 class Outbox:
     """Frames waiting for one connection's writer thread, at most ``limit`` bytes of them.
 
-    The writer takes everything that waits and writes it at once, then
+    Frames leave only through :meth:`drain`, which whoever writes calls with
+    the connection's wire lock held: the writer thread, or the reader before
+    its close frame. So a frame is never taken by one and written after the
+    other's close frame. The writer writes everything waiting at once, then
     pauses (it "corks", see :data:`CORK_PER_WRITER`), so that what comes
     meanwhile goes out in its next write. Under the GIL, hundreds of threads
     that each wake once per message spend the time handing the interpreter
     to each other: 1000 back-to-back broadcasts to 500 connections took 29 s
     with writers woken per message, 2.0 s corked (1000 connections: 9 s).
-    A message after a quiet spell goes out at once. The frames wait in a
-    :class:`queue.SimpleQueue`, whose ``put`` never waits for a lock the
-    writer holds.
+    A message after a quiet spell goes out at once.
 
     Args:
-        write: writes a buffer of so many frames to the peer, bounded by the
-            write deadline; raises once the connection is closing or the peer
-            is dropped.
+        write: writes what waits (it calls :meth:`drain` under the wire lock),
+            bounded by the write deadline; raises once the connection is
+            closing or the peer is dropped.
         limit: bytes that may wait: a frame that comes when more than this
             waits meets the ``policy`` (so at most ``limit`` plus one frame waits).
         policy: :data:`CLOSE` or :data:`DROP_OLDEST`.
@@ -118,7 +120,7 @@ class Outbox:
 
     def __init__(
         self,
-        write: Callable[[bytes, int], None],
+        write: Callable[[], None],
         *,
         limit: int,
         policy: str,
@@ -134,34 +136,29 @@ class Outbox:
         self.name = name
         #: Messages dropped under DROP_OLDEST, in all.
         self.dropped = 0
-        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # None: stop
-        # Bytes waiting = put - taken - removed; each counter is changed by one
-        # side only: _put, _removed (dropped, or drained by the reader) and
-        # _writer under _putting; _taken and _busy (a batch is being written)
-        # by the writer alone.
-        self._putting = threading.Lock()
-        self._put = 0
-        self._removed = 0
-        self._taken = 0
-        self._busy = False
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._putting = threading.Lock()  # guards the fields below
+        self._waiting = 0  # bytes in _frames
         self._writer: threading.Thread | None = None
         self._sealed = False  # no more frames: the connection is closing
         self._stopped = False
-        self._lost = False  # stopped with frames still waiting
+        self._lost = False  # frames that were taken were never written, or were discarded
+        self._busy = False  # the writer is writing (set and read by it and flush())
+        self._ready = threading.Event()  # frames wait: wakes the writer
         self._hurry = threading.Event()  # ends a writer's pause: a stop, or half the limit waiting
         self._drained = threading.Condition()  # flush() waits on it
 
     @property
     def waiting(self) -> int:
-        """Bytes queued and not yet taken by the writer."""
-        return self._put - self._taken - self._removed
+        """Bytes queued and not yet taken to be written."""
+        return self._waiting
 
     def put(self, frame: bytes) -> bool:
         """Queue one frame; never blocks. False if it was not queued (closed, or overflow under CLOSE)."""
         with self._putting:
             if self._stopped or self._sealed:
                 return False
-            waiting = self.waiting
+            waiting = self._waiting
             if waiting > self.limit:  # the peer is behind: more than the limit waits already
                 if self.policy == CLOSE:
                     self._stop_locked()
@@ -172,10 +169,11 @@ class Outbox:
             else:
                 overflowed = False
             if not overflowed:
-                self._put += len(frame)
-                self._frames.put(frame)
-                if waiting + len(frame) > self.limit // 2:
+                self._frames.append(frame)
+                self._waiting += len(frame)
+                if self._waiting > self.limit // 2:
                     self._hurry.set()  # a corked writer writes now, before the policy would apply
+                self._ready.set()
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._write_loop, name=self.name, daemon=True)
                     self._writer.start()
@@ -190,20 +188,17 @@ class Outbox:
             self._sealed = True
 
     def drain(self) -> tuple[bytes, int]:
-        """Take everything that waits, and how many frames, for the reader to write before its close frame."""
-        frames: list[bytes] = []
+        """Take everything that waits, and how many frames: for whoever holds the wire lock to write."""
         with self._putting:
-            while True:
-                try:
-                    frame = self._frames.get_nowait()
-                except queue.Empty:
-                    break
-                if frame is None:  # stopped: keep the sentinel for the writer
-                    self._frames.put(None)
-                    return b"", 0
-                frames.append(frame)
-            self._removed += sum(map(len, frames))
+            if self._stopped:
+                return b"", 0
+            frames, self._frames = self._frames, collections.deque()
+            self._waiting = 0
         return b"".join(frames), len(frames)
+
+    def lost(self) -> None:
+        """What was drained could not be written: flush() says so."""
+        self._lost = True
 
     def stop(self) -> None:
         """Discard what waits and end the writer (it finishes the write it is in, bounded)."""
@@ -214,10 +209,11 @@ class Outbox:
         """Wait until everything queued has been written (at most ``timeout`` s).
 
         True if it has; False on timeout, or if the connection ended with
-        messages still waiting (they were discarded).
+        messages that were never written (still waiting, or cut mid-write).
+        Messages dropped under ``drop-oldest`` are counted in :attr:`dropped`.
         """
         with self._drained:
-            done = self._drained.wait_for(lambda: not (self.waiting or self._busy) or self._stopped, timeout)
+            done = self._drained.wait_for(lambda: not (self._waiting or self._busy) or self._stopped, timeout)
             return done and not self._lost
 
     @property
@@ -226,23 +222,18 @@ class Outbox:
         return self._writer
 
     def _drop_oldest_locked(self) -> None:
-        while self.waiting > self.limit:
-            try:
-                frame = self._frames.get_nowait()
-            except queue.Empty:  # the writer took them meanwhile
-                return
-            if frame is None:
-                self._frames.put(None)
-                return
-            self._removed += len(frame)
+        while self._frames and self._waiting > self.limit:
+            self._waiting -= len(self._frames.popleft())
             self.dropped += 1
 
     def _stop_locked(self) -> None:
         if not self._stopped:
-            self._lost = bool(self.waiting or self._busy)
+            self._lost = self._lost or bool(self._waiting)  # discarded (a write cut mid-way sets it too)
         self._stopped = True
+        self._frames.clear()
+        self._waiting = 0
+        self._ready.set()
         self._hurry.set()
-        self._frames.put(None)  # wakes the writer
         with self._drained:
             self._drained.notify_all()
 
@@ -250,13 +241,18 @@ class Outbox:
         with _alive_lock:
             _alive[0] += 1
         try:
-            while (batch := self._next_batch()) is not None:
+            while self._wait_for_frames():
+                self._busy = True
+                self._hurry.clear()  # from here on a put() that fills half the limit ends the cork
+                if self._stopped:
+                    self._hurry.set()
                 try:
-                    self.write(*batch)
+                    self.write()
                 except Exception:  # the connection is closing or the peer was dropped
+                    self._lost = True
                     self.stop()
                 self._busy = False
-                if not self.waiting:
+                if not self._waiting:
                     with self._drained:
                         self._drained.notify_all()
                 # The cork: what comes meanwhile goes out in the next write, one wake-up later.
@@ -268,31 +264,16 @@ class Outbox:
             with _alive_lock:
                 _alive[0] -= 1
 
-    def _next_batch(self) -> tuple[bytes, int] | None:
-        """Everything waiting, in one buffer, once there is some; None: the writer ends."""
-        while True:
-            try:
-                item = self._frames.get(timeout=WRITER_IDLE)
-                break
-            except queue.Empty:
-                with self._putting:
-                    if self._frames.empty():  # decided under the lock: a put() from now on starts a writer
-                        self._writer = None
-                        return None
-        self._busy = True
-        self._hurry.clear()  # from here on a put() that fills half the limit ends the next cork
+    def _wait_for_frames(self) -> bool:
+        """Wait until frames wait (True), or end the writer: stopped, or idle for WRITER_IDLE s."""
+        while not self._ready.wait(WRITER_IDLE):
+            with self._putting:
+                if not self._waiting:  # decided under the lock: a put() from now on starts a writer
+                    self._writer = None
+                    return False
+        self._ready.clear()
         if self._stopped:
-            self._hurry.set()
-        frames: list[bytes] = []
-        while item is not None:
-            frames.append(item)
-            try:
-                item = self._frames.get_nowait()
-            except queue.Empty:
-                break
-        if item is None or self._stopped:
             with self._putting:
                 self._writer = None
-            return None
-        self._taken += sum(map(len, frames))
-        return b"".join(frames), len(frames)
+            return False
+        return True

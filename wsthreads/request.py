@@ -68,7 +68,9 @@ def url_query(text: str) -> MultiDict[str, str]:
 
 
 #: Headers of a refusal that the server sets itself.
-OWN_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding", "connection"})
+OWN_HEADERS = frozenset(
+    {"content-length", "content-type", "transfer-encoding", "connection", "date", "server"}
+)
 
 
 def check_header(name: str, value: str) -> bool:
@@ -77,9 +79,20 @@ def check_header(name: str, value: str) -> bool:
         raise ValueError(f"not a valid header name (an RFC 7230 token): {name!r}")
     if name.lower() in OWN_HEADERS:
         raise ValueError(f"header {name!r} of a refusal is set by the server")
-    if not isinstance(value, str) or any(c in value for c in "\r\n\0") or not value.isascii():
-        raise ValueError(f"the value of header {name!r} must be ASCII without CR, LF or NUL: {value!r}")
+    if not isinstance(value, str) or not all(c == "\t" or " " <= c <= "~" for c in value):
+        raise ValueError(f"the value of header {name!r} must be printable ASCII: {value!r}")
     return True
+
+
+def checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers``, each checked (:func:`check_header`), no name twice in any case; ValueError if not."""
+    seen: set[str] = set()
+    for name, value in headers.items():
+        check_header(name, value)
+        if name.lower() in seen:
+            raise ValueError(f"header {name!r} is given twice")
+        seen.add(name.lower())
+    return dict(headers)
 
 
 class Reject(Exception):
@@ -97,19 +110,36 @@ class Reject(Exception):
     """
 
     def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
-        if not (isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599):
-            raise ValueError(f"Reject needs an HTTP error status (an int, 400-599), not {status!r}")
+        check_status(status)
         super().__init__(reason)
         self.status = status
         self.reason = reason.strip().splitlines()[0] if reason.strip() else self.status_line
-        self.headers = {name: value for name, value in (headers or {}).items() if check_header(name, value)}
+        self.headers = checked_headers(headers or {})
         if status == 401 and "www-authenticate" not in (name.lower() for name in self.headers):
             self.headers["WWW-Authenticate"] = "Bearer"
+
+    def response(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        """Status line, reason and headers, checked again now (they may have been changed since)."""
+        check_status(self.status)
+        line = status_line(self.status)
+        reason = str(self.reason).strip()
+        return line, reason.splitlines()[0] if reason else line, tuple(checked_headers(self.headers).items())
 
     @property
     def status_line(self) -> str:
         """``401 Unauthorized``."""
-        try:
-            return f"{self.status} {HTTPStatus(self.status).phrase}"
-        except ValueError:
-            return str(self.status)
+        return status_line(self.status)
+
+
+def check_status(status: object) -> None:
+    """A refusal's status must be an int in 400-599; ValueError with one line if not."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+        raise ValueError(f"Reject needs an HTTP error status (an int, 400-599), not {status!r}")
+
+
+def status_line(status: int) -> str:
+    """``401 Unauthorized``; the bare number for a status without a phrase."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)

@@ -225,4 +225,7 @@ def tracing(prog: str, path: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        trace.stop()
+        try:
+            trace.stop()
+        except OSError as error:  # the directory went away, the disk is full
+            fail(prog, f"cannot write the trace to {path}: {error.strerror or error}")

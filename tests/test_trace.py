@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import ROOT, Program, ServerProgram, run_client
+from helpers import ROOT, Program, ServerProgram, run_client, wait_until
+from websockets.sync.client import connect
 
+import wsthreads
 from wsthreads import trace
 
 
@@ -24,13 +27,20 @@ def load(path: Path) -> list[dict[str, Any]]:
     return events
 
 
-def thread_names(events: list[dict[str, Any]]) -> dict[int, str]:
-    return {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+def thread_names(events: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
+    """Lane names by (pid, tid): lane numbers repeat across the processes of a merged file."""
+    return {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in events
+        if e["ph"] == "M" and e["name"] == "thread_name"
+    }
 
 
 def in_lane(events: list[dict[str, Any]], lane: str, name: str) -> list[dict[str, Any]]:
     names = thread_names(events)
-    return [e for e in events if e["ph"] != "M" and names.get(e["tid"]) == lane and e["name"] == name]
+    return [
+        e for e in events if e["ph"] != "M" and names.get((e["pid"], e["tid"])) == lane and e["name"] == name
+    ]
 
 
 def flows(events: list[dict[str, Any]], phase: str) -> set[int]:
@@ -128,8 +138,10 @@ def test_the_ring_keeps_the_newest_events_and_takes_any_thread(tmp_path: Path) -
     finally:
         trace.stop()
     events = load(tmp_path / "ring.json")
-    assert len([e for e in events if e["name"] == "tick"]) == 100  # bounded: the oldest went
-    assert {f"worker-{i}" for i in range(4)} <= set(thread_names(events).values())
+    kept = [e for e in events if e["name"] == "tick"]
+    assert len(kept) == 100  # bounded: the oldest went
+    names = thread_names(events)
+    assert {names[e["pid"], e["tid"]] for e in kept} <= {f"worker-{i}" for i in range(4)}  # every lane named
 
 
 def test_tracing_off_makes_no_file_and_no_thread(
@@ -172,3 +184,77 @@ def test_the_lessons_picture_is_made_from_a_recorded_run(tmp_path: Path) -> None
     codes = [e["args"]["code"] for e in events if e["name"] == "close frame received"]
     assert codes == [1001]  # the server's 1001 reached the client
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_arrow_starts_before_it_ends(tmp_path: Path) -> None:
+    """The sent instant is taken before the write: the receiver can never see a message earlier."""
+    trace.start(tmp_path / "echo.json")
+    try:
+        app = wsthreads.create_app(echo=True, ping_interval=None)
+        with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+            conn = wsthreads.dial(server.url)
+            conn.start()
+            for n in range(300):
+                conn.send(f"m{n}")
+                conn.recv(timeout=5)
+            conn.close()
+            conn.wait_closed()
+    finally:
+        trace.stop()
+    events = load(tmp_path / "echo.json")
+    starts = {e["id"]: e["ts"] for e in events if e["ph"] == "s"}
+    ends = {e["id"]: e["ts"] for e in events if e["ph"] == "f"}
+    assert len(starts) == 600 and starts.keys() == ends.keys()
+    assert all(starts[flow] <= ends[flow] for flow in starts)
+
+
+def test_queued_messages_carry_their_text_and_a_reused_thread_gets_a_lane_per_name(tmp_path: Path) -> None:
+    trace.start(tmp_path / "queued.json")
+    try:
+        app = wsthreads.create_app(handler=lambda conn: [None for _ in conn], ping_interval=None)
+        with wsthreads.start_server(app, "127.0.0.1", 0) as server, connect(server.url) as ws:
+            assert app.broadcast("to everyone") == 1
+            assert ws.recv(timeout=5) == "to everyone"
+        thread = threading.current_thread()
+        old_name, thread.name = thread.name, "conn-7"
+        trace.instant("as conn-7")
+        thread.name = "conn-8"
+        trace.instant("as conn-8")
+        thread.name = old_name
+    finally:
+        trace.stop()
+    events = load(tmp_path / "queued.json")
+    texts = [e["args"]["text"] for e in events if e["name"] == "sent message"]
+    assert texts == ["to everyone"]
+    names = thread_names(events)
+    lanes = {names[e["pid"], e["tid"]] for e in events if e["name"] in ("as conn-7", "as conn-8")}
+    assert lanes == {"conn-7", "conn-8"}
+
+
+def test_a_trace_that_cannot_be_written_at_the_end_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers: the dial waits
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}/ws"
+        client = Program("sync_client.py", "--url", url, "--timeout", "2", "--trace", str(folder / "t.json"))
+        try:
+            assert wait_until(lambda: (folder / "t.json").exists())
+            (folder / "t.json").unlink()
+            folder.rmdir()  # the directory goes away while the program runs
+            assert client.wait() == 1
+        finally:
+            client.kill()
+    errors = "\n".join(client.stderr)
+    assert "Traceback" not in errors and "cannot write the trace" in errors
+
+
+def test_merge_names_a_file_that_is_not_a_trace(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text('{"traceEvents": 5}')
+    (tmp_path / "array.json").write_text('[{"ph": "i", "name": "x", "pid": 1, "tid": 1, "ts": 0}]')
+    command = [sys.executable, "-m", "wsthreads", "merge-traces"]
+    bad = subprocess.run([*command, "bad.json", "-o", "o.json"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 1 and "bad.json is not a trace" in bad.stderr and "Traceback" not in bad.stderr
+    good = subprocess.run(
+        [*command, "array.json", "-o", "o.json"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert good.returncode == 0 and load(tmp_path / "o.json")[0]["name"] == "x"

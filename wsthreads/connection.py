@@ -180,6 +180,16 @@ def frame_header(opcode: int, length: int, masked: bool) -> bytes:
     return struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
 
 
+def frame_text(frame: bytes) -> str | bytes:
+    """What a frame we built holds, for a trace: its text, or its payload (masked frames: its size)."""
+    length = frame[1] & 0x7F
+    start = 2 + {126: 2, 127: 8}.get(length, 0)
+    if frame[1] & 0x80:
+        return f"<masked frame, {len(frame) - start - 4} bytes>"
+    payload = frame[start:]
+    return payload.decode(errors="replace") if frame[0] & 0x0F == 0x1 else payload
+
+
 def mask(key: bytes, payload: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` (what a client does to every frame)."""
     if XorMaskerSimple is not None:
@@ -496,10 +506,10 @@ class Connection:
         payload: bytes = b"",
         *,
         queued: bool = False,
-        messages: int = 1,
         data: Message | None = None,
     ) -> None:
         started = trace.begin()
+        frames: list[bytes] | None = None
         deadline = time.monotonic() + self.write_timeout
         if not self.wire_lock.acquire(timeout=self.write_timeout):
             self._give_up("a write waited too long for the one before it")
@@ -512,27 +522,33 @@ class Connection:
             closing = self._close_requested is not None and not queued
             if self._frames.state is not ConnectionState.OPEN or closing:
                 raise self._peer_closed or Closed(GOING_AWAY, "the connection is closing", by_peer=False)
-            if queued:
-                header, messages = self._outbox.drain()
-                if not header:
-                    return  # the reader took it for its close, or it was discarded
+            frames = self._outbox.drain() if queued else None
+            if frames is not None:
+                if not frames:
+                    return  # the reader took them for its close, or they were discarded
+                header = b"".join(frames)
+            sent_at = trace.begin()  # before the write: the peer may see the message before it returns
             if len(payload) <= SMALL_FRAME:
                 self._write(header + payload, deadline)  # one segment for small messages
             else:
                 self._write(header, deadline)
                 self._write(payload, deadline)
-            self._count_sent(messages, data)
+            self._count_sent(frames if frames is not None else [] if data is None else [data], sent_at)
         finally:
             self.wire_lock.release()
-            trace.end(started, "send (under the wire lock)", messages=messages)
+            trace.end(started, "send (under the wire lock)", messages=len(frames) if frames else 1)
 
-    def _count_sent(self, messages: int, data: Message | None) -> None:
-        """Number the messages just written (under wire_lock: the wire's order), for a trace."""
-        for _ in range(messages):
+    def _count_sent(self, messages: list[Message] | list[bytes], at: float | None) -> None:
+        """Number the messages just written (under wire_lock: the wire's order), for a trace.
+
+        ``messages`` are the messages themselves, or the frames queued for them.
+        """
+        for message in messages:
             self._sent += 1
-            if trace.active():
+            if at is not None:
                 flow = trace.flow_id(self.key, self.client, self._sent) if self.key else None
-                trace.message("sent", data if data is not None else "<queued message>", flow)
+                text = message if isinstance(message, str) else frame_text(message)
+                trace.message("sent", text, flow, at)
 
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Ask for the closing handshake with ``code``; returns at once, idempotent.
@@ -811,8 +827,9 @@ class Connection:
                 return
             by_peer = self._frames.state is ConnectionState.REMOTE_CLOSING
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
-            queued, count = (b"", 0) if by_peer else self._outbox.drain()
-            data = queued + self._frames.send(CloseConnection(code, reason))
+            queued = [] if by_peer else self._outbox.drain()
+            count = len(queued)
+            data = b"".join(queued) + self._frames.send(CloseConnection(code, reason))
             self._outbox.stop()  # nothing may follow a close frame
             if not by_peer:
                 self._close_sent = Closed(code, reason, by_peer=False)
@@ -822,7 +839,7 @@ class Connection:
                 if count:
                     self._outbox.lost()  # what send_nowait queued did not get through
                 raise _Lost(failed.reason) from None
-            self._count_sent(count, None)
+            self._count_sent(queued, trace.begin())
         finally:
             self.wire_lock.release()
 

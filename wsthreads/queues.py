@@ -187,14 +187,14 @@ class Outbox:
         with self._putting:
             self._sealed = True
 
-    def drain(self) -> tuple[bytes, int]:
-        """Take everything that waits, and how many frames: for whoever holds the wire lock to write."""
+    def drain(self) -> list[bytes]:
+        """Take every frame that waits: for whoever holds the wire lock to write."""
         with self._putting:
             if self._stopped:
-                return b"", 0
+                return []
             frames, self._frames = self._frames, collections.deque()
             self._waiting = 0
-        return b"".join(frames), len(frames)
+        return list(frames)
 
     def lost(self) -> None:
         """What was drained could not be written: flush() says so."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -37,43 +38,81 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-#: Events kept at most; beyond, the oldest go (about 200 bytes each: 20 MB at most).
-MAX_EVENTS = 100_000
+#: Events kept at most; beyond, the oldest go (about 500 bytes each: 25 MB at most).
+MAX_EVENTS = 50_000
 #: Characters of a message's text kept in its event.
 TEXT_LIMIT = 60
 
 
 class Tracer:
-    """The events of one process, bounded, and the names of the threads that made them."""
+    """The events of one process, bounded, and the lanes they belong to.
+
+    A lane is a thread under one name: a server thread that serves
+    ``conn-1`` and later ``conn-4`` (gunicorn reuses its threads) gets a
+    lane for each, as the log names them.
+    """
 
     def __init__(self, path: str | os.PathLike[str], max_events: int = MAX_EVENTS) -> None:
         self.path = Path(path)
+        self.max_events = max_events
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_events)
-        self.threads: dict[int, str] = {}  # first name each thread had when it traced
+        self.lanes: dict[tuple[int, str], int] = {}  # (thread id, name) -> lane number
+        self._numbers = itertools.count(1)
         self.pid = os.getpid()
 
     def add(self, event: dict[str, Any]) -> None:
         """Record one event of the calling thread (any thread)."""
         thread = threading.current_thread()
-        tid = thread.native_id or thread.ident or 0
-        self.threads.setdefault(tid, thread.name)
-        event.update(pid=self.pid, tid=tid)
+        key = (thread.native_id or thread.ident or 0, thread.name)
+        lane = self.lanes.get(key)
+        if lane is None:
+            if len(self.lanes) > self.max_events:  # many short-lived threads: keep lanes still in the ring
+                self._forget_old_lanes()
+            lane = self.lanes.setdefault(key, next(self._numbers))
+        event.update(pid=self.pid, tid=lane)
         self.events.append(event)
 
+    def _forget_old_lanes(self) -> None:
+        used = {event["tid"] for event in list(self.events)}
+        self.lanes = {key: lane for key, lane in self.lanes.copy().items() if lane in used}
+
     def document(self) -> dict[str, Any]:
-        """The trace as a Trace Event Format object: thread names first, then the events."""
+        """The trace as a Trace Event Format object: lane names first, then the events."""
+        events = list(self.events)
+        used = {event["tid"] for event in events}
         names = [
-            {"ph": "M", "name": "thread_name", "pid": self.pid, "tid": tid, "args": {"name": name}}
-            for tid, name in list(self.threads.items())
+            {"ph": "M", "name": "thread_name", "pid": self.pid, "tid": lane, "args": {"name": name}}
+            for (_, name), lane in self.lanes.copy().items()  # copy(): atomic, even while threads add lanes
+            if lane in used
         ]
         process = {"ph": "M", "name": "process_name", "pid": self.pid, "args": {"name": program_name()}}
-        return {"traceEvents": [process, *names, *list(self.events)], "displayTimeUnit": "ms"}
+        return {"traceEvents": [process, *names, *events], "displayTimeUnit": "ms"}
 
     def write(self) -> None:
-        """Write the file whole: to a temporary file first, then renamed over ``path``."""
-        temporary = self.path.with_name(f".{self.path.name}.{self.pid}.tmp")
-        temporary.write_text(json.dumps(self.document()))
-        temporary.replace(self.path)
+        """Write the file whole: to a temporary file first, then renamed over ``path``.
+
+        A path that is not a regular file (a symlink, ``/dev/stdout``) is
+        written in place instead, so that it stays what it is. OSError with
+        the reason if it cannot be written; no temporary file is left.
+        """
+        text = json.dumps(self.document())
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            with open(self.path, "w") as out:
+                out.write(text)
+            return
+        temporary = self.path.with_name(f".trace-{self.pid}.tmp")
+        try:
+            temporary.write_text(text)
+            temporary.replace(self.path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def forked(self) -> None:
+        """In a child process: a fresh trace of its own, next to the parent's file."""
+        self.pid = os.getpid()
+        self.events.clear()
+        self.lanes.clear()
+        self.path = self.path.with_name(f"{self.path.stem}.{self.pid}{self.path.suffix}")
 
 
 #: The tracer of this process while tracing; None (the default) when off.
@@ -81,13 +120,25 @@ _tracer: Tracer | None = None
 
 
 def start(path: str | os.PathLike[str], max_events: int = MAX_EVENTS) -> None:
-    """Trace this process from now on, into ``path`` (written by :func:`stop`)."""
+    """Trace this process from now on, into ``path`` (written by :func:`stop`).
+
+    A process forked meanwhile (gunicorn's workers, multiprocessing) traces
+    into ``NAME.PID.json`` beside it.
+    """
     global _tracer
     _tracer = Tracer(path, max_events)
 
 
+def _after_fork() -> None:
+    if _tracer is not None:
+        _tracer.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def stop() -> None:
-    """Stop tracing and write the file (no-op when off)."""
+    """Stop tracing and write the file (no-op when off); OSError if it cannot be written."""
     global _tracer
     tracer, _tracer = _tracer, None
     if tracer is not None:
@@ -134,14 +185,14 @@ def instant(name: str, **args: Any) -> None:
         tracer.add({"ph": "i", "s": "t", "name": name, "cat": "event", "ts": now(), "args": args})
 
 
-def message(direction: str, data: str | bytes, flow: int | None) -> None:
+def message(direction: str, data: str | bytes, flow: int | None, ts: float | None = None) -> None:
     """A message ``sent`` or ``received``: an instant with its text and size, and one end of its arrow."""
     tracer = _tracer
     if tracer is None:
         return
     size = len(data.encode() if isinstance(data, str) else data)
     text = data if isinstance(data, str) else f"<binary, {size} bytes>"
-    ts = now()
+    ts = now() if ts is None else ts
     name = f"{direction} message"
     args = {"text": text[:TEXT_LIMIT], "size": size}
     tracer.add({"ph": "i", "s": "t", "name": name, "cat": "message", "ts": ts, "args": args})
@@ -161,8 +212,19 @@ def program_name() -> str:
 
 
 def merge(paths: Sequence[str], out: str) -> None:
-    """One timeline from several processes' traces (each keeps its own pid, so its own group)."""
-    events: list[dict[str, Any]] = []
+    """One timeline from several processes' traces (each keeps its own pid, so its own group).
+
+    Takes the object form (``{"traceEvents": [...]}``) and the array form.
+    ValueError naming the file for one that is neither.
+    """
+    events: list[Any] = []
     for path in paths:
-        events.extend(json.loads(Path(path).read_text())["traceEvents"])
+        try:
+            document = json.loads(Path(path).read_text())
+        except ValueError as error:
+            raise ValueError(f"{path} is not JSON: {error}") from None
+        found = document.get("traceEvents") if isinstance(document, dict) else document
+        if not isinstance(found, list) or not all(isinstance(event, dict) for event in found):
+            raise ValueError(f"{path} is not a trace (no list of events in traceEvents)")
+        events.extend(found)
     Path(out).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))

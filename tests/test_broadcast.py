@@ -123,16 +123,17 @@ def server() -> Iterator[wsthreads.RunningServer]:
 
 
 def stuck_connection(
-    server: wsthreads.RunningServer, stuck: socket.socket, before: set[Connection]
+    server: wsthreads.RunningServer, stuck: socket.socket, before: set[Connection], filler: int = 8 << 20
 ) -> Connection:
     """The server's connection of the client that does not read, its pipe already full.
 
-    8 MB is more than the kernel holds for one connection here (about 3 MB):
-    its writer is blocked in a write before the broadcasts begin.
+    8 MB is more than the kernel holds for a client with a 4 KiB receive
+    buffer (about 3 MB), 32 MB more than for one with the default buffers
+    (about 10 MB): its writer is blocked in a write before the broadcasts begin.
     """
     assert wait_until(lambda: len(set(server.app.connections()) - before) == 1)
     (conn,) = set(server.app.connections()) - before
-    assert conn.send_nowait(b"\0" * (8 << 20))
+    assert conn.send_nowait(b"\0" * filler)
     return conn
 
 
@@ -189,16 +190,18 @@ def test_a_client_too_far_behind_is_closed_with_1013_under_the_close_policy() ->
 def test_under_drop_oldest_a_slow_client_keeps_its_newest_messages() -> None:
     app = wsthreads.create_app(outbound_limit=10 * 1024, on_overflow="drop-oldest", ping_interval=None)
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:
-        slow = open_client(server.port, receive_buffer=4096)
+        # Default buffers: a 4 KiB window would make reading the filler back crawl
+        # (zero-window probes back off for seconds).
+        slow = open_client(server.port)
         try:
-            conn = stuck_connection(server, slow, set())
+            conn = stuck_connection(server, slow, set(), filler=32 << 20)
             for i in range(100):
                 assert app.broadcast(f"{i:04d}".ljust(1024, ".")) == 1  # always taken
             assert conn._outbox.dropped >= 90
             slow.setblocking(True)
             slow.settimeout(10)
             data = b""
-            while len(data) < (8 << 20) + 10:  # the 8 MB message first
+            while len(data) < (32 << 20) + 10:  # the filler first
                 chunk = slow.recv(1 << 20)
                 assert chunk
                 data += chunk

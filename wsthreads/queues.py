@@ -216,11 +216,6 @@ class Outbox:
             done = self._drained.wait_for(lambda: not (self._waiting or self._busy) or self._stopped, timeout)
             return done and not self._lost
 
-    @property
-    def writer(self) -> threading.Thread | None:
-        """The writer thread, while there is one."""
-        return self._writer
-
     def _drop_oldest_locked(self) -> None:
         while self._frames and self._waiting > self.limit:
             self._waiting -= len(self._frames.popleft())

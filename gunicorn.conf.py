@@ -4,7 +4,8 @@
     gunicorn -c gunicorn.conf.py 'sync_server:create_app(echo=True)'
 
 Every open WebSocket holds one gthread thread for its whole life, so
-``workers * threads`` is the number of sessions served at once.
+``workers * threads`` is the number of sessions served at once. With
+``WSTHREADS_TRACE=trace.json`` each worker writes ``trace.PID.json`` as it exits.
 """
 
 import logging
@@ -33,3 +34,8 @@ def post_worker_init(worker: object) -> None:
 def worker_int(worker: object) -> None:
     """Ctrl+C: close sessions with 1001 before the worker exits."""
     hooks.worker_int(worker)
+
+
+def worker_exit(server: object, worker: object) -> None:
+    """Write the worker's trace, with WSTHREADS_TRACE=FILE in the environment."""
+    hooks.worker_exit(server, worker)

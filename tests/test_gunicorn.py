@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -92,3 +94,23 @@ def test_gunicorn_stop_closes_sessions_with_1001(gunicorn: Callable[[str], Gunic
     """A graceful (SIGTERM) or quick (Ctrl+C) stop of gunicorn: clients see 1001, gunicorn exits 0."""
     server = gunicorn("sync_server:create_app(count=1000, interval=5)")
     assert_stop_closes_sessions(server, server.url, signum, within=5.0)
+
+
+def test_workers_trace_with_the_environment_variable(
+    gunicorn: Callable[[str], Gunicorn], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WSTHREADS_TRACE=FILE: every worker writes FILE with its pid, valid, with the session's lanes."""
+    monkeypatch.setenv("WSTHREADS_TRACE", str(tmp_path / "trace.json"))
+    server = gunicorn("sync_server:create_app(count=2, interval=0.05)")
+    client = run_client("--url", server.url, "--count", "2", "--interval", "0.05", "--linger", "0.5")
+    assert client.returncode == 0, client.stderr
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    files = sorted(tmp_path.glob("trace.*.json"))
+    assert len(files) == 2  # one per worker
+    events = [e for f in files for e in json.loads(f.read_text())["traceEvents"]]
+    names = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    sent = [e["args"]["text"] for e in events if e["name"] == "sent message"]
+    assert sent == ["server message 1 of 2", "server message 2 of 2"] and any(
+        n.startswith("conn-") for n in names
+    )

@@ -2,16 +2,29 @@
 
 Use them from a gunicorn config file (see ``gunicorn.conf.py``)::
 
-    from wsthreads.gunicorn import post_worker_init, worker_int
+    from wsthreads.gunicorn import post_worker_init, worker_exit, worker_int
+
+With ``WSTHREADS_TRACE=FILE`` in the environment, every worker traces (see
+:mod:`wsthreads.trace`) into ``FILE`` with its pid before the suffix
+(``trace.json`` → ``trace.4242.json``), written when the worker exits.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
+from . import trace
 from .app import SHUTDOWN_TIMEOUT, all_apps
+
+log = logging.getLogger("wsthreads.server")
+
+#: The environment variable that turns tracing on in every worker: the trace file.
+TRACE_VARIABLE = "WSTHREADS_TRACE"
 
 
 def post_worker_init(worker: Any) -> None:
@@ -23,6 +36,10 @@ def post_worker_init(worker: Any) -> None:
     one. We chain its handler: it still begins the stop, and a thread closes
     every session with 1001, so that their requests end within 2 s.
     """
+    path = os.environ.get(TRACE_VARIABLE)
+    if path:
+        named = Path(path)
+        trace.start(named.with_name(f"{named.stem}.{os.getpid()}{named.suffix}"))
     begin_stop = worker.handle_exit
 
     def handle_exit(signum: int, frame: object) -> None:
@@ -30,6 +47,14 @@ def post_worker_init(worker: Any) -> None:
         threading.Thread(target=shutdown_all, name="shutdown", daemon=True).start()
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook, in the worker as it exits: write its trace, if it traced (one line if it cannot)."""
+    try:
+        trace.stop()
+    except OSError as error:
+        log.error("cannot write the trace: %s", error)
 
 
 def worker_int(worker: Any) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import ROOT, ServerProgram, require
+from helpers import ROOT, WAIT, ServerProgram, require
 
 
 @pytest.fixture
@@ -57,3 +57,41 @@ def go_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         )
         binaries[name] = binary
     return binaries
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Debian's headless Chromium driven by Selenium (nothing is downloaded); quit at the end."""
+    require(
+        shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER),
+        "Chromium and ChromeDriver",
+        "apt-get install -y chromium chromium-driver",
+    )
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch anything
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=900,640",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -10,18 +10,19 @@ from pathlib import Path
 from helpers import ROOT
 
 
+def run_script(script: str, *args: str) -> str:
+    """Run a bench script to completion; its standard output (it must exit 0)."""
+    command = [sys.executable, f"bench/{script}", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_bench_smoke_run(tmp_path: Path) -> None:
     """bench.py --smoke measures ours and the TCP floor and writes its table and JSON."""
     out = tmp_path / "results.json"
-    result = subprocess.run(
-        [sys.executable, "bench/bench.py", "--smoke", "--stacks", "ours,tcp", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "| RTT p50 (µs) |" in result.stdout and "ours/tcp" in result.stdout
+    stdout = run_script("bench.py", "--smoke", "--stacks", "ours,tcp", "--json", str(out))
+    assert "| RTT p50 (µs) |" in stdout and "ours/tcp" in stdout
     data = json.loads(out.read_text())
     assert data["figures"]["ours"]["msgs_per_s"]["runs"]
     assert data["figures"]["ours"]["c10_completed"]["median"] == 10
@@ -30,27 +31,13 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
 def test_broadcast_bench_smoke_run(tmp_path: Path) -> None:
     """bench/broadcast.py --smoke measures both ways, checks every message, and writes its JSON."""
     out = tmp_path / "broadcast.json"
-    result = subprocess.run(
-        [sys.executable, "bench/broadcast.py", "--smoke", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "| 10 | broadcast / send loop |" in result.stdout
+    stdout = run_script("broadcast.py", "--smoke", "--json", str(out))
+    assert "| 10 | broadcast / send loop |" in stdout
     figures = json.loads(out.read_text())["figures"]["10"]
     assert figures["broadcast"]["msgs_per_s"] > 0 and figures["send loop"]["max_ms"] > 0
 
 
 def test_trace_cost_bench_runs() -> None:
     """bench/trace_cost.py --quick prints the cost of the hooks off and of tracing on."""
-    result = subprocess.run(
-        [sys.executable, "bench/trace_cost.py", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "| off: the hooks alone |" in result.stdout and "| on |" in result.stdout
+    stdout = run_script("trace_cost.py", "--quick")
+    assert "| off: the hooks alone |" in stdout and "| on |" in stdout

@@ -7,48 +7,10 @@ Set WSDEMO_SCREENSHOT=docs/browser-page.png to refresh the README's screenshot.
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
-import pytest
-from helpers import ServerProgram, require
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    require(
-        shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER),
-        "Chromium and ChromeDriver",
-        "apt-get install -y chromium chromium-driver",
-    )
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch anything
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=900,640",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+from helpers import ServerProgram
 
 
 def test_page_in_chromium(

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import re
-import shutil
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode
 
 import pytest
-from helpers import ROOT, WAIT, Program, require
+from helpers import ROOT, WAIT, Program
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
@@ -28,7 +25,6 @@ from websockets.typing import Origin
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 #: Log lines that mean something went wrong, on either stream.
 PROBLEM = re.compile(r"Traceback|ERROR|Error handling|Socket error| failed")
 
@@ -230,40 +226,6 @@ def test_a_stop_closes_sessions_with_1001(kind: str, signum: int, within: float)
 
 
 # --- In Chromium ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    """Headless Chromium, as in test_browser.py."""
-    require(
-        shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER),
-        "Chromium and ChromeDriver",
-        "apt-get install -y chromium chromium-driver",
-    )
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch anything
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_notifications_in_chromium(server: FlaskExample, browser: WebDriver) -> None:

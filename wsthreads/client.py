@@ -752,7 +752,7 @@ class WebSocketClient:
             ConnectError: at the end, when reconnecting was refused for good (as :meth:`recv`).
         """
         self._check_receiving()
-        return self._until_closed()
+        return self.messages.until(Closed)
 
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Close with ``code`` and stop reconnecting; idempotent, bounded, never raises.
@@ -783,13 +783,6 @@ class WebSocketClient:
         # Read without the lock, which connect() holds for its whole dial.
         if self._supervisor is None:
             raise NotConnected(f"not connected to {self.url}: call connect() first")
-
-    def _until_closed(self) -> Iterator[Message]:
-        while True:
-            try:
-                yield self.messages.recv()
-            except Closed:
-                return
 
     def _supervise(self, first: Connection) -> None:
         try:

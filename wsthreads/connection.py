@@ -438,11 +438,7 @@ class Connection:
 
     def __iter__(self) -> Iterator[Message]:
         """``for message in conn``: every message until the session ends (then the loop ends)."""
-        while True:
-            try:
-                yield self.inbox.recv()
-            except Closed:
-                return
+        return self.inbox.until(Closed)
 
     def send(self, message: Message) -> None:
         """Send text (str) or binary (bytes); thread-safe; bounded by ``write_timeout``.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+from collections.abc import Iterator
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -73,6 +74,14 @@ class Inbox(queue.Queue, Generic[T]):  # type: ignore[type-arg]
             self.ended = error
             self.not_full.notify_all()
             self.not_empty.notify_all()
+
+    def until(self, end: type[BaseException]) -> Iterator[T]:
+        """Every item, until :meth:`recv` raises an ``end`` (any other error propagates)."""
+        while True:
+            try:
+                yield self.recv()
+            except end:
+                return
 
     def recv(self, timeout: float | None = None) -> T:
         """The next item; ``ended`` once there are no more; TimeoutError after ``timeout`` seconds."""

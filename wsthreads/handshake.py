@@ -36,6 +36,17 @@ def is_token(text: str) -> bool:
     return bool(text) and set(text) <= TOKEN_CHARS
 
 
+def check_header_field(name: str, value: str) -> None:
+    """A header we send must be ``token: printable ASCII`` (tabs too); ValueError with one line if not.
+
+    No CR, LF or other control character can reach the wire: no header injection.
+    """
+    if not is_token(name):
+        raise ValueError(f"not a valid header name (an RFC 7230 token): {name!r}")
+    if not isinstance(value, str) or not all(c == "\t" or " " <= c <= "~" for c in value):
+        raise ValueError(f"the value of header {name!r} must be printable ASCII: {value!r}")
+
+
 def subprotocol_names(names: Iterable[str]) -> tuple[str, ...]:
     """``names`` as a tuple of subprotocol names, each an RFC 7230 token.
 

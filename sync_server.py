@@ -88,18 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(parser: OneLineParser, args: argparse.Namespace, signalled: threading.Event) -> None:
     """Build the app, listen, and serve until a signal."""
-    app = create_app(
-        args.count,
-        args.interval,
-        args.echo,
-        max_message_size=args.max_message_size or None,
-        ping_interval=args.ping_interval or None,
-        write_timeout=args.write_timeout,
-        max_connections=args.max_connections,
-        allowed_origins=tuple(args.allowed_origin),
-        path=args.path,
-        subprotocols=tuple(args.subprotocol),
-    )
+    try:
+        app = build_app(args)
+    except (ValueError, wsthreads.BrokerError) as error:  # a bad --broker, or redis-py missing
+        fail(parser.prog, str(error), status=2)
+    if args.broker:
+        try:
+            app.broker.bounds()
+        except wsthreads.BrokerError as error:
+            fail(parser.prog, str(error))
     context = None
     if args.certfile:
         try:
@@ -116,6 +113,23 @@ def serve(parser: OneLineParser, args: argparse.Namespace, signalled: threading.
         fail(parser.prog, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     log.info("listening on %s (the browser page: %s)", server.url, server.page_url)
     server.serve_until_signal(signalled)
+
+
+def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
+    """The app the command line asks for."""
+    return create_app(
+        args.count,
+        args.interval,
+        args.echo,
+        max_message_size=args.max_message_size or None,
+        ping_interval=args.ping_interval or None,
+        write_timeout=args.write_timeout,
+        max_connections=args.max_connections,
+        allowed_origins=tuple(args.allowed_origin),
+        path=args.path,
+        subprotocols=tuple(args.subprotocol),
+        broker=args.broker,
+    )
 
 
 def build_parser() -> OneLineParser:
@@ -157,6 +171,12 @@ def build_parser() -> OneLineParser:
         metavar="SECONDS",
         help="deadline for a client's whole request (and TLS handshake), however it trickles in"
         f" (default {HANDSHAKE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--broker",
+        metavar="URL",
+        help="where published messages come from: redis://HOST:PORT/DB (?keep=10000 or ?keep=1h:"
+        " how many are kept); default: an in-process broker. Clients subscribe with /ws?topic=NAME",
     )
     parser.add_argument("--certfile", help="PEM certificate (chain): serve wss:// instead of ws://")
     parser.add_argument("--keyfile", help="PEM private key, if it is not in --certfile")

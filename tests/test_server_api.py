@@ -48,7 +48,7 @@ def describe_request(conn: Connection) -> None:
         json.dumps(
             {
                 "path": request.path,
-                "topics": request.query.getlist("topic"),
+                "rooms": request.query.getlist("room"),
                 "token": request.headers.get("authorization"),
                 "cookie": request.cookies.get("session"),
                 "remote": request.remote_addr,
@@ -65,7 +65,7 @@ def test_the_handler_sees_path_query_headers_cookies_address_and_subprotocol(
 ) -> None:
     server = serve(handler=describe_request, subprotocols=("chat.v1", "chat.v2"))
     with connect(
-        f"{server.url}?topic=a&topic=b",
+        f"{server.url}?room=a&room=b",
         additional_headers={"Authorization": "Bearer t0k", "Cookie": "session=s1; other=x"},
         subprotocols=["chat.v2", "chat.v1"],  # type: ignore[list-item]
     ) as ws:
@@ -73,7 +73,7 @@ def test_the_handler_sees_path_query_headers_cookies_address_and_subprotocol(
         assert ws.subprotocol == "chat.v2"
     assert seen == {
         "path": "/ws",
-        "topics": ["a", "b"],
+        "rooms": ["a", "b"],
         "token": "Bearer t0k",
         "cookie": "s1",
         "remote": "127.0.0.1",

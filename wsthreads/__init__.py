@@ -5,6 +5,8 @@ The layers, one module each:
 * :mod:`wsthreads.connection` — one connection, both sides: the reader that
   owns the socket, bounded writes, the closing handshake;
 * :mod:`wsthreads.session` — per-connection code (a function or a handler) and its lifecycle;
+* :mod:`wsthreads.broker` — where published messages are kept: in-process or Redis;
+* :mod:`wsthreads.fanout` — published messages to the subscribed connections of a process;
 * :mod:`wsthreads.queues` — the bounded queues between a connection and your code;
 * :mod:`wsthreads.request` — the handshake's request, and how authentication refuses one;
 * :mod:`wsthreads.handshake` — the opening handshake's checks, both sides;
@@ -18,6 +20,7 @@ The layers, one module each:
 from __future__ import annotations
 
 from .app import Mounted, ServerConfig, WebSocketApp, create_app
+from .broker import Broker, BrokerError, MemoryBroker, open_broker, publish
 from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
 from .connection import Closed, Connection, Message, describe_close
 from .request import Reject, Request
@@ -27,6 +30,8 @@ from .session import Echo, Handler, SessionCode, run_session
 __version__ = "0.2.0"
 
 __all__ = [
+    "Broker",
+    "BrokerError",
     "Client",
     "ClientConfig",
     "Closed",
@@ -34,6 +39,7 @@ __all__ = [
     "Connection",
     "Echo",
     "Handler",
+    "MemoryBroker",
     "Message",
     "Mounted",
     "NotConnected",
@@ -48,6 +54,8 @@ __all__ = [
     "create_app",
     "describe_close",
     "dial",
+    "open_broker",
+    "publish",
     "run_session",
     "start_server",
     "tls_context",

@@ -26,26 +26,33 @@ from typing import Any, Callable, NoReturn
 import simple_websocket
 
 from . import trace
+from .broker import Broker, BrokerError, format_id, open_broker, shared_broker
 from .connection import (
     CLOSE_TIMEOUT,
     GOING_AWAY,
+    INTERNAL_ERROR,
     MAX_MESSAGE_SIZE,
     MAX_QUEUE,
     OUTBOUND_LIMIT,
+    POLICY_VIOLATION,
     READ_SIZE,
+    TRY_AGAIN_LATER,
     WRITE_TIMEOUT,
     Connection,
     Message,
     broadcast,
     wait_for,
 )
-from .handshake import Refusal, check_request, is_websocket_upgrade, subprotocol_names
+from .fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
+from .handshake import LAST_ID_HEADER, Refusal, check_request, is_websocket_upgrade, subprotocol_names
 from .queues import CLOSE, OVERFLOW_POLICIES
 from .request import Authenticate, Reject, Request
 from .session import Echo, SessionCode, run_session
 from .settings import check_count, check_seconds
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+#: How a session must close at once: a close code and its reason.
+Ending = tuple[int, str]
 
 log = logging.getLogger("wsthreads.server")
 
@@ -113,6 +120,14 @@ class ServerConfig:
             1013 (try again later; a reconnecting client comes back), or
             ``"drop-oldest"``: its oldest waiting messages are dropped until
             no more than the limit waits.
+        broker: where published messages come from (see
+            :mod:`wsthreads.broker`): ``redis://HOST:PORT/DB`` for every
+            worker and host, or a broker object; None: this process's
+            in-process broker. Clients subscribe with ``/ws?topic=NAME``.
+        may_subscribe: ``may_subscribe(user, topic)``, with what
+            ``authenticate`` returned (None without it): whether that user
+            may read that topic; a refused one closes the session with 1008.
+            None: any topic.
     """
 
     handler: SessionCode | None = None
@@ -129,6 +144,8 @@ class ServerConfig:
     max_queue: int = MAX_QUEUE
     outbound_limit: int = OUTBOUND_LIMIT
     on_overflow: str = CLOSE
+    broker: str | Broker | None = None
+    may_subscribe: MaySubscribe | None = None
 
     def __post_init__(self) -> None:
         if not is_plain_path(self.path):
@@ -147,6 +164,8 @@ class ServerConfig:
         check_seconds("ping_interval", self.ping_interval, optional=True)
         # Frozen, but a list is fine too: stored as tuples.
         object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
+        if isinstance(self.broker, str):
+            open_broker(self.broker)  # a bad URL is a ValueError here; it connects to nothing
         if isinstance(self.allowed_origins, str):
             raise TypeError(f"allowed_origins is a sequence of origins, e.g. ({self.allowed_origins!r},)")
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
@@ -238,6 +257,10 @@ class WebSocketApp:
         self._admitted = 0  # requests between admission and the end of their session
         self._connections: set[Connection] = set()
         self._accepting = True
+        broker = self.config.broker
+        #: Where :meth:`publish` sends and subscribed clients' messages come from.
+        self.broker = shared_broker(broker) if broker is None or isinstance(broker, str) else broker
+        self._fanout = Fanout(self.broker)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Handle one request (the WSGI entry point)."""
@@ -271,7 +294,10 @@ class WebSocketApp:
         Returns True if every session has ended within ``timeout`` seconds.
         """
         with trace.span("shutdown", code=code):
-            return self._shut_down(code, reason, time.monotonic() + timeout)
+            try:
+                return self._shut_down(code, reason, time.monotonic() + timeout)
+            finally:
+                self._fanout.close()  # no session is left to deliver to
 
     def _shut_down(self, code: int, reason: str, deadline: float) -> bool:
         with self._changed:
@@ -307,6 +333,15 @@ class WebSocketApp:
             if not self._accepting:  # shutting down: the sessions are closing, leave them the CPU
                 return 0
             return broadcast(connections if where is None else filter(where, connections), message)
+
+    def publish(self, topic: str, data: str) -> str:
+        """Publish ``data`` to ``topic`` through this app's broker; the message's id.
+
+        Every subscriber of ``topic``, in every process reading the same
+        broker, gets it once. Raises BrokerError (one line) when the broker
+        cannot be reached, ValueError for a bad topic name.
+        """
+        return self.broker.publish(topic, data)
 
     def mount(self, other: WSGIApp) -> Mounted:
         """A WSGI app that serves our endpoint and hands every other request to ``other`` (a Flask app)."""
@@ -367,7 +402,8 @@ class WebSocketApp:
                 subprotocol=ws.subprotocol,
                 key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
             )
-            self._run(conn, held.data, peer=f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
+            peer = f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
+            self._run(conn, held.data, peer, *self._subscription(request, user))
         finally:
             thread.name = server_thread_name
         end_hijacked_request(ws.mode)
@@ -386,7 +422,56 @@ class WebSocketApp:
             raise Reject(401, "authentication required")
         return user
 
-    def _run(self, conn: Connection, response: bytes, peer: str) -> None:
+    def _subscription(self, request: Request, user: Any) -> tuple[Subscription | None, Ending | None]:
+        """The topics the client asked for, if it may read them; else how its session must close."""
+        try:
+            subscription = requested_subscription(request)
+        except ValueError as error:
+            return None, (POLICY_VIOLATION, str(error))
+        may_subscribe = self.config.may_subscribe
+        for topic in subscription.topics if subscription and may_subscribe else ():
+            try:
+                allowed = may_subscribe(user, topic)  # type: ignore[misc]
+            except BaseException as error:  # SystemExit too: it would end the request with no answer
+                log.error("the may_subscribe hook failed: %r", error)
+                return None, (INTERNAL_ERROR, "internal error while checking the topics")
+            if not allowed:
+                return None, (POLICY_VIOLATION, f"not allowed to subscribe to {topic!r}")
+        return subscription, None
+
+    def _run(
+        self,
+        conn: Connection,
+        response: bytes,
+        peer: str,
+        subscription: Subscription | None,
+        ending: Ending | None,
+    ) -> None:
+        subscriber = None
+        if subscription is not None:
+            try:
+                # Before the 101: whatever is published once the client has it reaches it.
+                subscriber = self._fanout.subscribe(conn, subscription)
+            except BrokerError as error:
+                log.warning("no subscription for %s: %s", peer, error)
+                ending = (TRY_AGAIN_LATER, "the broker is unavailable: try again later")
+        try:
+            self._open_and_run(conn, response, peer, subscriber, ending)
+        finally:
+            if subscriber is not None:
+                self._fanout.unsubscribe(subscriber)
+
+    def _open_and_run(
+        self,
+        conn: Connection,
+        response: bytes,
+        peer: str,
+        subscriber: Subscriber | None,
+        ending: Ending | None,
+    ) -> None:
+        if subscriber is not None and subscriber.last_id is None:
+            # Where its messages start, before any of them: a client cut before the first resumes there.
+            response = with_header(response, LAST_ID_HEADER, format_id(subscriber.start))
         # The 101 goes out only once the connection is listed, both under the
         # broadcast lock: every broadcast after the client saw the 101 reaches it.
         with self._broadcasting, self._changed:
@@ -407,7 +492,15 @@ class WebSocketApp:
             return
         try:
             log.info("connected: %s", peer)
-            run_session(conn, self.config.session_handler())
+            if ending is not None:
+                log.info("%s: closing: %s", conn.name, ending[1])
+                conn.start()
+                conn.close(*ending)
+            else:
+                catch_up = (
+                    None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
+                )
+                run_session(conn, self.config.session_handler(), first=catch_up)
         except Exception as error:  # never let a failure reach the WSGI server after the 101
             log.error("session failed: %r", error)
             conn.abort()
@@ -416,6 +509,12 @@ class WebSocketApp:
             conn.wait_closed()
             with self._changed:
                 self._connections.discard(conn)
+
+
+def with_header(response: bytes, name: str, value: str) -> bytes:
+    """An HTTP response head with one more header."""
+    head, end, rest = response.partition(b"\r\n\r\n")
+    return head + f"\r\n{name}: {value}".encode() + end + rest
 
 
 def refusal_of(rejected: Reject) -> Refusal:

@@ -17,6 +17,7 @@ again after a growing backoff when the session ended with a code that means
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import socket
@@ -26,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, Union
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import websocket
 
@@ -44,7 +45,7 @@ from .connection import (
     shut_down,
 )
 from .deadlines import deadlines
-from .handshake import check_header_field, check_response, new_key, subprotocol_names
+from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
 from .queues import Inbox
 from .session import Handler, run_session
 from .settings import check_count, check_seconds
@@ -267,6 +268,7 @@ def dial(
             url, socket=sock, redirect_limit=0, enable_multithread=False, **handshake_options(key, config)
         )
         subprotocol = accepted_subprotocol(url, ws, key, config.subprotocols)
+        response_headers = dict(ws.getheaders() or {})
     except ConnectError:
         sock.close()
         raise
@@ -290,6 +292,7 @@ def dial(
         max_queue=config.max_queue,
         subprotocol=subprotocol,
         key=key,
+        response_headers=response_headers,
     )
 
 
@@ -441,6 +444,53 @@ def backoff_delays(first: float = BACKOFF[0], cap: float = BACKOFF[1]) -> Iterat
         ceiling = min(cap, ceiling * 2)
 
 
+class Resume:
+    """A subscription's place: the id of the last published message received, for the next dial.
+
+    The server's 101 says where a new subscription starts (the
+    ``Wsthreads-Last-Id`` header, so even a client cut before its first
+    message knows); then each published message comes as ``{"topic": ...,
+    "id": ..., "data": ...}``, and notes carry the ``last_id`` to resume
+    after. A redial to
+    ``/ws?topic=...&last_id=ID`` gets what was published meanwhile first
+    (see :mod:`wsthreads.fanout`).
+    """
+
+    def __init__(self, url: str) -> None:
+        self._parts = urlsplit(url)
+        query = parse_qsl(self._parts.query, keep_blank_values=True)
+        self._query = [(key, value) for key, value in query if key != "last_id"]
+        #: The id of the last published message received (or the URL's own ``last_id``).
+        self.last_id: str | None = dict(query).get("last_id")
+
+    @staticmethod
+    def wanted(url: str) -> bool:
+        """True if ``url`` subscribes to a topic."""
+        return any(key == "topic" for key, _ in parse_qsl(urlsplit(url).query))
+
+    def seen(self, message: Message) -> None:
+        """Note the id of a published message, or the ``last_id`` of a note (others: cheaply left alone)."""
+        if isinstance(message, str) and message.startswith(('{"topic":', '{"note":')):
+            try:
+                fields = json.loads(message)
+            except ValueError:
+                return
+            entry_id = fields.get("last_id" if "note" in fields else "id")
+            if isinstance(entry_id, str):
+                self.last_id = entry_id
+
+    def opened(self, conn: Connection) -> None:
+        """A new subscription's connection is open: it starts after the id the server's 101 names."""
+        start = conn.response_headers.get(LAST_ID_HEADER.lower())
+        if start:
+            self.last_id = start
+
+    def url(self) -> str:
+        """The URL to dial now: the subscription, resuming after the last id received."""
+        query = self._query + ([("last_id", self.last_id)] if self.last_id else [])
+        return urlunsplit(self._parts._replace(query=urlencode(query)))
+
+
 class Client:
     """One client's lifecycle, for the command line and for :class:`WebSocketClient`.
 
@@ -462,8 +512,11 @@ class Client:
         reconnect: bool = False,
         backoff: tuple[float, float] = BACKOFF,
         reader_name: str = "reader",
+        resume: Resume | None = None,
     ) -> None:
         self.url = url
+        #: A subscription's place: each redial resumes there.
+        self.resume = resume
         self.config = config or ClientConfig()
         self.reconnect = reconnect
         self.backoff = backoff
@@ -503,6 +556,8 @@ class Client:
         finally:
             with self._lock:
                 self._dialing = None
+        if self.resume is not None:
+            self.resume.opened(conn)
         with self._lock:
             if not self._closing.is_set():
                 self._conn = conn
@@ -565,6 +620,8 @@ class Client:
                 closing = self._closing.wait(delay)
             if closing:
                 return None
+            if self.resume is not None:
+                self.url = self.resume.url()
             try:
                 return self.dial()
             except ConnectError as error:
@@ -586,11 +643,14 @@ class Client:
 class _Deliver:
     """The handler of :class:`WebSocketClient`: hand every message over; nothing of its own to send."""
 
-    def __init__(self, deliver: Callable[[Message], None]) -> None:
+    def __init__(self, deliver: Callable[[Message], None], resume: Resume | None) -> None:
         self.deliver = deliver
+        self.resume = resume
 
     def on_message(self, conn: Connection, message: Message) -> None:
-        """Pass it on (in the reader thread)."""
+        """Pass it on (in the reader thread), noting a subscription's place."""
+        if self.resume is not None:
+            self.resume.seen(message)
         self.deliver(message)
 
     def run(self, conn: Connection) -> None:
@@ -631,7 +691,10 @@ class WebSocketClient:
         on_message: called in the reader thread with every message;
             without it messages go to the ``messages`` queue.
         reconnect: dial again when the server goes away or the connection
-            drops (1001, 1006, 1011-1014), until close().
+            drops (1001, 1006, 1011-1014), until close(). A URL with
+            ``?topic=NAME`` resumes: the redial asks for what was published
+            after the last message received (``&last_id=ID``), so nothing is
+            lost across a reconnect within the broker's retention.
         backoff: first and largest delay between two dials.
         **settings: the fields of :class:`ClientConfig` (``timeout``,
             ``cafile``, ``max_message_size``, ``headers``, ``subprotocols``,
@@ -660,8 +723,10 @@ class WebSocketClient:
         #: iteration read (a :class:`queue.Queue`: ``get(timeout=...)`` works too).
         self.messages: Inbox[Message] = Inbox(config.max_queue)
         self._on_message = on_message
-        self._handler = _Deliver(on_message or self.messages.deliver)
-        self._client = Client(url, config, reconnect=reconnect, backoff=backoff)
+        #: With ``/ws?topic=...``: where the subscription is, so a reconnect resumes there.
+        self.resume = Resume(url) if Resume.wanted(url) else None
+        self._handler = _Deliver(on_message or self.messages.deliver, self.resume)
+        self._client = Client(url, config, reconnect=reconnect, backoff=backoff, resume=self.resume)
         self._lock = threading.Lock()  # guards _supervisor
         self._supervisor: threading.Thread | None = None
         #: How the last session ended, once it has.

@@ -330,6 +330,8 @@ class Connection:
         subprotocol: the subprotocol both sides agreed on, or None.
         key: the handshake's Sec-WebSocket-Key: it names the connection on
             both ends, in a trace (see :mod:`wsthreads.trace`).
+        response_headers: on the client, the headers of the server's 101
+            (names in lower case).
     """
 
     def __init__(
@@ -350,8 +352,11 @@ class Connection:
         user: Any = None,
         subprotocol: str | None = None,
         key: str = "",
+        response_headers: dict[str, str] | None = None,
     ) -> None:
         self.sock = sock
+        #: The headers of the server's 101, on a client (names in lower case); empty on a server.
+        self.response_headers = response_headers or {}
         #: The HTTP request of the opening handshake (server side; None on a client).
         self.request = request
         #: Who the client is, as the server's ``authenticate`` hook said (None without one).

@@ -69,7 +69,13 @@ def wait_until_quiet(conn: Connection, linger: float | None) -> None:
             return
 
 
-def run_session(conn: Connection, handler: SessionCode, *, linger: float | None = None) -> Closed:
+def run_session(
+    conn: Connection,
+    handler: SessionCode,
+    *,
+    linger: float | None = None,
+    first: Callable[[], None] | None = None,
+) -> Closed:
     """One side of a session, start to finish; returns how it ended.
 
     Starts the reader (Go: ``go reader(conn)``) and runs the per-connection
@@ -80,11 +86,15 @@ def run_session(conn: Connection, handler: SessionCode, *, linger: float | None 
     nobody has yet. Either way, what ``send_nowait`` queued is written first
     (within ``write_timeout``), and the reader's end is awaited, bounded. An
     exception in the handler closes with 1011 and is logged on one line; it
-    never reaches the caller.
+    never reaches the caller. ``first``, if given, runs in the calling thread
+    once the reader has started, before the handler (the server's replay of
+    missed messages), under the same rules.
     """
     pulls = not hasattr(handler, "on_message")
     conn.start(None if pulls else lambda message: handler.on_message(conn, message))  # type: ignore[union-attr]
     try:
+        if first is not None:
+            first()
         if pulls:
             handler(conn)  # type: ignore[operator]
         else:

@@ -1,0 +1,473 @@
+"""Publish and subscribe through the in-process broker: topics, resume by last id, bad input, security.
+
+Real servers on port 0, real connections; the peers are websockets' sync
+client (an independent implementation) and our WebSocketClient. The same
+fan-out runs on Redis in tests/test_redis_fanout.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_until
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+import wsthreads
+from wsthreads import fanout
+from wsthreads.broker import MemoryBroker, Retention, parse_id
+from wsthreads.connection import POLICY_VIOLATION, TRY_AGAIN_LATER
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def broker() -> MemoryBroker:
+    """A broker of this test's own (apps without one share the process's)."""
+    return MemoryBroker()
+
+
+@pytest.fixture
+def serve(broker: MemoryBroker) -> Iterator[Any]:
+    """``serve(**settings)``: an app on that broker, served on a free port; shut down at the end."""
+    servers: list[wsthreads.RunningServer] = []
+
+    def start(**settings: Any) -> wsthreads.RunningServer:
+        settings.setdefault("broker", broker)
+        server = wsthreads.start_server(wsthreads.create_app(**settings), "127.0.0.1", 0)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def subscribe(server: wsthreads.RunningServer, query: str, **options: Any) -> ClientConnection:
+    """A websockets client on ``/ws?QUERY``."""
+    client: ClientConnection = connect(f"{server.url}?{query}", open_timeout=WAIT, **options)
+    return client
+
+
+def subscribed(server: wsthreads.RunningServer, query: str, **options: Any) -> ClientConnection:
+    """A websockets client on ``/ws?QUERY`` (no last_id), past the note that says where it starts."""
+    client = subscribe(server, query, **options)
+    first = json.loads(client.recv(timeout=WAIT))
+    assert first["note"] == "subscribed" and parse_id(first["last_id"]), first
+    assert client.response is not None and client.response.headers["Wsthreads-Last-Id"] == first["last_id"]
+    return client
+
+
+def received(client: ClientConnection, count: int) -> list[dict[str, str]]:
+    """The next ``count`` messages, as JSON objects."""
+    return [json.loads(client.recv(timeout=WAIT)) for _ in range(count)]
+
+
+def assert_nothing_more(client: ClientConnection, within: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        client.recv(timeout=within)
+
+
+def close_of(client: ClientConnection) -> tuple[int | None, str | None]:
+    """How the server closed: its code and reason."""
+    with pytest.raises(ConnectionClosed) as ended:
+        client.recv(timeout=WAIT)
+    assert ended.value.rcvd is not None, "no close frame"
+    return ended.value.rcvd.code, ended.value.rcvd.reason
+
+
+def test_each_subscriber_gets_its_topics_once_in_order_with_the_broker_id(serve: Any) -> None:
+    server = serve()
+    app = server.app
+    queries = ("topic=news", "topic=sports", "topic=news&topic=sports")
+    news, sports, both = (subscribed(server, query) for query in queries)
+    published = [
+        (topic, app.publish(topic, f"{topic} {i}")) for i in range(100) for topic in ("news", "sports", "x")
+    ]
+    wanted = {
+        "news": [p for p in published if p[0] == "news"],
+        "sports": [p for p in published if p[0] == "sports"],
+        "both": [p for p in published if p[0] != "x"],
+    }
+    for name, client in (("news", news), ("sports", sports), ("both", both)):
+        got = received(client, len(wanted[name]))
+        assert [(m["topic"], m["id"]) for m in got] == wanted[name]
+        assert all(
+            m["data"] == f"{m['topic']} {i // (2 if name == 'both' else 1)}" for i, m in enumerate(got)
+        )
+        assert_nothing_more(client)
+        client.close()
+
+
+def test_a_message_published_once_the_client_has_the_101_reaches_it(serve: Any) -> None:
+    """The subscription is registered before the 101 goes out: no window in which a publish is missed."""
+    server = serve()
+    for i in range(20):
+        with subscribed(server, f"topic=race{i}") as client:
+            entry_id = server.app.publish(f"race{i}", "right after the handshake")
+            assert json.loads(client.recv(timeout=WAIT))["id"] == entry_id
+
+
+def test_resume_delivers_what_was_missed_then_live_none_twice_none_missing(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumes race a publisher: the switch from replay to live must lose and repeat nothing.
+
+    Small batches and a small hold make every path run: several replay
+    reads, and live messages that overflow the hold during the replay.
+    """
+    monkeypatch.setattr(fanout, "READ_BATCH", 7)
+    monkeypatch.setattr(fanout, "MAX_HELD", 3)
+    server = serve()
+    app = server.app
+    published: list[str] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set() and len(published) < 5000:
+            published.append(app.publish("feed", str(len(published))))
+
+    publisher = threading.Thread(target=publish, name="publisher")
+    publisher.start()
+    try:
+        assert wait_until(lambda: len(published) > 300)
+        for start in (10, 100, 250):
+            with subscribe(server, f"topic=feed&last_id={published[start]}") as client:
+                got = received(client, 200)
+            assert [m["id"] for m in got] == published[start + 1 : start + 201]
+            assert [m["data"] for m in got] == [str(n) for n in range(start + 1, start + 201)]
+    finally:
+        stop.set()
+        publisher.join(WAIT)
+
+
+def test_a_last_id_older_than_what_is_kept_gets_a_note_then_everything_kept(serve: Any) -> None:
+    server = serve(broker=MemoryBroker(Retention(count=10)))
+    ids = [server.app.publish("kept", str(i)) for i in range(30)]
+    with subscribe(server, f"topic=kept&last_id={ids[3]}") as client:
+        first, *replayed = received(client, 11)
+    assert first["note"] == "gap" and first["first_id"] == ids[20] and first["last_id"] == ids[3]
+    assert first["text"] == (
+        f"messages after {ids[3]} older than {ids[20]} are no longer kept: the replay starts at {ids[20]}"
+    )
+    assert [m["id"] for m in replayed] == ids[20:]
+
+
+def test_a_last_id_within_what_is_kept_gets_no_note(serve: Any) -> None:
+    server = serve(broker=MemoryBroker(Retention(count=10)))
+    ids = [server.app.publish("kept", str(i)) for i in range(30)]
+    with subscribe(server, f"topic=kept&last_id={ids[20]}") as client:
+        assert [m["id"] for m in received(client, 9)] == ids[21:]
+        assert_nothing_more(client)
+
+
+def test_a_last_id_ahead_of_every_message_gets_a_note_and_then_new_messages(serve: Any) -> None:
+    server = serve()
+    server.app.publish("ahead", "before")
+    with subscribe(server, "topic=ahead&last_id=99999999999999-0") as client:
+        note = json.loads(client.recv(timeout=WAIT))
+        assert note["note"] == "ahead" and note["last_id"] == server.app.broker.bounds().newest
+        assert note["text"].startswith(
+            "last_id 99999999999999-0 is newer than any message: only messages after"
+        )
+        entry_id = server.app.publish("ahead", "after")
+        assert json.loads(client.recv(timeout=WAIT)) == {"topic": "ahead", "id": entry_id, "data": "after"}
+
+
+def test_last_id_zero_replays_everything_kept(serve: Any) -> None:
+    server = serve()
+    ids = [server.app.publish("all", str(i)) for i in range(5)]
+    with subscribe(server, "topic=all&last_id=0") as client:
+        assert [m["id"] for m in received(client, 5)] == ids
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("topic=a%20b", "bad topic name 'a b': 1-100 letters, digits and . _ - : (e.g. news, user.42)"),
+        ("topic=", "bad topic name '': 1-100 letters, digits and . _ - : (e.g. news, user.42)"),
+        ("topic=" + "x" * 101, "bad topic name 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx: 1-100 letters"),
+        (
+            "topic=news&last_id=yesterday",
+            "malformed last_id 'yesterday': expected an id such as 1700000000000-0",
+        ),
+        ("topic=news&last_id=1-2-3", "malformed last_id '1-2-3': expected an id such as 1700000000000-0"),
+        ("topic=news&last_id=99999999999999999999-0", "malformed last_id '99999999999999999999-0'"),
+        ("last_id=1-0", "last_id needs a topic: /ws?topic=NAME&last_id=ID"),
+        ("topic=news&last_id=1-0&last_id=2-0", "last_id is given more than once"),
+        ("&".join(f"topic=t{i}" for i in range(33)), "too many topics: at most 32"),
+    ],
+)
+def test_bad_subscriptions_close_with_1008_and_a_reason(serve: Any, query: str, reason: str) -> None:
+    server = serve()
+    with subscribe(server, query) as client:
+        code, said = close_of(client)
+    assert code == POLICY_VIOLATION
+    assert said is not None and said.startswith(reason)
+    assert len(said.encode()) <= 123
+
+
+def test_the_same_topic_twice_is_one_subscription(serve: Any) -> None:
+    server = serve()
+    with subscribed(server, "topic=twice&topic=twice") as client:
+        entry_id = server.app.publish("twice", "once")
+        assert json.loads(client.recv(timeout=WAIT))["id"] == entry_id
+        assert_nothing_more(client)
+
+
+def test_per_user_topics_are_readable_only_by_their_user(serve: Any) -> None:
+    """``authenticate`` says who; ``may_subscribe`` says which topics that user may read."""
+    tokens = {"token-alice": "alice", "token-bob": "bob"}
+
+    def authenticate(request: wsthreads.Request) -> str | None:
+        return tokens.get(request.headers.get("Authorization", "").removeprefix("Bearer "))
+
+    def may_subscribe(user: str, topic: str) -> bool:
+        return topic in ("news", f"user.{user}")
+
+    server = serve(authenticate=authenticate, may_subscribe=may_subscribe)
+
+    def as_user(token: str, query: str) -> ClientConnection:
+        return subscribe(server, query, additional_headers={"Authorization": f"Bearer {token}"})
+
+    def subscribed_as(token: str, query: str) -> ClientConnection:
+        return subscribed(server, query, additional_headers={"Authorization": f"Bearer {token}"})
+
+    with as_user("token-alice", "topic=user.bob") as snooping:
+        assert close_of(snooping) == (POLICY_VIOLATION, "not allowed to subscribe to 'user.bob'")
+    with as_user("token-alice", "topic=news&topic=user.bob&last_id=0") as sneaking:
+        assert close_of(sneaking) == (POLICY_VIOLATION, "not allowed to subscribe to 'user.bob'")
+    alice = subscribed_as("token-alice", "topic=news&topic=user.alice")
+    bob = subscribed_as("token-bob", "topic=user.bob")
+    with alice, bob:
+        for_bob = server.app.publish("user.bob", "for bob only")
+        for_alice = server.app.publish("user.alice", "for alice only")
+        assert [m["id"] for m in received(alice, 1)] == [for_alice]
+        assert [m["id"] for m in received(bob, 1)] == [for_bob]
+        assert_nothing_more(alice)
+    with pytest.raises(Exception, match="401"):
+        subscribe(server, "topic=news")
+
+
+def test_a_failing_may_subscribe_hook_closes_with_1011_and_the_server_goes_on(serve: Any) -> None:
+    def may_subscribe(user: object, topic: str) -> bool:
+        raise RuntimeError("the permissions table is gone")
+
+    server = serve(may_subscribe=may_subscribe)
+    with subscribe(server, "topic=news") as client:
+        assert close_of(client) == (1011, "internal error while checking the topics")
+    with connect(server.url, open_timeout=WAIT) as plain:  # no topic: no hook, the session works
+        assert plain.protocol.state.name == "OPEN"
+
+
+def raw_subscriber(port: int, query: str) -> socket.socket:
+    """A subscriber that never reads after the handshake, with a small receive buffer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert sock.recv(12) == b"HTTP/1.1 101"
+    return sock
+
+
+def test_a_subscriber_that_does_not_read_delays_nobody_and_gets_1013(serve: Any) -> None:
+    """Published messages go through each connection's bounded outbox, as broadcasts do."""
+    server = serve(outbound_limit=256 * 1024)
+    stuck = raw_subscriber(server.port, "topic=load")
+    readers = [subscribed(server, "topic=load", max_queue=None) for _ in range(5)]
+    stuck_conn = next(c for c in server.app.connections() if c.sock.getpeername() == stuck.getsockname())
+    try:
+        payload = "x" * 4000
+        ids: list[str] = []
+        for _ in range(100):  # 8 MB in all, more than the stuck one's socket buffers and outbox hold
+            batch = [server.app.publish("load", payload) for _ in range(20)]
+            for reader in readers:  # each batch reaches every reader at once, the stuck one or not
+                assert [m["id"] for m in received(reader, len(batch))] == batch
+            ids += batch
+        assert wait_until(lambda: stuck_conn.done.is_set(), WAIT)
+        # Asked to close with 1013; a peer that reads nothing cannot get even that frame: cut (1006).
+        assert stuck_conn.closed is not None and stuck_conn.closed.code in (TRY_AGAIN_LATER, 1006)
+    finally:
+        stuck.close()
+        for reader in readers:
+            reader.close()
+
+
+def test_websocketclient_resumes_across_drops_and_restarts_nothing_lost(serve: Any) -> None:
+    """reconnect=True with ?topic=: the redial carries the last id received (a drop, a 1001, a 1013).
+
+    Each cut comes right after a publish, before the client may have got
+    anything: the 101's Wsthreads-Last-Id is where it resumes then.
+    """
+    server = serve()
+    app = server.app
+    client = wsthreads.WebSocketClient(f"{server.url}?topic=resume", reconnect=True, backoff=(0.05, 0.2))
+    client.connect()
+    published: list[str] = []
+    try:
+        for ending in ("drop", "1001", "1013", "drop"):
+            published += [app.publish("resume", str(n)) for n in range(len(published), len(published) + 50)]
+            assert wait_until(lambda: len(app.connections()) == 1)
+            cut = app.connections()
+            cut[0].abort() if ending == "drop" else cut[0].close(int(ending))
+            published += [app.publish("resume", str(n)) for n in range(len(published), len(published) + 50)]
+            assert wait_until(lambda: app.connections() not in ([], cut), WAIT)  # noqa: B023
+        published += [app.publish("resume", str(n)) for n in range(len(published), len(published) + 50)]
+        messages: list[dict[str, str]] = []
+        while len([m for m in messages if "id" in m]) < len(published):
+            messages.append(json.loads(client.recv(timeout=WAIT)))
+        # A note opens the first session, if the client got it before the cut; the others resume.
+        assert [m["note"] for m in messages if "note" in m] in ([], ["subscribed"])
+        assert [m["id"] for m in messages if "id" in m] == published
+        with pytest.raises(TimeoutError):
+            client.recv(timeout=0.3)
+        assert client.resume is not None and client.resume.last_id == published[-1]
+    finally:
+        client.close()
+
+
+def test_the_subscribed_note_is_where_a_client_that_got_nothing_resumes(serve: Any) -> None:
+    server = serve()
+    with subscribe(server, "topic=hole") as client:
+        start = json.loads(client.recv(timeout=WAIT))
+    assert (
+        start["note"] == "subscribed"
+        and start["text"] == f"subscribed to hole: messages after {start['last_id']} follow"
+    )
+    missed = [server.app.publish("hole", str(i)) for i in range(3)]
+    with subscribe(server, f"topic=hole&last_id={start['last_id']}") as client:
+        assert [m["id"] for m in received(client, 3)] == missed
+        assert_nothing_more(client)
+
+
+def test_publish_without_a_broker_reaches_the_apps_of_this_process(serve: Any) -> None:
+    server = serve(broker=None)
+    with subscribed(server, "topic=in-process.test") as client:
+        entry_id = wsthreads.publish("in-process.test", "from a cron-like function")
+        assert json.loads(client.recv(timeout=WAIT)) == {
+            "topic": "in-process.test",
+            "id": entry_id,
+            "data": "from a cron-like function",
+        }
+
+
+def test_the_demo_senders_own_messages_stay_as_they_are(serve: Any) -> None:
+    """A subscribed client of the article's server still gets the plain demo messages."""
+    sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    import sync_server
+
+    server = wsthreads.start_server(sync_server.create_app(count=2, interval=0.05), "127.0.0.1", 0)
+    try:
+        with subscribed(server, "topic=demo") as client:
+            entry_id = server.app.publish("demo", "published")
+            messages = [client.recv(timeout=WAIT) for _ in range(3)]
+        assert sorted(messages, key=lambda m: str(m).startswith("{")) == [
+            "server message 1 of 2",
+            "server message 2 of 2",
+            json.dumps({"topic": "demo", "id": entry_id, "data": "published"}),
+        ]
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("topic", "data", "error"),
+    [
+        ("a b", "x", "bad topic name 'a b'"),
+        ("news", b"bytes", "a published message is text \\(str\\), not bytes"),
+        ("news", "\ud800", "a published message must be valid text: surrogates not allowed"),
+    ],
+)
+def test_publish_refuses_bad_input_with_one_line(topic: str, data: Any, error: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=error):
+        wsthreads.publish(topic, data)
+
+
+def test_the_publish_command_refuses_bad_input_with_one_line_and_status_1() -> None:
+    cases = {
+        ("--broker", "memory://", "--topic", "news", "x"): "an in-process broker lives in one process",
+        ("--broker", "http://x", "--topic", "news", "x"): "the broker must be a redis://HOST:PORT/DB URL",
+        ("--broker", "redis://127.0.0.1:1/0", "--topic", "a b", "x"): "bad topic name 'a b'",
+        ("--broker", "redis://127.0.0.1:1/0?keep=soon", "--topic", "a", "x"): "keep must be a count",
+        (
+            "--broker",
+            "redis://127.0.0.1:1/0",
+            "--topic",
+            "news",
+            "x",
+        ): "cannot reach the broker at redis://127",
+    }
+    for args, message in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "wsthreads", "publish", *args], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 1, done
+        assert done.stdout == ""
+        assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
+
+
+def test_shutdown_stops_the_fanout_thread(serve: Any) -> None:
+    server = serve()
+    with subscribe(server, "topic=stopping"):
+        assert any(t.name == "fanout" for t in threading.enumerate())
+    followers = [t for t in threading.enumerate() if t.name == "fanout"]
+    server.shutdown()
+    for follower in followers:
+        follower.join(fanout.FOLLOW_WAIT + 1.5)
+    assert not any(f.is_alive() for f in followers)
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "age"),
+    [
+        ("10000", 10000, None),
+        ("1", 1, None),
+        ("30s", None, 30),
+        ("10m", None, 600),
+        ("2h", None, 7200),
+        ("1d", None, 86400),
+    ],
+)
+def test_retention_is_a_count_or_an_age(text: str, count: int | None, age: float | None) -> None:
+    assert Retention.parse(text) == Retention(count=count, age=age)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "1.5", "10x", "m", "0s", ""])
+def test_a_bad_retention_is_a_one_line_error(text: str) -> None:
+    with pytest.raises(ValueError, match="keep must be a count"):
+        Retention.parse(text)
+
+
+def test_the_in_process_broker_keeps_messages_for_their_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    broker = MemoryBroker(Retention(count=None, age=30))
+    old = broker.publish("aging", "old")
+    now[0] += 20
+    middle = broker.publish("aging", "middle")
+    now[0] += 15  # "old" is 35 s old now, "middle" 15 s
+    new = broker.publish("aging", "new")
+    assert [entry.id for entry in broker.read("0-0", 10)] == [middle, new]
+    assert broker.bounds().first == middle and broker.bounds().trimmed
+    assert parse_id(old) < parse_id(middle) < parse_id(new)
+
+
+def test_ids_keep_their_order_when_the_clock_stands_still(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
+    broker = MemoryBroker()
+    ids = [broker.publish("same.ms", str(i)) for i in range(3)]
+    assert ids == ["1700000000000-0", "1700000000000-1", "1700000000000-2"]

@@ -1,4 +1,4 @@
-"""Fixtures: start our server as a real subprocess, and always clean it up."""
+"""Fixtures: start our server (and Redis) as real subprocesses, and always clean them up."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import ROOT, WAIT, ServerProgram, require
+from helpers import REDIS_SERVER, ROOT, WAIT, RedisServer, ServerProgram, require, with_query
 
 
 @pytest.fixture
@@ -95,3 +96,62 @@ def browser(tmp_path: Path) -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
+
+
+#: A Redis the broker tests may use (CI starts one, see .ci/run); without it they start their own.
+REDIS_URL_VARIABLE = "WSTHREADS_REDIS_URL"
+
+
+def require_redis_server() -> None:
+    """Skip (fail with WSDEMO_REQUIRE_PEERS=1) a test that needs Debian's redis-server."""
+    require(os.access(REDIS_SERVER, os.X_OK), "Redis (redis-server)", "apt-get install -y redis-server")
+
+
+@pytest.fixture(scope="session")
+def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a running Redis: $WSTHREADS_REDIS_URL, else a private one for the whole run."""
+    url = os.environ.get(REDIS_URL_VARIABLE)
+    if url:
+        yield url
+        return
+    require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> Iterator[str]:
+    """A broker URL with a stream of this test's own (``?stream=NAME``): no test sees another's
+    messages. The stream is deleted at the end."""
+    stream = f"wsthreads-test-{uuid.uuid4().hex[:12]}"
+    yield with_query(redis_base_url, stream=stream)
+    import redis
+
+    try:
+        with redis.Redis.from_url(redis_base_url, socket_timeout=WAIT) as client:
+            client.delete(stream)
+    except redis.RedisError:
+        pass  # a test that stopped this Redis leaves nothing to clean
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start a private ``redis-server`` on a free port (``persistent=True``: with an append-only
+    file, so its data survives a stop and a start on the same port); killed at the end."""
+    require_redis_server()
+    servers: list[RedisServer] = []
+
+    def start(*, persistent: bool = False) -> RedisServer:
+        directory = tmp_path / f"redis-{len(servers)}"
+        directory.mkdir()
+        servers.append(RedisServer(directory, persistent=persistent))
+        return servers[-1]
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()

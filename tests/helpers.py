@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -20,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -409,3 +411,90 @@ def assert_close_cuts_the_dial_short(client: Any, after: float) -> None:
     dialer.join(2.0)
     assert not dialer.is_alive() and errors
     assert time.monotonic() - started < 1.0
+
+
+# --- Redis, for the broker tests -----------------------------------------
+
+#: Debian's Redis (``apt-get install -y redis-server``), if it is installed.
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to (or replacing those in) its query: ``?stream=NAME``."""
+    parts = urlsplit(url)
+    kept = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(key, value) for key, value in kept if key not in params]
+    return urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
+
+
+def redis_ping(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a Redis on ``port`` answers PING with PONG now (not while it loads its data)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, stoppable and restartable on that port.
+
+    ``persistent``: an append-only file in ``directory``, so what it holds
+    survives a stop (SIGTERM) and a start; otherwise nothing is saved.
+    :meth:`kill` (in a ``finally``) stops it for good.
+    """
+
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+        self.directory = directory
+        self.persistent = persistent
+        self.proc: subprocess.Popen[bytes] | None = None
+        for _ in range(3):  # the free port may be taken by someone else in between: another one
+            self.port = free_port()
+            if self.start(must=False):
+                return
+        raise AssertionError(f"redis-server did not start:\n{self.log()}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, must: bool = True) -> bool:
+        """Start it (again) on its port; True once it answers PING (with ``must``, else AssertionError)."""
+        assert self.proc is None or self.proc.poll() is not None, "redis-server is running already"
+        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no"]
+        command += ["--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")]
+        command += ["--save", "", "--appendonly", "yes" if self.persistent else "no"]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        proc = self.proc
+        wait_until(lambda: proc.poll() is not None or redis_ping(self.port), timeout=WAIT, step=0.05)
+        if redis_ping(self.port):
+            return True
+        self.kill()
+        if must:
+            raise AssertionError(f"redis-server did not answer on port {self.port}:\n{self.log()}")
+        return False
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Stop it with ``signum`` (SIGTERM: it writes its data first) and wait; its exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"redis-server did not stop within {WAIT:g} s") from None
+
+    def kill(self) -> None:
+        """Stop it at once, if it runs (idempotent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+
+    def log(self) -> str:
+        try:
+            return (self.directory / "redis.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"

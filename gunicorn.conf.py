@@ -4,7 +4,10 @@
     gunicorn -c gunicorn.conf.py 'sync_server:create_app(echo=True)'
 
 Every open WebSocket holds one gthread thread for its whole life, so
-``workers * threads`` is the number of sessions served at once. With
+``workers * threads`` is the number of sessions served at once; our gthread
+worker takes no more connections than it has threads, leaving the rest to a
+worker that has threads free, and answers those nobody has a thread for with
+503 "server full" within a tenth of a second (docs/deployment.md). With
 ``WSTHREADS_TRACE=trace.json`` each worker writes ``trace.PID.json`` as it exits.
 """
 
@@ -15,9 +18,10 @@ from wsthreads import gunicorn as hooks
 from wsthreads.connection import message_log
 
 bind = "127.0.0.1:8080"
-worker_class = "gthread"  # the threaded worker: one thread per connection, as in sync_server
+worker_class = "wsthreads.gunicorn.ThreadWorker"  # gthread, one thread per connection; 503 when full
 workers = 2
 threads = 500
+reuse_port = False  # one listening socket for all workers: a full worker leaves connections to the others
 graceful_timeout = 10  # our hooks end sessions within 2 s
 control_socket_disable = True  # gunicorn 27+: no control socket needed here
 

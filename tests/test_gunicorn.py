@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,21 +21,48 @@ from helpers import (
     assert_stop_closes_sessions,
     close_payload,
     run_client,
+    wait_until,
 )
 from helpers import websocket_client as connect
 
+#: gunicorn.conf.py's settings, as gunicorn reads them.
+SHIPPED = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+#: gunicorn's options for it: the config file, a free port, our directory for the app's module.
+CONFIG = ("-c", str(ROOT / "gunicorn.conf.py"), "-b", "127.0.0.1:0", "--chdir", str(ROOT))
+
 
 class Gunicorn(Program):
-    """``gunicorn -c gunicorn.conf.py 'sync_server:create_app(...)'`` on a free port."""
+    """``gunicorn -c gunicorn.conf.py 'sync_server:create_app(...)'`` on a free port, every worker ready.
 
-    def __init__(self, app: str) -> None:
-        super().__init__(
-            "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-b", "127.0.0.1:0", "--chdir", str(ROOT), app
-        )
-        match = self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+)", stream="stderr")
+    ``workers``, ``threads`` and ``overrides`` (options) override the
+    config file's settings on the command line. ``with`` kills it at the end.
+    """
+
+    def __init__(
+        self, app: str, *overrides: str, workers: int | None = None, threads: int | None = None
+    ) -> None:
+        options = [*CONFIG, *overrides]
+        if workers:
+            options += ["-w", str(workers)]
+        if threads:
+            options += ["--threads", str(threads)]
+        super().__init__("gunicorn", *options, app)
+        self.workers: int = workers or SHIPPED["workers"]
+        try:
+            match = self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+)", stream="stderr")
+            ready = wait_until(lambda: sum("worker ready" in line for line in self.stderr) >= self.workers)
+            assert ready, f"not every worker got ready:\n{self.output()}"
+        except BaseException:
+            self.kill()
+            raise
         self.port = int(match.group(1))
         self.url = f"ws://127.0.0.1:{self.port}/ws"
-        self.wait_for(r"Booting worker", stream="stderr")
+
+    def __enter__(self) -> Gunicorn:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
 
     def problems(self) -> list[str]:
         return [

@@ -1,7 +1,8 @@
-"""gunicorn hooks: a stop of the gthread worker closes every session with 1001 first.
+"""gunicorn: a gthread worker for sessions, and hooks that close every session with 1001 on a stop.
 
 Use them from a gunicorn config file (see ``gunicorn.conf.py``)::
 
+    worker_class = "wsthreads.gunicorn.ThreadWorker"
     from wsthreads.gunicorn import post_worker_init, worker_exit, worker_int
 
 With ``WSTHREADS_TRACE=FILE`` in the environment, every worker traces (see
@@ -11,20 +12,158 @@ With ``WSTHREADS_TRACE=FILE`` in the environment, every worker traces (see
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import select
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
+from gunicorn.workers import gthread  # type: ignore[import-untyped]
+
 from . import trace
 from .app import SHUTDOWN_TIMEOUT, all_apps
+from .connection import wait_for
 
 log = logging.getLogger("wsthreads.server")
 
 #: The environment variable that turns tracing on in every worker: the trace file.
 TRACE_VARIABLE = "WSTHREADS_TRACE"
+#: Seconds between two looks at the listen queue while the worker is full: at most this long
+#: (and the main loop's turn) a connection waits for its 503 once every worker is full.
+LOOK_INTERVAL = 0.1
+
+
+class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, for WebSocket sessions: each holds a thread for its whole life.
+
+    ``worker_class = "wsthreads.gunicorn.ThreadWorker"``. It differs in two ways:
+
+    - It takes no more connections than it has threads (``worker_connections``
+      is capped at ``threads``, none is kept alive idle, and a session is
+      counted off once when it ends). gthread takes up to ``worker_connections``
+      (1000 by default) and queues those it has no thread for inside itself,
+      unanswered, while another worker may have threads free; a full worker of
+      ours leaves them on the listening socket all workers share, for the
+      others to take.
+    - When every worker is full, nobody takes them, and they would wait in the
+      kernel's listen queue with no answer. So a worker holds a shared lock on
+      the listening socket while it has a thread free, and a full worker looks
+      every ``LOOK_INTERVAL`` seconds: when connections wait and no worker
+      holds the lock, it accepts them and answers each with 503 "server full
+      (N sessions)", written without blocking (with TLS it only closes them).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker_connections = min(self.cfg.worker_connections, self.cfg.threads)
+        self.max_keepalived = 0  # an idle kept-alive connection would count against the threads
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gthread's switch between accepting and not; we hold the "thread free" lock while accepting."""
+        if enabled != self._accepting:
+            for listener in self.sockets:
+                hold_free_lock(listener, enabled)
+        super().set_accept_enabled(enabled)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """gthread's end of a request (in the main loop), counting a session off once, not twice.
+
+        gthread counts the connection off, then closes its socket gracefully;
+        a session has closed it already, so that raises, and gthread's handler
+        counts it off again: every session would leave ``nr_conns`` one too low,
+        and the worker would take more connections than ``worker_connections``.
+        """
+        if conn.sock.fileno() == -1:  # closed by the session, which took the socket over
+            self.nr_conns -= 1
+            return
+        super().finish_request(conn, fs)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread's wait for events; while the worker is full, a look at the listen queue after it."""
+        if self._accepting or not self.alive:
+            super().wait_for_and_dispatch_events(timeout)
+            return
+        super().wait_for_and_dispatch_events(min(timeout, LOOK_INTERVAL))
+        for listener in self.sockets:
+            if wait_for(listener.sock, select.POLLIN, 0) and not any_thread_free(listener):
+                self._refuse_waiting(listener)
+
+    def _refuse_waiting(self, listener: Any) -> None:
+        """Accept the connections waiting on ``listener`` (at most ``backlog``) and refuse each."""
+        sessions = self.cfg.workers * self.cfg.threads
+        response = b"" if self.cfg.is_ssl else full_response(sessions)
+        refused = 0
+        while refused < self.cfg.backlog:
+            try:
+                sock, _ = listener.accept()
+            except OSError:  # none left (another worker may have taken the last), or no descriptor free
+                break
+            refuse(sock, response)
+            refused += 1
+        if refused:
+            self.log.warning("server full (%d sessions): refused %d connection(s)", sessions, refused)
+
+
+def hold_free_lock(listener: Any, held: bool) -> None:
+    """Take (or drop) this worker's shared lock on ``listener``: "I have a thread free".
+
+    A POSIX record lock, held by this process on the socket every worker
+    inherited: the kernel drops it if the worker dies. Taking it waits at
+    most for a full worker's test (:func:`any_thread_free`), which holds the
+    lock for no longer than two system calls.
+    """
+    try:
+        fcntl.lockf(listener, fcntl.LOCK_SH if held else fcntl.LOCK_UN)
+    except OSError:
+        pass  # a system that cannot lock sockets: any_thread_free is always True, nobody is refused
+
+
+def any_thread_free(listener: Any) -> bool:
+    """True if a worker holds the shared lock on ``listener`` (one of them has a thread free).
+
+    Tested by taking the lock exclusively, without waiting, and dropping it at
+    once. Also True where sockets cannot be locked: then we cannot tell.
+    """
+    try:
+        fcntl.lockf(listener, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    fcntl.lockf(listener, fcntl.LOCK_UN)
+    return False
+
+
+def full_response(sessions: int) -> bytes:
+    """The 503 for a connection beyond every worker's threads, with its one-line reason."""
+    body = f"server full ({sessions} sessions)\n"
+    return (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
+
+
+def refuse(sock: socket.socket, response: bytes) -> None:
+    """Write ``response`` to a just accepted connection without blocking, and close it.
+
+    The request is read first (one read, what has come): closing a socket
+    with unread bytes sends a reset, which may destroy the answer before the
+    client reads it. An answer that does not go out at once is given up.
+    """
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)
+        except BlockingIOError:
+            pass  # nothing has come yet
+        if response:
+            sock.send(response)
+    except OSError:
+        pass  # the client has gone: there is no one to answer
+    finally:
+        sock.close()
 
 
 def post_worker_init(worker: Any) -> None:
@@ -34,7 +173,8 @@ def post_worker_init(worker: Any) -> None:
     there. On SIGTERM its gthread worker stops accepting and waits up to
     ``graceful_timeout`` for open requests, and an open WebSocket session is
     one. We chain its handler: it still begins the stop, and a thread closes
-    every session with 1001, so that their requests end within 2 s.
+    every session with 1001, so that their requests end within 2 s. Logs
+    ``worker ready: N threads`` last: the worker serves from then on.
     """
     path = os.environ.get(TRACE_VARIABLE)
     if path:
@@ -47,6 +187,7 @@ def post_worker_init(worker: Any) -> None:
         threading.Thread(target=shutdown_all, name="shutdown", daemon=True).start()
 
     signal.signal(signal.SIGTERM, handle_exit)
+    log.info("worker ready: %d threads", worker.cfg.threads)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -48,3 +48,44 @@ def test_page_in_chromium(
 
     screenshot = os.environ.get("WSDEMO_SCREENSHOT") or str(tmp_path / "page.png")
     assert browser.save_screenshot(screenshot)
+
+
+def test_page_subscribes_and_resumes_after_a_drop(browser: object) -> None:
+    """/?topic=news: published messages show as [news] DATA; after a drop the page resumes, nothing lost."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    import wsthreads
+
+    assert isinstance(browser, WebDriver)
+    server = wsthreads.start_server(wsthreads.create_app(broker=wsthreads.MemoryBroker()), "127.0.0.1", 0)
+    app = server.app
+    try:
+        browser.get(f"{server.page_url}?topic=news")
+        wait = WebDriverWait(browser, 10)
+
+        def texts(kind: str) -> list[str]:
+            return [item.text for item in browser.find_elements(By.CSS_SELECTOR, f"#log .{kind} span")]
+
+        assert wait.until(lambda _: any(t.startswith("subscribed to news") for t in texts("state")))
+        published = [app.publish("news", f"before the drop {i}") for i in range(3)]
+        assert wait.until(lambda _: len(texts("received")) == 3)
+        app.connections()[0].abort()  # the network drops: the page sees 1006 and reconnects
+        assert wait.until(lambda _: not app.connections() or app.connections()[0].done.is_set())
+        published += [app.publish("news", f"while away {i}") for i in range(3)]
+        app.publish("other", "not for this page")
+
+        def resumed() -> bool:
+            conns = app.connections()
+            return len(conns) == 1 and conns[0].request is not None and "last_id" in conns[0].request.query
+
+        assert wait.until(lambda _: resumed())
+        published += [app.publish("news", f"after {i}") for i in range(3)]
+        assert wait.until(lambda _: len(texts("received")) == 9)
+        wanted = [f"{when} {i}" for when in ("before the drop", "while away", "after") for i in range(3)]
+        assert texts("received") == [f"[news] {data}" for data in wanted]
+        assert "reconnecting in 0.5 s" in texts("state")
+        assert len(published) == 9
+    finally:
+        server.shutdown()

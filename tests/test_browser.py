@@ -7,6 +7,8 @@ Set WSDEMO_SCREENSHOT=docs/browser-page.png to refresh the README's screenshot.
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -71,8 +73,9 @@ def test_page_subscribes_and_resumes_after_a_drop(browser: object) -> None:
         assert wait.until(lambda _: any(t.startswith("subscribed to news") for t in texts("state")))
         published = [app.publish("news", f"before the drop {i}") for i in range(3)]
         assert wait.until(lambda _: len(texts("received")) == 3)
-        app.connections()[0].abort()  # the network drops: the page sees 1006 and reconnects
-        assert wait.until(lambda _: not app.connections() or app.connections()[0].done.is_set())
+        cut = app.connections()[0]
+        cut.abort()  # the network drops: the page sees 1006 and reconnects
+        assert wait.until(lambda _: cut.done.is_set())
         published += [app.publish("news", f"while away {i}") for i in range(3)]
         app.publish("other", "not for this page")
 
@@ -85,7 +88,32 @@ def test_page_subscribes_and_resumes_after_a_drop(browser: object) -> None:
         assert wait.until(lambda _: len(texts("received")) == 9)
         wanted = [f"{when} {i}" for when in ("before the drop", "while away", "after") for i in range(3)]
         assert texts("received") == [f"[news] {data}" for data in wanted]
-        assert "reconnecting in 0.5 s" in texts("state")
+        assert any(re.fullmatch(r"reconnecting in 0\.[2-5] s", t) for t in texts("state"))
         assert len(published) == 9
     finally:
         server.shutdown()
+
+
+def test_page_backs_off_while_every_session_fails_at_once(browser: object) -> None:
+    """A subscription that keeps ending with 1011 at once: the waits grow (0.25-0.5 s, 0.5-1 s, ...)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    import wsthreads
+
+    def may_subscribe(user: object, topic: str) -> bool:
+        raise RuntimeError("the permissions table is gone")
+
+    assert isinstance(browser, WebDriver)
+    app = wsthreads.create_app(broker=wsthreads.MemoryBroker(), may_subscribe=may_subscribe)
+    server = wsthreads.start_server(app, "127.0.0.1", 0)
+    try:
+        browser.get(f"{server.page_url}?topic=news")
+        time.sleep(4.5)  # what the page does meanwhile is the point
+        states = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#log .state span")]
+        delays = [float(m[1]) for t in states if (m := re.fullmatch(r"reconnecting in ([0-9.]+) s", t))]
+    finally:
+        server.shutdown()
+    assert 3 <= len(delays) <= 5, states
+    for number, delay in enumerate(delays[:4]):  # equal jitter: between half and all of the ceiling
+        assert 0.25 * 2**number - 0.05 <= delay <= 0.5 * 2**number + 0.05, delays

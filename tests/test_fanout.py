@@ -25,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 
 import wsthreads
 from wsthreads import fanout
-from wsthreads.broker import MemoryBroker, Retention, parse_id
+from wsthreads.broker import MemoryBroker, RedisBroker, Retention, parse_id
 from wsthreads.connection import POLICY_VIOLATION, TRY_AGAIN_LATER
 
 WAIT = 10.0
@@ -178,7 +178,7 @@ def test_a_last_id_ahead_of_every_message_gets_a_note_and_then_new_messages(serv
         note = json.loads(client.recv(timeout=WAIT))
         assert note["note"] == "ahead" and note["last_id"] == server.app.broker.bounds().newest
         assert note["text"].startswith(
-            "last_id 99999999999999-0 is newer than any message: only messages after"
+            "last_id 99999999999999-0 is newer than any message (or the broker's log was recreated)"
         )
         entry_id = server.app.publish("ahead", "after")
         assert json.loads(client.recv(timeout=WAIT)) == {"topic": "ahead", "id": entry_id, "data": "after"}
@@ -446,7 +446,9 @@ def test_retention_is_a_count_or_an_age(text: str, count: int | None, age: float
     assert Retention.parse(text) == Retention(count=count, age=age)
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "1.5", "10x", "m", "0s", ""])
+@pytest.mark.parametrize(
+    "text", ["0", "-1", "1.5", "10x", "m", "0s", "", "\u0663", "\uff11\uff10m", "\u00b2"]
+)
 def test_a_bad_retention_is_a_one_line_error(text: str) -> None:
     with pytest.raises(ValueError, match="keep must be a count"):
         Retention.parse(text)
@@ -462,7 +464,7 @@ def test_the_in_process_broker_keeps_messages_for_their_age(monkeypatch: pytest.
     now[0] += 15  # "old" is 35 s old now, "middle" 15 s
     new = broker.publish("aging", "new")
     assert [entry.id for entry in broker.read("0-0", 10)] == [middle, new]
-    assert broker.bounds().first == middle and broker.bounds().trimmed
+    assert broker.bounds().first == middle
     assert parse_id(old) < parse_id(middle) < parse_id(new)
 
 
@@ -471,3 +473,140 @@ def test_ids_keep_their_order_when_the_clock_stands_still(monkeypatch: pytest.Mo
     broker = MemoryBroker()
     ids = [broker.publish("same.ms", str(i)) for i in range(3)]
     assert ids == ["1700000000000-0", "1700000000000-1", "1700000000000-2"]
+
+
+def test_fresh_subscribers_on_a_busy_topic_get_everything_after_their_start(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many live entries while a subscription begins: held ones overflow, and it replays them instead."""
+    monkeypatch.setattr(fanout, "MAX_HELD", 3)
+    monkeypatch.setattr(fanout, "GO_LIVE_BATCH", 2)
+    server = serve()
+    app = server.app
+    published: list[str] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set() and len(published) < 500_000:
+            published.append(app.publish("busy", str(len(published))))
+            time.sleep(0)  # let the subscriptions run too
+
+    publisher = threading.Thread(target=publish, name="publisher")
+    publisher.start()
+    try:
+        for _ in range(10):
+            with subscribe(server, "topic=busy") as client:
+                start = json.loads(client.recv(timeout=WAIT))["last_id"]
+                got = [m["id"] for m in received(client, 100)]
+            first = next(i for i, entry_id in enumerate(published) if parse_id(entry_id) > parse_id(start))
+            assert got == published[first : first + 100]
+    finally:
+        stop.set()
+        publisher.join(WAIT)
+
+
+class OvertakenBroker(MemoryBroker):
+    """A broker whose retention overtakes a replay: after the replay's first read, 100 more come."""
+
+    def __init__(self) -> None:
+        super().__init__(Retention(count=20))
+        self.overtake = False
+
+    def read(self, after: str, count: int, timeout: float = 0) -> list[Any]:
+        entries = super().read(after, count, timeout)
+        if self.overtake and timeout == 0:
+            self.overtake = False
+            for i in range(100):
+                self.publish("fast", f"overtaking {i}")
+        return entries
+
+
+def test_retention_overtaking_a_replay_gets_a_gap_note(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fanout, "REPLAY_BATCH", 5)
+    broker = OvertakenBroker()
+    server = serve(broker=broker)
+    ids = [broker.publish("fast", str(i)) for i in range(20)]
+    broker.overtake = True
+    with subscribe(server, f"topic=fast&last_id={ids[0]}") as client:
+        messages = received(client, 5 + 1 + 20)
+    assert [m["id"] for m in messages[:5]] == ids[1:6]  # the first read, before it was overtaken
+    gap = messages[5]
+    assert gap["note"] == "gap" and gap["last_id"] == ids[5], gap
+    kept = broker.read("0-0", 100)
+    assert gap["first_id"] == kept[0].id
+    assert [m["id"] for m in messages[6:]] == [entry.id for entry in kept]
+
+
+def test_replays_beyond_the_limit_wait_then_get_1013(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay holds one of MAX_REPLAYS slots: a client that reads nothing cannot make the rest wait long."""
+    monkeypatch.setattr(fanout, "MAX_REPLAYS", 1)
+    monkeypatch.setattr(fanout, "START_TIMEOUT", 0.5)
+    server = serve(write_timeout=5.0)
+    ids = [server.app.publish("big", "x" * 4000) for _ in range(2000)]  # 8 MB: more than any buffer holds
+    stuck = raw_subscriber(server.port, f"topic=big&last_id={ids[0]}")
+    try:
+        time.sleep(0.5)  # its replay has begun, and waits for it to read
+        with subscribe(server, f"topic=big&last_id={ids[-2]}") as second:
+            assert close_of(second) == (TRY_AGAIN_LATER, "too many replays: try again later")
+    finally:
+        stuck.close()
+
+
+def test_a_closed_fanout_does_not_keep_a_subscriber_waiting() -> None:
+    """The broker is down, a subscription waits for the follower: close() ends the wait at once."""
+
+    class DownBroker(MemoryBroker):
+        def bounds(self) -> Any:
+            raise wsthreads.BrokerError("the broker at down is unavailable")
+
+    hub = fanout.Fanout(DownBroker())
+    failed: list[BaseException] = []
+
+    def subscribe_now() -> None:
+        try:
+            hub.subscribe(None, fanout.Subscription(("news",)))  # type: ignore[arg-type]
+        except wsthreads.BrokerError as error:
+            failed.append(error)
+
+    waiting = threading.Thread(target=subscribe_now, name="subscribing")
+    waiting.start()
+    time.sleep(0.2)
+    began = time.monotonic()
+    hub.close()
+    waiting.join(WAIT)
+    assert failed and time.monotonic() - began < 1.5
+
+
+def test_a_closed_memory_broker_fails_reads_instead_of_spinning() -> None:
+    broker = MemoryBroker()
+    broker.close()
+    with pytest.raises(wsthreads.BrokerError, match="closed"):
+        broker.read("0-0", 10, timeout=1.0)
+
+
+def test_resume_takes_only_the_servers_shapes() -> None:
+    """The app's own JSON messages cannot move where a WebSocketClient resumes."""
+    from wsthreads.client import Resume
+
+    resume = Resume("ws://h/ws?topic=news&topic=chat")
+    resume.seen('{"topic": "news", "id": "5-0", "data": "x"}')
+    for app_message in (
+        '{"topic": "chat", "id": "msg-7f3a", "data": "hello"}',  # not a broker id
+        '{"topic": "weather", "id": "9-0", "data": "rain"}',  # not one of our topics
+        '{"topic": "news", "id": "9-0", "data": "x", "author": "me"}',  # not our shape
+        '{"topic": "news", "id": "9-0"',  # not JSON
+    ):
+        resume.seen(app_message)
+    assert resume.last_id == "5-0"
+    resume.seen('{"note": "ahead", "text": "...", "last_id": "7-0"}')
+    assert resume.last_id == "7-0"
+    assert resume.url() == "ws://h/ws?topic=news&topic=chat&last_id=7-0"
+
+
+def test_a_unix_socket_broker_url_keeps_its_path() -> None:
+    pytest.importorskip("redis")
+    broker = wsthreads.open_broker("unix:///run/redis/redis.sock?db=2&keep=5m&stream=app")
+    assert isinstance(broker, RedisBroker)
+    options = broker._redis.connection_pool.connection_kwargs
+    assert options["path"] == "/run/redis/redis.sock" and options["db"] == 2
+    assert broker.stream == "app" and broker.retention == Retention(count=None, age=300)

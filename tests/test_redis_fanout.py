@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from helpers import (
@@ -503,7 +504,7 @@ def test_a_trimmed_or_future_last_id_gets_a_note(
     server = start_server("--broker", url, "--echo", "--quiet")
     published = [publish_here(url, "news", f"news {i}") for i in range(500)]
     bounds = open_broker(url).bounds()
-    assert bounds.trimmed and bounds.first is not None and bounds.first != published[0][1], bounds
+    assert bounds.first is not None and bounds.first != published[0][1], bounds
     start = [entry_id for _, entry_id, _ in published].index(bounds.first)
     assert start > 0 and len(published) - start >= 5
     ws = subscribe_raw(f"{server.url}?topic=news&last_id={published[0][1]}")
@@ -591,3 +592,56 @@ def test_reconnect_before_any_message_loses_nothing(
         assert entries(receive_until(client.recv, back[1])) == [away, back]
     finally:
         client.close()
+
+
+def test_an_entry_that_is_not_utf8_cannot_stop_delivery(redis_url: str) -> None:
+    """Another program may XADD anything: its bytes arrive replaced (U+FFFD), and the follower goes on."""
+    import redis
+
+    app = wsthreads.create_app(broker=redis_url)
+    server = wsthreads.start_server(app, "127.0.0.1", 0)
+    try:
+        with WebSocketClient(f"{server.url}?topic=news") as client:
+            start = json.loads(client.recv(timeout=WAIT))["last_id"]
+            stream = dict(parse_qsl(urlsplit(redis_url).query))["stream"]
+            with redis.Redis.from_url(redis_url.split("?")[0]) as raw:
+                raw.xadd(stream, {b"topic": b"news", b"data": b"\xff\xfe not UTF-8"})
+            after = app.publish("news", "after it")
+            got = [json.loads(client.recv(timeout=WAIT)) for _ in range(2)]
+            assert [m["data"] for m in got] == ["\ufffd\ufffd not UTF-8", "after it"]
+            assert got[1]["id"] == after
+        with WebSocketClient(f"{server.url}?topic=news&last_id={start}") as resumed:  # the replay too
+            assert [json.loads(resumed.recv(timeout=WAIT))["data"] for _ in range(2)][1] == "after it"
+    finally:
+        server.shutdown()
+
+
+def test_retention_is_the_servers_and_a_publisher_without_keep_trims_nothing(redis_url: str) -> None:
+    """The followers trim to their ?keep= (at least that many kept); a publisher's URL without keep
+    leaves the stream alone, so one script with another URL cannot shorten what clients resume from."""
+    import redis
+
+    stream = dict(parse_qsl(urlsplit(redis_url).query))["stream"]
+    plain = redis.Redis.from_url(redis_url.split("?")[0])
+    try:
+        for i in range(300):
+            wsthreads.publish("news", f"kept {i}", broker=redis_url)
+        assert plain.xlen(stream) == 300
+        app = wsthreads.create_app(broker=with_query(redis_url, keep="50"))
+        server = wsthreads.start_server(app, "127.0.0.1", 0)
+        try:
+            with WebSocketClient(f"{server.url}?topic=news") as client:
+                client.recv(timeout=WAIT)
+                wsthreads.publish("news", "one more", broker=redis_url)  # the follower reads it and trims
+                assert wait_until(lambda: plain.xlen(stream) < 300, WAIT)
+                assert plain.xlen(stream) >= 50
+        finally:
+            server.shutdown()
+    finally:
+        plain.close()
+
+
+def test_a_long_age_retention_publishes(redis_url: str) -> None:
+    """keep=36500d reaches back before 1970: trimming starts at 0, publishing still works."""
+    url = with_query(redis_url, keep="36500d")
+    assert id_pair(wsthreads.publish("news", "kept for a century", broker=url)) > (0, 0)

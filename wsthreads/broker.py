@@ -30,17 +30,21 @@ DEFAULT_KEEP = 10_000
 DEFAULT_STREAM = "wsthreads"
 #: Seconds to connect to Redis, and to wait for an answer beyond a blocking read's own wait.
 REDIS_TIMEOUT = 2.0
-#: The longest a blocking read waits (seconds).
-MAX_WAIT = 5.0
+#: The longest a blocking read waits (seconds); a hung Redis holds a reader for this plus REDIS_TIMEOUT.
+MAX_WAIT = 1.0
+#: The longest text one message may carry, in UTF-8 bytes.
+MAX_DATA = 256 * 1024
 #: A topic name: letters, digits and ``. _ - :``, 1 to 100 of them, starting with a letter or digit.
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+# Answers stay bytes: we decode them ourselves, so that an entry another program wrote with
+# invalid UTF-8 cannot stop a reader.
 REDIS_OPTIONS: dict[str, Any] = {
-    "decode_responses": True,
     "socket_connect_timeout": REDIS_TIMEOUT,
     "health_check_interval": 30,
 }
 ID_PATTERN = re.compile(r"([0-9]{1,19})(?:-([0-9]{1,19}))?")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RETENTION_PATTERN = re.compile(r"([0-9]{1,12})([smhd]?)")
 
 
 class Entry(NamedTuple):
@@ -53,11 +57,19 @@ class Entry(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Bounds:
-    """What a broker holds now: the oldest id kept, the newest id given, and whether it ever dropped one."""
+    """What a broker holds now: the oldest id kept (None: nothing), and the newest id it gave."""
 
     first: str | None
     newest: str
-    trimmed: bool
+
+    def lost_after(self, last: tuple[int, int]) -> bool:
+        """True if entries after ``last`` may be gone: ``last`` is older than everything kept.
+
+        That is the case when retention dropped them, or when the log was
+        recreated (a Redis restarted without its data). It may also be that
+        ``last`` itself was the only one dropped: nothing tells the two apart.
+        """
+        return last != (0, 0) and self.first is not None and last < parse_id(self.first)
 
 
 class BrokerError(Exception):
@@ -83,6 +95,9 @@ class Broker(Protocol):
     def bounds(self) -> Bounds:
         """The oldest id kept and the newest given. Raises BrokerError."""
 
+    def trim(self) -> None:
+        """Drop what retention lets go (if publishing does not already). Raises BrokerError."""
+
     def close(self) -> None:
         """Let go of connections, once no :meth:`read` waits (reads wait at most their timeout)."""
 
@@ -96,14 +111,16 @@ def check_topic(topic: object) -> str:
 
 
 def check_message(topic: object, data: object) -> None:
-    """A message must have a valid topic and be text (UTF-8 encodable), else ValueError/TypeError."""
+    """A message must have a valid topic and be text: UTF-8, at most MAX_DATA bytes (else ValueError)."""
     check_topic(topic)
     if not isinstance(data, str):
         raise TypeError(f"a published message is text (str), not {type(data).__name__}")
     try:
-        data.encode()
+        size = len(data.encode())
     except UnicodeEncodeError as error:
         raise ValueError(f"a published message must be valid text: {error.reason}") from None
+    if size > MAX_DATA:
+        raise ValueError(f"a published message may hold at most {MAX_DATA} bytes: {size}")
 
 
 def parse_id(text: str) -> tuple[int, int]:
@@ -113,6 +130,15 @@ def parse_id(text: str) -> tuple[int, int]:
         shown = repr(text)[:40]
         raise ValueError(f"malformed last_id {shown}: expected an id such as 1700000000000-0")
     return int(match[1]), int(match[2] or 0)
+
+
+def is_broker_id(text: str) -> bool:
+    """True if ``text`` is an id, as :func:`parse_id` takes it."""
+    try:
+        parse_id(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_id(pair: tuple[int, int]) -> str:
@@ -130,10 +156,10 @@ class Retention:
     @classmethod
     def parse(cls, text: str) -> Retention:
         """``10000`` (a count) or ``30s``, ``10m``, ``2h``, ``1d`` (an age), else ValueError."""
-        if text.isdigit() and int(text) > 0:
-            return cls(count=int(text))
-        if len(text) > 1 and text[:-1].isdigit() and text[-1] in AGE_UNITS and int(text[:-1]) > 0:
-            return cls(count=None, age=int(text[:-1]) * AGE_UNITS[text[-1]])
+        match = RETENTION_PATTERN.fullmatch(text)
+        if match and int(match[1]) > 0:
+            number, unit = int(match[1]), match[2]
+            return cls(count=None, age=number * AGE_UNITS[unit]) if unit else cls(count=number)
         raise ValueError(f"keep must be a count (10000) or an age (30s, 10m, 2h, 1d): {text!r}")
 
 
@@ -146,7 +172,6 @@ class MemoryBroker:
         self.retention = retention or Retention()
         self._entries: list[tuple[tuple[int, int], Entry]] = []
         self._newest = (0, 0)
-        self._trimmed = False
         self._changed = threading.Condition()
         self._closed = False
 
@@ -170,14 +195,19 @@ class MemoryBroker:
         position = parse_id(after)
         with self._changed:
             self._changed.wait_for(lambda: self._closed or self._newest > position, timeout)
+            if self._closed:
+                raise BrokerError("the in-process broker is closed")
             start = self._index_after(position)
             return [entry for _, entry in self._entries[start : start + count]]
+
+    def trim(self) -> None:
+        """Nothing: publishing trims."""
 
     def bounds(self) -> Bounds:
         """The oldest id kept and the newest given."""
         with self._changed:
             first = self._entries[0][1].id if self._entries else None
-            return Bounds(first, format_id(self._newest), self._trimmed)
+            return Bounds(first, format_id(self._newest))
 
     def close(self) -> None:
         """Wake every waiting read; later publishes fail."""
@@ -202,9 +232,7 @@ class MemoryBroker:
         if self.retention.age is not None:  # those published before now - age
             cutoff_ms = now_ms - int(self.retention.age * 1000)
             drop = max(drop, self._index_after((cutoff_ms - 1, 1 << 64)))
-        if drop:
-            del self._entries[:drop]
-            self._trimmed = True
+        del self._entries[:drop]
 
 
 class RedisBroker:
@@ -214,7 +242,14 @@ class RedisBroker:
     its connections for at most its ``timeout`` (plus :data:`REDIS_TIMEOUT`).
     """
 
-    def __init__(self, url: str, *, stream: str = DEFAULT_STREAM, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = DEFAULT_STREAM,
+        retention: Retention | None = None,
+        trims: bool = True,
+    ) -> None:
         try:
             import redis
         except ImportError:
@@ -223,6 +258,8 @@ class RedisBroker:
         self._unreachable: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.stream = stream
         self.retention = retention or Retention()
+        #: Whether publishing trims too; :meth:`trim` always does (the servers' followers call it).
+        self.trims = trims
         self.where = without_password(url)
         try:
             self._redis = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, **REDIS_OPTIONS)
@@ -233,13 +270,20 @@ class RedisBroker:
             raise ValueError(f"bad broker URL {self.where!r}: {error}") from None
 
     def publish(self, topic: str, data: str) -> str:
-        """``XADD`` the message, trimming what retention lets go; its id."""
+        """``XADD`` the message (trimming what retention lets go, if ``trims``); its id."""
         check_message(topic, data)
-        trim: dict[str, Any] = {"maxlen": self.retention.count}
-        if self.retention.age is not None:
-            trim = {"minid": f"{int((time.time() - self.retention.age) * 1000)}-0"}
-        entry_id: str = self._call(self._redis.xadd, self.stream, {"topic": topic, "data": data}, **trim)
-        return entry_id
+        trim = self._trim_options() if self.trims else {}
+        return text(self._call(self._redis.xadd, self.stream, {"topic": topic, "data": data}, **trim))
+
+    def trim(self) -> None:
+        """``XTRIM`` to the retention (approximately: Redis drops whole nodes of its tree)."""
+        self._call(self._redis.xtrim, self.stream, **self._trim_options())
+
+    def _trim_options(self) -> dict[str, Any]:
+        if self.retention.age is None:
+            return {"maxlen": self.retention.count, "approximate": True}
+        oldest_ms = max(int((time.time() - self.retention.age) * 1000), 0)
+        return {"minid": f"{oldest_ms}-0", "approximate": True}
 
     def read(self, after: str, count: int, timeout: float = 0) -> list[Entry]:
         """``XRANGE`` after ``after`` (no wait), or ``XREAD BLOCK`` for ``timeout`` s (at most MAX_WAIT)."""
@@ -249,7 +293,7 @@ class RedisBroker:
             block = max(int(min(timeout, MAX_WAIT) * 1000), 1)
             streams = self._call(self._waiting.xread, {self.stream: after}, count=count, block=block)
             rows = streams[0][1] if streams else []
-        return [Entry(entry_id, fields.get("topic", ""), fields.get("data", "")) for entry_id, fields in rows]
+        return [entry_of(entry_id, fields) for entry_id, fields in rows]
 
     def bounds(self) -> Bounds:
         """From ``XINFO STREAM`` (a stream that does not exist yet holds nothing)."""
@@ -258,10 +302,9 @@ class RedisBroker:
         except BrokerError as error:
             if "no such key" not in str(error):
                 raise
-            return Bounds(None, "0-0", False)
+            return Bounds(None, "0-0")
         first = info.get("first-entry")
-        added = info.get("entries-added", info["length"] + 1)  # Redis before 7.0: assume it trimmed
-        return Bounds(first[0] if first else None, info["last-generated-id"], added > info["length"])
+        return Bounds(text(first[0]) if first else None, text(info["last-generated-id"]))
 
     def close(self) -> None:
         """Close the pools' idle connections (call it once no read waits: see :class:`Broker`)."""
@@ -275,6 +318,16 @@ class RedisBroker:
             raise BrokerError(f"cannot reach the broker at {self.where}: {one_line(error)}") from None
         except self._errors as error:
             raise BrokerError(f"the broker at {self.where} failed: {one_line(error)}") from None
+
+
+def text(value: bytes | str) -> str:
+    """A field of a Redis answer as text; bytes that are not UTF-8 become U+FFFD."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def entry_of(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+    """An entry of a Redis answer (fields another program left out are empty)."""
+    return Entry(text(entry_id), text(fields.get(b"topic", b"")), text(fields.get(b"data", b"")))
 
 
 def one_line(error: BaseException) -> str:
@@ -297,7 +350,9 @@ def open_broker(url: str | None) -> Broker:
     None, like ``memory://``, is a new in-process broker.
 
     The URL's query may hold ``keep`` (see :class:`Retention`) and, for
-    Redis, ``stream`` (the stream's key); the rest goes to redis-py.
+    Redis, ``stream`` (the stream's key); the rest goes to redis-py. The
+    servers' followers trim a Redis stream to their ``keep`` (default
+    10000); a publisher trims only if its URL gives ``keep`` itself.
     Raises ValueError for a URL of another kind or a bad ``keep``, and
     BrokerError when redis-py is missing. Connects to nothing yet.
     """
@@ -305,7 +360,8 @@ def open_broker(url: str | None) -> Broker:
         return MemoryBroker()
     parts = urlsplit(url)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    retention = Retention.parse(options.pop("keep")) if "keep" in options else Retention()
+    keep = options.pop("keep", None)
+    retention = Retention() if keep is None else Retention.parse(keep)
     stream = options.pop("stream", DEFAULT_STREAM)
     if parts.scheme == "memory":
         return MemoryBroker(retention)
@@ -313,8 +369,9 @@ def open_broker(url: str | None) -> Broker:
         raise ValueError(f"the broker must be a redis://HOST:PORT/DB URL: {without_password(url)!r}")
     if not stream:
         raise ValueError("stream= must name the Redis stream's key")
-    redis_url = urlunsplit(parts._replace(query=urlencode(options)))
-    return RedisBroker(redis_url, stream=stream, retention=retention)
+    # Only the query changes: urlunsplit would turn unix:///path into unix:/path.
+    redis_url = url.split("?", 1)[0] + (f"?{urlencode(options)}" if options else "")
+    return RedisBroker(redis_url, stream=stream, retention=retention, trims=keep is not None)
 
 
 _shared: dict[str | None, Broker] = {}

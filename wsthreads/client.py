@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import websocket
 
 from . import trace
+from .broker import is_broker_id
 from .connection import (
     ABNORMAL_CLOSURE,
     CLOSE_TIMEOUT,
@@ -460,6 +461,7 @@ class Resume:
         self._parts = urlsplit(url)
         query = parse_qsl(self._parts.query, keep_blank_values=True)
         self._query = [(key, value) for key, value in query if key != "last_id"]
+        self._topics = frozenset(value for key, value in query if key == "topic")
         #: The id of the last published message received (or the URL's own ``last_id``).
         self.last_id: str | None = dict(query).get("last_id")
 
@@ -469,15 +471,25 @@ class Resume:
         return any(key == "topic" for key, _ in parse_qsl(urlsplit(url).query))
 
     def seen(self, message: Message) -> None:
-        """Note the id of a published message, or the ``last_id`` of a note (others: cheaply left alone)."""
-        if isinstance(message, str) and message.startswith(('{"topic":', '{"note":')):
-            try:
-                fields = json.loads(message)
-            except ValueError:
-                return
-            entry_id = fields.get("last_id" if "note" in fields else "id")
-            if isinstance(entry_id, str):
-                self.last_id = entry_id
+        """Note where a published message or a note says to resume (others: cheaply left alone).
+
+        Only the server's shapes count: a message of one of our topics with a
+        broker id, or a note; the app's own JSON messages are left alone.
+        """
+        if not (isinstance(message, str) and message.startswith(('{"topic":', '{"note":'))):
+            return
+        try:
+            fields = json.loads(message)
+        except ValueError:
+            return
+        if "note" in fields:
+            resume_after = fields.get("last_id")
+        elif fields.keys() == {"topic", "id", "data"} and fields["topic"] in self._topics:
+            resume_after = fields["id"]
+        else:
+            return
+        if isinstance(resume_after, str) and is_broker_id(resume_after):
+            self.last_id = resume_after
 
     def opened(self, conn: Connection) -> None:
         """A new subscription's connection is open: it starts after the id the server's 101 names."""

@@ -32,10 +32,11 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from .broker import Broker, BrokerError, Entry, check_topic, format_id, parse_id
+from .broker import Bounds, Broker, BrokerError, Entry, check_topic, format_id, parse_id
 from .client import backoff_delays
 from .connection import TRY_AGAIN_LATER, Connection, broadcast
 from .request import Request
@@ -44,8 +45,18 @@ log = logging.getLogger("wsthreads.server")
 
 #: Topics one connection may subscribe to.
 MAX_TOPICS = 32
-#: Entries one read of the log takes at most.
+#: Entries one read of the follower takes at most.
 READ_BATCH = 1000
+#: Entries one read of a replay takes at most (held in memory while they are sent).
+REPLAY_BATCH = 100
+#: Replays that may run at once in one app: each reads the log of every topic after its last id.
+MAX_REPLAYS = 8
+#: Held entries a subscription may queue at once when it goes live; with more, it replays again.
+GO_LIVE_BATCH = 100
+#: Replay rounds before a subscription goes live with whatever is held (its outbox's limit applies).
+MAX_ROUNDS = 10
+#: Seconds between two trims of the log by the follower.
+TRIM_INTERVAL = 1.0
 #: Seconds one read of the follower waits for new entries: how long stopping it may take.
 FOLLOW_WAIT = 0.5
 #: Seconds a new subscriber waits for the follower to find where the log ends.
@@ -97,6 +108,10 @@ def note(kind: str, text: str, last_id: str, **details: str) -> str:
     return json.dumps({"note": kind, "text": text, "last_id": last_id, **details}, ensure_ascii=False)
 
 
+class TooManyReplays(BrokerError):
+    """No replay slot came free in time (see :data:`MAX_REPLAYS`)."""
+
+
 class Subscriber:
     """One connection's subscription, while it lasts. Its fields are guarded by the fan-out's lock."""
 
@@ -133,6 +148,7 @@ class Fanout:
         self._ready = threading.Event()  # the follower knows where the log ends
         self._stop = threading.Event()
         self._delivered = (0, 0)  # the id of the last entry the follower has delivered
+        self._replays = threading.BoundedSemaphore(MAX_REPLAYS)
 
     def subscribe(self, conn: Connection, subscription: Subscription) -> Subscriber:
         """Register ``conn`` for its topics: every entry not yet delivered will reach it.
@@ -142,7 +158,7 @@ class Fanout:
         :data:`START_TIMEOUT` (the broker is down).
         """
         self._start_following()
-        if not self._ready.wait(START_TIMEOUT):
+        if not self._ready.wait(START_TIMEOUT) or self._stop.is_set():  # close() sets ready too
             raise BrokerError(f"the broker at {self.broker.where} is unavailable")
         subscriber = Subscriber(conn, subscription)
         with self._lock:
@@ -170,29 +186,50 @@ class Fanout:
         comes back later with the last id it got.
         """
         conn = subscriber.conn
-        if subscriber.last_id is None:
-            start = format_id(subscriber.start)
-            topics = ", ".join(sorted(subscriber.topics))
-            conn.send(note("subscribed", f"subscribed to {topics}: messages after {start} follow", start))
-            with self._lock:
-                self._go_live(subscriber, subscriber.start)
-            return
         try:
-            after = self._replay_start(subscriber.conn, parse_id(subscriber.last_id))
-            while True:
-                after = self._replay(subscriber, after)
-                with self._lock:
-                    if subscriber.held is not None:
-                        self._go_live(subscriber, after)
-                        return
-                    subscriber.held = []  # too many came meanwhile: read them from the broker too
+            if subscriber.last_id is None:
+                start = format_id(subscriber.start)
+                topics = ", ".join(sorted(subscriber.topics))
+                conn.send(note("subscribed", f"subscribed to {topics}: messages after {start} follow", start))
+                self._switch_to_live(subscriber, subscriber.start, replay=False)
+            else:
+                after = self._replay_start(conn, parse_id(subscriber.last_id))
+                self._switch_to_live(subscriber, after, replay=True)
         except BrokerError as error:
             log.warning("%s: cannot replay: %s", conn.name, error)
-            conn.close(TRY_AGAIN_LATER, "the broker is unavailable: try again later")
+            busy = isinstance(error, TooManyReplays)
+            conn.close(
+                TRY_AGAIN_LATER,
+                f"{'too many replays' if busy else 'the broker is unavailable'}: try again later",
+            )
+
+    def _switch_to_live(self, subscriber: Subscriber, after: tuple[int, int], replay: bool) -> None:
+        """Replay after ``after`` (if ``replay``) until few live entries are held, then go live.
+
+        When many came meanwhile (or more than :data:`MAX_HELD`), another
+        round reads them from the broker, with waiting sends, rather than
+        queueing them all at once; after :data:`MAX_ROUNDS` rounds it goes
+        live anyway, and the outbox's limit decides.
+        """
+        for round_ in range(MAX_ROUNDS + 1):
+            if replay:
+                after = self._replay(subscriber, after)
+            with self._lock:
+                held = subscriber.held
+                if held is not None and (len(held) <= GO_LIVE_BATCH or round_ == MAX_ROUNDS):
+                    self._go_live(subscriber, after)
+                    return
+                subscriber.held = []
+            replay = True
 
     def close(self) -> None:
-        """Stop the follower (it ends within :data:`FOLLOW_WAIT` s, or its broker's connect timeout)."""
+        """Stop the follower, and subscriptions waiting for it.
+
+        It ends within :data:`FOLLOW_WAIT` s, or, with a broker that hangs,
+        once its read times out (for Redis, ``MAX_WAIT + REDIS_TIMEOUT``).
+        """
         self._stop.set()
+        self._ready.set()
         with self._lock:
             follower = self._follower
         if follower is not None and follower is not threading.current_thread():
@@ -212,6 +249,7 @@ class Fanout:
         """The follower thread: read the log from its end as it grows; retry a lost broker, with backoff."""
         position: str | None = None
         retries: Iterator[float] | None = None
+        trimmed_at = 0.0
         while not self._stop.is_set():
             try:
                 if position is None:
@@ -220,9 +258,12 @@ class Fanout:
                         self._delivered = parse_id(position)
                     self._ready.set()
                 entries = self.broker.read(position, READ_BATCH, FOLLOW_WAIT)
-            except BrokerError as error:
+                if entries and time.monotonic() - trimmed_at >= TRIM_INTERVAL:
+                    self.broker.trim()
+                    trimmed_at = time.monotonic()
+            except Exception as error:  # BrokerError, or a broker's bug: never end the follower
                 if retries is None:
-                    log.warning("%s; retrying", error)
+                    log.warning("%s; retrying", error if isinstance(error, BrokerError) else repr(error))
                     retries = backoff_delays(*RETRY)
                 self._stop.wait(next(retries))
                 continue
@@ -252,33 +293,56 @@ class Fanout:
             self._delivered = parse_id(entries[-1].id)
 
     def _replay_start(self, conn: Connection, last: tuple[int, int]) -> tuple[int, int]:
-        """Where the replay starts: after ``last``, or after the newest id if ``last`` is beyond it."""
+        """Where the replay starts: after ``last``, or after the newest id if ``last`` is beyond it.
+
+        (What retention dropped after ``last`` is noted by :meth:`_replay`.)
+        """
         bounds = self.broker.bounds()
         last_id = format_id(last)
-        if bounds.first is not None and bounds.trimmed and last < parse_id(bounds.first):
-            text = (
-                f"messages after {last_id} older than {bounds.first} are no longer kept: "
-                f"the replay starts at {bounds.first}"
-            )
-            conn.send(note("gap", text, last_id, first_id=bounds.first))
         newest = parse_id(bounds.newest)
         if last > newest:
-            text = f"last_id {last_id} is newer than any message: only messages after {bounds.newest} follow"
+            text = (
+                f"last_id {last_id} is newer than any message (or the broker's log was recreated): "
+                f"only messages after {bounds.newest} follow"
+            )
             conn.send(note("ahead", text, bounds.newest))
             return newest
         return last
 
+    def _note_gap(self, conn: Connection, last_id: str, bounds: Bounds) -> None:
+        assert bounds.first is not None
+        text = (
+            f"messages after {last_id} older than {bounds.first} are no longer kept: "
+            f"the replay starts at {bounds.first}"
+        )
+        conn.send(note("gap", text, last_id, first_id=bounds.first))
+
     def _replay(self, subscriber: Subscriber, after: tuple[int, int]) -> tuple[int, int]:
-        """Send the subscriber's entries after ``after`` until the log ends; the last id read."""
-        while True:
-            entries = self.broker.read(format_id(after), READ_BATCH)
-            for entry in entries:
-                if entry.topic in subscriber.topics:
-                    subscriber.conn.send(message_of(entry))
-            if entries:
-                after = parse_id(entries[-1].id)
-            if len(entries) < READ_BATCH:
-                return after
+        """Send the subscriber's entries after ``after`` until the log ends; the last id read.
+
+        One of at most :data:`MAX_REPLAYS` at a time in this app (a slot is
+        waited for within :data:`START_TIMEOUT`). A note says when what came
+        after the last id sent is no longer kept: before the first read, or
+        between two reads when retention overtakes a slow replay.
+        """
+        if not self._replays.acquire(timeout=START_TIMEOUT):
+            raise TooManyReplays(f"more than {MAX_REPLAYS} replays at once")
+        try:
+            while True:
+                if after != (0, 0):  # has retention dropped what came after `after`?
+                    bounds = self.broker.bounds()
+                    if bounds.lost_after(after):
+                        self._note_gap(subscriber.conn, format_id(after), bounds)
+                entries = self.broker.read(format_id(after), REPLAY_BATCH)
+                for entry in entries:
+                    if entry.topic in subscriber.topics:
+                        subscriber.conn.send(message_of(entry))
+                if entries:
+                    after = parse_id(entries[-1].id)
+                if len(entries) < REPLAY_BATCH:
+                    return after
+        finally:
+            self._replays.release()
 
     def _go_live(self, subscriber: Subscriber, after: tuple[int, int]) -> None:
         """Under the lock: queue the held entries the replay did not send, then deliver live."""

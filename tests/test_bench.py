@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import ROOT
 
 
@@ -41,3 +42,22 @@ def test_trace_cost_bench_runs() -> None:
     """bench/trace_cost.py --quick prints the cost of the hooks off and of tracing on."""
     stdout = run_script("trace_cost.py", "--quick")
     assert "| off: the hooks alone |" in stdout and "| on |" in stdout
+
+
+@pytest.mark.timeout(150)
+def test_fanout_bench_quick_run(redis_base_url: str, tmp_path: Path) -> None:
+    """bench/fanout.py --quick: 50 subscribers on a two-worker gunicorn (Redis) and a one-worker one
+    (Redis, in-process) get every message once, in order (the script checks each); table and JSON."""
+    out = tmp_path / "fanout.json"
+    stdout = run_script("fanout.py", "--quick", "--redis", redis_base_url, "--json", str(out))
+    assert "| Redis, 2 workers, publish() from another process |" in stdout
+    assert "| in-process, 1 worker, publisher WS → app.publish |" in stdout
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert set(rows) == {"redis-2w-publish", "redis-2w-ws", "redis-1w-ws", "memory-1w-ws"}
+    for row in rows.values():
+        assert row["paced"]["deliveries"] == 50 * data["paced"]["messages"]
+        assert row["burst"]["deliveries"] == 50 * data["burst"]["messages"]
+        assert row["burst"]["deliveries_per_s"] > 0 and row["paced"]["p99_ms"] > 0
+    (spread,) = rows["redis-2w-publish"]["subscribers_per_worker"]
+    assert len(spread) == 2 and sum(spread) == 50, spread

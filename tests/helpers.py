@@ -498,3 +498,23 @@ class RedisServer:
             return (self.directory / "redis.log").read_text(errors="replace")
         except OSError:
             return "(no log)"
+
+
+def open_client(port: int, receive_buffer: int | None = None, path: str = "/ws") -> socket.socket:
+    """A raw WebSocket client of ``path``, handshake done (its frames are read by the caller)."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(1)  # byte by byte: nothing of the first frames is read here
+        assert chunk, "server closed during the handshake"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock

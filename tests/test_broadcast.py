@@ -7,9 +7,7 @@ so the test needs no 500 client threads.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
 import resource
 import selectors
 import socket
@@ -18,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import decode_frames, wait_until
+from helpers import decode_frames, open_client, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -36,26 +34,6 @@ def enough_descriptors() -> None:
     wanted = 4 * CLIENTS + 256
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
-
-
-def open_client(port: int, receive_buffer: int | None = None) -> socket.socket:
-    """A raw WebSocket client, handshake done (its frames are read by the caller)."""
-    sock = socket.socket()
-    if receive_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(1)  # byte by byte: nothing of the first frames is read here
-        assert chunk, "server closed during the handshake"
-        answer += chunk
-    assert answer.startswith(b"HTTP/1.1 101"), answer
-    return sock
 
 
 class Readers:

@@ -7,7 +7,6 @@ fan-out runs on Redis in tests/test_redis_fanout.py.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import open_client, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -272,16 +271,7 @@ def test_a_failing_may_subscribe_hook_closes_with_1011_and_the_server_goes_on(se
 
 def raw_subscriber(port: int, query: str) -> socket.socket:
     """A subscriber that never reads after the handshake, with a small receive buffer."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /ws?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    assert sock.recv(12) == b"HTTP/1.1 101"
-    return sock
+    return open_client(port, receive_buffer=4096, path=f"/ws?{query}")
 
 
 def test_a_subscriber_that_does_not_read_delays_nobody_and_gets_1013(serve: Any) -> None:

@@ -55,7 +55,8 @@ WAYS = {"broadcast": broadcast, "send loop": send_loop}
 
 def run_clients(port: int, count: int, messages: int) -> None:
     """The client process: connect ``count`` times, read everything, print one JSON line."""
-    from test_broadcast import open_client, split_frames
+    from helpers import open_client
+    from test_broadcast import split_frames
 
     socks = [open_client(port) for _ in range(count)]
     selector = selectors.DefaultSelector()

@@ -9,13 +9,15 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers import REDIS_SERVER, ROOT, WAIT, RedisServer, ServerProgram, require, with_query
+
+import wsthreads
 
 
 @pytest.fixture
@@ -155,3 +157,18 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in servers:
             server.kill()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., wsthreads.RunningServer]]:
+    """Start ``create_app(**settings)`` on a free port; shut down at the end."""
+    servers: list[wsthreads.RunningServer] = []
+
+    def start(**settings: Any) -> wsthreads.RunningServer:
+        server = wsthreads.start_server(wsthreads.create_app(**settings), "127.0.0.1", 0)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()

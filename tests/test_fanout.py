@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,19 +36,9 @@ def broker() -> MemoryBroker:
 
 
 @pytest.fixture
-def serve(broker: MemoryBroker) -> Iterator[Any]:
-    """``serve(**settings)``: an app on that broker, served on a free port; shut down at the end."""
-    servers: list[wsthreads.RunningServer] = []
-
-    def start(**settings: Any) -> wsthreads.RunningServer:
-        settings.setdefault("broker", broker)
-        server = wsthreads.start_server(wsthreads.create_app(**settings), "127.0.0.1", 0)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
+def serve(serve: Any, broker: MemoryBroker) -> Any:
+    """``serve(**settings)`` (conftest's), on this test's broker unless the settings name one."""
+    return lambda **settings: serve(**{"broker": broker, **settings})
 
 
 def subscribe(server: wsthreads.RunningServer, query: str, **options: Any) -> ClientConnection:

@@ -10,7 +10,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -20,22 +19,6 @@ from websockets.sync.client import connect
 
 import wsthreads
 from wsthreads import Closed, Connection, Reject, Request
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., wsthreads.RunningServer]]:
-    """Start ``create_app(**settings)`` on a free port; shut down at the end."""
-    servers: list[wsthreads.RunningServer] = []
-
-    def start(**settings: Any) -> wsthreads.RunningServer:
-        server = wsthreads.start_server(wsthreads.create_app(**settings), "127.0.0.1", 0)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-
 
 Serve = Callable[..., wsthreads.RunningServer]
 

@@ -369,6 +369,7 @@ def test_the_demo_senders_own_messages_stay_as_they_are(serve: Any) -> None:
         ("a b", "x", "bad topic name 'a b'"),
         ("news", b"bytes", "a published message is text \\(str\\), not bytes"),
         ("news", "\ud800", "a published message must be valid text: surrogates not allowed"),
+        ("news", "x" * (256 * 1024 + 1), "a published message may hold at most 262144 bytes: 262145"),
     ],
 )
 def test_publish_refuses_bad_input_with_one_line(topic: str, data: Any, error: str) -> None:
@@ -589,3 +590,25 @@ def test_a_unix_socket_broker_url_keeps_its_path() -> None:
     options = broker._redis.connection_pool.connection_kwargs
     assert options["path"] == "/run/redis/redis.sock" and options["db"] == 2
     assert broker.stream == "app" and broker.retention == Retention(count=None, age=300)
+
+
+def test_the_follower_retries_a_lost_broker_with_backoff_from_0_1_s() -> None:
+    """Docs: "the followers retry with backoff (0.1 s, doubling to 5 s)", each wait half to all of that."""
+    tries: list[float] = []
+
+    class DownBroker(MemoryBroker):
+        def bounds(self) -> Any:
+            tries.append(time.monotonic())
+            raise wsthreads.BrokerError("the broker at down is unavailable")
+
+    assert fanout.RETRY == (0.1, 5.0)
+    hub = fanout.Fanout(DownBroker())
+    hub._start_following()
+    try:
+        assert wait_until(lambda: len(tries) >= 5, WAIT)
+    finally:
+        hub.close()
+    waits = [later - earlier for earlier, later in zip(tries, tries[1:])][:4]
+    for number, waited in enumerate(waits):
+        ceiling = 0.1 * 2**number
+        assert ceiling / 2 - 0.01 <= waited <= ceiling + 0.2, waits

@@ -103,7 +103,7 @@ def close_code_sent(data: bytes) -> int:
     [
         (encode_frame(OP_TEXT, b"hidden", mask=True), 1002, "masked frame"),
         (encode_frame(OP_TEXT, b"\xff\xfe", mask=False), 1007, "not valid UTF-8"),
-        (encode_frame(0x3, b"", mask=False), 1002, "Invalid opcode"),
+        (encode_frame(0x3, b"", mask=False), 1002, "unknown opcode 0x3"),
     ],
 )
 def test_broken_frames_from_the_server_get_the_right_close_code(

@@ -3,7 +3,7 @@
 The concurrency contract (gorilla's ``doc.go``, in threads):
 
 * **The reader thread owns the connection.** It is the only thread that reads
-  the socket. It feeds the bytes to wsproto (one frame layer for both sides),
+  the socket. It feeds the bytes to the frame layer (:mod:`wsthreads.frames`),
   answers pings, pings the peer every ``ping_interval``, delivers each message to ``on_message``,
   runs the closing handshake, and, in its ``finally``, closes the socket
   (Go: ``defer conn.Close()``). Nothing else closes the socket; other threads
@@ -29,27 +29,16 @@ import os
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from wsproto.connection import Connection as FrameLayer
-from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.events import Message as DataEvent
-
-from . import trace
+from . import frames, trace
 from .queues import CLOSE, Inbox, Outbox
 
 if TYPE_CHECKING:
     from .request import Request
-
-try:  # the C masker websocket-client uses too; 8x faster than the fallback below
-    from wsaccel.xormask import XorMaskerSimple
-except ImportError:  # pragma: no cover - wsaccel is installed where it builds
-    XorMaskerSimple = None
 
 Message = Union[str, bytes]
 
@@ -170,34 +159,14 @@ def sendable_code(code: int) -> int:
     return NORMAL_CLOSURE if code in (NO_STATUS, ABNORMAL_CLOSURE) else code
 
 
-def frame_header(opcode: int, length: int, masked: bool) -> bytes:
-    """The header of a final frame (RFC 6455, section 5.2)."""
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        return struct.pack("!BB", 0x80 | opcode, mask_bit | length)
-    if length < 1 << 16:
-        return struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
-    return struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
-
-
-def frame_text(frame: bytes) -> str | bytes:
+def frame_text(data: bytes) -> str | bytes:
     """What a frame we built holds, for a trace: its text, or its payload (masked frames: its size)."""
-    length = frame[1] & 0x7F
+    length = data[1] & 0x7F
     start = 2 + {126: 2, 127: 8}.get(length, 0)
-    if frame[1] & 0x80:
-        return f"<masked frame, {len(frame) - start - 4} bytes>"
-    payload = frame[start:]
-    return payload.decode(errors="replace") if frame[0] & 0x0F == 0x1 else payload
-
-
-def mask(key: bytes, payload: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte masking ``key`` (what a client does to every frame)."""
-    if XorMaskerSimple is not None:
-        masked: bytes = XorMaskerSimple(key).process(payload)
-        return masked
-    length = len(payload)
-    repeated = (key * (length // 4 + 1))[:length]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(length, "little")
+    if data[1] & 0x80:
+        return f"<masked frame, {len(data) - start - 4} bytes>"
+    payload = data[start:]
+    return payload.decode(errors="replace") if data[0] & 0x0F == frames.TEXT else payload
 
 
 def wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
@@ -381,7 +350,7 @@ class Connection:
         self.last_received = time.monotonic()
         #: Serialises every write to the socket (only the reader touches the frame layer).
         self.wire_lock = threading.Lock()
-        self._frames = FrameLayer(ConnectionType.CLIENT if client else ConnectionType.SERVER)
+        self._parser = frames.Parser(client=client, max_message_size=max_message_size)
         self._pending = pending
         self._wakeup = _Wakeup()
         self._close_requested: tuple[int, str] | None = None
@@ -389,8 +358,7 @@ class Connection:
         self._close_deadline: float | None = None
         self._lost_reason = ""  # why a writer gave up on the peer, for the reader to report
         self._aborted = False
-        self._parts: list[Message] = []
-        self._size = 0
+        self._close_frame_sent = False  # ours, or our answer to the peer's: nothing may follow it
         self._awaiting_pong = False
         self._next_ping = time.monotonic() + (ping_interval or 0)
         self._on_message: Callable[[Message], None] | None = None
@@ -486,12 +454,9 @@ class Connection:
 
     def _framed(self, message: Message) -> tuple[bytes, bytes]:
         """A data frame's header and payload, masked on the client."""
-        payload = message.encode() if isinstance(message, str) else bytes(message)
-        header = frame_header(0x1 if isinstance(message, str) else 0x2, len(payload), masked=self.client)
-        if self.client:
-            key = os.urandom(4)
-            return header + key, mask(key, payload)
-        return header, payload
+        if isinstance(message, str):
+            return frames.frame(frames.TEXT, message.encode(), masked=self.client)
+        return frames.frame(frames.BINARY, bytes(message), masked=self.client)
 
     def _write_queued(self) -> None:
         """The writer thread's write: everything queued, taken under the wire lock, bounded like :meth:`send`.
@@ -521,7 +486,7 @@ class Connection:
             if self._aborted:
                 raise Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
             closing = self._close_requested is not None and not queued
-            if self._frames.state is not ConnectionState.OPEN or closing:
+            if self._close_frame_sent or closing:
                 raise self._peer_closed or Closed(GOING_AWAY, "the connection is closing", by_peer=False)
             frames = self._outbox.drain() if queued else None
             if frames is not None:
@@ -687,80 +652,38 @@ class Connection:
         if now >= self._next_ping:
             if self._awaiting_pong:
                 raise _Fail(INTERNAL_ERROR, "keepalive ping timeout")
-            self._send_control(Ping(b"keepalive"))
+            self._send_control(frames.PING, b"keepalive")
             self._awaiting_pong = True
             self._next_ping = now + self.ping_interval
         return self._next_ping - now
 
     def _dispatch(self, data: bytes) -> Closed | None:
-        """Feed bytes to the frame layer and act on its events; how the session ended, if it did."""
-        self._frames.receive_data(data)
-        for event in self._frames.events():
-            if isinstance(event, DataEvent):
-                message = self._assemble(event)
-                if message is not None:
-                    self._deliver(message)
-            elif isinstance(event, Ping):
-                self._send_control(event.response())
-            elif isinstance(event, Pong):
+        """Feed bytes to the frame layer and act on what they complete; how the session ended, if it did."""
+        try:
+            events = self._parser.receive(data)
+        except frames.ProtocolError as error:
+            raise _Fail(error.code, error.reason) from None
+        for event in events:
+            if isinstance(event, (str, bytes)):
+                self._deliver(event)
+            elif isinstance(event, frames.Ping):
+                self._send_control(frames.PONG, event.payload)
+            elif isinstance(event, frames.Pong):
                 self._awaiting_pong = False
-            elif isinstance(event, CloseConnection):
+            else:
                 return self._closed_by(event)
-        limit = self.max_message_size
-        if limit is not None and self._size + self._announced_remainder() > limit:
-            raise _Fail(MESSAGE_TOO_BIG, f"message over {limit} bytes")  # a header alone can tell
         return None
 
-    def _closed_by(self, event: CloseConnection) -> Closed:
-        """The frame layer reported a close: the peer's close frame, or a frame it could not parse."""
-        if self._frames.state is ConnectionState.OPEN:
-            # wsproto could not parse what arrived (a bad frame, bad UTF-8, a
-            # bad close code) and reports the code to close with.
-            if event.code == INVALID_DATA:
-                raise _Fail(INVALID_DATA, "text message is not valid UTF-8")
-            raise _Fail(event.code, event.reason or "protocol error")
+    def _closed_by(self, close: frames.Close) -> Closed:
+        """The peer's close frame: the answer to ours, or the peer closing first."""
         if self._close_sent is not None:
             return self._close_sent  # the peer answered our close
         # The peer closed first: answer with its code (RFC 6455 5.5.1).
         self._closing_started = trace.begin()
-        trace.instant("close frame received", code=event.code, reason=event.reason or "")
-        self._peer_closed = Closed(event.code, event.reason or "")
-        self._send_close(event.code, "")
+        trace.instant("close frame received", code=close.code, reason=close.reason)
+        self._peer_closed = Closed(close.code, close.reason)
+        self._send_close(close.code, "")
         return self._peer_closed
-
-    def _assemble(self, event: DataEvent) -> Message | None:  # type: ignore[type-arg]
-        """Add a frame to the message being received; the message once whole.
-
-        Counts bytes as they arrive and what the frame header still announces,
-        so a frame that announces more than the limit is refused (1009) before
-        its payload is read.
-        """
-        data = event.data
-        self._size += len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode())
-        limit = self.max_message_size
-        if limit is not None and self._size + self._announced_remainder() > limit:
-            self._parts, self._size = [], 0
-            raise _Fail(MESSAGE_TOO_BIG, f"message over {limit} bytes")
-        self._parts.append(data if isinstance(data, str) else bytes(data))
-        if not event.message_finished:
-            return None
-        parts, self._parts, self._size = self._parts, [], 0
-        if len(parts) == 1:
-            return parts[0]
-        if isinstance(event, TextMessage):
-            return "".join(parts)  # type: ignore[arg-type]
-        assert isinstance(event, BytesMessage)
-        return b"".join(parts)  # type: ignore[arg-type]
-
-    def _announced_remainder(self) -> int:
-        """Bytes the header of the frame being received announces that have not arrived yet.
-
-        wsproto has no public API for that header, so this peeks at its
-        decoder, and counts nothing (only what has arrived) if that changes.
-        """
-        decoder = getattr(getattr(self._frames, "_proto", None), "_frame_decoder", None)
-        header = getattr(decoder, "header", None)
-        return max(getattr(header, "payload_len", 0) - getattr(decoder, "payload_consumed", 0), 0)
 
     def _deliver(self, message: Message) -> None:
         self.last_received = time.monotonic()
@@ -824,13 +747,15 @@ class Connection:
             self._give_up("a write held the connection past the close deadline")
             raise _CloseTimeout
         try:
-            if self._frames.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if self._close_frame_sent:
                 return
-            by_peer = self._frames.state is ConnectionState.REMOTE_CLOSING
+            self._close_frame_sent = True
+            by_peer = self._peer_closed is not None
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
             queued = [] if by_peer else self._outbox.drain()
             count = len(queued)
-            data = b"".join(queued) + self._frames.send(CloseConnection(code, reason))
+            close = frames.frame(frames.CLOSE, frames.close_payload(code, reason), self.client)
+            data = b"".join([*queued, *close])
             self._outbox.stop()  # nothing may follow a close frame
             if not by_peer:
                 self._close_sent = Closed(code, reason, by_peer=False)
@@ -844,11 +769,13 @@ class Connection:
         finally:
             self.wire_lock.release()
 
-    def _send_control(self, event: Ping | Pong) -> None:
+    def _send_control(self, opcode: int, payload: bytes) -> None:
+        """A ping or a pong, unless a close frame has gone out (nothing may follow it)."""
         with self.wire_lock:
-            if self._frames.state is ConnectionState.OPEN:
+            if not self._close_frame_sent:
                 try:
-                    self._write(self._frames.send(event), time.monotonic() + self.write_timeout)
+                    data = b"".join(frames.frame(opcode, payload, self.client))
+                    self._write(data, time.monotonic() + self.write_timeout)
                 except Closed:
                     pass  # the reader finds out on its next read
 

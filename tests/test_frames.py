@@ -1,0 +1,164 @@
+"""The frame layer without sockets: every rule a peer can break, and bytes split anywhere.
+
+The Autobahn cases (tests/test_autobahn.py) check the same parser over real
+connections; these name each rule and its close code directly.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from wsthreads import frames
+from wsthreads.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, Parser, ProtocolError
+
+
+def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+    """A frame as a peer may send it, rules broken or not (masked as a client's)."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = struct.pack("!BB", first, mask_bit | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, mask_bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not masked:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + frames.mask(key, payload)
+
+
+def events_of(data: bytes, *, client: bool = False, limit: int | None = None, step: int = 0) -> list[object]:
+    """What a parser reports for ``data``, fed whole or ``step`` bytes at a time."""
+    parser = Parser(client=client, max_message_size=limit)
+    pieces = [data] if not step else [data[i : i + step] for i in range(0, len(data), step)]
+    events: list[object] = []
+    for piece in pieces:
+        events += parser.receive(piece)
+    return [(type(e).__name__, e.payload) if isinstance(e, (frames.Ping, frames.Pong)) else e for e in events]
+
+
+A_SESSION = (
+    raw_frame(TEXT, "héllo".encode())
+    + raw_frame(BINARY, b"\x00\x01")
+    + raw_frame(TEXT, b"", fin=True)
+    + raw_frame(TEXT, b"frag", fin=False)
+    + raw_frame(PING, b"in between")
+    + raw_frame(CONTINUATION, "mé".encode(), fin=False)
+    + raw_frame(CONTINUATION, b"nted")
+    + raw_frame(BINARY, os.urandom(70000))
+    + raw_frame(PONG, b"")
+)
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 7, 125, 4096, 65536])
+def test_the_same_messages_however_the_bytes_are_split(step: int) -> None:
+    expected = events_of(A_SESSION)
+    assert events_of(A_SESSION, step=step) == expected
+    assert expected[:4] == ["héllo", b"\x00\x01", "", ("Ping", b"in between")]
+    assert expected[4] == "frag" + "mé" + "nted"
+    assert isinstance(expected[5], bytes) and len(expected[5]) == 70000
+    assert expected[6] == ("Pong", b"")
+
+
+def test_a_utf8_character_split_across_fragments_is_whole() -> None:
+    data = "€".encode()
+    frames_ = raw_frame(TEXT, data[:1], fin=False) + raw_frame(CONTINUATION, data[1:])
+    assert events_of(frames_, step=1) == ["€"]
+
+
+def test_client_side_reads_unmasked_frames() -> None:
+    assert events_of(raw_frame(TEXT, b"hi", masked=False), client=True) == ["hi"]
+
+
+def test_close_frames() -> None:
+    close = events_of(raw_frame(CLOSE, struct.pack("!H", 1001) + "bye ✓".encode()))[0]
+    assert isinstance(close, frames.Close) and (close.code, close.reason) == (1001, "bye ✓")
+    empty = events_of(raw_frame(CLOSE, b""))[0]
+    assert isinstance(empty, frames.Close) and (empty.code, empty.reason) == (1005, "")
+
+
+BROKEN = {
+    "reserved bit": (raw_frame(TEXT, b"x", rsv=0x40), 1002, "reserved bits"),
+    "unmasked client frame": (raw_frame(TEXT, b"x", masked=False), 1002, "unmasked"),
+    "unknown data opcode": (raw_frame(0x3, b""), 1002, "unknown opcode 0x3"),
+    "unknown control opcode": (raw_frame(0xB, b""), 1002, "unknown opcode 0xb"),
+    "fragmented ping": (raw_frame(PING, b"", fin=False), 1002, "fragmented control"),
+    "ping of 126 bytes": (raw_frame(PING, b"x" * 126), 1002, "126 bytes"),
+    "continuation first": (raw_frame(CONTINUATION, b"x"), 1002, "without a message"),
+    "new message mid-message": (
+        raw_frame(TEXT, b"a", fin=False) + raw_frame(TEXT, b"b"),
+        1002,
+        "before the last one was finished",
+    ),
+    "invalid UTF-8": (raw_frame(TEXT, b"\xff"), 1007, "not valid UTF-8"),
+    "invalid UTF-8 in a first fragment": (raw_frame(TEXT, b"ok\xc0\xaf", fin=False), 1007, "UTF-8"),
+    "close with 1 byte": (raw_frame(CLOSE, b"\x03"), 1002, "1-byte"),
+    "close code 1005": (raw_frame(CLOSE, struct.pack("!H", 1005)), 1002, "invalid code 1005"),
+    "close code 999": (raw_frame(CLOSE, struct.pack("!H", 999)), 1002, "invalid code 999"),
+    "close code 2999": (raw_frame(CLOSE, struct.pack("!H", 2999)), 1002, "invalid code 2999"),
+    "close reason not UTF-8": (raw_frame(CLOSE, struct.pack("!H", 1000) + b"\xff"), 1007, "reason"),
+    "length not shortest (16-bit)": (b"\x81\xfe\x00\x05" + os.urandom(4) + b"x" * 5, 1002, "shortest"),
+    "length not shortest (64-bit)": (b"\x81\xff" + struct.pack("!Q", 5) + os.urandom(4), 1002, "shortest"),
+    "length with the top bit": (
+        b"\x82\xff" + struct.pack("!Q", 1 << 63) + os.urandom(4),
+        1002,
+        "highest bit",
+    ),
+}
+
+
+@pytest.mark.parametrize("data, code, reason", BROKEN.values(), ids=BROKEN.keys())
+def test_each_broken_rule_has_its_close_code(data: bytes, code: int, reason: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        events_of(data, step=1)  # a byte at a time: the check may not depend on how bytes arrive
+    assert raised.value.code == code and reason in raised.value.reason
+
+
+def test_a_masked_server_frame_is_refused_by_the_client() -> None:
+    with pytest.raises(ProtocolError, match="server sent a masked frame"):
+        events_of(raw_frame(TEXT, b"x"), client=True)
+
+
+def test_registered_and_application_codes_are_accepted() -> None:
+    for code in (1000, 1003, 1007, 1011, 1014, 3000, 4999):
+        close = events_of(raw_frame(CLOSE, struct.pack("!H", code)))[0]
+        assert isinstance(close, frames.Close) and close.code == code
+
+
+def test_too_big_is_refused_on_the_header_alone() -> None:
+    header_only = raw_frame(BINARY, b"x" * 101)[:8]  # header and key: not one payload byte
+    with pytest.raises(ProtocolError, match="message over 100 bytes") as raised:
+        events_of(header_only, limit=100)
+    assert raised.value.code == 1009
+    fragments = raw_frame(BINARY, b"x" * 60, fin=False) + raw_frame(CONTINUATION, b"x" * 41)[:8]
+    with pytest.raises(ProtocolError, match="message over 100 bytes"):
+        events_of(fragments, limit=100)
+    assert events_of(raw_frame(TEXT, b"x" * 100), limit=100) == ["x" * 100]
+
+
+def test_the_limit_counts_each_message_afresh() -> None:
+    twice = raw_frame(BINARY, b"x" * 80) * 2
+    assert events_of(twice, limit=100) == [b"x" * 80] * 2
+
+
+def test_pure_python_masking_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without websockets' C function: the same bytes, also when unmasked piece by piece."""
+    key, data = os.urandom(4), os.urandom(1001)
+    fast = frames.mask(key, data)
+    monkeypatch.setattr(frames, "apply_mask", None)
+    assert frames.mask(key, data) == fast
+    unmasker = frames.Unmasker(key)
+    assert b"".join(unmasker.process(data[i : i + 7]) for i in range(0, len(data), 7)) == fast
+
+
+def test_frames_we_build_parse_back() -> None:
+    for payload in (b"", b"x" * 125, b"x" * 126, b"x" * 65535, b"x" * 65536):
+        header, body = frames.frame(BINARY, payload, masked=True)
+        assert events_of(header + body) == [payload]
+        header, body = frames.frame(BINARY, payload, masked=False)
+        assert events_of(header + body, client=True) == [payload]

@@ -17,13 +17,14 @@ import argparse
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 from wsthreads import trace
 from wsthreads.client import check_header
-from wsthreads.connection import Closed, Connection, Message, message_log
+from wsthreads.connection import Closed, Connection, Message, log_message, message_log
 from wsthreads.handshake import is_token
 
 log = logging.getLogger("wsthreads.program")
@@ -53,7 +54,7 @@ def send_messages(conn: Connection, count: int, interval: float, label: str) -> 
             conn.send(text)
         except Closed:
             return
-        message_log.info("sent: %s", text)
+        log_message("sent", text)
         if number < count:
             with trace.span("pause (stop.wait)", seconds=interval):
                 stopping = conn.stop.wait(interval)
@@ -78,6 +79,21 @@ class Sender:
 # --- Program plumbing: logging, options, signals --------------------------------
 
 
+class _LineFormatter(logging.Formatter):
+    """``time [thread] event``, with the clock's text made once a second, not once a line."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s.%(msecs)03d [%(threadName)s] %(message)s", datefmt="%H:%M:%S")
+        self._clock = (-1, "")  # (second, its text): one attribute, so threads never see half of it
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second, text = self._clock
+        if int(record.created) != second:
+            text = time.strftime(self.datefmt or "", self.converter(record.created))
+            self._clock = (int(record.created), text)
+        return text
+
+
 class _BelowWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING
@@ -95,7 +111,7 @@ def setup_logging(level: int = logging.INFO, quiet: bool = False) -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True, errors="backslashreplace")
-    formatter = logging.Formatter("%(asctime)s.%(msecs)03d [%(threadName)s] %(message)s", datefmt="%H:%M:%S")
+    formatter = _LineFormatter()
     events = logging.StreamHandler(sys.stdout)
     events.addFilter(_BelowWarning())
     errors = logging.StreamHandler(sys.stderr)

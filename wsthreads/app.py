@@ -381,6 +381,10 @@ class WebSocketApp:
                 )
             except Exception as error:  # wsproto refused what we let through
                 return plain_response(start_response, Refusal("400 Bad Request", f"bad handshake: {error}"))
+            # The handshake's objects (a few KiB: wsproto's, h11's, copies of the
+            # environ) are done with: only these two facts outlive it.
+            mode, subprotocol = ws.mode, ws.subprotocol
+            del ws
             sock = hijacked_socket(environ)
             sock.settimeout(None)  # the request deadline no longer applies
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -399,14 +403,14 @@ class WebSocketApp:
                 on_overflow=config.on_overflow,
                 request=request,
                 user=user,
-                subprotocol=ws.subprotocol,
+                subprotocol=subprotocol,
                 key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
             )
             peer = f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
             self._run(conn, held.data, peer, *self._subscription(request, user))
         finally:
             thread.name = server_thread_name
-        end_hijacked_request(ws.mode)
+        end_hijacked_request(mode)
 
     def _authenticate(self, request: Request) -> Any:
         """Who the client is, says the hook; Reject if it refuses (or fails: 500, logged)."""
@@ -500,7 +504,7 @@ class WebSocketApp:
                 catch_up = (
                     None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
                 )
-                run_session(conn, self.config.session_handler(), first=catch_up)
+                run_session(conn, self.config.session_handler(), first=catch_up, read_here=True)
         except Exception as error:  # never let a failure reach the WSGI server after the 101
             log.error("session failed: %r", error)
             conn.abort()
@@ -593,6 +597,11 @@ def unread_request_bytes(environ: dict[str, Any], sock: socket.socket) -> bytes:
         data: bytes = rfile.read(len(buffered)) if buffered else b""  # type: ignore[union-attr]
     except OSError:
         data = b""
+    if DISARM_KEY in environ:
+        # Our own server (wsthreads.serving) reads nothing more from an upgraded
+        # connection, so its buffered file is done with: closed now, its 8 KiB
+        # buffer does not sit beside every session.
+        rfile.close()  # type: ignore[union-attr]
     return data
 
 

@@ -408,6 +408,31 @@ class Connection:
         self.reader.start()
         return self.reader
 
+    def read(
+        self,
+        on_message: Callable[[Message], None] | None = None,
+        *,
+        started: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Be the reader in the calling thread until the connection is over: :meth:`start`, threadless.
+
+        ``started`` is called once this connection counts as started (to
+        start the threads that will use it). The thread takes the reader's
+        name meanwhile, so log lines read the same either way.
+        """
+        self._on_message = on_message
+        self.reader = thread = threading.current_thread()
+        named, thread.name = thread.name, self.name
+        try:
+            try:
+                started()
+            except RuntimeError as error:  # "can't start new thread": the session cannot run
+                log.error("%s: closing: %r", self.name, error)
+                self.close(INTERNAL_ERROR, "internal error")
+            self._read_loop()
+        finally:
+            thread.name = named
+
     def recv(self, timeout: float | None = None) -> Message:
         """The next message (reader started without a callback); waits at most ``timeout`` s.
 

@@ -16,6 +16,7 @@ server's request thread and for the client alike.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Protocol, Union
 
@@ -75,6 +76,7 @@ def run_session(
     *,
     linger: float | None = None,
     first: Callable[[], None] | None = None,
+    read_here: bool = False,
 ) -> Closed:
     """One side of a session, start to finish; returns how it ended.
 
@@ -86,12 +88,50 @@ def run_session(
     nobody has yet. Either way, what ``send_nowait`` queued is written first
     (within ``write_timeout``), and the reader's end is awaited, bounded. An
     exception in the handler closes with 1011 and is logged on one line; it
-    never reaches the caller. ``first``, if given, runs in the calling thread
-    once the reader has started, before the handler (the server's replay of
-    missed messages), under the same rules.
+    never reaches the caller. ``first``, if given, runs once the reader has
+    started, before the handler (the server's replay of missed messages),
+    under the same rules.
+
+    ``read_here`` (the server's choice, for a :class:`Handler`): the calling
+    thread reads instead, and ``first`` and ``handler.run`` get a thread of
+    their own that ends when they return. A session whose ``run`` has
+    nothing to do (an echo) then holds one thread, not two.
     """
     pulls = not hasattr(handler, "on_message")
-    conn.start(None if pulls else lambda message: handler.on_message(conn, message))  # type: ignore[union-attr]
+    on_message = None if pulls else lambda message: handler.on_message(conn, message)  # type: ignore[union-attr]
+    if not read_here or pulls:
+        conn.start(on_message)
+        _work(conn, handler, first, linger, hold=True)
+        conn.wait_closed()
+    else:
+        work = threading.Thread(
+            target=_work,
+            args=(conn, handler, first, linger, False),
+            name=threading.current_thread().name,
+            daemon=True,
+        )
+        conn.read(on_message, started=work.start)
+        # Its sends fail once the connection is over: it ends within a write's bound.
+        work.join(conn.write_timeout + conn.close_timeout)
+        if work.is_alive():
+            log.warning("%s: the session's run() has not returned after the connection ended", conn.name)
+    return conn.closed or Closed(ABNORMAL_CLOSURE, "the reader did not end", by_peer=False)
+
+
+def _work(
+    conn: Connection,
+    handler: SessionCode,
+    first: Callable[[], None] | None,
+    linger: float | None,
+    hold: bool,
+) -> None:
+    """The session's own work: ``first``, the handler; then, if ``hold``, the session's end.
+
+    Without ``hold`` (the reader is another thread's, and ends the session
+    when the peer closes) only a ``linger`` keeps this thread: to close
+    once the peer has gone quiet.
+    """
+    pulls = not hasattr(handler, "on_message")
     try:
         if first is not None:
             first()
@@ -104,11 +144,11 @@ def run_session(
     except BaseException as error:  # SystemExit too: it would end only this thread, silently
         log.error("closing after an error in the session handler: %r", error)
         conn.close(INTERNAL_ERROR, "internal error")
+    if not hold and linger is None:
+        return
     if not pulls:
         with trace.span("waiting for the session to end"):
             wait_until_quiet(conn, linger)
     if not conn.stop.is_set():
         conn.flush()
     conn.close(NORMAL_CLOSURE)
-    conn.wait_closed()
-    return conn.closed or Closed(ABNORMAL_CLOSURE, "the reader did not end", by_peer=False)

@@ -162,3 +162,15 @@ def test_frames_we_build_parse_back() -> None:
         assert events_of(header + body) == [payload]
         header, body = frames.frame(BINARY, payload, masked=False)
         assert events_of(header + body, client=True) == [payload]
+
+
+def test_masking_keys_differ_and_are_refilled_in_a_forked_child() -> None:
+    keys = [frames.frame(BINARY, b"x", masked=True)[0][2:6] for _ in range(3000)]
+    assert len(set(keys)) > 2990  # 4 random bytes each: a repeat in 3000 is rare, many are impossible
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next key must not be the parent's next one
+        os.write(write, frames._masking_keys.next())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 4) != frames._masking_keys.next()

@@ -17,6 +17,7 @@ from helpers import (
     assert_close_cuts_the_dial_short,
     encode_frame,
     run_client,
+    wait_until,
 )
 
 from wsthreads import Closed, ConnectError, WebSocketClient
@@ -271,3 +272,14 @@ def answer_the_close(conn: socket.socket) -> None:
     data = conn.recv(4096)
     if data and data[0] & 0x0F == OP_CLOSE:
         conn.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000), mask=False))
+
+
+@pytest.mark.parametrize("code", [1012, 1013, 1014])
+def test_reconnect_redials_after_a_try_again_close_code(code: int) -> None:
+    """1012-1014 mean "come back later": --reconnect dials again (1014 too: our frame layer knows it)."""
+    server = CountingServer(code)
+    client = Program(CLIENT, "--url", server.url, "--count", "0", "--reconnect")
+    assert wait_until(lambda: server.dials >= 2, timeout=5), client.output()
+    client.signal()
+    assert client.wait() == 0, client.output()
+    server.close()

@@ -63,7 +63,7 @@ PAGE_PATH = "/"
 #: Seconds between keepalive pings (proxies often drop connections idle for
 #: 60 s; a peer that has not answered by the next ping is dead).
 PING_INTERVAL = 25.0
-#: Sessions open at once; each costs two threads.
+#: Sessions open at once; each costs a thread (two while a handler's ``run()`` runs).
 MAX_CONNECTIONS = 1000
 #: Seconds :meth:`WebSocketApp.shutdown` takes at most, however many peers are stuck.
 SHUTDOWN_TIMEOUT = 2.0

@@ -454,10 +454,9 @@ class Connection:
     def send(self, message: Message) -> None:
         """Send text (str) or binary (bytes); thread-safe; bounded by ``write_timeout``.
 
-        Raises Closed once the session is closing or over. We frame data
-        ourselves rather than through wsproto, which would copy a payload
-        three times: a header of 2 to 14 bytes, and for a client the masked
-        payload.
+        Raises Closed once the session is closing or over. A small message
+        goes out in one write with its header; a large one after it, uncopied
+        (on a client: masked, one copy).
         """
         self._send_wire(*self._framed(message), data=message)
 

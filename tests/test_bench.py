@@ -11,22 +11,39 @@ import pytest
 from helpers import ROOT
 
 
-def run_script(script: str, *args: str) -> str:
+def run_script(script: str, *args: str, timeout: float = 120) -> str:
     """Run a bench script to completion; its standard output (it must exit 0)."""
     command = [sys.executable, f"bench/{script}", *args]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def test_bench_smoke_run(tmp_path: Path) -> None:
-    """bench.py --smoke measures ours and the TCP floor and writes its table and JSON."""
+@pytest.mark.timeout(150)
+def test_bench_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
+    """bench.py --smoke: every server under the Go load client, every client against the Go echo
+    server, the log line's cost and the broadcast row; both tables, with ratios, and the JSON.
+    (It builds its own Go programs; the fixture only checks that Go is there.)"""
     out = tmp_path / "results.json"
-    stdout = run_script("bench.py", "--smoke", "--stacks", "ours,tcp", "--json", str(out))
-    assert "| RTT p50 (µs) |" in stdout and "ours/tcp" in stdout
+    stdout = run_script("bench.py", "--smoke", "--json", str(out), timeout=140)
+    assert "| round trip p50, 32 B (µs) |" in stdout and "| 10 conns: KiB/conn (peak - idle RSS) |" in stdout
+    assert (
+        "| ours/websockets |" in stdout and "| ours-api/websockets |" in stdout and "| ours/tcp |" in stdout
+    )
+    assert "The per-message log line" in stdout and "Broadcast: 10 messages to 10 connections" in stdout
     data = json.loads(out.read_text())
-    assert data["figures"]["ours"]["msgs_per_s"]["runs"]
-    assert data["figures"]["ours"]["c10_completed"]["median"] == 10
+    servers, clients = data["server"]["figures"], data["client"]["figures"]
+    assert set(servers) == {"ours", "ours+log", "gunicorn", "websockets", "gorilla", "tcp"}
+    assert set(clients) == {"ours", "ours-api", "websockets", "websocket-client", "tcp"}
+    for figures in [*servers.values(), *clients.values()]:
+        assert figures["msgs_per_s"]["median"] > 0 and figures["mb_per_s"]["median"] > 0
+    for figures in servers.values():
+        assert figures["c10_completed"]["median"] == 10
+        assert figures["c10_kib_per_conn"]["runs"]
+    assert data["server"]["ratios"]["ours/websockets"]["rtt_p50_us"]["median"] > 0
+    assert data["client"]["ratios"]["ours-api/websockets"]["mb_per_s"]["median"] > 0
+    assert set(data["log_cost"]) == {"us_per_round_trip", "us_per_pipelined_message"}
+    assert data["broadcast"]["msgs_per_s"] > 0 and data["broadcast"]["max_ms"] > 0
 
 
 def test_broadcast_bench_smoke_run(tmp_path: Path) -> None:

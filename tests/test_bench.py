@@ -61,6 +61,13 @@ def test_trace_cost_bench_runs() -> None:
     assert "| off: the hooks alone |" in stdout and "| on |" in stdout
 
 
+def test_memory_bench_runs() -> None:
+    """bench/memory.py 20: the Python objects per connection, with the lines that allocated them."""
+    stdout = run_script("memory.py", "20")
+    assert "20 connections:" in stdout and "KiB of Python objects per connection" in stdout
+    assert "| bytes per connection | objects per connection | allocated at |" in stdout
+
+
 @pytest.mark.timeout(150)
 def test_fanout_bench_quick_run(redis_base_url: str, tmp_path: Path) -> None:
     """bench/fanout.py --quick: 50 subscribers on a two-worker gunicorn (Redis) and a one-worker one

@@ -112,6 +112,9 @@ def stuck_connection(
     assert wait_until(lambda: len(set(server.app.connections()) - before) == 1)
     (conn,) = set(server.app.connections()) - before
     assert conn.send_nowait(b"\0" * filler)
+    # Taken by the writer (and stuck in its write): on a loaded machine a broadcast
+    # could otherwise come first and, under drop-oldest, drop the filler instead.
+    assert wait_until(lambda: conn._outbox is not None and conn._outbox.waiting == 0)
     return conn
 
 
@@ -176,7 +179,7 @@ def test_under_drop_oldest_a_slow_client_keeps_its_newest_messages() -> None:
             conn = stuck_connection(server, slow, set(), filler=32 << 20)
             for i in range(100):
                 assert app.broadcast(f"{i:04d}".ljust(1024, ".")) == 1  # always taken
-            assert conn._outbox.dropped >= 90
+            assert conn._outbox is not None and conn._outbox.dropped >= 90
             slow.setblocking(True)
             slow.settimeout(10)
             data = b""

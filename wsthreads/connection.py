@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from . import frames, trace
-from .queues import CLOSE, Inbox, Outbox
+from .queues import CLOSE, Inbox, Outbox, check_policy
 
 if TYPE_CHECKING:
     from .request import Request
@@ -273,6 +273,13 @@ class _Fail(Exception):
         super().__init__(reason)
 
 
+def writer_name(reader_name: str) -> str:
+    """The writer thread's name for a reader's: ``conn-1-reader`` -> ``conn-1-writer``."""
+    if reader_name.endswith("reader"):
+        return reader_name.removesuffix("reader") + "writer"
+    return f"{reader_name}-writer"
+
+
 class Connection:
     """A WebSocket connection whose opening handshake is done: the same class for both sides.
 
@@ -375,15 +382,18 @@ class Connection:
         self._awaiting_pong = False
         self._next_ping = time.monotonic() + (ping_interval or 0)
         self._on_message: Callable[[Message], None] | None = None
-        #: Received messages for :meth:`recv`, when the reader was started without a callback.
-        self.inbox: Inbox[Message] = Inbox(max_queue)
-        self._outbox = Outbox(
-            self._write_queued,
-            limit=outbound_limit,
-            policy=on_overflow,
-            overflow=self._overflowed,
-            name=name.removesuffix("reader") + "writer" if name.endswith("reader") else f"{name}-writer",
-        )
+        # The two queues are made when first used (see inbox and _outbox_for_put): a
+        # session that gets its messages in on_message and only sends needs neither,
+        # and together they hold about 9 KiB of objects. _queues_lock guards their
+        # making against the lifecycle steps that change them (close, abort, the end).
+        self._queues_lock = threading.Lock()
+        self._inbox: Inbox[Message] | None = None
+        self._inbox_end: BaseException | None = None  # what recv() raises once the reader is over
+        self._max_queue = max_queue
+        self._outbox: Outbox | None = None
+        check_policy(on_overflow)
+        self._outbound_limit = outbound_limit
+        self._on_overflow = on_overflow
         #: The reader thread, once started.
         self.reader: threading.Thread | None = None
         # OpenSSL's connection object may not be used by two threads at once, so
@@ -433,6 +443,21 @@ class Connection:
         finally:
             thread.name = named
 
+    @property
+    def inbox(self) -> Inbox[Message]:
+        """Received messages for :meth:`recv`, when the reader was started without a callback."""
+        inbox = self._inbox
+        if inbox is None:
+            with self._queues_lock:
+                if self._inbox is None:
+                    self._inbox = Inbox(self._max_queue)
+                    if self.stop.is_set():
+                        self._inbox.stop_waiting()
+                    if self._inbox_end is not None:
+                        self._inbox.end(self._inbox_end)
+                inbox = self._inbox
+        return inbox
+
     def recv(self, timeout: float | None = None) -> Message:
         """The next message (reader started without a callback); waits at most ``timeout`` s.
 
@@ -473,19 +498,38 @@ class Connection:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until what :meth:`send_nowait` queued is written (default: ``write_timeout``)."""
-        return self._outbox.flush(self.write_timeout if timeout is None else timeout)
+        outbox = self._outbox
+        return outbox is None or outbox.flush(self.write_timeout if timeout is None else timeout)
 
     def _queue_frame(self, frame: bytes) -> bool:
         if self.stop.is_set():
             return False
-        return self._outbox.put(frame)
+        return self._outbox_for_put().put(frame)
+
+    def _outbox_for_put(self) -> Outbox:
+        """The outbox, made on the first frame queued; one made once the session is closing takes none."""
+        outbox = self._outbox
+        if outbox is None:
+            with self._queues_lock:
+                if self._outbox is None:
+                    self._outbox = Outbox(
+                        self._write_queued,
+                        limit=self._outbound_limit,
+                        policy=self._on_overflow,
+                        overflow=self._overflowed,
+                        name=writer_name(self.name),
+                    )
+                    if self.stop.is_set():
+                        self._outbox.stop()
+                outbox = self._outbox
+        return outbox
 
     def _overflowed(self, waiting: int) -> None:
         log.warning(
             "%s: the peer is too slow (%d bytes waiting, limit %d): closing",
             self.name,
             waiting,
-            self._outbox.limit,
+            self._outbound_limit,
         )
         self.close(TRY_AGAIN_LATER, "too slow: too many messages waiting")
 
@@ -525,7 +569,7 @@ class Connection:
             closing = self._close_requested is not None and not queued
             if self._close_frame_sent or closing:
                 raise self._peer_closed or Closed(GOING_AWAY, "the connection is closing", by_peer=False)
-            frames = self._outbox.drain() if queued else None
+            frames = self._outbox.drain() if queued and self._outbox else None
             if frames is not None:
                 if not frames:
                     return  # the reader took them for its close, or they were discarded
@@ -561,8 +605,11 @@ class Connection:
         a reason is cut to the 123 bytes a close frame holds.
         """
         self.stop.set()
-        self.inbox.stop_waiting()
-        self._outbox.seal()  # what send_nowait queued before still goes out, before the close frame
+        with self._queues_lock:
+            if self._inbox is not None:
+                self._inbox.stop_waiting()
+            if self._outbox is not None:
+                self._outbox.seal()  # what send_nowait queued before still goes out, before the close frame
         with self._wakeup.lock:
             if self._close_requested is None:
                 self._close_by = time.monotonic() + self.close_timeout
@@ -573,8 +620,7 @@ class Connection:
         """Cut the connection now: the reader and any blocked writer return at once."""
         self._aborted = True  # before the shutdown: the reader must not read on what is still queued
         self.stop.set()
-        self.inbox.stop_waiting()
-        self._outbox.stop()
+        self._stop_queues()
         shut_down(self.sock)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
@@ -587,6 +633,17 @@ class Connection:
             return True
         self.abort()
         return self.done.wait(0.5)
+
+    def _stop_queues(self, end: BaseException | None = None) -> None:
+        """Discard what waits to be written; with ``end``, what recv() raises once the rest is taken."""
+        with self._queues_lock:
+            if self._outbox is not None:
+                self._outbox.stop()
+            self._inbox_end = end or self._inbox_end
+            if self._inbox is not None:
+                self._inbox.stop_waiting()
+                if end is not None:
+                    self._inbox.end(end)
 
     # --- the reader thread ------------------------------------------------------------
 
@@ -601,8 +658,7 @@ class Connection:
             trace.end(self._closing_started, "closing handshake")
             self._aborted = True
             self.stop.set()
-            self._outbox.stop()
-            self.inbox.end(self.closed or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
+            self._stop_queues(self.closed or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
             self._wakeup.close()
             shut_down(self.sock)
             # A writer may still be inside a write; after the shutdown it fails at
@@ -789,18 +845,20 @@ class Connection:
             self._close_frame_sent = True
             by_peer = self._peer_closed is not None
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
-            queued = [] if by_peer else self._outbox.drain()
+            outbox = self._outbox  # None: nothing was ever queued (stop is set: none will be)
+            queued = [] if by_peer or outbox is None else outbox.drain()
             count = len(queued)
             close = frames.frame(frames.CLOSE, frames.close_payload(code, reason), self.client)
             data = b"".join([*queued, *close])
-            self._outbox.stop()  # nothing may follow a close frame
+            if outbox is not None:
+                outbox.stop()  # nothing may follow a close frame
             if not by_peer:
                 self._close_sent = Closed(code, reason, by_peer=False)
             try:
                 self._write(data, self._close_deadline)
             except Closed as failed:
-                if count:
-                    self._outbox.lost()  # what send_nowait queued did not get through
+                if count and outbox is not None:
+                    outbox.lost()  # what send_nowait queued did not get through
                 raise _Lost(failed.reason) from None
             self._count_sent(queued, trace.begin())
         finally:

@@ -37,6 +37,12 @@ CORK_PER_WRITER = 0.0002
 MAX_CORK = 0.25
 
 
+def check_policy(policy: str) -> None:
+    """ValueError unless ``policy`` is one of :data:`OVERFLOW_POLICIES`."""
+    if policy not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow policy must be one of {', '.join(OVERFLOW_POLICIES)}: {policy!r}")
+
+
 class Inbox(queue.Queue, Generic[T]):  # type: ignore[type-arg]
     """A :class:`queue.Queue` of received messages that knows when no more will come.
 
@@ -136,8 +142,7 @@ class Outbox:
         overflow: Callable[[int], None],
         name: str,
     ) -> None:
-        if policy not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow policy must be one of {', '.join(OVERFLOW_POLICIES)}: {policy!r}")
+        check_policy(policy)
         self.write = write
         self.limit = limit
         self.policy = policy

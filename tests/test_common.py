@@ -10,8 +10,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import OP_CLOSE, OP_TEXT, ROOT, decode_frames
+from helpers import OP_CLOSE, OP_TEXT, ROOT, decode_frames, open_client
 
+import sync_server
+import wsthreads
 from common import message_text, send_messages
 from wsthreads.connection import Closed, Connection, close_reason, describe_close, sendable_code
 
@@ -107,3 +109,34 @@ print("ok")
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_an_echo_session_makes_neither_queue() -> None:
+    """wsthreads.Echo answers in on_message with send(): after round trips its connection holds
+    no inbox and no outbox (they are made on first use: ~9 KiB of objects per connection)."""
+    seen: list[Connection] = []
+    app = sync_server.create_app(echo=True)
+    with wsthreads.start_server(app, "127.0.0.1", 0) as server:
+        sock = open_client(server.port)
+        try:
+            for n in range(3):
+                sock.sendall(b"\x81\x82" + bytes(4) + f"m{n}".encode())  # masked (zero key) text
+                assert read_frames(sock, 1) == [(OP_TEXT, f"m{n}".encode())]
+            seen.extend(app.connections())
+            assert len(seen) == 1 and seen[0]._inbox is None and seen[0]._outbox is None
+        finally:
+            sock.close()
+
+
+def test_queues_made_after_the_end_behave_as_if_made_before(pair: tuple[Connection, socket.socket]) -> None:
+    """The first recv() after the session ended raises how it ended; the first send_nowait()
+    after a close is refused, and flush() has nothing to wait for."""
+    conn, peer = pair
+    conn.close(1000, "done")
+    assert conn.send_nowait("late") is False and conn.flush(0.1) is True
+    peer.sendall(b"\x88\x82" + bytes(4) + b"\x03\xe8")  # the answering close, 1000
+    assert conn.done.wait(5)
+    assert conn._inbox is None
+    with pytest.raises(Closed) as ended:
+        conn.recv(timeout=1)
+    assert ended.value.code == 1000

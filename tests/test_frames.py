@@ -174,3 +174,42 @@ def test_masking_keys_differ_and_are_refilled_in_a_forked_child() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 4) != frames._masking_keys.next()
+
+
+def test_what_came_before_a_broken_rule_is_reported_with_it() -> None:
+    """A message and a bad frame in one read: the message still counts, then the error."""
+    with pytest.raises(ProtocolError) as raised:
+        Parser(client=False, max_message_size=None).receive(
+            raw_frame(TEXT, b"hello") + raw_frame(PING, b"p") + raw_frame(0x3, b"")
+        )
+    assert raised.value.code == 1002
+    assert [e if isinstance(e, str) else type(e).__name__ for e in raised.value.events] == ["hello", "Ping"]
+
+
+def test_nothing_after_a_close_frame_is_parsed() -> None:
+    """The close frame is the peer's last (RFC 6455 5.5.1): junk behind it breaks no rule."""
+    parser = Parser(client=False, max_message_size=None)
+    events = parser.receive(raw_frame(CLOSE, struct.pack("!H", 1000)) + raw_frame(0x3, b"") + b"\xff" * 20)
+    assert [(e.code, e.reason) for e in events if isinstance(e, frames.Close)] == [(1000, "")]
+    assert len(events) == 1 and parser.receive(raw_frame(TEXT, b"late")) == []
+
+
+@pytest.mark.parametrize("piece", [b"", b"x"])
+def test_a_message_cut_into_tiny_frames_costs_its_bytes_not_its_frames(piece: bytes) -> None:
+    """50,000 empty or 1-byte continuations hold about the message's own bytes, not 40 per frame."""
+    import tracemalloc
+
+    parser = Parser(client=False, max_message_size=1 << 20)
+    tiny = raw_frame(CONTINUATION, piece, fin=False) * 10_000
+    tracemalloc.start()
+    try:
+        assert parser.receive(raw_frame(BINARY, b"start", fin=False)) == []
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5):
+            assert parser.receive(tiny) == []
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    held = 50_000 * len(piece)
+    assert grown < held * 1.25 + 16 * 1024, f"the parser grew by {grown} bytes to hold {held}"
+    assert parser.receive(raw_frame(CONTINUATION, b" end")) == [b"start" + piece * 50_000 + b" end"]

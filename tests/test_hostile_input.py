@@ -66,6 +66,28 @@ def test_bad_frame_gets_the_right_close_code(start_server: Callable[..., ServerP
     assert "Traceback" not in server.output()
 
 
+def test_a_message_in_the_same_segment_as_a_bad_frame_is_still_delivered(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """One TCP segment, a good message then a broken rule: the message is echoed, then 1002."""
+    server = start_server("--echo")
+    peer = RawPeer(server.port)
+    peer.sock.sendall(encode_frame(OP_TEXT, b"before the error") + encode_frame(0x3, b""))
+    frames, payload = peer.read_until_close()
+    assert frames[0] == (OP_TEXT, b"before the error")
+    assert struct.unpack("!H", payload[:2])[0] == PROTOCOL_ERROR
+
+
+def test_bytes_behind_a_close_frame_are_not_read(start_server: Callable[..., ServerProgram]) -> None:
+    """A close frame is a peer's last: junk after it in the same segment does not turn 1000 into 1002."""
+    server = start_server("--echo")
+    peer = RawPeer(server.port)
+    peer.sock.sendall(encode_frame(OP_CLOSE, close_payload(1000, "bye")) + encode_frame(0x3, b"junk"))
+    assert peer.close_code() == 1000
+    assert peer.rest_until_eof() == b""
+    assert "protocol error" not in server.output()
+
+
 def test_oversize_message_closes_with_1009(start_server: Callable[..., ServerProgram]) -> None:
     """One byte over --max-message-size: 1009, and the server did not wait for the whole message."""
     server = start_server("--echo", "--max-message-size", "1000")

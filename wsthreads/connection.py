@@ -752,10 +752,11 @@ class Connection:
 
     def _dispatch(self, data: bytes) -> Closed | None:
         """Feed bytes to the frame layer and act on what they complete; how the session ended, if it did."""
+        failure = None
         try:
             events = self._parser.receive(data)
-        except frames.ProtocolError as error:
-            raise _Fail(error.code, error.reason) from None
+        except frames.ProtocolError as error:  # what came before the broken rule still counts
+            events, failure = error.events, _Fail(error.code, error.reason)
         for event in events:
             if isinstance(event, (str, bytes)):
                 self._deliver(event)
@@ -765,6 +766,8 @@ class Connection:
                 self._awaiting_pong = False
             else:
                 return self._closed_by(event)
+        if failure is not None:
+            raise failure
         return None
 
     def _closed_by(self, close: frames.Close) -> Closed:

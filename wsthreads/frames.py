@@ -36,6 +36,8 @@ MAX_CONTROL_PAYLOAD = 125
 VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
 #: No status code in the close frame (never sent on the wire).
 NO_STATUS = 1005
+# A message piece this big is kept as it is; smaller ones are copied into a shared buffer.
+_OWN_PIECE = 4096
 PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
 
 _new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
@@ -47,6 +49,8 @@ class ProtocolError(Exception):
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
         self.reason = reason
+        #: What the same bytes completed before the broken rule (set by :meth:`Parser.receive`).
+        self.events: list[Event] = []
         super().__init__(reason)
 
 
@@ -194,19 +198,32 @@ class Parser:
         self._fin = False
         self._unmasker: Unmasker | None = None
         self._control: list[bytes] = []  # a control frame's payload so far
-        # The data message being assembled: its opcode (0: none), parts, size in bytes.
+        # The data message being assembled: its opcode (0: none), its pieces, its size in bytes.
         self._message = 0
-        self._parts: list[bytes] | list[str] = []
+        self._parts: list[bytes | bytearray] = []
         self._size = 0
-        self._decoder: codecs.IncrementalDecoder | None = None
+        self._decoder: codecs.IncrementalDecoder | None = None  # checks text piece by piece
+        self._closed = False  # a close frame came: nothing after it is read
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes; every message and control frame they complete, in order.
 
-        Raises ProtocolError at the first rule broken; the parser is not to
-        be used after that.
+        Raises ProtocolError at the first rule broken, with the events
+        completed before it in its ``events``; the parser is not to be used
+        after that. After a close frame, nothing more is parsed (RFC 6455
+        5.5.1: it is the last frame).
         """
         events: list[Event] = []
+        try:
+            self._parse(data, events)
+        except ProtocolError as error:
+            error.events = events
+            raise
+        return events
+
+    def _parse(self, data: bytes, events: list[Event]) -> None:
+        if self._closed:
+            return
         if self._unparsed:
             data, self._unparsed = self._unparsed + data, b""
         at, end = 0, len(data)
@@ -215,7 +232,7 @@ class Parser:
                 used = self._parse_header(data, at, end)
                 if not used:
                     self._unparsed = data[at:]
-                    break
+                    return
                 at += used
             left = self._left
             assert left is not None
@@ -228,7 +245,9 @@ class Parser:
             event = self._payload(chunk, finished=left == 0)
             if event is not None:
                 events.append(event)
-        return events
+                if isinstance(event, Close):
+                    self._closed = True
+                    return
 
     def _parse_header(self, data: bytes, at: int, end: int) -> int:
         """Read a frame header at ``at`` if it is all there; its length, or 0 to wait for more."""
@@ -306,27 +325,43 @@ class Parser:
         whole = finished and self._fin
         if finished:
             self._left = None
-        if self._message == TEXT:
-            return self._text(chunk, whole)
-        self._parts.append(chunk)  # type: ignore[arg-type]
-        if not whole:
-            return None
-        parts, self._parts, self._size, self._message = self._parts, [], 0, 0
-        return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[arg-type]
-
-    def _text(self, chunk: bytes, whole: bool) -> str | None:
-        """Decode text as it arrives, so invalid UTF-8 fails at once (1007)."""
+        if whole and not self._parts:
+            data = chunk  # the common case: a message in one piece, not copied
+        else:
+            if self._message == TEXT:
+                self._check_text(chunk, whole)
+            self._keep(chunk)
+            if not whole:
+                return None
+            data = b"".join(self._parts)
+            self._parts, self._decoder = [], None
+        opcode, self._size, self._message = self._message, 0, 0
+        if opcode == BINARY:
+            return data
         try:
-            if whole and not self._parts and self._decoder is None:
-                text = chunk.decode()  # the common case: a message in one piece
-            else:
-                if self._decoder is None:
-                    self._decoder = _new_utf8_decoder()
-                self._parts.append(self._decoder.decode(chunk, whole))  # type: ignore[arg-type]
-                if not whole:
-                    return None
-                text = "".join(self._parts)  # type: ignore[arg-type]
+            return data.decode()
         except UnicodeDecodeError:
             raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8") from None
-        self._parts, self._size, self._message, self._decoder = [], 0, 0, None
-        return text
+
+    def _keep(self, piece: bytes) -> None:
+        """Add a piece to the message being assembled, copied once at its end.
+
+        Small pieces share one buffer: a message costs about its bytes
+        however many frames the peer cuts it into, empty ones included.
+        """
+        parts = self._parts
+        if len(piece) >= _OWN_PIECE:
+            parts.append(piece)
+        elif parts and isinstance(parts[-1], bytearray):
+            parts[-1] += piece
+        elif piece:
+            parts.append(bytearray(piece))
+
+    def _check_text(self, piece: bytes, last: bool) -> None:
+        """Check a text message's UTF-8 piece by piece, so invalid text fails at once (1007)."""
+        if self._decoder is None:
+            self._decoder = _new_utf8_decoder()
+        try:
+            self._decoder.decode(piece, last)
+        except UnicodeDecodeError:
+            raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8") from None

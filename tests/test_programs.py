@@ -55,6 +55,30 @@ def test_non_ascii_text_is_printed_verbatim(start_server: Callable[..., ServerPr
     server.wait_for("received: héllo, мир, 世界 ✓")
 
 
+def test_a_peer_cannot_forge_log_lines(start_server: Callable[..., ServerProgram]) -> None:
+    """Line breaks and escape sequences, in a message or a request path, are printed escaped on one line."""
+    import socket
+
+    from helpers import websocket_client as connect
+
+    server = start_server("--echo")
+    forged = "hi\n12:00:00.000 [conn-9-reader] peer closed the connection\r\x1b[2K\u2028end"
+    ws = connect(server.url)
+    try:
+        ws.send(forged)
+        assert ws.recv() == forged  # the message itself is untouched
+    finally:
+        ws.close()
+    server.wait_for(
+        re.escape(r"received: hi\n12:00:00.000 [conn-9-reader] peer closed the connection\r\x1b[2K\u2028end")
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /x%0A12:00:00.000%20[conn-7-reader]%20FORGED HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 404")
+    server.wait_for(re.escape(r"refused GET /x\n12:00:00.000 [conn-7-reader] FORGED: 404"))
+    assert not any(line.startswith(("12:00:00.000", "\x1b")) or "\r" in line for line in server.stdout)
+
+
 def test_client_closes_with_1000_after_linger_when_server_stays_quiet(
     start_server: Callable[..., ServerProgram],
 ) -> None:

@@ -41,6 +41,7 @@ from .connection import (
     Connection,
     Message,
     broadcast,
+    printable,
     wait_for,
 )
 from .fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
@@ -272,9 +273,8 @@ class WebSocketApp:
             return page_response(start_response, head=environ["REQUEST_METHOD"] == "HEAD")
         refusal = check_request(environ, self.config.path, self.config.allowed_origins) or self._admit()
         if refusal is not None:
-            log.info(
-                "refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), refusal.status
-            )
+            request_line = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+            log.info("refused %s: %s", printable(request_line), refusal.status)
             return plain_response(start_response, refusal)
         try:
             return self._serve(environ, start_response)
@@ -365,7 +365,7 @@ class WebSocketApp:
                 user = self._authenticate(request)
             except Reject as rejected:
                 refusal = refusal_of(rejected)
-                log.info("refused %s: %s %s", request.path, refusal.status, refusal.text)
+                log.info("refused %s: %s %s", printable(request.path), refusal.status, refusal.text)
                 return plain_response(start_response, refusal)
         name = f"conn-{next(self._numbers)}"
         thread = threading.current_thread()

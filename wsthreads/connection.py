@@ -116,10 +116,19 @@ def describe_close(code: int, reason: str = "") -> str:
     return f"{text} {reason!r}" if reason else text
 
 
+def printable(text: str) -> str:
+    """Text safe to put in one log line: line breaks, escape sequences and other
+    unprintable characters shown as ``\\n``, ``\\x1b``, so a peer cannot forge
+    a line or move the terminal's cursor."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def describe_message(message: Message) -> str:
-    """How a message is printed: text verbatim, binary by size."""
+    """How a message is printed: text as it is (unprintable characters escaped), binary by size."""
     if isinstance(message, str):
-        return message
+        return printable(message)
     return f"<binary message, {len(message)} bytes>"
 
 

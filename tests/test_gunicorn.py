@@ -20,6 +20,7 @@ from helpers import (
     RawPeer,
     assert_stop_closes_sessions,
     close_payload,
+    encode_frame,
     run_client,
     wait_until,
 )
@@ -102,6 +103,18 @@ def test_no_bytes_after_the_close_under_gunicorn(gunicorn: Callable[[str], Gunic
     _, payload = peer.read_until_close()
     assert payload[:2] == b"\x03\xe8"
     assert peer.rest_until_eof() == b""
+    assert server.problems() == []
+
+
+def test_frames_pipelined_behind_the_handshake_are_not_lost_under_gunicorn(
+    gunicorn: Callable[[str], Gunicorn],
+) -> None:
+    """Frames in the same write as the request, which gunicorn read ahead, are still heard, in order."""
+    server = gunicorn("sync_server:create_app(echo=True)")
+    peer = RawPeer(
+        server.port, pipelined=encode_frame(OP_TEXT, b"early bird") + encode_frame(OP_TEXT, b"second")
+    )
+    assert [peer.read_frame(), peer.read_frame()] == [(OP_TEXT, b"early bird"), (OP_TEXT, b"second")]
     assert server.problems() == []
 
 

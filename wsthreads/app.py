@@ -583,11 +583,18 @@ def without_compression(environ: dict[str, Any]) -> dict[str, Any]:
 def unread_request_bytes(environ: dict[str, Any], sock: socket.socket) -> bytes:
     """Bytes the client sent right behind its request, if the server read them.
 
-    Werkzeug reads the request through a buffered file, which may already
-    hold the start of the client's first frame. We take those bytes back
-    without blocking; the reader parses them before reading on.
+    Both servers read ahead of the request, so their buffers may already hold
+    the start of the client's first frame. We take those bytes back without
+    blocking; the reader parses them before reading on.
     """
     rfile = environ.get("wsgi.input")
+    # gunicorn: the body's reader reads through the connection's unreader, which
+    # keeps its read-ahead and hands it over without touching the socket.
+    unreader = getattr(getattr(rfile, "reader", None), "unreader", None)
+    take_buffered = getattr(unreader, "take_buffered", None)
+    if take_buffered is not None:
+        return bytes(take_buffered())
+    # Werkzeug: a buffered file; peek at what it holds, with the socket unable to block.
     peek = getattr(rfile, "peek", None)
     if peek is None:
         return b""

@@ -378,6 +378,28 @@ def test_recv_raises_timeout_error_when_nothing_comes(start_server: Callable[...
         assert client.connected
 
 
+def test_sending_what_is_not_a_message_raises_and_sends_nothing(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """send(5) once sent five NUL bytes: only str, bytes, bytearray and memoryview go out."""
+    server = start_server("--echo")
+    with WebSocketClient(server.url) as client:
+        careless: list[tuple[Any, type[Exception], str]] = [
+            (5, TypeError, "not int"),
+            ([104, 105], TypeError, "not list"),
+            (None, TypeError, "not NoneType"),
+            ("\ud800", ValueError, "not valid Unicode"),
+        ]
+        for value, error, text in careless:
+            with pytest.raises(error, match=text):
+                client.send(value)
+        binary_like: list[Any] = [bytearray(b"ba"), memoryview(b"mv")]
+        for message in [*binary_like, "ok"]:
+            client.send(message)
+        assert [client.recv(timeout=WAIT) for _ in range(3)] == [b"ba", b"mv", "ok"]
+        assert client.connected
+
+
 def test_iteration_yields_every_message_then_ends_with_the_close_code(peer: Callable[..., str]) -> None:
     def three_then_4000(ws: ServerConnection) -> None:
         for number in range(1, 4):

@@ -116,6 +116,18 @@ def describe_close(code: int, reason: str = "") -> str:
     return f"{text} {reason!r}" if reason else text
 
 
+def opcode_and_payload(message: Message) -> tuple[int, bytes]:
+    """What a message goes out as: text as UTF-8, binary as it is; TypeError for anything else."""
+    if isinstance(message, str):
+        try:
+            return frames.TEXT, message.encode()
+        except UnicodeEncodeError as error:
+            raise ValueError(f"text to send is not valid Unicode: {error.reason} at {error.start}") from None
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return frames.BINARY, bytes(message)
+    raise TypeError(f"a message is str (text) or bytes (binary), not {type(message).__name__}")
+
+
 def printable(text: str) -> str:
     """Text safe to put in one log line: line breaks, escape sequences and other
     unprintable characters shown as ``\\n``, ``\\x1b``, so a peer cannot forge
@@ -544,9 +556,7 @@ class Connection:
 
     def _framed(self, message: Message) -> tuple[bytes, bytes]:
         """A data frame's header and payload, masked on the client."""
-        if isinstance(message, str):
-            return frames.frame(frames.TEXT, message.encode(), masked=self.client)
-        return frames.frame(frames.BINARY, bytes(message), masked=self.client)
+        return frames.frame(*opcode_and_payload(message), masked=self.client)
 
     def _write_queued(self) -> None:
         """The writer thread's write: everything queued, taken under the wire lock, bounded like :meth:`send`.

@@ -17,6 +17,9 @@ one server after the other in every run:
 
 Then each server, started afresh, holds 1000 connections making 20 round trips each
 at once: its memory per connection is its peak RSS (VmHWM) minus its idle RSS, over N.
+This case has one more server, ``werkzeug`` (``bench/werkzeug_floor.py``): Werkzeug's
+threaded server with an app that answers the upgrade itself and echoes small frames, the
+floor of what a connection costs under Werkzeug before any WebSocket code.
 
 **Clients**, in this process on core 0, against one gorilla echo server on core 1:
 ``ours`` (``wsthreads.dial`` and the connection's reader, the transport of
@@ -281,6 +284,7 @@ class Server:
     pinned: bool = True  # False: gunicorn's two workers are meant to share both cores
     env: dict[str, str] | None = None
     processes: int = 1  # gunicorn: the arbiter and its workers
+    connections_only: bool = False  # a floor that can only hold the 1000 connections' round trips
 
 
 class ServerProcess:
@@ -430,6 +434,7 @@ def servers(go: dict[str, str]) -> list[Server]:
         Server("websockets", [python, "bench/websockets_echo.py"]),
         Server("gorilla", [go["server"], "-addr", "127.0.0.1:0", "-echo", "-quiet"]),
         Server("tcp", [python, "bench/tcp_echo.py"]),
+        Server("werkzeug", [python, "bench/werkzeug_floor.py"], connections_only=True),
     ]
 
 
@@ -487,7 +492,7 @@ def run_servers(chosen: list[Server], go: dict[str, str], plan: Plan, logs: Path
     with ``plan.conns`` connections."""
     figures: dict[str, Figures] = {}
     for run in range(plan.server_runs):
-        for server in chosen:
+        for server in (s for s in chosen if not s.connections_only):
             progress(f"server {server.name}, run {run + 1} of {plan.server_runs}")
             with serving(server, logs) as process:
                 add(figures, server.name, measure_server(process, go["bench"], plan))
@@ -657,7 +662,7 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--plot", help="write a PNG of the ratios here (needs matplotlib)")
-    parser.add_argument("--servers", default="ours,ours+log,gunicorn,websockets,gorilla,tcp")
+    parser.add_argument("--servers", default="ours,ours+log,gunicorn,websockets,gorilla,tcp,werkzeug")
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--no-broadcast", action="store_true", help="leave out the broadcast row")
     args = parser.parse_args()
@@ -673,7 +678,7 @@ def main() -> None:
         client_figures = run_clients(args.clients.split(","), go, plan, Path(scratch))
     broadcast = None if args.no_broadcast else run_broadcast(plan)
 
-    peers = ["websockets", "gorilla", "tcp"]
+    peers = ["websockets", "gorilla", "tcp", "werkzeug"]
     server_table, server_data = table(
         server_figures,
         WORKLOADS + connection_rows(plan.conns),

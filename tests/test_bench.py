@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,15 @@ def test_memory_bench_runs() -> None:
     stdout = run_script("memory.py", "20")
     assert "20 connections:" in stdout and "KiB of Python objects per connection" in stdout
     assert "| bytes per connection | objects per connection | allocated at |" in stdout
+
+
+@pytest.mark.parametrize("server", ["ours", "werkzeug", "bare"])
+def test_idle_rss_runs(server: str) -> None:
+    """bench/idle_rss.py: ours, Werkzeug's floor (its small-frame echo answers the holder), bare threads."""
+    stdout = run_script("idle_rss.py", server, "20")
+    assert re.search(
+        rf"^{server}: -?\d+\.\d KiB per idle connection \(20, RssAnon held minus idle\)$", stdout, re.M
+    )
 
 
 @pytest.mark.timeout(150)

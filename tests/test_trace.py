@@ -258,3 +258,20 @@ def test_merge_names_a_file_that_is_not_a_trace(tmp_path: Path) -> None:
         [*command, "array.json", "-o", "o.json"], cwd=tmp_path, capture_output=True, text=True
     )
     assert good.returncode == 0 and load(tmp_path / "o.json")[0]["name"] == "x"
+
+
+def test_traced_echo_of_short_binary_messages_keeps_the_session(
+    start_server: Callable[..., ServerProgram], tmp_path: Path
+) -> None:
+    """An empty or one-byte binary message, echoed with --trace on: no 1011, and the trace names each size."""
+    server_trace = tmp_path / "server.json"
+    server = start_server("--echo", "--count", "0", "--trace", str(server_trace))
+    with connect(server.url) as ws:
+        for message in (b"", b"\x01", b"\x81\x05hello", b"fine"):
+            ws.send(message)
+            assert ws.recv(timeout=5) == message
+    server.signal(signal.SIGINT)
+    assert server.wait() == 0
+    assert "Traceback" not in server.output() and "1011" not in server.output()
+    sent = [e["args"] for e in in_lane(load(server_trace), "conn-1-reader", "sent message")]
+    assert [a["size"] for a in sent] == [0, 1, 7, 4]

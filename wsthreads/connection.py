@@ -599,22 +599,28 @@ class Connection:
             else:
                 self._write(header, deadline)
                 self._write(payload, deadline)
-            self._count_sent(frames if frames is not None else [] if data is None else [data], sent_at)
+            if frames is not None:
+                self._count_sent(frames, sent_at, framed=True)
+            elif data is not None:
+                self._count_sent([data], sent_at, framed=False)
         finally:
             self.wire_lock.release()
             trace.end(started, "send (under the wire lock)", messages=len(frames) if frames else 1)
 
-    def _count_sent(self, messages: list[Message] | list[bytes], at: float | None) -> None:
+    def _count_sent(self, messages: list[Message] | list[bytes], at: float | None, *, framed: bool) -> None:
         """Number the messages just written (under wire_lock: the wire's order), for a trace.
 
-        ``messages`` are the messages themselves, or the frames queued for them.
+        ``messages`` are the messages themselves or, ``framed``, the frames queued for them.
         """
         for message in messages:
             self._sent += 1
             if at is not None:
                 flow = trace.flow_id(self.key, self.client, self._sent) if self.key else None
-                text = message if isinstance(message, str) else frame_text(message)
-                trace.message("sent", text, flow, at)
+                if isinstance(message, str):
+                    shown: str | bytes = message
+                else:
+                    shown = frame_text(message) if framed else bytes(message)
+                trace.message("sent", shown, flow, at)
 
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Ask for the closing handshake with ``code``; returns at once, idempotent.
@@ -882,7 +888,7 @@ class Connection:
                 if count and outbox is not None:
                     outbox.lost()  # what send_nowait queued did not get through
                 raise _Lost(failed.reason) from None
-            self._count_sent(queued, trace.begin())
+            self._count_sent(queued, trace.begin(), framed=True)
         finally:
             self.wire_lock.release()
 

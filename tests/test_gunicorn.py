@@ -7,6 +7,7 @@ import os
 import re
 import runpy
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -115,6 +116,24 @@ def test_frames_pipelined_behind_the_handshake_are_not_lost_under_gunicorn(
         server.port, pipelined=encode_frame(OP_TEXT, b"early bird") + encode_frame(OP_TEXT, b"second")
     )
     assert [peer.read_frame(), peer.read_frame()] == [(OP_TEXT, b"early bird"), (OP_TEXT, b"second")]
+    assert server.problems() == []
+
+
+def test_an_upgrade_with_a_body_is_refused_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
+    """gunicorn's read-ahead holds the body too: it is refused (400), never read as frames."""
+    server = gunicorn("sync_server:create_app(echo=True)")
+    body = encode_frame(OP_TEXT, b"BODY")
+    head = (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b"a WebSocket handshake has no body\n")
     assert server.problems() == []
 
 

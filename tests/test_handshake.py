@@ -48,6 +48,7 @@ def request(port: int, method: str = "GET", version: str = "HTTP/1.1", **changes
         ("GET", "HTTP/1.1", {"Sec-WebSocket-Key": "not base64!"}, b"400"),
         ("GET", "HTTP/1.1", {"Sec-WebSocket-Key": "c2hvcnQ="}, b"400"),
         ("GET", "HTTP/1.1", {"Origin": "https://evil.example"}, b"403"),
+        ("GET", "HTTP/1.1", {"Origin": "http://["}, b"403"),  # not a URL: refused, not a 500
     ],
 )
 def test_bad_handshakes_get_a_clean_4xx(
@@ -66,6 +67,30 @@ def test_bad_handshakes_get_a_clean_4xx(
     if status == b"426":
         assert b"Sec-WebSocket-Version: 13" in head
     assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize(
+    "framing, body",
+    [
+        ("Content-Length: 10\r\n", b"\x81\x84\x00\x00\x00\x00BODY"),  # a masked frame, hidden as a body
+        ("Content-Length: 7\r\n", b"a=1&b=2"),
+        ("Transfer-Encoding: chunked\r\n", b"4\r\nBODY\r\n0\r\n\r\n"),
+    ],
+)
+def test_an_upgrade_with_a_body_is_refused(
+    start_server: Callable[..., ServerProgram], framing: str, body: bytes
+) -> None:
+    """A body would be frames to us and a body to a proxy in front: 400, and no session."""
+    server = start_server("--echo")
+    head = "GET /ws HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in GOOD.items()) + framing + "\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+    assert answer.endswith(b"a WebSocket handshake has no body\n")
+    assert "connected" not in server.output() and "Traceback" not in server.output()
 
 
 def test_absurdly_large_headers_get_a_4xx(start_server: Callable[..., ServerProgram]) -> None:
@@ -90,6 +115,8 @@ def test_absurdly_large_headers_get_a_4xx(start_server: Callable[..., ServerProg
         ("https://app.example", "127.0.0.1:8080", ("https://app.example",), True),
         ("https://APP.example/", "127.0.0.1:8080", ("https://app.example",), True),
         ("https://evil.example", "127.0.0.1:8080", ("*",), True),
+        ("http://[", "127.0.0.1:8080", (), False),  # urlsplit raises ValueError
+        ("http://[::1", "[::1]:8080", (), False),
     ],
 )
 def test_origin_check(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:

@@ -103,17 +103,23 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str] 
         return True
     if origin.rstrip("/").lower() in (a.rstrip("/").lower() for a in allowed):
         return True
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname or not host:
-        return False
-    default_port = 443 if parts.scheme == "https" else 80
     try:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not host:
+            return False
+        default_port = 443 if parts.scheme == "https" else 80
         origin_port = parts.port or default_port
         host_parts = urlsplit(f"//{host}")
         host_port = host_parts.port or default_port
     except ValueError:
         return False
     return (parts.hostname, origin_port) == (host_parts.hostname, host_port)
+
+
+def has_body(environ: Mapping[str, Any]) -> bool:
+    """Whether the request says a body follows it (Transfer-Encoding, or a Content-Length but 0)."""
+    length = environ.get("CONTENT_LENGTH", "").strip()
+    return bool(environ.get("HTTP_TRANSFER_ENCODING")) or length not in ("", "0")
 
 
 def check_request(
@@ -139,6 +145,10 @@ def check_request(
         )
     if not is_valid_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
         return Refusal("400 Bad Request", "Sec-WebSocket-Key must be 16 bytes in base64")
+    if has_body(environ):
+        # The bytes after the request are the client's first frames; a body there
+        # would be read as frames by us and as a body by a proxy in front.
+        return Refusal("400 Bad Request", "a WebSocket handshake has no body")
     if not origin_allowed(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST"), allowed_origins):
         return Refusal("403 Forbidden", f"origin {environ.get('HTTP_ORIGIN')} is not allowed")
     return None

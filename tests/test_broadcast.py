@@ -252,6 +252,13 @@ def test_one_message_over_the_limit_does_not_punish_clients_that_keep_up() -> No
             assert [ws.recv(timeout=10) for _ in expected] == expected
 
 
+def test_a_broadcast_of_what_is_not_a_message_raises_even_with_nobody_connected() -> None:
+    app = wsthreads.create_app(ping_interval=None)
+    for careless in (5, None, ["a"]):
+        with pytest.raises(TypeError, match="a message is str"):
+            app.broadcast(careless)  # type: ignore[arg-type]
+
+
 def test_broadcast_stops_once_shutdown_begins() -> None:
     app = wsthreads.create_app(ping_interval=None)
     with wsthreads.start_server(app, "127.0.0.1", 0) as server, connect(server.url):

@@ -393,10 +393,15 @@ def test_sending_what_is_not_a_message_raises_and_sends_nothing(
         for value, error, text in careless:
             with pytest.raises(error, match=text):
                 client.send(value)
-        binary_like: list[Any] = [bytearray(b"ba"), memoryview(b"mv")]
+
+        class Odd(bytes):
+            def __bytes__(self) -> bytes:
+                return b"not these"
+
+        binary_like: list[Any] = [bytearray(b"ba"), memoryview(b"mv"), Odd(b"own")]
         for message in [*binary_like, "ok"]:
             client.send(message)
-        assert [client.recv(timeout=WAIT) for _ in range(3)] == [b"ba", b"mv", "ok"]
+        assert [client.recv(timeout=WAIT) for _ in range(4)] == [b"ba", b"mv", b"own", "ok"]
         assert client.connected
 
 

@@ -73,6 +73,26 @@ def test_client_handshake_refused_names_the_status(start_server: Callable[..., S
     assert_one_line_error(result.stderr, "refused the WebSocket handshake", "404")
 
 
+def test_a_refusing_server_cannot_forge_lines_in_the_client_output() -> None:
+    """The server's status phrase and body line are its words: printed escaped, on one line."""
+    from helpers import RawServer
+
+    body = b"\x1b[1A\x1b[2K12:00:00.000 [reader] FORGED\n"
+    answer = (
+        b"HTTP/1.1 503 \x1b[2K\rService Unavailable\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    server = RawServer(lambda sock: None, answer=answer)
+    try:
+        result = run_client("--url", server.url)
+    finally:
+        server.close()
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "refused the WebSocket handshake", "503", r"\x1b[2K\rService")
+    assert "\x1b" not in result.stderr and "\r" not in result.stderr
+
+
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP server that accepts connections and never answers."""

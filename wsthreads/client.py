@@ -43,6 +43,7 @@ from .connection import (
     Closed,
     Connection,
     Message,
+    printable,
     shut_down,
 )
 from .deadlines import deadlines
@@ -423,12 +424,12 @@ def describe_status(error: websocket.WebSocketBadStatusException) -> str:
             phrase = HTTPStatus(error.status_code).phrase
         except ValueError:
             phrase = ""
-    text = f"{error.status_code} {phrase}".strip()
+    text = printable(f"{error.status_code} {phrase}".strip())  # the server's words: escaped
     body = getattr(error, "resp_body", None)
     if isinstance(body, bytes):
         line = body.decode(errors="replace").strip().splitlines()
         if line and len(line[0]) <= 200 and "<" not in line[0]:
-            text += f": {line[0]}"
+            text += f": {printable(line[0])}"
     return text
 
 

@@ -123,7 +123,9 @@ def opcode_and_payload(message: Message) -> tuple[int, bytes]:
             return frames.TEXT, message.encode()
         except UnicodeEncodeError as error:
             raise ValueError(f"text to send is not valid Unicode: {error.reason} at {error.start}") from None
-    if isinstance(message, (bytes, bytearray, memoryview)):
+    if isinstance(message, bytes):
+        return frames.BINARY, message  # a subclass too: its own bytes, not what __bytes__ says
+    if isinstance(message, (bytearray, memoryview)):
         return frames.BINARY, bytes(message)
     raise TypeError(f"a message is str (text) or bytes (binary), not {type(message).__name__}")
 
@@ -958,12 +960,13 @@ def broadcast(connections: Iterable[Connection], message: Message) -> int:
     Frames it once for every server-side connection (their frames are not
     masked, so one buffer serves all). Returns how many connections took it.
     """
+    opcode, payload = opcode_and_payload(message)  # a wrong type raises even with nobody connected
     frame = b""
     queued = 0
     for conn in connections:
         if conn.client:
             queued += conn.send_nowait(message)
             continue
-        frame = frame or b"".join(conn._framed(message))
+        frame = frame or b"".join(frames.frame(opcode, payload, masked=False))
         queued += conn._queue_frame(frame)
     return queued

@@ -334,8 +334,8 @@ class Parser:
             if not whole:
                 return None
             data = b"".join(self._parts)
-            self._parts, self._decoder = [], None
-        opcode, self._size, self._message = self._message, 0, 0
+            self._parts = []
+        opcode, self._size, self._message, self._decoder = self._message, 0, 0, None
         if opcode == BINARY:
             return data
         try:

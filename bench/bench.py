@@ -287,6 +287,12 @@ class Server:
     connections_only: bool = False  # a floor that can only hold the 1000 connections' round trips
 
 
+def status_kib(pid: int | str, field: str) -> int:
+    """A memory figure of ``/proc/PID/status`` in KiB: VmRSS, VmHWM, RssAnon."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith(field + ":")).split()[1])
+
+
 class ServerProcess:
     """An echo server in its own process, its output in a file (no pipe for us to drain).
 
@@ -332,11 +338,7 @@ class ServerProcess:
 
     def memory_kib(self, field: str) -> int:
         """VmRSS (now) or VmHWM (peak) from /proc, summed over its processes."""
-        total = 0
-        for pid in self.pids():
-            with open(f"/proc/{pid}/status") as status:
-                total += int(next(line for line in status if line.startswith(field + ":")).split()[1])
-        return total
+        return sum(status_kib(pid, field) for pid in self.pids())
 
     def stop(self) -> None:
         self.proc.terminate()

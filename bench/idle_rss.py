@@ -14,71 +14,45 @@ below the benchmark's peak-minus-idle one, which counts round trips in flight.
 
 from __future__ import annotations
 
-import re
 import socket
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from memory import HOLDER, ROOT
+from memory import held_connections
+
+from bench import Server, serving, status_kib
 
 SERVERS = {
-    "ours": [sys.executable, "sync_server.py", "--port", "0", "--echo", "--quiet"],
-    "werkzeug": [sys.executable, "bench/werkzeug_floor.py"],
+    "ours": Server("ours", [sys.executable, "sync_server.py", "--port", "0", "--echo", "--quiet"]),
+    "werkzeug": Server("werkzeug", [sys.executable, "bench/werkzeug_floor.py"]),
 }
 
 
-def resident_kib(pid: int | str) -> int:
-    """The process's anonymous resident memory in KiB."""
-    found = re.search(r"^RssAnon:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    assert found, "no RssAnon in /proc/PID/status"
-    return int(found.group(1))
-
-
-def held_by_server(name: str, count: int) -> tuple[int, int]:
-    """Idle and held figures of a server program holding ``count`` connections."""
-    log = Path(f"/tmp/idle_rss_{name}.log")
-    with log.open("w") as out:
-        server = subprocess.Popen(SERVERS[name], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not (found := re.search(r"ws://[\d.]+:(\d+)", log.read_text())):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"{name} did not start: {log.read_text()[-300:]}")
-            time.sleep(0.05)
+def held_by_server(server: Server, count: int) -> tuple[int, int]:
+    """The server's RssAnon idle, and holding ``count`` connections."""
+    logs = tempfile.TemporaryDirectory(prefix="wsthreads-idle-rss-")
+    with logs, serving(server, Path(logs.name)) as process:
         time.sleep(0.5)
-        idle = resident_kib(server.pid)
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, found.group(1), str(count), str(ROOT / "tests")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert holder.stdout is not None and holder.stdin is not None
-        if holder.stdout.readline().strip() != "ready":
-            raise SystemExit("the connections did not open")
-        time.sleep(1)
-        held = resident_kib(server.pid)
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(30)
-        return idle, held
-    finally:
-        server.terminate()
-        server.wait(10)
+        idle = process.memory_kib("RssAnon")
+        with held_connections(urlsplit(process.url).port or 0, count):
+            time.sleep(1)
+            held = process.memory_kib("RssAnon")
+    return idle, held
 
 
 def held_by_bare_threads(count: int) -> tuple[int, int]:
     """Idle and held figures of this process with ``count`` threads blocked in recv."""
     pairs = [socket.socketpair() for _ in range(count)]
-    idle = resident_kib("self")
+    idle = status_kib("self", "RssAnon")
     threads = [threading.Thread(target=a.recv, args=(1,), name=f"bare-{i}") for i, (a, _) in enumerate(pairs)]
     for thread in threads:
         thread.start()
     time.sleep(1)
-    held = resident_kib("self")
+    held = status_kib("self", "RssAnon")
     for _, b in pairs:
         b.sendall(b"x")
     for thread in threads:
@@ -91,7 +65,7 @@ def main() -> None:
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     if name not in (*SERVERS, "bare"):
         raise SystemExit(f"usage: idle_rss.py [{'|'.join([*SERVERS, 'bare'])}] [N]")
-    idle, held = held_by_bare_threads(count) if name == "bare" else held_by_server(name, count)
+    idle, held = held_by_bare_threads(count) if name == "bare" else held_by_server(SERVERS[name], count)
     print(f"{name}: {(held - idle) / count:.1f} KiB per idle connection ({count}, RssAnon held minus idle)")
 
 

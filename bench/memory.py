@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,30 @@ sys.stdin.readline()
 """
 
 
+@contextmanager
+def held_connections(port: int, count: int) -> Iterator[None]:
+    """``count`` connections to ``port``, one round trip each, held by another process until the end."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(port), str(count), str(ROOT / "tests")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        if holder.stdout.readline().strip() != "ready":
+            raise SystemExit("the connections did not open")
+        yield
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+    finally:
+        try:
+            holder.wait(30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+
+
 def short_path(filename: str) -> str:
     """A traceback's file name without the venv's or this checkout's prefix."""
     for marker in ("site-packages/", f"python{sys.version_info[0]}.{sys.version_info[1]}/"):
@@ -54,24 +80,13 @@ def main() -> None:
 
     logging.basicConfig(level=logging.ERROR)  # the holder's exit drops every connection
     server = wsthreads.start_server(sync_server.create_app(echo=True), "127.0.0.1", 0)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(server.port), str(count), str(ROOT / "tests")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
         time.sleep(0.5)
         before = tracemalloc.take_snapshot()
-        assert holder.stdout is not None and holder.stdin is not None
-        if holder.stdout.readline().strip() != "ready":
-            raise SystemExit("the connections did not open")
-        time.sleep(0.5)
-        after = tracemalloc.take_snapshot()
-        holder.stdin.write("\n")
-        holder.stdin.flush()
+        with held_connections(server.port, count):
+            time.sleep(0.5)
+            after = tracemalloc.take_snapshot()
     finally:
-        holder.wait(30)
         server.shutdown()
     diff = after.compare_to(before, "lineno")
     total = sum(stat.size_diff for stat in diff)

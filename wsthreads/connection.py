@@ -590,7 +590,7 @@ class Connection:
             closing = self._close_requested is not None and not queued
             if self._close_frame_sent or closing:
                 raise self._peer_closed or Closed(GOING_AWAY, "the connection is closing", by_peer=False)
-            frames = self._outbox.drain() if queued and self._outbox else None
+            frames = self._outbox.drain() if queued and self._outbox is not None else None
             if frames is not None:
                 if not frames:
                     return  # the reader took them for its close, or they were discarded

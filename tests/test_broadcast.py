@@ -94,7 +94,9 @@ def split_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
 
 @pytest.fixture
 def server() -> Iterator[wsthreads.RunningServer]:
-    app = wsthreads.create_app(write_timeout=2.0, ping_interval=None)
+    # 4 s: ten times the longest broadcast call measured here (0.26 s), so a loaded machine
+    # cannot mistake a slow call for one that waited for the stuck client.
+    app = wsthreads.create_app(write_timeout=4.0, ping_interval=None)
     running = wsthreads.start_server(app, "127.0.0.1", 0)
     yield running
     running.shutdown()
@@ -118,6 +120,9 @@ def stuck_connection(
     return conn
 
 
+# 500 x 1000 deliveries, read back by this process: 10-30 s on the 2-core machine, and a
+# CI machine may take twice that; the waits inside are bounded on their own.
+@pytest.mark.timeout(240)
 def test_500_clients_get_1000_broadcasts_complete_and_in_order_while_a_stuck_one_is_dropped(
     server: wsthreads.RunningServer,
 ) -> None:

@@ -960,13 +960,9 @@ def broadcast(connections: Iterable[Connection], message: Message) -> int:
     Frames it once for every server-side connection (their frames are not
     masked, so one buffer serves all). Returns how many connections took it.
     """
-    opcode, payload = opcode_and_payload(message)  # a wrong type raises even with nobody connected
-    frame = b""
+    # Framed before the loop: a wrong type raises even with nobody connected.
+    frame = b"".join(frames.frame(*opcode_and_payload(message), masked=False))
     queued = 0
     for conn in connections:
-        if conn.client:
-            queued += conn.send_nowait(message)
-            continue
-        frame = frame or b"".join(frames.frame(opcode, payload, masked=False))
-        queued += conn._queue_frame(frame)
+        queued += conn.send_nowait(message) if conn.client else conn._queue_frame(frame)
     return queued

@@ -326,13 +326,17 @@ class WebSocketApp:
         read cannot hold up the caller or the others; it meets the
         ``on_overflow`` policy, or is dropped after ``write_timeout``.
         Broadcasts from several threads reach every connection in the same
-        order. Returns how many connections it was queued for.
+        order. ``where`` runs in the caller's thread before the broadcast
+        lock is taken: it may be slow, or broadcast itself, without holding
+        up other broadcasts or new connections. Returns how many connections
+        it was queued for.
         """
-        connections = self.connections()
+        targets = self.connections()
+        if where is not None:
+            targets = [conn for conn in targets if where(conn)]
         with self._broadcasting:
-            if not self._accepting:  # shutting down: the sessions are closing, leave them the CPU
-                return 0
-            return broadcast(connections if where is None else filter(where, connections), message)
+            # Shutting down: the sessions are closing, leave them the CPU (the message is still checked).
+            return broadcast(targets if self._accepting else (), message)
 
     def publish(self, topic: str, data: str) -> str:
         """Publish ``data`` to ``topic`` through this app's broker; the message's id.

@@ -320,11 +320,13 @@ class WebSocketApp:
             return list(self._connections)
 
     def broadcast(self, message: Message, where: Callable[[Connection], bool] | None = None) -> int:
-        """Queue ``message`` for every open connection (or those ``where(conn)`` selects); never blocks.
+        """Send ``message`` to every open connection (or those ``where(conn)`` selects); never blocks.
 
-        Each connection's own writer sends it, so a client that does not
-        read cannot hold up the caller or the others; it meets the
-        ``on_overflow`` policy, or is dropped after ``write_timeout``.
+        It is written from the calling thread wherever a socket takes it at
+        once; a connection that is behind gets it queued for its own writer,
+        so a client that does not read cannot hold up the caller or the
+        others: it meets the ``on_overflow`` policy, or is dropped after
+        ``write_timeout``.
         Broadcasts from several threads reach every connection in the same
         order. ``where`` runs in the caller's thread before the broadcast
         lock is taken: it may be slow, or broadcast itself, without holding

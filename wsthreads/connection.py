@@ -11,6 +11,9 @@ The concurrency contract (gorilla's ``doc.go``, in threads):
 * **Any thread may send.** Every write (messages, pongs, close frames) goes
   out under one lock, ``wire_lock``, with a deadline (``write_timeout``): a
   peer that stops reading is dropped instead of holding a thread.
+  :meth:`Connection.send_nowait` and broadcasts never wait for the lock or
+  the peer: they write at once what the socket takes, and leave the rest to
+  the connection's writer thread (gorilla's write pump), started only then.
 * **Any thread may close, and close never blocks.** :meth:`Connection.close`
   records the request and wakes the reader, which sends the close frame and
   waits for the answer for at most ``close_timeout``; :meth:`Connection.wait_closed`
@@ -309,8 +312,9 @@ class Connection:
     Start its reader with :meth:`start`: with a callback, every message goes
     to it in the reader thread; without one, to a bounded queue that
     :meth:`recv` and ``for message in conn`` read. Then, from any thread,
-    :meth:`send` (waits for the socket, bounded), :meth:`send_nowait` (queues
-    for the connection's writer, never waits), :meth:`close`, and
+    :meth:`send` (waits for the socket, bounded), :meth:`send_nowait` (writes
+    what the socket takes at once, queues the rest for the connection's
+    writer, never waits), :meth:`close`, and
     :meth:`wait_closed` for the end. The ``stop`` event is set as soon as the
     session winds down (a close began on either side, the connection was
     lost, or a stop was requested): a sender sleeps with
@@ -509,9 +513,11 @@ class Connection:
         self._send_wire(*self._framed(message), data=message)
 
     def send_nowait(self, message: Message) -> bool:
-        """Queue a message for this connection's writer thread and return at once; thread-safe.
+        """Send a message without waiting for the peer, and return at once; thread-safe.
 
-        Messages queued this way go out in order. False if it was not queued:
+        If nothing waits and the socket's buffer has room, it is written from
+        the calling thread; otherwise what does not fit waits for this
+        connection's writer thread. Messages sent this way go out in order. False if it was not queued:
         the session is closing, or the peer is so far behind that the
         ``on_overflow`` policy closed it. Under ``drop-oldest`` the oldest
         waiting messages make room instead. A peer that stops reading is
@@ -525,9 +531,41 @@ class Connection:
         return outbox is None or outbox.flush(self.write_timeout if timeout is None else timeout)
 
     def _queue_frame(self, frame: bytes) -> bool:
+        """Send a framed message without waiting: at once if the socket takes it, else by the writer.
+
+        gorilla's write pump, without a wake-up per message: when nobody is
+        writing and nothing waits, the calling thread writes what the socket
+        buffer takes, without blocking (a broadcast to thousands of idle
+        connections wakes no thread). Only what does not fit waits for the
+        connection's writer thread: the whole frame, or the end of it.
+        """
         if self.stop.is_set():
             return False
+        if self.wire_lock.acquire(blocking=False):
+            try:
+                if self._closing_error(queued=False) is None and (self._outbox is None or self._outbox.empty):
+                    return self._write_at_once(frame)
+            finally:
+                self.wire_lock.release()
         return self._outbox_for_put().put(frame)
+
+    def _write_at_once(self, frame: bytes) -> bool:
+        """One non-blocking write of ``frame`` (under wire_lock); its end, if cut short, to the writer."""
+        at = trace.begin()
+        try:
+            with self._tls_lock:
+                sent = self.sock.send(frame)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            sent = 0  # TLS: a retry must start with the same bytes, and it will
+        except OSError as error:
+            self._give_up(str(error) or type(error).__name__)
+            return False
+        if sent == 0:
+            return self._outbox_for_put().put(frame)
+        self._count_sent([frame], at, framed=True)
+        if sent < len(frame):
+            self._outbox_for_put().put_rest(frame[sent:])
+        return True
 
     def _outbox_for_put(self) -> Outbox:
         """The outbox, made on the first frame queued; one made once the session is closing takes none."""
@@ -583,16 +621,12 @@ class Connection:
             self._give_up("a write waited too long for the one before it")
             raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
         try:
-            if self.closed is not None or self._peer_closed is not None:
-                raise self.closed or self._peer_closed  # type: ignore[misc]
-            if self._aborted:
-                raise Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
-            closing = self._close_requested is not None and not queued
-            if self._close_frame_sent or closing:
-                raise self._peer_closed or Closed(GOING_AWAY, "the connection is closing", by_peer=False)
-            frames = self._outbox.drain() if queued and self._outbox is not None else None
-            if frames is not None:
-                if not frames:
+            error = self._closing_error(queued)
+            if error is not None:
+                raise error
+            if queued and self._outbox is not None:
+                frames = self._outbox.drain()
+                if not frames and self._outbox.empty:
                     return  # the reader took them for its close, or they were discarded
                 header = b"".join(frames)
             sent_at = trace.begin()  # before the write: the peer may see the message before it returns
@@ -608,6 +642,19 @@ class Connection:
         finally:
             self.wire_lock.release()
             trace.end(started, "send (under the wire lock)", messages=len(frames) if frames else 1)
+
+    def _closing_error(self, queued: bool) -> Closed | None:
+        """What a write must raise now (the caller holds wire_lock), or None if it may go out.
+
+        Frames ``queued`` before a close() still may, up to the close frame.
+        """
+        if self.closed is not None or self._peer_closed is not None:
+            return self.closed or self._peer_closed
+        if self._aborted:
+            return Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
+        if self._close_frame_sent or (self._close_requested is not None and not queued):
+            return Closed(GOING_AWAY, "the connection is closing", by_peer=False)
+        return None
 
     def _count_sent(self, messages: list[Message] | list[bytes], at: float | None, *, framed: bool) -> None:
         """Number the messages just written (under wire_lock: the wire's order), for a trace.
@@ -912,6 +959,8 @@ class Connection:
         else is there to cut the connection.
         """
         in_reader = threading.current_thread() is self.reader
+        if self._outbox is not None:
+            data = self._outbox.take_rest() + data  # the end of a cut frame goes first
         view = memoryview(data)
         while view:
             try:
@@ -955,10 +1004,12 @@ class Connection:
 
 
 def broadcast(connections: Iterable[Connection], message: Message) -> int:
-    """Queue ``message`` for each connection's writer (:meth:`Connection.send_nowait`); never blocks.
+    """:meth:`Connection.send_nowait` ``message`` to each connection; never blocks.
 
     Frames it once for every server-side connection (their frames are not
-    masked, so one buffer serves all). Returns how many connections took it.
+    masked, so one buffer serves all), and writes it from the calling thread
+    wherever the socket takes it: only a connection that is behind gets it
+    queued for its writer thread. Returns how many connections took it.
     """
     # Framed before the loop: a wrong type raises even with nobody connected.
     frame = b"".join(frames.frame(*opcode_and_payload(message), masked=False))

@@ -5,9 +5,10 @@
   full the reader waits for room, stops reading, and TCP tells the peer to
   slow down (websockets' ``max_queue``). A close or an abort ends that wait.
 * :class:`Outbox` holds frames for :meth:`~wsthreads.connection.Connection.send_nowait`
-  and broadcasts, written by the connection's own writer thread, so the
-  caller never waits for the peer. It is bounded in bytes; a peer that does
-  not keep up meets the overflow policy (:data:`CLOSE` or :data:`DROP_OLDEST`).
+  and broadcasts that could not leave at once from the sending thread (the
+  socket was busy or full), written by the connection's own writer thread,
+  so the caller never waits for the peer. It is bounded in bytes; a peer that
+  does not keep up meets the overflow policy (:data:`CLOSE` or :data:`DROP_OLDEST`).
   The writer starts when there is something to write and ends after
   :data:`WRITER_IDLE` seconds without, so a connection that is never
   broadcast to costs no thread.
@@ -151,6 +152,9 @@ class Outbox:
         #: Messages dropped under DROP_OLDEST, in all.
         self.dropped = 0
         self._frames: collections.deque[bytes] = collections.deque()
+        # The unwritten end of a frame whose start is on the wire: it goes out
+        # before any other byte, and no policy may drop it (see put_rest).
+        self._rest = b""
         self._putting = threading.Lock()  # guards the fields below
         self._waiting = 0  # bytes in _frames
         self._writer: threading.Thread | None = None
@@ -166,6 +170,11 @@ class Outbox:
     def waiting(self) -> int:
         """Bytes queued and not yet taken to be written."""
         return self._waiting
+
+    @property
+    def empty(self) -> bool:
+        """Nothing waits: a frame written now does not overtake a queued one."""
+        return not self._waiting and not self._frames and not self._rest
 
     def put(self, frame: bytes) -> bool:
         """Queue one frame; never blocks. False if it was not queued (closed, or overflow under CLOSE)."""
@@ -196,6 +205,29 @@ class Outbox:
             return False
         return True
 
+    def put_rest(self, rest: bytes) -> None:
+        """Queue the end of a frame that was cut short by a full socket (under the wire lock).
+
+        It must reach the wire before anything else does, close frame
+        included, or the peer would read the next frame's bytes as this
+        one's: whoever writes next takes it first (:meth:`take_rest`), and no
+        policy, seal or stop discards it; only a cut connection does.
+        """
+        with self._putting:
+            self._rest = rest
+            self._waiting += len(rest)
+            self._ready.set()
+            if self._writer is None and not self._stopped:
+                self._writer = threading.Thread(target=self._write_loop, name=self.name, daemon=True)
+                self._writer.start()
+
+    def take_rest(self) -> bytes:
+        """The end of a cut frame, if one waits, for whoever holds the wire lock to write first."""
+        with self._putting:
+            rest, self._rest = self._rest, b""
+            self._waiting -= len(rest)
+        return rest
+
     def seal(self) -> None:
         """Take no more frames; what waits still goes out (the reader drains it before its close frame)."""
         with self._putting:
@@ -207,7 +239,7 @@ class Outbox:
             if self._stopped:
                 return []
             frames, self._frames = self._frames, collections.deque()
-            self._waiting = 0
+            self._waiting = len(self._rest)
         return list(frames)
 
     def lost(self) -> None:
@@ -215,7 +247,10 @@ class Outbox:
         self._lost = True
 
     def stop(self) -> None:
-        """Discard what waits and end the writer (it finishes the write it is in, bounded)."""
+        """Discard the frames that wait and end the writer (it finishes the write it is in, bounded).
+
+        The end of a cut frame stays (see :meth:`put_rest`): a close frame may still follow.
+        """
         with self._putting:
             self._stop_locked()
 
@@ -237,10 +272,10 @@ class Outbox:
 
     def _stop_locked(self) -> None:
         if not self._stopped:
-            self._lost = self._lost or bool(self._waiting)  # discarded (a write cut mid-way sets it too)
+            self._lost = self._lost or bool(self._frames)  # discarded (a write cut mid-way sets it too)
         self._stopped = True
         self._frames.clear()
-        self._waiting = 0
+        self._waiting = len(self._rest)
         self._ready.set()
         self._hurry.set()
         with self._drained:

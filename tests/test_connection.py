@@ -1,0 +1,135 @@
+"""wsthreads.connection on its own: one server-side Connection over a real TCP pair, the peer raw.
+
+The write path: a message that finds nothing queued leaves at once from the
+sending thread; what a full socket buffer does not take (the end of a frame)
+waits for the writer, and nothing may come between a frame's start and its
+end: not a queued message, not a pong, a send() or the close frame.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from helpers import WAIT, wait_until
+
+from wsthreads import frames
+from wsthreads.connection import Connection
+from wsthreads.queues import DROP_OLDEST
+
+#: Socket buffers this small make a 1 MiB message stop mid-frame at once.
+SMALL_BUFFER = 4096
+BIG = 1 << 20
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(server end, peer end) of one TCP connection on loopback, with small buffers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+        peer.connect(listener.getsockname())
+        ours, _ = listener.accept()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    try:
+        yield ours, peer
+    finally:
+        peer.close()
+        ours.close()
+
+
+def connection(sock: socket.socket, **settings: object) -> Connection:
+    conn = Connection(sock, client=False, name="conn-test-reader", **settings)  # type: ignore[arg-type]
+    conn.start(lambda message: None)
+    return conn
+
+
+def read_events(peer: socket.socket, enough: Callable[[list[frames.Event]], bool]) -> list[frames.Event]:
+    """Read and parse the server's frames until ``enough`` of them came (or EOF)."""
+    parser = frames.Parser(client=True, max_message_size=None)
+    events: list[frames.Event] = []
+    peer.settimeout(WAIT)
+    while not enough(events):
+        data = peer.recv(65536)
+        if not data:
+            break
+        events += parser.receive(data)  # raises ProtocolError if a frame was broken up
+    return events
+
+
+def messages(count: int) -> Callable[[list[frames.Event]], bool]:
+    return lambda events: sum(isinstance(e, (str, bytes)) for e in events) >= count
+
+
+def a_close(events: list[frames.Event]) -> bool:
+    return any(isinstance(e, frames.Close) for e in events)
+
+
+def writers() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.endswith("-writer")]
+
+
+def test_a_message_that_fits_leaves_from_the_sending_thread_and_wakes_no_writer(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = pair
+    conn = connection(ours)
+    for number in range(50):
+        assert conn.send_nowait(f"message {number}")
+    assert read_events(peer, messages(50)) == [f"message {number}" for number in range(50)]
+    assert writers() == [] and conn._outbox is None  # nothing was queued, no thread was started
+    conn.close()
+    assert conn.wait_closed()
+
+
+def test_a_frame_cut_by_a_full_socket_is_finished_before_anything_else(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The peer reads nothing at first: the big message stops mid-frame, and then
+    everything else wants the wire: queued messages, a blocking send() from another
+    thread, a pong for the peer's ping. Each must wait for the frame's end."""
+    ours, peer = pair
+    conn = connection(ours)
+    big = b"x" * BIG
+    started = time.monotonic()
+    assert conn.send_nowait(big)
+    assert time.monotonic() - started < 1.0  # it did not wait for the peer
+    assert conn._outbox is not None and not conn._outbox.empty  # the frame's end waits
+    assert conn.send_nowait("after the big one")
+    sender = threading.Thread(target=conn.send, args=("sent with send()",))
+    sender.start()
+    peer.sendall(b"".join(frames.frame(frames.PING, b"are you there", masked=True)))
+    events = read_events(peer, lambda got: messages(3)(got) and any(isinstance(e, frames.Pong) for e in got))
+    sender.join(WAIT)
+    assert events[0] == big
+    data = [e for e in events if isinstance(e, (str, bytes))]
+    assert sorted(data[1:]) == ["after the big one", "sent with send()"]
+    conn.close()
+    assert conn.wait_closed()
+
+
+def test_a_close_frame_waits_for_the_end_of_a_cut_frame(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    conn = connection(ours, close_timeout=5.0)
+    assert conn.send_nowait(b"y" * BIG)
+    conn.close(1000, "done")
+    events = read_events(peer, a_close)
+    assert events[0] == b"y" * BIG
+    assert isinstance(events[-1], frames.Close) and events[-1].code == 1000
+
+
+def test_drop_oldest_never_drops_the_end_of_a_cut_frame(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    conn = connection(ours, outbound_limit=64 * 1024, on_overflow=DROP_OLDEST)
+    assert conn.send_nowait(b"z" * BIG)  # cut: its end is more than the limit on its own
+    for number in range(200):
+        assert conn.send_nowait(f"{number:0100d}")  # over the limit: the oldest of these go
+    events = read_events(peer, messages(2))
+    assert events[0] == b"z" * BIG  # whole: the policy dropped only whole messages
+    assert all(isinstance(e, str) for e in events[1:])
+    assert wait_until(lambda: conn._outbox is not None and conn._outbox.dropped > 0)
+    conn.close()
+    assert conn.wait_closed()

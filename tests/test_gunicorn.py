@@ -27,6 +27,8 @@ from helpers import (
 )
 from helpers import websocket_client as connect
 
+from wsthreads.settings import SWITCH_INTERVAL
+
 #: gunicorn.conf.py's settings, as gunicorn reads them.
 SHIPPED = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 #: gunicorn's options for it: the config file, a free port, our directory for the app's module.
@@ -174,3 +176,17 @@ def test_workers_trace_with_the_environment_variable(
     assert sent == ["server message 1 of 2", "server message 2 of 2"] and any(
         n.startswith("conn-") for n in names
     )
+
+
+def test_our_worker_sets_the_switch_interval_for_its_process(tmp_path: Path) -> None:
+    """The worker owns its process: it sets the interval measured for thousands of threads."""
+    (tmp_path / "switch_app.py").write_text(
+        "import sys, wsthreads\n"
+        "app = wsthreads.create_app(handler=lambda conn: conn.send(repr(sys.getswitchinterval())))\n"
+    )
+    with Gunicorn("switch_app:app", "--pythonpath", str(tmp_path), workers=1) as server:
+        client = connect(server.url)
+        try:
+            assert float(client.recv()) == pytest.approx(SWITCH_INTERVAL)
+        finally:
+            client.close()

@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from gunicorn.workers import gthread  # type: ignore[import-untyped]
 from . import trace
 from .app import SHUTDOWN_TIMEOUT, all_apps
 from .connection import wait_for
+from .settings import SWITCH_INTERVAL
 
 log = logging.getLogger("wsthreads.server")
 
@@ -40,7 +42,9 @@ LOOK_INTERVAL = 0.1
 class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker, for WebSocket sessions: each holds a thread for its whole life.
 
-    ``worker_class = "wsthreads.gunicorn.ThreadWorker"``. It differs in two ways:
+    ``worker_class = "wsthreads.gunicorn.ThreadWorker"``. It sets the GIL's
+    switch interval for its process (:meth:`init_process`), and differs from
+    gthread in two more ways:
 
     - It takes no more connections than it has threads (``worker_connections``
       is capped at ``threads``, none is kept alive idle, and a session is
@@ -61,6 +65,15 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.worker_connections = min(self.cfg.worker_connections, self.cfg.threads)
         self.max_keepalived = 0  # an idle kept-alive connection would count against the threads
+
+    def init_process(self) -> None:
+        """In the worker process, before it serves: the switch interval for thousands of threads.
+
+        The worker owns its process, so it may set what the library never does
+        (:data:`wsthreads.settings.SWITCH_INTERVAL`).
+        """
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        super().init_process()
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """gthread's switch between accepting and not; we hold the "thread free" lock while accepting."""

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import math
 
+#: The GIL switch interval (``sys.setswitchinterval``) for a process that serves
+#: thousands of threads: 5 ms by default, 50 ms here. A process-wide setting, so
+#: the library never sets it; the programs (``sync_server.py``) and our gunicorn
+#: worker, which own their process, do. With thousands of runnable threads each
+#: waiting one asks the running one to let go every interval, and the cores go
+#: to switching: 5,000 connections x 20 round trips took 75 s at 5 ms, 11 s at
+#: 50 ms, 13 s at 20 ms and at 100 ms (docs/deployment.md, measured by bench/scale.py).
+SWITCH_INTERVAL = 0.05
+
 
 def check_seconds(name: str, value: object, *, optional: bool = False) -> None:
     """``value`` must be a finite number of seconds above 0 (or None, if ``optional``)."""

@@ -6,7 +6,10 @@
 // server's clock at its send call): each connection must get 1, 2, 3, ...
 // once and in order, and the delivery latency is the read time minus that
 // clock (one machine, one clock). When every connection has its -messages
-// messages, or -timeout passes, it prints one JSON object of figures.
+// messages, or -timeout passes, it prints one JSON object of figures. With
+// -hold it then keeps every connection open until the server closes it (or
+// -timeout passes again), and prints a second JSON object: how many were
+// closed with which code (0: no close frame).
 //
 //	push -url ws://127.0.0.1:8080/ws -conns 1000 -messages 20
 //
@@ -44,6 +47,7 @@ var (
 	serve    = flag.String("serve", "", "be the gorilla hub on this address instead (port 0: any free port)")
 	waitFor  = flag.Int("wait-for", 1, "-serve: clients to wait for before broadcasting")
 	interval = flag.Duration("interval", 500*time.Millisecond, "-serve: time between two broadcasts")
+	hold     = flag.Bool("hold", false, "subscribers: after the figures, keep the connections until the server closes them, then print how they were closed")
 )
 
 // subscriber is what one connection saw.
@@ -132,7 +136,9 @@ func subscribe() {
 		if open[i] == nil {
 			continue
 		}
-		open[i].Close()
+		if !*hold {
+			open[i].Close()
+		}
 		if s.got == *messages {
 			complete++
 		}
@@ -151,6 +157,44 @@ func subscribe() {
 		"p99_ms":          percentile(all, 0.99),
 		"max_ms":          percentile(all, 1.0),
 	})
+	if *hold {
+		closes(open)
+	}
+}
+
+// closes waits until the server has closed every connection; how, by code.
+func closes(open []*websocket.Conn) {
+	var mu sync.Mutex
+	codes := map[string]float64{}
+	var ended sync.WaitGroup
+	deadline := time.Now().Add(*timeout)
+	for _, conn := range open {
+		if conn == nil {
+			continue
+		}
+		ended.Add(1)
+		go func(conn *websocket.Conn) {
+			defer ended.Done()
+			defer conn.Close()
+			conn.SetReadDeadline(deadline)
+			for {
+				_, _, err := conn.ReadMessage()
+				if err == nil {
+					continue
+				}
+				code := "0"
+				if closeErr, ok := err.(*websocket.CloseError); ok {
+					code = strconv.Itoa(closeErr.Code)
+				}
+				mu.Lock()
+				codes[code]++
+				mu.Unlock()
+				return
+			}
+		}(conn)
+	}
+	ended.Wait()
+	json.NewEncoder(os.Stdout).Encode(codes)
 }
 
 // The hub, in the chat example's pattern.

@@ -443,14 +443,14 @@ def servers(go: dict[str, str]) -> list[Server]:
 GORILLA = Path("/usr/share/gocode/src/github.com/gorilla/websocket")
 
 
-def build_go(out: Path) -> dict[str, str]:
-    """Build the Go echo server and load client (interop/go), or exit with what to install."""
+def build_go(out: Path, names: tuple[str, ...] = ("server", "bench")) -> dict[str, str]:
+    """Build Go programs of interop/go (the echo server and load client), or exit with what to install."""
     if not shutil.which("go") or not GORILLA.is_dir():
         install = "apt-get install golang-go golang-github-gorilla-websocket-dev"
         sys.exit(f"bench.py needs Go and gorilla/websocket: {install}")
     env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="")
     binaries = {}
-    for name in ("server", "bench"):
+    for name in names:
         binaries[name] = str(out / f"go-{name}")
         subprocess.run(
             ["go", "build", "-o", binaries[name], "."],

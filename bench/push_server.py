@@ -5,16 +5,23 @@
 
 Prints ``listening on ws://...``, then once ``--wait-for`` clients are
 connected broadcasts ``--messages`` messages ``SEQ UNIX_NANOS`` (the clock at
-the broadcast call), one every ``--interval`` seconds, and serves until
-SIGINT or SIGTERM. Two stacks, each with only its public API:
+the broadcast call; ``--size``: padded to that many bytes), one every
+``--interval`` seconds, and serves until SIGINT or SIGTERM. ``--filler``
+sends the first client that connected a message of that many bytes before
+the broadcasts: a client that never reads then has its pipe full, and its
+writer waits in a write from the start. Two stacks, each with only its public API:
 
 * ``ours``: ``wsthreads.create_app()`` (sessions that only listen) served by
   ``start_server`` (Werkzeug), ``app.broadcast`` from one thread;
 * ``websockets``: ``websockets.sync.server.serve``, a handler that reads
   until the end, and one thread looping over the connections with ``send``.
 
-``--switch-interval`` sets ``sys.setswitchinterval`` first, as a program
-that owns its process may.
+This program owns its process: for ``ours`` it sets the switch interval
+``sync_server.py`` sets (``--switch-interval`` overrides it, for both stacks).
+Under gunicorn (our worker sets the interval itself)::
+
+    gunicorn -c gunicorn.conf.py -w 1 --threads 1100 --pythonpath bench \
+        'push_server:gunicorn_app(1000, 20, 0.5)'
 """
 
 from __future__ import annotations
@@ -30,13 +37,19 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wsthreads
+from wsthreads.connection import OUTBOUND_LIMIT, WRITE_TIMEOUT
+from wsthreads.settings import SWITCH_INTERVAL
 
 #: More sessions than the scale run opens.
 MAX_CONNECTIONS = 20000
 
 
 def broadcaster(
-    count: Callable[[], int], send: Callable[[str], object], args: argparse.Namespace, stop: threading.Event
+    count: Callable[[], int],
+    send: Callable[[str], object],
+    args: argparse.Namespace,
+    stop: threading.Event,
+    fill_first: Callable[[], object] = lambda: None,
 ) -> threading.Thread:
     """The thread that waits for the clients, then broadcasts every ``--interval`` seconds."""
 
@@ -44,20 +57,51 @@ def broadcaster(
         while count() < args.wait_for:
             if stop.wait(0.05):
                 return
+        fill_first()
         for seq in range(1, args.messages + 1):
             if stop.wait(args.interval):
                 return
-            send(f"{seq} {time.time_ns()}")
+            message = f"{seq} {time.time_ns()} "
+            send(message.ljust(args.size, "x"))
 
     return threading.Thread(target=run, name="broadcaster", daemon=True)
 
 
+def push_app(args: argparse.Namespace, stop: threading.Event) -> wsthreads.WebSocketApp:
+    """Ours: sessions that only listen, and the broadcaster thread."""
+    app = wsthreads.create_app(
+        ping_interval=None,
+        max_connections=MAX_CONNECTIONS,
+        write_timeout=args.write_timeout,
+        outbound_limit=args.outbound_limit,
+    )
+
+    def fill_first() -> None:
+        if args.filler:
+            app.broadcast(bytes(args.filler), where=lambda conn: conn.name == "conn-1-reader")
+
+    broadcaster(lambda: len(app.connections()), app.broadcast, args, stop, fill_first).start()
+    return app
+
+
+def gunicorn_app(wait_for: int, messages: int, interval: float) -> wsthreads.WebSocketApp:
+    """Ours under gunicorn: the app, its broadcaster started in the worker that loads it."""
+    args = argparse.Namespace(
+        wait_for=wait_for,
+        messages=messages,
+        interval=interval,
+        size=0,
+        write_timeout=WRITE_TIMEOUT,
+        outbound_limit=OUTBOUND_LIMIT,
+        filler=0,
+    )
+    return push_app(args, threading.Event())
+
+
 def serve_ours(args: argparse.Namespace) -> None:
-    app = wsthreads.create_app(ping_interval=None, max_connections=MAX_CONNECTIONS)
-    server = wsthreads.start_server(app, "127.0.0.1", args.port)
-    print(f"listening on {server.url}", flush=True)
     stop = threading.Event()
-    broadcaster(lambda: len(app.connections()), app.broadcast, args, stop).start()
+    server = wsthreads.start_server(push_app(args, stop), "127.0.0.1", args.port)
+    print(f"listening on {server.url}", flush=True)
     server.serve_until_signal()
     stop.set()
 
@@ -106,10 +150,16 @@ def main() -> None:
     parser.add_argument("--wait-for", type=int, default=1, help="clients to wait for before broadcasting")
     parser.add_argument("--messages", type=int, default=20, help="messages to broadcast")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between two broadcasts")
+    parser.add_argument("--size", type=int, default=0, help="pad each message to this many bytes")
+    parser.add_argument("--write-timeout", type=float, default=WRITE_TIMEOUT, help="ours: seconds per write")
+    parser.add_argument("--outbound-limit", type=int, default=OUTBOUND_LIMIT, help="ours: bytes per outbox")
+    parser.add_argument(
+        "--filler", type=int, default=0, help="ours: bytes sent to the first client before the broadcasts"
+    )
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, in seconds")
     args = parser.parse_args()
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval)
+    if args.switch_interval or args.stack == "ours":
+        sys.setswitchinterval(args.switch_interval or SWITCH_INTERVAL)
     (serve_ours if args.stack == "ours" else serve_websockets)(args)
 
 

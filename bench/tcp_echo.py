@@ -1,4 +1,7 @@
-"""Plain TCP echo server, a thread per connection: the floor for the benchmark."""
+"""Plain TCP echo server, a thread per connection: the floor for the benchmark.
+
+python bench/tcp_echo.py [PORT [SWITCH_INTERVAL]]
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ def echo(conn: socket.socket) -> None:
 
 
 def main() -> None:
-    listener = socket.create_server(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), backlog=1024)
+    if len(sys.argv) > 2:
+        sys.setswitchinterval(float(sys.argv[2]))
+    listener = socket.create_server(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), backlog=4096)
     print(f"listening on tcp://127.0.0.1:{listener.getsockname()[1]}", flush=True)
     while True:
         conn, _ = listener.accept()

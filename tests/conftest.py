@@ -49,7 +49,7 @@ def go_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("go")
     env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="")
     binaries = {}
-    for name in ("server", "client"):
+    for name in ("server", "client", "push"):
         binary = str(out / name)
         subprocess.run(
             ["go", "build", "-o", binary, "."],

@@ -97,3 +97,21 @@ def test_fanout_bench_quick_run(redis_base_url: str, tmp_path: Path) -> None:
         assert row["burst"]["deliveries_per_s"] > 0 and row["paced"]["p99_ms"] > 0
     (spread,) = rows["redis-2w-publish"]["subscribers_per_worker"]
     assert len(spread) == 2 and sum(spread) == 50, spread
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_scale_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
+    """bench/scale.py --smoke: both workloads on every server, every delivery checked, the JSON."""
+    out = tmp_path / "scale.json"
+    stdout = run_script("scale.py", "--smoke", "--json", str(out), timeout=280)
+    assert "| 20 | ours/gorilla |" in stdout and "SIGINT→exit s" in stdout
+    data = json.loads(out.read_text())
+    assert set(data["push"]["20"]) == {"ours", "ours-gunicorn", "websockets", "gorilla"}
+    assert set(data["busy"]["20"]) == {"ours", "ours-gunicorn", "websockets", "gorilla", "tcp"}
+    for name, figures in data["push"]["20"].items():
+        assert figures["complete"] == 20 and figures["wrong"] == 0, name
+    for name in ("ours", "ours-gunicorn"):  # closed with 1001 at SIGINT, and in time
+        assert data["push"]["20"][name]["closed_1001"] == 20
+    for name, figures in data["busy"]["20"].items():
+        assert figures["completed"] == 20, name

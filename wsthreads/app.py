@@ -253,7 +253,7 @@ class WebSocketApp:
         self._numbers = itertools.count(1)
         self._broadcasting = threading.Lock()  # one broadcast at a time: the same order everywhere
         _apps.add(self)
-        # Guards the three fields below; notified whenever a session ends.
+        # Guards the three fields below; notified when the last session ends.
         self._changed = threading.Condition()
         self._admitted = 0  # requests between admission and the end of their session
         self._connections: set[Connection] = set()
@@ -281,7 +281,8 @@ class WebSocketApp:
         finally:
             with self._changed:
                 self._admitted -= 1
-                self._changed.notify_all()
+                if not self._admitted:  # what shutdown() waits for: not a wake-up per session
+                    self._changed.notify_all()
 
     def shutdown(
         self, code: int = GOING_AWAY, reason: str = "server shutting down", timeout: float = SHUTDOWN_TIMEOUT

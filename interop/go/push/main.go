@@ -64,8 +64,8 @@ func (s *subscriber) read(conn *websocket.Conn) {
 		if err != nil {
 			return
 		}
-		fields := strings.Fields(string(data))
-		if len(fields) != 2 {
+		fields := strings.Fields(string(data)) // SEQ UNIX_NANOS [PADDING]
+		if len(fields) < 2 {
 			s.wrong++
 			continue
 		}

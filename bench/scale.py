@@ -181,7 +181,7 @@ def run_push(go: dict[str, str], server: Server, n: int, logs: Path) -> dict[str
             figures["kib_per_conn"] = kib_per_connection(process, idle, n + 1)
             figures["exit_s"] = seconds_to_exit(process)
         closes = json.loads(subscribers.stdout.readline() or "{}")
-        subscribers.wait(PEER_TIMEOUT)
+        subscribers.kill()  # it has said all it has to say
         stuck.close()
         figures |= {"threads": sample.threads, "fds": sample.fds}
         figures["closed_1001"] = closes.get("1001", 0)
@@ -197,7 +197,11 @@ def run_busy(go: dict[str, str], server: Server, n: int, logs: Path) -> dict[str
         url = process.url
         with sampled(process) as sample:
             load = peer(go["bench"], "-url", url, "-only", "conns", "-conns", str(n))
-            out, _ = load.communicate(timeout=PEER_TIMEOUT)
+            try:
+                out, _ = load.communicate(timeout=PEER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                load.kill()
+                out, _ = load.communicate()
             raw = json.loads(out or "{}")
             figures = {
                 "completed": raw.get(f"c{n}_completed", 0),

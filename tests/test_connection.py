@@ -3,17 +3,20 @@
 The write path: a message that finds nothing queued leaves at once from the
 sending thread; what a full socket buffer does not take (the end of a frame)
 waits for the writer, and nothing may come between a frame's start and its
-end: not a queued message, not a pong, a send() or the close frame.
+end: not a queued message, not a pong, a send() or the close frame. Each
+test runs over plain TCP and over TLS.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import trustme
 from helpers import WAIT, wait_until
 
 from wsthreads import frames
@@ -25,20 +28,43 @@ SMALL_BUFFER = 4096
 BIG = 1 << 20
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(server end, peer end) of one TCP connection on loopback, with small buffers."""
+@pytest.fixture(params=["tcp", "tls"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(server end, peer end) of one connection on loopback, with small buffers; plain or TLS.
+
+    With TLS a write the socket cannot take may still have left part of the
+    frame inside OpenSSL, and its next write must start with the same bytes.
+    """
     with socket.create_server(("127.0.0.1", 0)) as listener:
         peer = socket.socket()
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
         peer.connect(listener.getsockname())
         ours, _ = listener.accept()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    if request.param == "tls":
+        ours, peer = tls_pair(ours, peer)
     try:
         yield ours, peer
     finally:
         peer.close()
         ours.close()
+
+
+def tls_pair(ours: socket.socket, peer: socket.socket) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """Both ends wrapped in TLS, the handshakes done (the server's in a thread)."""
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client_context)
+    wrapped: list[ssl.SSLSocket] = []
+    handshake = threading.Thread(
+        target=lambda: wrapped.append(server_context.wrap_socket(ours, server_side=True))
+    )
+    handshake.start()
+    client = client_context.wrap_socket(peer, server_hostname="localhost")
+    handshake.join(WAIT)
+    return wrapped[0], client
 
 
 def connection(sock: socket.socket, **settings: object) -> Connection:
@@ -92,21 +118,45 @@ def test_a_frame_cut_by_a_full_socket_is_finished_before_anything_else(
     everything else wants the wire: queued messages, a blocking send() from another
     thread, a pong for the peer's ping. Each must wait for the frame's end."""
     ours, peer = pair
-    conn = connection(ours)
+    conn = connection(ours, outbound_limit=4 * BIG)  # the policy is not what this tests
     big = b"x" * BIG
+    sender = threading.Thread(target=conn.send, args=("sent with send()",))
     started = time.monotonic()
     assert conn.send_nowait(big)
-    assert time.monotonic() - started < 1.0  # it did not wait for the peer
-    assert conn._outbox is not None and not conn._outbox.empty  # the frame's end waits
+    sender.start()  # races the writer for the wire
+    assert time.monotonic() - started < 1.0  # send_nowait did not wait for the peer
     assert conn.send_nowait("after the big one")
-    sender = threading.Thread(target=conn.send, args=("sent with send()",))
-    sender.start()
     peer.sendall(b"".join(frames.frame(frames.PING, b"are you there", masked=True)))
     events = read_events(peer, lambda got: messages(3)(got) and any(isinstance(e, frames.Pong) for e in got))
     sender.join(WAIT)
     assert events[0] == big
     data = [e for e in events if isinstance(e, (str, bytes))]
     assert sorted(data[1:]) == ["after the big one", "sent with send()"]
+    conn.close()
+    assert conn.wait_closed()
+
+
+def test_a_send_racing_a_cut_frame_does_not_break_into_it(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A send() from another thread that asks for the wire as a send_nowait() is cut.
+
+    With TLS this is the sharp case: OpenSSL keeps a record of the cut frame,
+    and a write of other bytes would continue them from where it stopped.
+    """
+    ours, peer = pair
+    conn = connection(ours, outbound_limit=4 * BIG)
+    go = threading.Event()
+
+    def send() -> None:
+        go.wait()
+        conn.send(b"s" * 16384)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    go.set()
+    assert conn.send_nowait(b"n" * (256 * 1024))
+    events = read_events(peer, messages(2))
+    sender.join(WAIT)
+    assert sorted(events) == [b"n" * (256 * 1024), b"s" * 16384]  # type: ignore[type-var]
     conn.close()
     assert conn.wait_closed()
 

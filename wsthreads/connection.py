@@ -555,13 +555,15 @@ class Connection:
         try:
             with self._tls_lock:
                 sent = self.sock.send(frame)
-        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            sent = 0  # TLS: a retry must start with the same bytes, and it will
+        except BlockingIOError:
+            return self._outbox_for_put().put(frame)  # nothing of it left: an ordinary queued frame
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            # OpenSSL may hold part of it already, and its next write must start
+            # with the same bytes: the whole frame is the rest of a cut frame.
+            sent = 0
         except OSError as error:
             self._give_up(str(error) or type(error).__name__)
             return False
-        if sent == 0:
-            return self._outbox_for_put().put(frame)
         self._count_sent([frame], at, framed=True)
         if sent < len(frame):
             self._outbox_for_put().put_rest(frame[sent:])
@@ -923,10 +925,11 @@ class Connection:
             by_peer = self._peer_closed is not None
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
             outbox = self._outbox  # None: nothing was ever queued (stop is set: none will be)
+            rest = b"" if outbox is None else outbox.take_rest()  # a cut frame's end: always first
             queued = [] if by_peer or outbox is None else outbox.drain()
-            count = len(queued)
+            count = len(queued) + bool(rest)
             close = frames.frame(frames.CLOSE, frames.close_payload(code, reason), self.client)
-            data = b"".join([*queued, *close])
+            data = b"".join([rest, *queued, *close])
             if outbox is not None:
                 outbox.stop()  # nothing may follow a close frame
             if not by_peer:

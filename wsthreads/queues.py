@@ -272,7 +272,9 @@ class Outbox:
 
     def _stop_locked(self) -> None:
         if not self._stopped:
-            self._lost = self._lost or bool(self._frames)  # discarded (a write cut mid-way sets it too)
+            # Discarded (a write cut mid-way sets it too); a cut frame's end left
+            # behind is lost unless a writer takes it (a close frame's does first).
+            self._lost = self._lost or bool(self._frames or self._rest)
         self._stopped = True
         self._frames.clear()
         self._waiting = len(self._rest)

@@ -43,7 +43,8 @@ var (
 	url      = flag.String("url", "ws://127.0.0.1:8080/ws", "subscribers: the server to read from")
 	conns    = flag.Int("conns", 1000, "subscribers: connections to open at once")
 	messages = flag.Int("messages", 20, "messages each subscriber must get (-serve: to broadcast)")
-	timeout  = flag.Duration("timeout", 120*time.Second, "subscribers: give up after this long")
+	timeout  = flag.Duration("timeout", 120*time.Second, "subscribers: give up reading after this long")
+	dialWait = flag.Duration("dial-timeout", 30*time.Second, "subscribers: give up a dial after this long")
 	serve    = flag.String("serve", "", "be the gorilla hub on this address instead (port 0: any free port)")
 	waitFor  = flag.Int("wait-for", 1, "-serve: clients to wait for before broadcasting")
 	interval = flag.Duration("interval", 500*time.Millisecond, "-serve: time between two broadcasts")
@@ -89,7 +90,7 @@ func percentile(sorted []time.Duration, p float64) float64 {
 }
 
 func subscribe() {
-	dialer := websocket.Dialer{HandshakeTimeout: *timeout}
+	dialer := websocket.Dialer{HandshakeTimeout: *dialWait}
 	subs := make([]*subscriber, *conns)
 	open := make([]*websocket.Conn, *conns)
 	var dialed sync.WaitGroup

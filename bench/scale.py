@@ -122,6 +122,12 @@ def stuck_subscriber(url: str) -> socket.socket:
     return open_client(port, receive_buffer=4096)
 
 
+def one_worker(n: int) -> list[str]:
+    """gunicorn options for one worker with a thread (and a connection slot) for every session."""
+    room = str(n + 100)
+    return ["-w", "1", "--threads", room, "--worker-connections", room]
+
+
 def push_servers(go: dict[str, str], n: int) -> list[Server]:
     python = sys.executable
     push = [python, "bench/push_server.py", "--wait-for", str(n + 1), "--messages", str(MESSAGES)]
@@ -131,7 +137,7 @@ def push_servers(go: dict[str, str], n: int) -> list[Server]:
         Server("ours", [*push, "--stack", "ours"]),
         Server(
             "ours-gunicorn",
-            [*gunicorn, "-w", "1", "--threads", str(n + 100), "--pythonpath", "bench", app],
+            [*gunicorn, *one_worker(n), "--pythonpath", "bench", app],
             env={"WSDEMO_QUIET": "1"},
             processes=2,
         ),
@@ -151,7 +157,7 @@ def busy_servers(go: dict[str, str], n: int) -> list[Server]:
         ),
         Server(
             "ours-gunicorn",
-            [*gunicorn, "-w", "1", "--threads", str(n + 100), app],
+            [*gunicorn, *one_worker(n), app],
             env={"WSDEMO_QUIET": "1"},
             processes=2,
         ),

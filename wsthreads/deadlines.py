@@ -48,7 +48,8 @@ class Deadlines:
                 # Daemon: a process may exit with a handshake still pending.
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            elif self._heap[0][2] is armed:
+                self._changed.notify()  # it comes first: the thread must wake sooner
         return armed
 
     def retarget(self, armed: Armed, sock: socket.socket) -> None:
@@ -57,10 +58,19 @@ class Deadlines:
             armed.sock = sock
 
     def disarm(self, armed: Armed) -> None:
-        """Cancel a deadline; once this returns, the socket will not be shut down by us."""
+        """Cancel a deadline; once this returns, the socket will not be shut down by us.
+
+        The thread is woken only once nothing is left armed (to end): a burst of
+        thousands of handshakes would otherwise wake it twice per connection,
+        each time against all the others for the one lock. Cancelled entries
+        leave the heap as they reach its top.
+        """
         with self._changed:
             armed.cancelled = True
-            self._changed.notify()
+            while self._heap and self._heap[0][2].cancelled:
+                heapq.heappop(self._heap)
+            if not self._heap:
+                self._changed.notify()
 
     def _run(self) -> None:
         with trace.span("enforcing request deadlines"), self._changed:

@@ -39,3 +39,28 @@ def test_after_shutdown_new_sessions_get_503() -> None:
     }
     response = client.get("/ws", headers=handshake)
     assert response.status_code == 503
+
+
+def test_shutdown_returns_once_the_last_session_has_ended_not_at_its_timeout() -> None:
+    """shutdown() waits for the last session only: 20 clients that answer the close at once
+    (after a refused request, which must not leave the count behind), and none at all."""
+    import contextlib
+    import time
+
+    from websockets.sync.client import connect
+
+    import wsthreads
+
+    started = time.monotonic()
+    assert wsthreads.create_app().shutdown(timeout=10)  # no session: nothing to wait for
+    assert time.monotonic() - started < 0.5
+    app = wsthreads.create_app(echo=True, max_connections=20)
+    server = wsthreads.start_server(app, "127.0.0.1", 0)
+    with server, contextlib.ExitStack() as clients:
+        for _ in range(20):
+            clients.enter_context(connect(server.url, max_queue=None))
+        refused = Client(app).get("/ws")  # a plain GET on the endpoint: 400, counted in and out
+        assert refused.status_code == 400
+        started = time.monotonic()
+        assert server.shutdown(timeout=10)
+        assert time.monotonic() - started < 2.0

@@ -37,6 +37,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wsthreads
+from common import OneLineParser, count_arg, fail, positive_seconds_arg, seconds_arg
 from wsthreads.connection import OUTBOUND_LIMIT, WRITE_TIMEOUT
 from wsthreads.settings import SWITCH_INTERVAL
 
@@ -144,23 +145,32 @@ def serve_websockets(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", choices=("ours", "websockets"), default="ours")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--wait-for", type=int, default=1, help="clients to wait for before broadcasting")
-    parser.add_argument("--messages", type=int, default=20, help="messages to broadcast")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between two broadcasts")
-    parser.add_argument("--size", type=int, default=0, help="pad each message to this many bytes")
-    parser.add_argument("--write-timeout", type=float, default=WRITE_TIMEOUT, help="ours: seconds per write")
-    parser.add_argument("--outbound-limit", type=int, default=OUTBOUND_LIMIT, help="ours: bytes per outbox")
+    parser.add_argument("--port", type=count_arg, default=0)
+    parser.add_argument("--wait-for", type=count_arg, default=1, help="clients before the broadcasts")
+    parser.add_argument("--messages", type=count_arg, default=20, help="messages to broadcast")
+    parser.add_argument("--interval", type=seconds_arg, default=0.5, help="seconds between two broadcasts")
+    parser.add_argument("--size", type=count_arg, default=0, help="pad each message to this many bytes")
     parser.add_argument(
-        "--filler", type=int, default=0, help="ours: bytes sent to the first client before the broadcasts"
+        "--write-timeout", type=positive_seconds_arg, default=WRITE_TIMEOUT, help="ours: seconds per write"
     )
-    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, in seconds")
+    parser.add_argument("--outbound-limit", type=count_arg, default=OUTBOUND_LIMIT, help="ours: outbox bytes")
+    parser.add_argument(
+        "--filler", type=count_arg, default=0, help="ours: bytes for the first client before the broadcasts"
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=positive_seconds_arg,
+        help=f"sys.setswitchinterval, in seconds (ours: {SWITCH_INTERVAL} unless given)",
+    )
     args = parser.parse_args()
-    if args.switch_interval or args.stack == "ours":
+    if args.switch_interval is not None or args.stack == "ours":
         sys.setswitchinterval(args.switch_interval or SWITCH_INTERVAL)
-    (serve_ours if args.stack == "ours" else serve_websockets)(args)
+    try:
+        (serve_ours if args.stack == "ours" else serve_websockets)(args)
+    except (OSError, OverflowError, ValueError) as error:  # the port, or a setting the app refuses
+        fail(parser.prog, str(error))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,16 +273,35 @@ BUSY_COLUMNS = [
 ]
 
 
+SERVERS = ("ours", "ours-gunicorn", "websockets", "gorilla", "tcp")
+WORKLOADS = ("push", "busy")
+
+
+def names_of(known: tuple[str, ...]) -> Callable[[str], set[str]]:
+    """argparse type: comma-separated names, each one of ``known``."""
+
+    def parse(text: str) -> set[str]:
+        names = set(text.split(","))
+        if not names <= set(known):
+            unknown = ", ".join(sorted(names - set(known)))
+            raise argparse.ArgumentTypeError(f"unknown: {unknown} (known: {', '.join(known)})")
+        return names
+
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--servers", default="ours,ours-gunicorn,websockets,gorilla,tcp")
-    parser.add_argument("--workloads", default="push,busy")
-    parser.add_argument("--smoke", action="store_true", help="N = 20: a check that everything runs")
+    parser.add_argument("--servers", type=names_of(SERVERS), default=",".join(SERVERS))
+    parser.add_argument("--workloads", type=names_of(WORKLOADS), default=",".join(WORKLOADS))
+    parser.add_argument(
+        "--smoke", action="store_true", help="N = 20: a check that everything runs (its figures mean nothing)"
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     sizes = [20] if args.smoke else args.sizes
-    wanted = set(args.servers.split(","))
+    wanted = args.servers
     results: dict[str, Any] = {"push": {}, "busy": {}}
     with tempfile.TemporaryDirectory() as scratch:
         go = build_go(Path(scratch), ("server", "bench", "push"))
@@ -292,7 +311,7 @@ def main() -> None:
                 ("push", push_servers(go, n), run_push),
                 ("busy", busy_servers(go, n), run_busy),
             ):
-                if workload not in args.workloads:
+                if workload not in args.workloads:  # a set of names
                     continue
                 for server in servers:
                     if server.name in wanted:

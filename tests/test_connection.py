@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -20,7 +21,7 @@ import trustme
 from helpers import WAIT, wait_until
 
 from wsthreads import frames
-from wsthreads.connection import Connection
+from wsthreads.connection import Connection, broadcast
 from wsthreads.queues import DROP_OLDEST
 
 #: Socket buffers this small make a 1 MiB message stop mid-frame at once.
@@ -183,3 +184,31 @@ def test_drop_oldest_never_drops_the_end_of_a_cut_frame(pair: tuple[socket.socke
     assert wait_until(lambda: conn._outbox is not None and conn._outbox.dropped > 0)
     conn.close()
     assert conn.wait_closed()
+
+
+def test_a_big_broadcast_that_many_sockets_cut_is_held_once_not_once_per_connection() -> None:
+    """20 peers that read nothing, one 4 MiB broadcast: each connection keeps the end of the
+    one framed buffer, not a copy of its own (that was 20 copies, 80 MiB, in the caller)."""
+    size = 4 << 20
+    made = []
+    for _ in range(20):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            peer = socket.socket()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            peer.connect(listener.getsockname())
+            ours, _ = listener.accept()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        made.append((connection(ours, outbound_limit=4 * size), peer))
+    message = bytes(size)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert broadcast([conn for conn, _ in made], message) == len(made)
+        grew = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert grew < 2 * size, f"{grew / size:.1f} times the message"
+    for conn, peer in made:
+        peer.close()
+        conn.abort()
+        assert conn.wait_closed()

@@ -566,7 +566,8 @@ class Connection:
             return False
         self._count_sent([frame], at, framed=True)
         if sent < len(frame):
-            self._outbox_for_put().put_rest(frame[sent:])
+            # A view, not a copy: a broadcast's frame is one buffer for every connection.
+            self._outbox_for_put().put_rest(memoryview(frame)[sent:])
         return True
 
     def _outbox_for_put(self) -> Outbox:
@@ -961,10 +962,13 @@ class Connection:
         a requested close also shortens the wait to the close deadline: nobody
         else is there to cut the connection.
         """
+        rest = self._outbox.take_rest() if self._outbox is not None else b""
+        for part in (rest, data):  # the end of a cut frame goes first (not joined: it may be big)
+            self._write_all(memoryview(part), deadline)
+
+    def _write_all(self, view: memoryview, deadline: float) -> None:
+        """Write all of ``view`` by ``deadline`` (see :meth:`_write`)."""
         in_reader = threading.current_thread() is self.reader
-        if self._outbox is not None:
-            data = self._outbox.take_rest() + data  # the end of a cut frame goes first
-        view = memoryview(data)
         while view:
             try:
                 with self._tls_lock:

@@ -154,7 +154,7 @@ class Outbox:
         self._frames: collections.deque[bytes] = collections.deque()
         # The unwritten end of a frame whose start is on the wire: it goes out
         # before any other byte, and no policy may drop it (see put_rest).
-        self._rest = b""
+        self._rest: bytes | memoryview = b""
         self._putting = threading.Lock()  # guards the fields below
         self._waiting = 0  # bytes in _frames
         self._writer: threading.Thread | None = None
@@ -205,7 +205,7 @@ class Outbox:
             return False
         return True
 
-    def put_rest(self, rest: bytes) -> None:
+    def put_rest(self, rest: bytes | memoryview) -> None:
         """Queue the end of a frame that was cut short by a full socket (under the wire lock).
 
         It must reach the wire before anything else does, close frame
@@ -221,7 +221,7 @@ class Outbox:
                 self._writer = threading.Thread(target=self._write_loop, name=self.name, daemon=True)
                 self._writer.start()
 
-    def take_rest(self) -> bytes:
+    def take_rest(self) -> bytes | memoryview:
         """The end of a cut frame, if one waits, for whoever holds the wire lock to write first."""
         with self._putting:
             rest, self._rest = self._rest, b""

@@ -36,12 +36,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
     With TLS a write the socket cannot take may still have left part of the
     frame inside OpenSSL, and its next write must start with the same bytes.
     """
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        peer = socket.socket()
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
-        peer.connect(listener.getsockname())
-        ours, _ = listener.accept()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    ours, peer = tcp_pair()
     if request.param == "tls":
         ours, peer = tls_pair(ours, peer)
     try:
@@ -49,6 +44,17 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
     finally:
         peer.close()
         ours.close()
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(server end, peer end) of one TCP connection on loopback, both buffers small."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+        peer.connect(listener.getsockname())
+        ours, _ = listener.accept()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    return ours, peer
 
 
 def tls_pair(ours: socket.socket, peer: socket.socket) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
@@ -192,12 +198,7 @@ def test_a_big_broadcast_that_many_sockets_cut_is_held_once_not_once_per_connect
     size = 4 << 20
     made = []
     for _ in range(20):
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            peer = socket.socket()
-            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
-            peer.connect(listener.getsockname())
-            ours, _ = listener.accept()
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        ours, peer = tcp_pair()
         made.append((connection(ours, outbound_limit=4 * size), peer))
     message = bytes(size)
     tracemalloc.start()

@@ -10,7 +10,7 @@ import math
 #: worker, which own their process, do. With thousands of runnable threads each
 #: waiting one asks the running one to let go every interval, and the cores go
 #: to switching: 5,000 connections x 20 round trips took 75 s at 5 ms, 11 s at
-#: 50 ms, 13 s at 20 ms and at 100 ms (docs/deployment.md, measured by bench/scale.py).
+#: 50 ms, 13 s at 20 ms, 14 s at 100 ms (docs/deployment.md says how it was measured).
 SWITCH_INTERVAL = 0.05
 
 

@@ -3,11 +3,13 @@
     gunicorn -c gunicorn.conf.py 'sync_server:create_app()'
     gunicorn -c gunicorn.conf.py 'sync_server:create_app(echo=True)'
 
-Every open WebSocket holds one gthread thread for its whole life, so
-``workers * threads`` is the number of sessions served at once; our gthread
-worker takes no more connections than it has threads, leaving the rest to a
-worker that has threads free, and answers those nobody has a thread for with
-503 "server full" within a tenth of a second (docs/deployment.md). With
+A session parked in the netpoller (the echo's, and the sender's once it has
+sent) holds no thread: ``max_connections`` per worker bounds those. A session
+that holds its thread (a handler function, or ``netpoller=False``) holds one
+gthread thread for its whole life: ``workers * threads`` of those are served at
+once; our gthread worker takes no more connections than it has threads free,
+leaving the rest to a worker that has, and answers those nobody has a thread
+for with 503 "server full" within a tenth of a second (docs/deployment.md). With
 ``WSTHREADS_TRACE=trace.json`` each worker writes ``trace.PID.json`` as it exits.
 """
 
@@ -18,7 +20,7 @@ from wsthreads import gunicorn as hooks
 from wsthreads.connection import message_log
 
 bind = "127.0.0.1:8080"
-worker_class = "wsthreads.gunicorn.ThreadWorker"  # gthread, one thread per connection; 503 when full
+worker_class = "wsthreads.gunicorn.ThreadWorker"  # gthread, one thread per request; 503 when full
 workers = 2
 threads = 500
 reuse_port = False  # one listening socket for all workers: a full worker leaves connections to the others

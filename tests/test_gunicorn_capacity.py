@@ -29,8 +29,11 @@ import pytest
 from helpers import wait_until
 from test_gunicorn import SHIPPED, Gunicorn
 
-#: The app under load: an echo server, whose sessions last until the client closes.
-APP = "sync_server:create_app(echo=True)"
+#: The app under load: an echo server whose sessions last until the client closes, each holding
+#: its thread (not parked in the netpoller): what a handler function's sessions do.
+APP = "sync_server:create_app(echo=True, netpoller=False)"
+#: The same, parked in the netpoller (the default): a session holds no thread once it has begun.
+PARKED_APP = "sync_server:create_app(echo=True, max_connections=20)"
 #: Seconds within which a connection beyond capacity must have its 503 (LOOK_INTERVAL is 0.1 s).
 PROMPT = 1.0
 
@@ -172,6 +175,17 @@ def test_a_burst_beyond_capacity_is_answered_at_once() -> None:
     with Gunicorn(APP, workers=2, threads=5) as server, sessions(server.port, 15) as answers:
         assert Counter(answer.status for answer in answers) == {101: 10, 503: 5}, summary(answers)
         assert max(answer.seconds for answer in answers if answer.status == 503) < PROMPT
+        assert server.problems() == []
+
+
+def test_parked_sessions_hold_no_thread_and_max_connections_bounds_them() -> None:
+    """1 worker x 5 threads, 25 echo connections at once: 20 sessions (max_connections), far more
+    than the threads, each echoing; the 5 beyond get the app's 503 with its reason."""
+    with Gunicorn(PARKED_APP, workers=1, threads=5) as server, sessions(server.port, 25) as answers:
+        assert Counter(answer.status for answer in answers) == {101: 20, 503: 5}, summary(answers)
+        assert {answer.reason for answer in answers if answer.status == 503} == {
+            "too many connections (limit 20)"
+        }
         assert server.problems() == []
 
 

@@ -46,9 +46,10 @@ from .connection import (
 )
 from .fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
 from .handshake import LAST_ID_HEADER, Refusal, check_request, is_websocket_upgrade, subprotocol_names
+from .netpoller import netpoller
 from .queues import CLOSE, OVERFLOW_POLICIES
 from .request import Authenticate, Reject, Request
-from .session import Echo, SessionCode, run_session
+from .session import Echo, SessionCode, park_session, run_session
 from .settings import check_count, check_seconds
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -64,7 +65,7 @@ PAGE_PATH = "/"
 #: Seconds between keepalive pings (proxies often drop connections idle for
 #: 60 s; a peer that has not answered by the next ping is dead).
 PING_INTERVAL = 25.0
-#: Sessions open at once; each costs a thread (two while a handler's ``run()`` runs).
+#: Sessions open at once. A parked one (see ``ServerConfig.netpoller``) holds no thread.
 MAX_CONNECTIONS = 1000
 #: Seconds :meth:`WebSocketApp.shutdown` takes at most, however many peers are stuck.
 SHUTDOWN_TIMEOUT = 2.0
@@ -129,6 +130,14 @@ class ServerConfig:
             ``authenticate`` returned (None without it): whether that user
             may read that topic; a refused one closes the session with 1008.
             None: any topic.
+        netpoller: a :class:`~wsthreads.session.Handler`'s session holds no
+            thread while it waits for its client: the connection waits in the
+            process's netpoller (:mod:`wsthreads.netpoller`), ``on_message``
+            runs in its workers, and the request's thread is free once
+            ``run()`` has returned. False: every session keeps its request
+            thread and a reader thread (the article's goroutine), for its
+            whole life. A handler function (``handler(conn)``, reading with
+            ``recv``) always keeps its threads.
     """
 
     handler: SessionCode | None = None
@@ -147,6 +156,7 @@ class ServerConfig:
     on_overflow: str = CLOSE
     broker: str | Broker | None = None
     may_subscribe: MaySubscribe | None = None
+    netpoller: bool = True
 
     def __post_init__(self) -> None:
         if not is_plain_path(self.path):
@@ -253,9 +263,10 @@ class WebSocketApp:
         self._numbers = itertools.count(1)
         self._broadcasting = threading.Lock()  # one broadcast at a time: the same order everywhere
         _apps.add(self)
-        # Guards the three fields below; notified when the last session ends.
+        # Guards the four fields below; notified when the last session ends.
         self._changed = threading.Condition()
-        self._admitted = 0  # requests between admission and the end of their session
+        self._admitted = 0  # requests between admission and their end (a session's, or its parking)
+        self._parked = 0  # sessions that outlived their request: they wait in the netpoller
         self._connections: set[Connection] = set()
         self._accepting = True
         broker = self.config.broker
@@ -281,8 +292,12 @@ class WebSocketApp:
         finally:
             with self._changed:
                 self._admitted -= 1
-                if not self._admitted:  # what shutdown() waits for: not a wake-up per session
-                    self._changed.notify_all()
+                self._notify_if_none_left()
+
+    def _notify_if_none_left(self) -> None:
+        """Wake shutdown() once no request or session is left (under ``_changed``): not once per session."""
+        if not self._admitted and not self._parked:
+            self._changed.notify_all()
 
     def shutdown(
         self, code: int = GOING_AWAY, reason: str = "server shutting down", timeout: float = SHUTDOWN_TIMEOUT
@@ -307,13 +322,16 @@ class WebSocketApp:
         for conn in connections:
             conn.close(code, reason)
         with self._changed:
-            if self._changed.wait_for(lambda: self._admitted == 0, max(deadline - time.monotonic() - 0.5, 0)):
+            if self._changed.wait_for(self._none_left, max(deadline - time.monotonic() - 0.5, 0)):
                 return True
             stuck = list(self._connections)
         for conn in stuck:
             conn.abort()
         with self._changed:
-            return self._changed.wait_for(lambda: self._admitted == 0, max(deadline - time.monotonic(), 0))
+            return self._changed.wait_for(self._none_left, max(deadline - time.monotonic(), 0))
+
+    def _none_left(self) -> bool:
+        return not self._admitted and not self._parked
 
     def connections(self) -> list[Connection]:
         """The connections open right now. Any thread may ``send()`` on them."""
@@ -358,7 +376,7 @@ class WebSocketApp:
         with self._changed:
             if not self._accepting:
                 return Refusal("503 Service Unavailable", "the server is shutting down")
-            if self._admitted >= self.config.max_connections:
+            if self._admitted + self._parked >= self.config.max_connections:
                 limit = self.config.max_connections
                 return Refusal("503 Service Unavailable", f"too many connections (limit {limit})")
             self._admitted += 1
@@ -466,11 +484,22 @@ class WebSocketApp:
             except BrokerError as error:
                 log.warning("no subscription for %s: %s", peer, error)
                 ending = (TRY_AGAIN_LATER, "the broker is unavailable: try again later")
+        parked = False
         try:
-            self._open_and_run(conn, response, peer, subscriber, ending)
+            parked = self._open_and_run(conn, response, peer, subscriber, ending)
         finally:
-            if subscriber is not None:
-                self._fanout.unsubscribe(subscriber)
+            if not parked:
+                self._forget(conn, subscriber)
+
+    def _forget(self, conn: Connection, subscriber: Subscriber | None, parked: bool = False) -> None:
+        """The session is over: off the list of connections, its subscription ended."""
+        with self._changed:
+            self._connections.discard(conn)
+            if parked:
+                self._parked -= 1
+                self._notify_if_none_left()
+        if subscriber is not None:
+            self._fanout.unsubscribe(subscriber)
 
     def _open_and_run(
         self,
@@ -479,7 +508,8 @@ class WebSocketApp:
         peer: str,
         subscriber: Subscriber | None,
         ending: Ending | None,
-    ) -> None:
+    ) -> bool:
+        """Open the session and run it; True if it was parked and goes on without this thread."""
         if subscriber is not None and subscriber.last_id is None:
             # Where its messages start, before any of them: a client cut before the first resumes there.
             response = with_header(response, LAST_ID_HEADER, format_id(subscriber.start))
@@ -500,26 +530,34 @@ class WebSocketApp:
             conn.abort()
             conn.start()  # the reader owns the socket: it sees the abort and releases it
             conn.wait_closed()
-            return
+            return False
+        handler = self.config.session_handler()
+        catch_up = None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
+        parked = False
         try:
             log.info("connected: %s", peer)
             if ending is not None:
                 log.info("%s: closing: %s", conn.name, ending[1])
                 conn.start()
                 conn.close(*ending)
+            elif self.config.netpoller and hasattr(handler, "on_message"):
+                # From here on the session's end is the connection's to report (even a failed start's).
+                with self._changed:
+                    self._parked += 1
+                conn.at_end(functools.partial(self._forget, subscriber=subscriber, parked=True))
+                parked = True
+                _session_sockets.add(conn.sock)  # the request ends before the session: its server must let go
+                park_session(conn, handler, netpoller, first=catch_up)  # type: ignore[arg-type]
             else:
-                catch_up = (
-                    None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
-                )
-                run_session(conn, self.config.session_handler(), first=catch_up, read_here=True)
+                run_session(conn, handler, first=catch_up)
         except Exception as error:  # never let a failure reach the WSGI server after the 101
             log.error("session failed: %r", error)
             conn.abort()
         finally:
             # The reader owns the socket; the server may only take it back once it has let go.
-            conn.wait_closed()
-            with self._changed:
-                self._connections.discard(conn)
+            if not parked:
+                conn.wait_closed()
+        return parked
 
 
 def with_header(response: bytes, name: str, value: str) -> bytes:
@@ -546,6 +584,16 @@ def is_plain_path(path: str) -> bool:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/")
     dots = any(segment in (".", "..") for segment in path.split("/"))  # a browser would remove them
     return path.startswith("/") and set(path) <= allowed and "//" not in path and not dots
+
+
+#: The sockets of sessions that outlive their request (parked in the netpoller): the
+#: server must neither shut them down nor close them when the request ends.
+_session_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def session_owns(sock: socket.socket) -> bool:
+    """True if a session has taken ``sock`` over and outlives the request: the server must leave it alone."""
+    return sock in _session_sockets
 
 
 #: Every WebSocketApp of this process, for hooks that must shut them all down (gunicorn's).

@@ -2,12 +2,17 @@
 
 The concurrency contract (gorilla's ``doc.go``, in threads):
 
-* **The reader thread owns the connection.** It is the only thread that reads
-  the socket. It feeds the bytes to the frame layer (:mod:`wsthreads.frames`),
-  answers pings, pings the peer every ``ping_interval``, delivers each message to ``on_message``,
-  runs the closing handshake, and, in its ``finally``, closes the socket
-  (Go: ``defer conn.Close()``). Nothing else closes the socket; other threads
-  may only :meth:`Connection.abort` it (shut it down), which wakes the reader.
+* **The reader owns the connection.** It is the only one that reads the
+  socket. It feeds the bytes to the frame layer (:mod:`wsthreads.frames`),
+  answers pings, pings the peer every ``ping_interval``, delivers each
+  message to ``on_message``, runs the closing handshake, and at its end
+  closes the socket (Go: ``defer conn.Close()``). Nothing else closes the
+  socket; other threads may only :meth:`Connection.abort` it (shut it
+  down), which wakes the reader. The reader runs in *turns* that never wait
+  for the peer (:meth:`Connection._turn`): in a thread of its own, which
+  waits between two turns, or parked in the netpoller
+  (:mod:`wsthreads.netpoller`), whose worker threads run a turn when bytes
+  come or something is due, one at a time per connection.
 * **Any thread may send.** Every write (messages, pongs, close frames) goes
   out under one lock, ``wire_lock``, with a deadline (``write_timeout``): a
   peer that stops reading is dropped instead of holding a thread.
@@ -21,7 +26,7 @@ The concurrency contract (gorilla's ``doc.go``, in threads):
 
 So every wait has a bound: reads wait for the next ping, the close deadline or
 the wake-up; writes for ``write_timeout``; the close for ``close_timeout``.
-The only unbounded code is yours: ``on_message`` runs in the reader thread.
+The only unbounded code is yours: ``on_message`` runs in the reader's turn.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from . import frames, trace
 from .queues import CLOSE, Inbox, Outbox, check_policy
 
 if TYPE_CHECKING:
+    from .netpoller import Netpoller, Watch
     from .request import Request
 
 Message = Union[str, bytes]
@@ -108,6 +114,10 @@ READ_SIZE = 65536
 #: Payloads up to this size go out in one write with their frame header;
 #: larger ones are written after it, uncopied.
 SMALL_FRAME = 16384
+#: Reads one turn of the reader does at most before it lets other connections' turns go first.
+READS_PER_TURN = 16
+#: Seconds between a netpoller worker's looks at a requested close while a write waits for the peer.
+WRITE_LOOK = 0.1
 #: The longest close reason that fits a control frame (125 bytes, less the code).
 MAX_REASON_BYTES = 123
 
@@ -399,7 +409,16 @@ class Connection:
         self.wire_lock = threading.Lock()
         self._parser = frames.Parser(client=client, max_message_size=max_message_size)
         self._pending = pending
-        self._wakeup = _Wakeup()
+        # How the reader is woken when another thread asks for a close: its own
+        # eventfd when it has a thread, its watch when it waits in the netpoller.
+        self._wakeup: _Wakeup | None = None
+        self._watch: Watch | None = None
+        self._in_turn: threading.Thread | None = None  # the thread running the reader's turn now
+        self._parked_since: float | None = None  # in the netpoller, between two turns: when tracing
+        self._outcome: Closed | None = None  # how the session ended, once the close frames are settled
+        self._wind_down_by = 0.0  # then: the TCP connection's end, by the close deadline
+        self._over = False  # and then: the reader is done; its last turn releases the socket
+        self._at_end: list[Callable[[Connection], None]] = []
         self._close_requested: tuple[int, str] | None = None
         self._close_sent: Closed | None = None
         self._close_deadline: float | None = None
@@ -421,7 +440,7 @@ class Connection:
         check_policy(on_overflow)
         self._outbound_limit = outbound_limit
         self._on_overflow = on_overflow
-        #: The reader thread, once started.
+        #: The reader thread, once started (None while the netpoller reads it).
         self.reader: threading.Thread | None = None
         # OpenSSL's connection object may not be used by two threads at once, so
         # with TLS every (non-blocking, so short) recv and send takes this lock.
@@ -434,41 +453,39 @@ class Connection:
 
     # --- the lifecycle, from any thread ---------------------------------------------
 
-    def start(self, on_message: Callable[[Message], None] | None = None) -> threading.Thread:
+    def start(
+        self, on_message: Callable[[Message], None] | None = None, *, poller: Netpoller | None = None
+    ) -> threading.Thread | None:
         """``go reader(conn)``: start the reader thread; ``on_message`` gets every message in it.
 
         Daemon, so that a reader stuck in your ``on_message`` can never keep
         the process alive; everything else it waits on is bounded.
+
+        With a ``poller`` (:data:`wsthreads.netpoller.netpoller`) the
+        connection holds no thread while it waits for its peer: it is parked
+        there, and a worker thread reads it only while bytes have come or
+        something is due (see :mod:`wsthreads.netpoller`); ``on_message``
+        runs in that worker, one message at a time, in order. It needs
+        ``on_message``: ``recv()`` would have to hold a thread. Returns the
+        reader thread, or None with a poller.
         """
         self._on_message = on_message
+        if poller is not None:
+            if on_message is None:
+                raise ValueError("a connection in the netpoller hands its messages to on_message")
+            try:
+                self._watch = poller.watch(self.sock.fileno(), self._turn, self.name)
+            except BaseException:  # no thread to be had: the connection ends here, released
+                self._outcome = Closed(ABNORMAL_CLOSURE, "no thread to read it", by_peer=False)
+                self._over = True
+                self._release()
+                raise
+            self._watch.wake()  # its first turn: what came with the handshake, and a close asked for already
+            return None
+        self._wakeup = _Wakeup()
         self.reader = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
         self.reader.start()
         return self.reader
-
-    def read(
-        self,
-        on_message: Callable[[Message], None] | None = None,
-        *,
-        started: Callable[[], None] = lambda: None,
-    ) -> None:
-        """Be the reader in the calling thread until the connection is over: :meth:`start`, threadless.
-
-        ``started`` is called once this connection counts as started (to
-        start the threads that will use it). The thread takes the reader's
-        name meanwhile, so log lines read the same either way.
-        """
-        self._on_message = on_message
-        self.reader = thread = threading.current_thread()
-        named, thread.name = thread.name, self.name
-        try:
-            try:
-                started()
-            except RuntimeError as error:  # "can't start new thread": the session cannot run
-                log.error("%s: closing: %r", self.name, error)
-                self.close(INTERNAL_ERROR, "internal error")
-            self._read_loop()
-        finally:
-            thread.name = named
 
     @property
     def inbox(self) -> Inbox[Message]:
@@ -687,11 +704,14 @@ class Connection:
                 self._inbox.stop_waiting()
             if self._outbox is not None:
                 self._outbox.seal()  # what send_nowait queued before still goes out, before the close frame
-        with self._wakeup.lock:
             if self._close_requested is None:
                 self._close_by = time.monotonic() + self.close_timeout
                 self._close_requested = (sendable_code(code), close_reason(reason))
-        self._wakeup.ring()
+        # Read after the request is set: a reader that has not seen it yet is woken.
+        if self._watch is not None:
+            self._watch.wake()
+        elif self._wakeup is not None:
+            self._wakeup.ring()
 
     def abort(self) -> None:
         """Cut the connection now: the reader and any blocked writer return at once."""
@@ -722,93 +742,179 @@ class Connection:
                 if end is not None:
                     self._inbox.end(end)
 
-    # --- the reader thread ------------------------------------------------------------
+    def at_end(self, callback: Callable[[Connection], None]) -> None:
+        """Call ``callback(conn)`` once the connection is over and its socket released.
+
+        It runs in the thread that released it (the reader, or a netpoller
+        worker), or at once if that has happened already; keep it short.
+        """
+        with self._queues_lock:
+            if not self.done.is_set():
+                self._at_end.append(callback)
+                return
+        callback(self)
+
+    # --- the reader: turns that never wait for the peer -------------------------------------
 
     def _read_loop(self) -> None:
+        """The reader thread: a turn, then wait for bytes, the next due time or a wake-up; until over."""
+        while True:
+            due = self._turn()
+            if self._over:
+                return
+            self._wait_readable(due)
+
+    def _turn(self) -> float | None:
+        """Handle what has come and do what is due, without waiting for the peer; when to run again.
+
+        Returns the ``time.monotonic()`` by which the reader must run again,
+        or None: only when bytes come (or a wake-up). The reader's thread
+        calls it in a loop; the netpoller, once per event. The last turn
+        releases the socket.
+        """
+        self._in_turn = threading.current_thread()
+        if self._watch is not None:
+            trace.end(self._parked_since, "parked (no thread)")
         try:
-            self.closed = self._read_until_closed()
-            log_end(self.closed)
+            due = self._advance()
         except BaseException as error:  # a bug of ours: report it, still release the socket
             log.exception("reader failed")
-            self.closed = Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False)
+            self._outcome = Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False)
+            self._over, due = True, None
+        else:
+            if self._over:
+                log_end(self._outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
         finally:
+            self._in_turn = None
+            if self._over:
+                self._release()
+            elif self._watch is not None:
+                self._parked_since = trace.begin()
+        return due
+
+    def _release(self) -> None:
+        """The reader's end: discard what waits, release the socket (Go: ``defer conn.Close()``)."""
+        self.closed = self._outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False)
+        try:
             trace.end(self._closing_started, "closing handshake")
             self._aborted = True
             self.stop.set()
-            self._stop_queues(self.closed or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
-            self._wakeup.close()
+            self._stop_queues(self.closed)
+            if self._wakeup is not None:
+                self._wakeup.close()
+            if self._watch is not None:
+                self._watch.close()
             shut_down(self.sock)
             # A writer may still be inside a write; after the shutdown it fails at
             # once, and only then may the socket be closed under it.
             locked = self.wire_lock.acquire(timeout=self.write_timeout)
-            self.sock.close()  # Go: defer conn.Close()
+            self.sock.close()
             if locked:
                 self.wire_lock.release()
-            self.done.set()
+        finally:
+            with self._queues_lock:
+                self.done.set()
+                at_end, self._at_end = self._at_end, []
+            for callback in at_end:
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("an at_end callback failed")
 
-    def _read_until_closed(self) -> Closed:
-        """Read and dispatch until the session is over; how it ended."""
+    def _advance(self) -> float | None:
+        """The reader's state machine: reading, then winding down, then over (see :meth:`_turn`)."""
         try:
-            try:
-                data, self._pending = self._pending, b""
-                while True:
-                    if data:
-                        ended = self._dispatch(data)
-                        if ended is not None:
-                            self._wind_down()
-                            return ended
-                    data = self._receive()
-            except _Fail as failure:
-                log.warning("closing with %s", describe_close(failure.code, failure.reason))
-                self._send_close(failure.code, failure.reason)
-                self._wind_down()
-                return self._close_sent or Closed(failure.code, failure.reason, by_peer=False)
+            if self._outcome is None:
+                due = self._read_what_came()
+                if self._outcome is None:
+                    return due
+                self._begin_wind_down()
+            return self._wind_down()
         except _CloseTimeout:
             if self._close_sent is None or self._lost_reason:
-                return Closed(ABNORMAL_CLOSURE, self._lost_reason or "the closing handshake timed out")
-            log.warning("peer did not answer the close within %.1f s; dropping it", self.close_timeout)
-            return self._close_sent
+                why = self._lost_reason or "the closing handshake timed out"
+                self._outcome = Closed(ABNORMAL_CLOSURE, why)
+            else:
+                log.warning("peer did not answer the close within %.1f s; dropping it", self.close_timeout)
+                self._outcome = self._close_sent
         except _Lost as lost:
-            return Closed(ABNORMAL_CLOSURE, self._lost_reason or str(lost))
+            self._outcome = Closed(ABNORMAL_CLOSURE, self._lost_reason or str(lost))
+        self._over = True
+        return None
 
-    def _receive(self) -> bytes:
-        """The next bytes from the peer, keeping the pings and the close on time."""
-        while True:
-            if self._aborted:
-                raise _Lost("the connection was cut")
-            timeout = self._due_in()
-            started = trace.begin()
-            ready = self._wait_readable(timeout)
-            trace.end(started, "recv (blocked)")
-            if not ready:
-                continue  # something is due: _due_in() does it
-            try:
-                with self._tls_lock:
-                    data = self.sock.recv(READ_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                continue
-            except OSError as error:
-                raise _Lost(str(error) or type(error).__name__) from None
-            if not data:
-                raise _Lost(f"the {'server' if self.client else 'client'} went away without a close frame")
-            return data
+    def _read_what_came(self) -> float | None:
+        """Dispatch what has come, doing what is due between reads; the next due time.
 
-    def _wait_readable(self, timeout: float | None) -> bool:
+        Sets ``_outcome`` once the session's end is known. Stops after
+        :data:`READS_PER_TURN` reads, so that one busy peer cannot keep a
+        netpoller worker from the others: it runs again at once.
+        """
+        try:
+            data: bytes | None
+            data, self._pending = self._pending, b""
+            drained = False
+            for _ in range(READS_PER_TURN):
+                if data:
+                    ended = self._dispatch(data)
+                    if ended is not None:
+                        self._outcome = ended
+                        return None
+                due = self._do_what_is_due()
+                if drained:
+                    return due
+                data = self._recv_nowait()
+                if data is None:
+                    return due
+                drained = self._drained(data)
+            self._pending = data or b""
+            return time.monotonic()
+        except _Fail as failure:
+            log.warning("closing with %s", describe_close(failure.code, failure.reason))
+            self._send_close(failure.code, failure.reason)
+            self._outcome = self._close_sent or Closed(failure.code, failure.reason, by_peer=False)
+            return None
+
+    def _recv_nowait(self) -> bytes | None:
+        """What the peer has sent, without waiting; None if nothing has come."""
+        if self._aborted:
+            raise _Lost("the connection was cut")
+        try:
+            with self._tls_lock:
+                data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except OSError as error:
+            raise _Lost(str(error) or type(error).__name__) from None
+        if not data:
+            raise _Lost(f"the {'server' if self.client else 'client'} went away without a close frame")
+        return data
+
+    def _drained(self, data: bytes) -> bool:
+        """True if a read of ``data`` took everything that had come: the next read would find nothing.
+
+        A plain socket's short read did; with TLS, OpenSSL may still hold decrypted bytes.
+        """
+        if len(data) >= READ_SIZE:
+            return False
         if isinstance(self.sock, ssl.SSLSocket):
             with self._tls_lock:
-                if self.sock.pending():
-                    return True
+                return not self.sock.pending()
+        return True
+
+    def _wait_readable(self, due: float | None) -> None:
+        """The reader thread's wait: for bytes, the ``due`` time, or a wake-up (a close was asked for)."""
+        assert self._wakeup is not None
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
         poller.register(self._wakeup.fd, select.POLLIN)
-        events = poller.poll(None if timeout is None else max(timeout, 0) * 1000)
+        started = trace.begin()
+        events = poller.poll(None if due is None else max(due - time.monotonic(), 0) * 1000)
+        trace.end(started, "recv (blocked)")
         if any(fd == self._wakeup.fd for fd, _ in events):
             self._wakeup.clear()
-            return False
-        return bool(events)
 
-    def _due_in(self) -> float | None:
-        """Do what is due (send a requested close, a ping; give up on a close); seconds to the next."""
+    def _do_what_is_due(self) -> float | None:
+        """Do what is due (send a requested close, a ping; give up on a close); when the next is due."""
         now = time.monotonic()
         requested = self._close_requested
         if requested is not None and self._close_sent is None:
@@ -816,7 +922,7 @@ class Connection:
         if self._close_deadline is not None:
             if now >= self._close_deadline:
                 raise _CloseTimeout
-            return self._close_deadline - now
+            return self._close_deadline
         if self.ping_interval is None:
             return None
         if now >= self._next_ping:
@@ -825,7 +931,7 @@ class Connection:
             self._send_control(frames.PING, b"keepalive")
             self._awaiting_pong = True
             self._next_ping = now + self.ping_interval
-        return self._next_ping - now
+        return self._next_ping
 
     def _dispatch(self, data: bytes) -> Closed | None:
         """Feed bytes to the frame layer and act on what they complete; how the session ended, if it did."""
@@ -879,32 +985,35 @@ class Connection:
             log.error("closing after an error in the message handler: %r", error)
             self.close(INTERNAL_ERROR, "internal error")
 
-    def _wind_down(self) -> None:
-        """After the close frames: end the TCP connection cleanly, within the close deadline.
+    def _begin_wind_down(self) -> None:
+        """After the close frames: the TCP connection ends cleanly, by the close deadline.
 
         The server closes TCP first (RFC 6455 7.1.1): it half-closes, so the
         peer sees EOF after our close frame. Both sides then read and discard
-        until the peer's EOF: closing with unread data would send a reset,
-        and the peer would see 1006 instead of our close code.
+        until the peer's EOF (:meth:`_wind_down`): closing with unread data
+        would send a reset, and the peer would see 1006 instead of our close code.
         """
         self.stop.set()
-        deadline = self._close_deadline or time.monotonic() + self.close_timeout
+        self._wind_down_by = self._close_deadline or time.monotonic() + self.close_timeout
         if not self.client:
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
-                return
-        while (left := deadline - time.monotonic()) > 0:
-            if not wait_for(self.sock, select.POLLIN, left):
-                return
+                self._wind_down_by = 0.0  # the connection is gone already: nothing to wait for
+
+    def _wind_down(self) -> float | None:
+        """Discard what comes until the peer's EOF; the close deadline to run again by, or over."""
+        while time.monotonic() < self._wind_down_by:
             try:
                 with self._tls_lock:
                     if not self.sock.recv(READ_SIZE):
-                        return
+                        break
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                continue
+                return self._wind_down_by
             except OSError:
-                return
+                break
+        self._over = True
+        return None
 
     # --- writing, under wire_lock -------------------------------------------------------
 
@@ -968,7 +1077,7 @@ class Connection:
 
     def _write_all(self, view: memoryview, deadline: float) -> None:
         """Write all of ``view`` by ``deadline`` (see :meth:`_write`)."""
-        in_reader = threading.current_thread() is self.reader
+        in_reader = threading.current_thread() is self._in_turn
         while view:
             try:
                 with self._tls_lock:
@@ -995,12 +1104,14 @@ class Connection:
                 return False
             poller = select.poll()
             poller.register(self.sock, select.POLLOUT)
-            if in_reader:
+            if in_reader and self._wakeup is not None:
                 poller.register(self._wakeup.fd, select.POLLIN)
+            elif in_reader:  # a netpoller worker has no wake-up: it looks at the close now and then
+                left = min(left, WRITE_LOOK)
             events = poller.poll(left * 1000)
             if any(fd == self.sock.fileno() for fd, _ in events):
                 return True
-            if events:
+            if events and self._wakeup is not None:
                 self._wakeup.clear()  # a close was requested: the loop shortens the deadline
 
     def _give_up(self, why: str) -> None:

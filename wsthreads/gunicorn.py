@@ -26,7 +26,7 @@ from typing import Any
 from gunicorn.workers import gthread  # type: ignore[import-untyped]
 
 from . import trace
-from .app import SHUTDOWN_TIMEOUT, all_apps
+from .app import SHUTDOWN_TIMEOUT, all_apps, session_owns
 from .connection import wait_for
 from .settings import SWITCH_INTERVAL
 
@@ -40,14 +40,19 @@ LOOK_INTERVAL = 0.1
 
 
 class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker, for WebSocket sessions: each holds a thread for its whole life.
+    """gunicorn's gthread worker, for WebSocket sessions.
 
-    ``worker_class = "wsthreads.gunicorn.ThreadWorker"``. It sets the GIL's
-    switch interval for its process (:meth:`init_process`), and differs from
-    gthread in two more ways:
+    ``worker_class = "wsthreads.gunicorn.ThreadWorker"``. A session parked in
+    the netpoller (``ServerConfig.netpoller``, the default for a handler
+    object) gives its request thread back once its ``run()`` has returned;
+    its connection is the session's, and the worker leaves it alone
+    (:meth:`finish_request`). A session that keeps its thread (a handler
+    function) holds it for its whole life. The worker sets the GIL's
+    switch interval for its process (:meth:`init_process`), and differs
+    from gthread in two more ways:
 
     - It takes no more connections than it has threads (``worker_connections``
-      is capped at ``threads``, none is kept alive idle, and a session is
+      is capped at ``threads``, none is kept alive idle, and a request is
       counted off once when it ends). gthread takes up to ``worker_connections``
       (1000 by default) and queues those it has no thread for inside itself,
       unanswered, while another worker may have threads free; a full worker of
@@ -83,14 +88,14 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().set_accept_enabled(enabled)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
-        """gthread's end of a request (in the main loop), counting a session off once, not twice.
+        """gthread's end of a request (in the main loop): a session's socket is left to it, counted off once.
 
-        gthread counts the connection off, then closes its socket gracefully;
-        a session has closed it already, so that raises, and gthread's handler
-        counts it off again: every session would leave ``nr_conns`` one too low,
-        and the worker would take more connections than ``worker_connections``.
+        gthread counts the connection off, then closes its socket gracefully.
+        A session either has closed it already (that would raise, and gthread's
+        handler would count it off again: ``nr_conns`` one too low), or owns it
+        beyond the request (parked in the netpoller): closing it would cut the session.
         """
-        if conn.sock.fileno() == -1:  # closed by the session, which took the socket over
+        if conn.sock.fileno() == -1 or session_owns(conn.sock):  # the session took the socket over
             self.nr_conns -= 1
             return
         super().finish_request(conn, fs)
@@ -101,6 +106,8 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             super().wait_for_and_dispatch_events(timeout)
             return
         super().wait_for_and_dispatch_events(min(timeout, LOOK_INTERVAL))
+        if self.nr_conns < self.worker_connections:
+            return  # a request ended meanwhile (a parked session's, within ms): the main loop accepts again
         for listener in self.sockets:
             if wait_for(listener.sock, select.POLLIN, 0) and not any_thread_free(listener):
                 self._refuse_waiting(listener)

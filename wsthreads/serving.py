@@ -17,7 +17,7 @@ from typing import Any
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from . import trace
-from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp
+from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
 from .deadlines import Armed, deadlines
 from .signals import run_until_signal
 
@@ -159,10 +159,10 @@ class RequestHandler(WSGIRequestHandler):
             tb = tb.tb_next
 
     def finish(self) -> None:
-        """Close the connection's files and, with TLS, the TLS socket itself."""
+        """Close the connection's files and, with TLS, the TLS socket itself (unless a session owns it)."""
         self._disarm()
         super().finish()
-        if self.server.tls_context is not None:
+        if self.server.tls_context is not None and not session_owns(self.request):
             self.request.close()  # socketserver closes only the plain socket it accepted
 
     def _disarm(self) -> None:
@@ -189,6 +189,15 @@ class WebSocketServer(ThreadedWSGIServer):
         self.handshake_timeout = handshake_timeout
         # Tells Werkzeug to report https:// to the application.
         self.ssl_context = tls_context
+
+    def shutdown_request(self, request: Any) -> None:
+        """socketserver's end of a request: shut the socket down and close it, unless a session owns it.
+
+        A session parked in the netpoller outlives its request (see
+        :func:`wsthreads.app.session_owns`); its connection closes the socket.
+        """
+        if not session_owns(request):
+            super().shutdown_request(request)
 
 
 class RunningServer:

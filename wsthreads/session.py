@@ -11,14 +11,15 @@ Per-connection code comes in two shapes:
   reader has started, and the session lasts until the peer closes.
 
 :func:`run_session` is the lifecycle around either, start to finish, for the
-server's request thread and for the client alike.
+server's request thread and for the client alike. :func:`park_session` runs a
+:class:`Handler`'s session without a thread of its own: its connection waits
+in the netpoller (:mod:`wsthreads.netpoller`).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Callable, Protocol, Union
+from typing import TYPE_CHECKING, Callable, Protocol, Union
 
 from . import trace
 from .connection import (
@@ -30,6 +31,9 @@ from .connection import (
     Message,
     log,
 )
+
+if TYPE_CHECKING:
+    from .netpoller import Netpoller
 
 
 class Handler(Protocol):
@@ -76,7 +80,6 @@ def run_session(
     *,
     linger: float | None = None,
     first: Callable[[], None] | None = None,
-    read_here: bool = False,
 ) -> Closed:
     """One side of a session, start to finish; returns how it ended.
 
@@ -91,31 +94,27 @@ def run_session(
     never reaches the caller. ``first``, if given, runs once the reader has
     started, before the handler (the server's replay of missed messages),
     under the same rules.
-
-    ``read_here`` (the server's choice, for a :class:`Handler`): the calling
-    thread reads instead, and ``first`` and ``handler.run`` get a thread of
-    their own that ends when they return. A session whose ``run`` has
-    nothing to do (an echo) then holds one thread, not two.
     """
     pulls = not hasattr(handler, "on_message")
     on_message = None if pulls else lambda message: handler.on_message(conn, message)  # type: ignore[union-attr]
-    if not read_here or pulls:
-        conn.start(on_message)
-        _work(conn, handler, first, linger, hold=True)
-        conn.wait_closed()
-    else:
-        work = threading.Thread(
-            target=_work,
-            args=(conn, handler, first, linger, False),
-            name=threading.current_thread().name,
-            daemon=True,
-        )
-        conn.read(on_message, started=work.start)
-        # Its sends fail once the connection is over: it ends within a write's bound.
-        work.join(conn.write_timeout + conn.close_timeout)
-        if work.is_alive():
-            log.warning("%s: the session's run() has not returned after the connection ended", conn.name)
+    conn.start(on_message)
+    _work(conn, handler, first, linger, hold=True)
+    conn.wait_closed()
     return conn.closed or Closed(ABNORMAL_CLOSURE, "the reader did not end", by_peer=False)
+
+
+def park_session(
+    conn: Connection, handler: Handler, poller: Netpoller, *, first: Callable[[], None] | None = None
+) -> None:
+    """A :class:`Handler`'s session whose connection waits in ``poller``, holding no thread while idle.
+
+    ``on_message`` runs in the netpoller's workers, one message at a time,
+    in order; ``first`` and ``handler.run`` run in the calling thread, under
+    the rules of :func:`run_session`, and this returns once they have: the
+    session goes on until the peer closes (``conn.at_end`` tells its end).
+    """
+    conn.start(lambda message: handler.on_message(conn, message), poller=poller)
+    _work(conn, handler, first, None, hold=False)
 
 
 def _work(

@@ -1,0 +1,165 @@
+"""wsthreads.netpoller: parked sockets, one turn at a time each, workers that grow only when stuck."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from wsthreads.netpoller import WORKERS, Netpoller
+
+
+class Counter:
+    """A turn that reads what came on one socket and records that it ran (and never ran twice at once)."""
+
+    def __init__(self, sock: socket.socket, due_in: float | None = None, hold: threading.Event | None = None):
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.due_in = due_in
+        self.hold = hold
+        self.turns = 0
+        self.received = b""
+        self.inside = 0
+        self.overlapped = False
+        self.threads: set[str] = set()
+        self.ran = threading.Event()
+
+    def turn(self) -> float | None:
+        self.inside += 1
+        self.overlapped |= self.inside > 1
+        self.threads.add(threading.current_thread().name)
+        try:
+            self.turns += 1
+            try:
+                self.received += self.sock.recv(65536)
+            except BlockingIOError:
+                pass
+            if self.hold is not None:
+                self.hold.wait(5)
+            self.ran.set()
+            return None if self.due_in is None else time.monotonic() + self.due_in
+        finally:
+            self.inside -= 1
+
+
+@pytest.fixture
+def poller() -> Netpoller:
+    return Netpoller()
+
+
+def watch(poller: Netpoller, counter: Counter, name: str = "conn-1-reader"):
+    handle = poller.watch(counter.sock.fileno(), counter.turn, name)
+    handle.wake()
+    return handle
+
+
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_parked_socket_runs_a_turn_when_bytes_come_and_none_while_idle(poller: Netpoller) -> None:
+    ours, theirs = socket.socketpair()
+    counter = Counter(ours)
+    handle = watch(poller, counter)
+    assert wait_until(lambda: counter.turns == 1)  # the first turn, at once
+    time.sleep(0.3)
+    assert counter.turns == 1, "an idle socket must not run turns"
+    theirs.sendall(b"hello")
+    assert wait_until(lambda: counter.received == b"hello")
+    assert counter.threads == {"conn-1-reader"}, "a worker takes the connection's name during its turn"
+    handle.close()  # parked: the netpoller forgets it
+    theirs.sendall(b"more")
+    time.sleep(0.2)
+    assert counter.received == b"hello"
+    ours.close(), theirs.close()
+
+
+def test_a_turn_runs_again_by_the_time_it_asked_for(poller: Netpoller) -> None:
+    ours, theirs = socket.socketpair()
+    counter = Counter(ours, due_in=0.1)
+    started = time.monotonic()
+    handle = watch(poller, counter)
+    assert wait_until(lambda: counter.turns >= 5)
+    assert time.monotonic() - started >= 0.4
+    handle.close()
+    ours.close(), theirs.close()
+
+
+def test_a_wake_during_a_turn_runs_one_more_turn_after_it_never_beside_it(poller: Netpoller) -> None:
+    ours, theirs = socket.socketpair()
+    hold = threading.Event()
+    counter = Counter(ours, hold=hold)
+    handle = watch(poller, counter)
+    assert wait_until(lambda: counter.inside == 1)
+    for _ in range(10):
+        handle.wake()
+    theirs.sendall(b"x")
+    hold.set()
+    assert wait_until(lambda: counter.turns >= 2)
+    time.sleep(0.2)
+    assert not counter.overlapped
+    assert counter.turns <= 3, "ten wake-ups during one turn make one more turn (two with the byte), not ten"
+    handle.close()
+    ours.close(), theirs.close()
+
+
+def test_2000_parked_sockets_are_served_by_a_few_threads(poller: Netpoller) -> None:
+    pairs = [socket.socketpair() for _ in range(2000)]
+    counters = [Counter(ours) for ours, _ in pairs]
+    before = threading.active_count()
+    handles = [watch(poller, counter, f"conn-{n}-reader") for n, counter in enumerate(counters)]
+    for _, theirs in pairs:
+        theirs.sendall(b"ping")
+    assert wait_until(lambda: all(counter.received == b"ping" for counter in counters), 20)
+    # The netpoller thread and its workers; a blocked turn could have added one or two more.
+    assert threading.active_count() - before <= 1 + WORKERS + 2
+    assert not any(counter.overlapped for counter in counters)
+    for handle in handles:
+        handle.close()
+    for ours, theirs in pairs:
+        ours.close(), theirs.close()
+
+
+def test_a_stuck_turn_does_not_hold_up_the_others(poller: Netpoller) -> None:
+    """Go's sysmon: when turns wait and no worker takes one, another worker starts."""
+    hold = threading.Event()
+    stuck_pairs = [socket.socketpair() for _ in range(WORKERS)]
+    stuck = [Counter(ours, hold=hold) for ours, _ in stuck_pairs]
+    handles = [watch(poller, counter) for counter in stuck]
+    assert wait_until(lambda: all(counter.inside == 1 for counter in stuck))
+    ours, theirs = socket.socketpair()
+    free = Counter(ours)
+    handles.append(watch(poller, free))
+    started = time.monotonic()
+    assert free.ran.wait(2), "every worker is stuck, and no other started"
+    assert time.monotonic() - started < 1.0
+    hold.set()
+    for handle in handles:
+        handle.close()
+    for a, b in [*stuck_pairs, (ours, theirs)]:
+        a.close(), b.close()
+
+
+def test_the_netpoller_thread_runs_only_while_something_is_watched(poller: Netpoller) -> None:
+    ours, theirs = socket.socketpair()
+    counter = Counter(ours)
+    handle = watch(poller, counter)
+    assert wait_until(lambda: counter.turns == 1)
+    assert poller.running()
+    handle.close()
+    assert wait_until(lambda: not poller.running())
+    # And it starts again for the next one.
+    counter2 = Counter(ours)
+    handle2 = watch(poller, counter2)
+    theirs.sendall(b"y")
+    assert wait_until(lambda: b"y" in counter2.received)
+    handle2.close()
+    assert wait_until(lambda: not poller.running())
+    ours.close(), theirs.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import socket
 import threading
 import time
@@ -163,3 +164,43 @@ def test_the_netpoller_thread_runs_only_while_something_is_watched(poller: Netpo
     handle2.close()
     assert wait_until(lambda: not poller.running())
     ours.close(), theirs.close()
+
+
+def test_bytes_and_a_deadline_at_once_make_one_turn_not_two(poller: Netpoller) -> None:
+    """A socket readable when its deadline passes is ready twice in one look: still one turn at a time."""
+    ours, theirs = socket.socketpair()
+    counter = Counter(ours, due_in=0.0)  # always due again at once, like a reader that stopped mid-burst
+    handle = watch(poller, counter)
+    stop = time.monotonic() + 1.0
+    while time.monotonic() < stop:
+        theirs.sendall(b"x" * 100)
+        time.sleep(0.001)
+    assert counter.turns > 50
+    assert not counter.overlapped
+    handle.close()
+    ours.close(), theirs.close()
+
+
+@pytest.mark.parametrize("first_turn", [True, False], ids=["in-its-first-turn", "in-a-later-turn"])
+def test_a_peer_that_hangs_up_during_a_long_turn_does_not_make_the_netpoller_spin(
+    poller: Netpoller, first_turn: bool
+) -> None:
+    """epoll reports a hang-up whatever a descriptor asks for: the netpoller must not loop on it."""
+    ours, theirs = socket.socketpair()
+    hold = threading.Event()
+    counter = Counter(ours, hold=hold if first_turn else None)
+    handle = watch(poller, counter)
+    if not first_turn:
+        assert wait_until(lambda: counter.turns == 1)
+        counter.hold = hold
+        theirs.sendall(b"x")
+    assert wait_until(lambda: counter.inside == 1)
+    theirs.close()  # the hang-up, while the turn holds
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    before = cpu.ru_utime + cpu.ru_stime
+    time.sleep(0.5)
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    assert cpu.ru_utime + cpu.ru_stime - before < 0.2
+    hold.set()
+    handle.close()
+    ours.close()

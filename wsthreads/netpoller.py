@@ -27,11 +27,12 @@ thread touches the selector and moves a parked watch to a worker.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import threading
 import time
 from typing import Callable
@@ -56,8 +57,8 @@ class Watch:
     """One connection's place in the netpoller; made by :meth:`Netpoller.watch`.
 
     It is parked until the first :meth:`wake`. Its owner (the connection)
-    calls :meth:`close` once it has released its socket, in its last turn;
-    the netpoller then forgets it.
+    calls :meth:`close` before it closes its socket, in its last turn: the
+    descriptor must leave epoll before its number can be reused.
     """
 
     __slots__ = ("_netpoller", "closed", "due", "fd", "name", "registered", "state", "turn")
@@ -70,7 +71,9 @@ class Watch:
         self.state = _PARKED
         self.closed = False
         self.due: float | None = None  # the deadline of this watch's entry in the timer heap
-        self.registered = False  # in the selector (only the netpoller thread reads or changes it)
+        # In epoll: from its first parking on. Not before: epoll reports a hang-up even for
+        # a descriptor that asks for no event, and would report it again and again.
+        self.registered = False
 
     def wake(self) -> None:
         """Run a turn soon, even if no byte comes (another thread asked for a close); from any thread."""
@@ -82,20 +85,26 @@ class Watch:
 
 
 class Netpoller:
-    """Parked connections in one selector, and the worker threads that run their turns."""
+    """Parked connections in one epoll, and the worker threads that run their turns.
+
+    A parked socket is armed once (``EPOLLONESHOT``): its first event disarms
+    it, so one event hands it to one worker, and the worker re-arms it after
+    the turn, itself (``epoll_ctl`` may be called from any thread). The
+    ``netpoller`` thread only waits: for events, the earliest deadline, and
+    stalled workers.
+    """
 
     def __init__(self, workers: int = WORKERS, max_workers: int = MAX_WORKERS) -> None:
         self._lock = threading.Lock()
-        self._selector: selectors.BaseSelector | None = None
+        self._epoll: select.epoll | None = None
         self._wakeup_fd = -1
         self._thread: threading.Thread | None = None
-        self._watched = 0  # watches not yet closed: the netpoller thread runs while there are any
-        self._to_park: list[tuple[Watch, float | None]] = []  # for the netpoller thread to register
-        self._woken: list[Watch] = []  # parked watches another thread woke
+        self._watches: dict[int, Watch] = {}  # by descriptor: the thread runs while there are any
         self._timers: list[tuple[float, int, Watch]] = []  # (due, order, watch), a heap
         self._order = itertools.count()
+        self._waking_at: float | None = None  # when the netpoller thread's wait ends (None: on an event)
         self._ringing = False  # the wake-up descriptor is readable: no second write needed
-        self._workers = _Workers(workers, max_workers)
+        self._workers = _Workers(workers, max_workers, self._ring)
 
     def watch(self, fd: int, turn: Callable[[], float | None], name: str) -> Watch:
         """Watch the socket ``fd``: ``turn()`` runs in a worker from the first :meth:`Watch.wake` on.
@@ -106,9 +115,9 @@ class Netpoller:
         """
         watch = Watch(self, fd, turn, name)
         with self._lock:
-            self._watched += 1
             if self._thread is None:
                 self._start_locked()
+            self._watches[fd] = watch
         return watch
 
     def running(self) -> bool:
@@ -122,17 +131,32 @@ class Netpoller:
         with self._lock:
             if watch.state == _RUNNING:
                 watch.state = _RUN_AGAIN  # the worker runs another turn before parking it
-            elif watch.state == _PARKED and not watch.closed:
-                self._woken.append(watch)
-                self._ring_locked()
+                return
+            if watch.state != _PARKED:
+                return
+            watch.state = _RUNNING  # still armed: an event meanwhile finds it running, and is dropped
+        self._workers.submit(self._run, watch)
 
     def _close(self, watch: Watch) -> None:
         with self._lock:
-            if not watch.closed:
-                watch.closed = True
-                if watch.state == _PARKED:  # the netpoller thread forgets it; a worker would after its turn
-                    self._woken.append(watch)
-                    self._ring_locked()
+            if watch.closed:
+                return
+            watch.closed = True
+            if watch.state == _PARKED:
+                watch.state = _GONE
+            if self._watches.get(watch.fd) is watch:
+                del self._watches[watch.fd]
+            if watch.registered:
+                watch.registered = False
+                assert self._epoll is not None
+                with contextlib.suppress(OSError):  # closed already: epoll forgot it itself
+                    self._epoll.unregister(watch.fd)
+            if not self._watches:
+                self._ring_locked()  # the netpoller thread ends
+
+    def _ring(self) -> None:
+        with self._lock:
+            self._ring_locked()
 
     def _ring_locked(self) -> None:
         if not self._ringing and self._wakeup_fd >= 0:
@@ -142,7 +166,7 @@ class Netpoller:
     # --- the worker threads -----------------------------------------------------------
 
     def _run(self, watch: Watch) -> None:
-        """One or more turns of ``watch`` (in a worker), then park it or forget it."""
+        """One or more turns of ``watch`` (in a worker), then park it again."""
         thread = threading.current_thread()
         named = thread.name
         while True:
@@ -151,91 +175,75 @@ class Netpoller:
                 due = watch.turn()
             except BaseException:  # the turn's own finally has released what it held
                 log.exception("%s: a turn failed", watch.name)
-                with self._lock:
-                    watch.closed = True
+                watch.close()
                 due = None
             finally:
                 thread.name = named
             with self._lock:
                 if watch.closed:
                     watch.state = _GONE
-                    self._watched -= 1
-                    if not self._watched:
-                        self._ring_locked()  # the netpoller thread ends
                     return
                 if watch.state == _RUN_AGAIN:
                     watch.state = _RUNNING
                     continue
                 watch.state = _PARKED
-                self._to_park.append((watch, due))
-                self._ring_locked()
+                if due is not None and due != watch.due:  # the same deadline as before: its entry is there
+                    heapq.heappush(self._timers, (due, next(self._order), watch))
+                    if self._waking_at is None or due < self._waking_at:
+                        self._ring_locked()  # sooner than the netpoller thread would look
+                watch.due = due
+                assert self._epoll is not None
+                if watch.registered:
+                    self._epoll.modify(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
+                else:
+                    self._epoll.register(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
+                    watch.registered = True
                 return
 
     # --- the netpoller thread ---------------------------------------------------------
 
     def _start_locked(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
         self._wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._selector.register(self._wakeup_fd, selectors.EVENT_READ)
+        self._epoll.register(self._wakeup_fd, select.EPOLLIN)
         # Daemon: a process may exit with connections still watched.
         self._thread = threading.Thread(target=self._poll, name="netpoller", daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
-        selector = self._selector
-        assert selector is not None
-        try:
-            while True:
-                with self._lock:
-                    if not self._watched:
-                        return
-                events = selector.select(self._timeout())
-                with self._lock:
-                    if self._ringing:
-                        self._ringing = False
-                        os.read(self._wakeup_fd, 8)
-                    to_park, self._to_park = self._to_park, []
-                    woken, self._woken = self._woken, []
-                for watch, due in to_park:
-                    self._park(selector, watch, due)
-                ready = [key.data for key, _ in events if key.data is not None]
-                self._take(selector, [*ready, *woken, *self._expired()])
-                self._workers.start_if_stalled()
-        finally:
+        epoll = self._epoll
+        assert epoll is not None
+        while True:
             with self._lock:
-                self._thread = None
-                selector.close()
-                os.close(self._wakeup_fd)
-                self._selector, self._wakeup_fd, self._ringing = None, -1, False
-                self._timers = []
-                if self._watched:  # a watch came while we were ending: a new thread for it
-                    self._start_locked()
-
-    def _take(self, selector: selectors.BaseSelector, ready: list[Watch]) -> None:
-        """Parked watches that must run (bytes, a deadline, a wake-up) to a worker; closed ones forgotten."""
-        taken = []
-        with self._lock:
+                if not self._watches:  # decided under the lock: a watch() from now on starts a new thread
+                    self._stop_locked()
+                    return
+                timeout = self._timeout_locked()
+            events = epoll.poll(-1 if timeout is None else timeout)
+            ready = []
+            with self._lock:
+                for fd, _ in events:
+                    watch = self._watches.get(fd)
+                    if watch is None:  # the wake-up
+                        self._ringing = False
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wakeup_fd, 8)
+                    elif watch.state == _PARKED:
+                        watch.state = _RUNNING
+                        ready.append(watch)
+                ready.extend(self._expired_locked())
             for watch in ready:
-                if watch.state == _PARKED:  # once: a watch may be ready for several reasons
-                    watch.state = _GONE if watch.closed else _RUNNING
-                    self._watched -= watch.closed
-                    taken.append(watch)
-        for watch in taken:
-            if watch.registered:
-                selector.unregister(watch.fd)
-                watch.registered = False
-            if watch.state != _GONE:
                 self._workers.submit(self._run, watch)
+            self._workers.start_if_stalled()
 
-    def _park(self, selector: selectors.BaseSelector, watch: Watch, due: float | None) -> None:
-        if not watch.registered:
-            selector.register(watch.fd, selectors.EVENT_READ, watch)
-            watch.registered = True
-        if due is not None and due != watch.due:  # the same deadline as before: its entry is still there
-            heapq.heappush(self._timers, (due, next(self._order), watch))
-        watch.due = due
+    def _stop_locked(self) -> None:
+        assert self._epoll is not None
+        self._epoll.close()
+        os.close(self._wakeup_fd)
+        self._epoll, self._wakeup_fd, self._ringing, self._thread = None, -1, False, None
+        self._timers = []
 
-    def _expired(self) -> list[Watch]:
+    def _expired_locked(self) -> list[Watch]:
         """Parked watches whose deadline has come (entries for deadlines since replaced are dropped)."""
         now = time.monotonic()
         expired = []
@@ -243,26 +251,29 @@ class Netpoller:
             due, _, watch = heapq.heappop(self._timers)
             if watch.due == due:
                 watch.due = None
-                expired.append(watch)
+                if watch.state == _PARKED:  # not if its bytes came too: one turn, not two at once
+                    watch.state = _RUNNING
+                    expired.append(watch)
         return expired
 
-    def _timeout(self) -> float | None:
-        timeout = None
+    def _timeout_locked(self) -> float | None:
+        """Seconds to wait: until the earliest deadline, or STALL while turns wait for a worker."""
         while self._timers and self._timers[0][2].due != self._timers[0][0]:
             heapq.heappop(self._timers)  # replaced, or fired already
-        if self._timers:
-            timeout = max(self._timers[0][0] - time.monotonic(), 0)
+        self._waking_at = self._timers[0][0] if self._timers else None
         if self._workers.waiting():
-            timeout = STALL if timeout is None else min(timeout, STALL)
-        return timeout
+            stall = time.monotonic() + STALL
+            self._waking_at = stall if self._waking_at is None else min(self._waking_at, stall)
+        return None if self._waking_at is None else max(self._waking_at - time.monotonic(), 0)
 
 
 class _Workers:
     """The threads that run turns: a few at once, more while turns are stuck (see the module's doc)."""
 
-    def __init__(self, workers: int, most: int) -> None:
+    def __init__(self, workers: int, most: int, waiting: Callable[[], None]) -> None:
         self._workers = workers
         self._most = most
+        self._on_waiting = waiting  # a turn waits for a worker: the netpoller thread must watch for a stall
         self._jobs: collections.deque[tuple[Callable[[Watch], None], Watch]] = collections.deque()
         self._changed = threading.Condition()
         self._threads = 0
@@ -275,7 +286,10 @@ class _Workers:
             self._jobs.append((run, watch))
             if len(self._jobs) > self._idle and self._threads < self._workers:
                 self._start_locked()
+            waits = len(self._jobs) > self._idle
             self._changed.notify()
+        if waits:
+            self._on_waiting()
 
     def waiting(self) -> bool:
         with self._changed:

@@ -366,14 +366,16 @@ class RawServer:
         self.listener.close()
 
 
-def assert_stop_closes_sessions(server: Program, url: str, signum: int, within: float) -> None:
-    """Stop ``server`` with ``signum`` while a client is mid-session.
+def assert_stop_closes_sessions(
+    server: Program, url: str, signum: int, within: float, first: str = "server message 1 of 1000"
+) -> None:
+    """Stop ``server`` with ``signum`` while a client is mid-session (once it has received ``first``).
 
     The client must see 1001 "server shutting down" and exit 0, and the
     server must exit 0 within ``within`` seconds, without a traceback.
     """
     client = Program(CLIENT, "--url", url, "--count", "1000", "--interval", "5")
-    client.wait_for(r"received: server message 1 of 1000")
+    client.wait_for(rf"received: {first}")
     started = time.monotonic()
     server.signal(signum)
     assert server.wait(timeout=within + 10) == 0, server.output()

@@ -158,6 +158,16 @@ def test_gunicorn_stop_closes_sessions_with_1001(gunicorn: Callable[[str], Gunic
     assert_stop_closes_sessions(server, server.url, signum, within=5.0)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_gunicorn_stop_closes_parked_sessions_with_1001(
+    gunicorn: Callable[[str], Gunicorn], signum: int
+) -> None:
+    """A session that has sent its one message is parked in the netpoller: its request is over,
+    and the stop still waits for its close (1001) before the worker exits."""
+    server = gunicorn("sync_server:create_app(count=1, interval=0)")
+    assert_stop_closes_sessions(server, server.url, signum, within=5.0, first="server message 1 of 1")
+
+
 def test_workers_trace_with_the_environment_variable(
     gunicorn: Callable[[str], Gunicorn], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -80,6 +80,18 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         sys.setswitchinterval(SWITCH_INTERVAL)
         super().init_process()
 
+    def run(self) -> None:
+        """gthread's loop; then, bounded, the end of every session (1001 on a stop).
+
+        gthread waits for the requests in flight before its worker exits; a
+        session parked in the netpoller is no longer one, so it is waited
+        for here, or the process would exit in the middle of its close.
+        """
+        try:
+            super().run()
+        finally:
+            shutdown_all()
+
     def set_accept_enabled(self, enabled: bool) -> None:
         """gthread's switch between accepting and not; we hold the "thread free" lock while accepting."""
         if enabled != self._accepting:

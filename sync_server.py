@@ -24,6 +24,11 @@ Python, step by step (the ``wsthreads`` package does each one):
 4. The loop: :class:`common.Sender` sends in the ``conn-N`` thread, pausing
    with ``conn.stop.wait(interval)``, the ``time.Sleep`` that Ctrl+C cuts short.
 
+With ``--netpoller`` a session holds no thread while it waits for its client:
+the connection waits in one poller for the whole process (Go's netpoller), and
+a worker thread, named ``conn-N-reader`` while it works, reads it only when
+bytes come; the ``conn-N`` thread ends once it has sent. The log reads the same.
+
 Run ``python sync_server.py --help`` for the options. Importing this module
 has no side effects: :func:`create_app` gives the WSGI application (for
 gunicorn: ``gunicorn -c gunicorn.conf.py 'sync_server:create_app()'``).
@@ -64,15 +69,21 @@ log = logging.getLogger("wsthreads.server")
 
 
 def create_app(
-    count: int = DEFAULT_COUNT, interval: float = DEFAULT_INTERVAL, echo: bool = False, **settings: Any
+    count: int = DEFAULT_COUNT,
+    interval: float = DEFAULT_INTERVAL,
+    echo: bool = False,
+    netpoller: bool = False,
+    **settings: Any,
 ) -> wsthreads.WebSocketApp:
     """The article's WSGI app: every session on ``/ws`` sends ``count`` messages and prints what arrives.
 
-    With ``echo`` it sends every message back instead. ``settings`` are the
-    other fields of :class:`wsthreads.ServerConfig`.
+    With ``echo`` it sends every message back instead. Each session has its
+    reader thread, as the article's goroutine; with ``netpoller`` it waits in
+    the netpoller instead (the library's default). ``settings`` are the other
+    fields of :class:`wsthreads.ServerConfig`.
     """
     handler = wsthreads.Echo() if echo else Sender(count, interval, "server")
-    return wsthreads.create_app(handler=handler, **settings)
+    return wsthreads.create_app(handler=handler, netpoller=netpoller, **settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +134,7 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         args.count,
         args.interval,
         args.echo,
+        args.netpoller,
         max_message_size=args.max_message_size or None,
         ping_interval=args.ping_interval or None,
         write_timeout=args.write_timeout,
@@ -179,6 +191,12 @@ def build_parser() -> OneLineParser:
         metavar="URL",
         help="where published messages come from: redis://HOST:PORT/DB (?keep=10000 or ?keep=1h:"
         " how many are kept); default: an in-process broker. Clients subscribe with /ws?topic=NAME",
+    )
+    parser.add_argument(
+        "--netpoller",
+        action="store_true",
+        help="sessions hold no thread while they wait: one poller for all (Go's netpoller);"
+        " default: a reader thread per session, as the article's goroutine",
     )
     parser.add_argument("--certfile", help="PEM certificate (chain): serve wss:// instead of ws://")
     parser.add_argument("--keyfile", help="PEM private key, if it is not in --certfile")

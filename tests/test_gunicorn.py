@@ -164,7 +164,7 @@ def test_gunicorn_stop_closes_parked_sessions_with_1001(
 ) -> None:
     """A session that has sent its one message is parked in the netpoller: its request is over,
     and the stop still waits for its close (1001) before the worker exits."""
-    server = gunicorn("sync_server:create_app(count=1, interval=0)")
+    server = gunicorn("sync_server:create_app(count=1, interval=0, netpoller=True)")
     assert_stop_closes_sessions(server, server.url, signum, within=5.0, first="server message 1 of 1")
 
 

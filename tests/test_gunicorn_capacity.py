@@ -30,10 +30,10 @@ from helpers import wait_until
 from test_gunicorn import SHIPPED, Gunicorn
 
 #: The app under load: an echo server whose sessions last until the client closes, each holding
-#: its thread (not parked in the netpoller): what a handler function's sessions do.
-APP = "sync_server:create_app(echo=True, netpoller=False)"
-#: The same, parked in the netpoller (the default): a session holds no thread once it has begun.
-PARKED_APP = "sync_server:create_app(echo=True, max_connections=20)"
+#: its thread (the article's reader thread, not the netpoller).
+APP = "sync_server:create_app(echo=True)"
+#: The same, parked in the netpoller: a session holds no thread once it has begun.
+PARKED_APP = "sync_server:create_app(echo=True, netpoller=True, max_connections=20)"
 #: Seconds within which a connection beyond capacity must have its 503 (LOOK_INTERVAL is 0.1 s).
 PROMPT = 1.0
 

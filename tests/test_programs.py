@@ -7,7 +7,15 @@ import signal
 import time
 from typing import Callable
 
-from helpers import CLIENT, Program, ServerProgram, assert_stop_closes_sessions, run_client
+import pytest
+from helpers import (
+    CLIENT,
+    Program,
+    ServerProgram,
+    assert_stop_closes_sessions,
+    run_client,
+    websocket_client,
+)
 
 
 def test_server_and_client_see_all_of_each_others_messages_in_order(
@@ -90,6 +98,37 @@ def test_client_closes_with_1000_after_linger_when_server_stays_quiet(
     assert 0.5 <= time.monotonic() - started < 5
     assert "closed: sent 1000 (normal closure)" in client.stdout
     server.wait_for(r"peer closed the connection: 1000")
+
+
+@pytest.mark.parametrize("netpoller", [False, True], ids=["reader-threads", "netpoller"])
+def test_server_and_client_print_the_same_lines_with_or_without_the_netpoller(
+    start_server: Callable[..., ServerProgram], netpoller: bool
+) -> None:
+    """--netpoller changes who reads, not what the log says: the same lines, the same thread names."""
+    server = start_server("--count", "2", "--interval", "0.05", *(["--netpoller"] if netpoller else []))
+    client = run_client("--url", server.url, "--count", "2", "--interval", "0.05", "--linger", "0.5")
+    assert client.returncode == 0, client.stderr
+    server.wait_for(r"\[conn-1-reader\] peer closed the connection: 1000 \(normal closure\)")
+    got = [m for line in server.stdout if (m := re.search(r"\[conn-1-reader\] received: (.*)", line))]
+    assert [m.group(1) for m in got] == ["client message 1 of 2", "client message 2 of 2"]
+    assert server.stderr == []
+
+
+def test_with_the_netpoller_idle_sessions_hold_no_thread(start_server: Callable[..., ServerProgram]) -> None:
+    """50 idle sessions: 50 reader threads by default, a handful in all with --netpoller."""
+    counts = {}
+    for netpoller in (False, True):
+        server = start_server("--count", "1", "--interval", "0", *(["--netpoller"] if netpoller else []))
+        before = server.threads()
+        peers = [websocket_client(server.url) for _ in range(50)]
+        for peer in peers:
+            assert peer.recv() == "server message 1 of 1"
+        time.sleep(0.3)  # the sender threads have ended
+        counts[netpoller] = server.threads() - before
+        for peer in peers:
+            peer.close()
+    assert counts[False] >= 50
+    assert counts[True] <= 1 + 4 + 2  # the netpoller thread and a few workers
 
 
 def test_sigint_on_server_closes_sessions_with_1001_and_exits_0_within_2s(

@@ -74,7 +74,7 @@ def test_a_traced_demo_names_every_thread_and_links_every_message(
     assert flows(ours, "s") == flows(theirs, "f") and flows(theirs, "s") == flows(ours, "f")
     # The waits that matter.
     assert len(in_lane(ours, "conn-1", "pause (stop.wait)")) == 2
-    assert in_lane(ours, "conn-1-reader", "parked (no thread)")  # waiting in the netpoller
+    assert in_lane(ours, "conn-1-reader", "recv (blocked)")
     assert in_lane(ours, "conn-1", "send (under the wire lock)")
     assert in_lane(theirs, "reader", "closing handshake")
     assert in_lane(ours, "MainThread", "shutdown")

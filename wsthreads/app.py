@@ -263,10 +263,11 @@ class WebSocketApp:
         self._numbers = itertools.count(1)
         self._broadcasting = threading.Lock()  # one broadcast at a time: the same order everywhere
         _apps.add(self)
-        # Guards the four fields below; notified when the last session ends.
+        # Guards the five fields below; notified when the last session ends.
         self._changed = threading.Condition()
         self._admitted = 0  # requests between admission and their end (a session's, or its parking)
         self._parked = 0  # sessions that outlived their request: they wait in the netpoller
+        self._holding = 0  # request threads running a session's code (past the 101)
         self._connections: set[Connection] = set()
         self._accepting = True
         broker = self.config.broker
@@ -332,6 +333,15 @@ class WebSocketApp:
 
     def _none_left(self) -> bool:
         return not self._admitted and not self._parked
+
+    def threads_in_sessions(self) -> int:
+        """Request threads running a session's code now: a handler function's, or a ``run()``.
+
+        A server whose threads are all here is full for as long as those
+        sessions last; threads busy with handshakes are free again within ms.
+        """
+        with self._changed:
+            return self._holding
 
     def connections(self) -> list[Connection]:
         """The connections open right now. Any thread may ``send()`` on them."""
@@ -521,6 +531,7 @@ class WebSocketApp:
             opened = self._accepting and send_response(conn.sock, response, conn.write_timeout)
             if opened:
                 self._connections.add(conn)
+                self._holding += 1
         if not opened:
             log.info(
                 "no session for %s: %s",
@@ -557,6 +568,8 @@ class WebSocketApp:
             # The reader owns the socket; the server may only take it back once it has let go.
             if not parked:
                 conn.wait_closed()
+            with self._changed:
+                self._holding -= 1
         return parked
 
 

@@ -58,7 +58,8 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
       unanswered, while another worker may have threads free; a full worker of
       ours leaves them on the listening socket all workers share, for the
       others to take.
-    - When every worker is full, nobody takes them, and they would wait in the
+    - When every worker is full, its threads held by sessions (not busy with
+      handshakes, which end within ms), nobody takes them, and they would wait in the
       kernel's listen queue with no answer. So a worker holds a shared lock on
       the listening socket while it has a thread free, and a full worker looks
       every ``LOOK_INTERVAL`` seconds: when connections wait and no worker
@@ -120,6 +121,8 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().wait_for_and_dispatch_events(min(timeout, LOOK_INTERVAL))
         if self.nr_conns < self.worker_connections:
             return  # a request ended meanwhile (a parked session's, within ms): the main loop accepts again
+        if sum(app.threads_in_sessions() for app in all_apps()) < self.cfg.threads:
+            return  # threads busy with handshakes, not held by sessions: they are free again within ms
         for listener in self.sockets:
             if wait_for(listener.sock, select.POLLIN, 0) and not any_thread_free(listener):
                 self._refuse_waiting(listener)

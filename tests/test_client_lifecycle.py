@@ -131,7 +131,10 @@ class CountingServer:
             conn.settimeout(5)
             request = b""
             while b"\r\n\r\n" not in request:
-                request += conn.recv(4096)
+                data = conn.recv(4096)
+                if not data:
+                    return  # the client gave up before its request was whole (else: a spin, for ever)
+                request += data
             key = request.split(b"Sec-WebSocket-Key: ")[1].split(b"\r\n")[0].decode()
             self.dials += 1
             conn.sendall(

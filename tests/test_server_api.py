@@ -418,3 +418,37 @@ def test_client_settings_that_could_not_work_are_one_line_errors() -> None:
     for settings in ({"timeout": float("inf")}, {"max_message_size": 0}, {"write_timeout": "10"}):
         with pytest.raises(ValueError):
             wsthreads.ClientConfig(**settings)
+
+
+class LongRun:
+    """A parked session whose run() goes on for a while: its request thread is still busy."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+    def on_message(self, conn: Connection, message: Any) -> None:
+        conn.send(message)
+
+    def run(self, conn: Connection) -> None:
+        self.stop.wait(10)
+
+
+@pytest.mark.parametrize("handler", [LongRun, wsthreads.Echo], ids=["run-still-running", "parked"])
+def test_max_connections_counts_each_open_session_once(serve: Serve, handler: type) -> None:
+    """max_connections=2: two sessions open, whether their run() still runs or they wait parked;
+    the third gets 503; once one ends, a new one is admitted."""
+    session_code = handler()
+    url = serve(handler=session_code, max_connections=2).url
+    with connect(url) as second:
+        with connect(url):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url)
+            assert refused.value.response.status_code == 503
+        time.sleep(0.2)  # the first has ended
+        with connect(url) as third:
+            third.send("still echoing")
+            assert third.recv(timeout=5) == "still echoing"
+        second.send("and this one")
+        assert second.recv(timeout=5) == "and this one"
+    if isinstance(session_code, LongRun):
+        session_code.stop.set()

@@ -263,10 +263,11 @@ class WebSocketApp:
         self._numbers = itertools.count(1)
         self._broadcasting = threading.Lock()  # one broadcast at a time: the same order everywhere
         _apps.add(self)
-        # Guards the five fields below; notified when the last session ends.
+        # Guards the four fields below; notified when the last session ends.
         self._changed = threading.Condition()
-        self._admitted = 0  # requests between admission and their end (a session's, or its parking)
-        self._parked = 0  # sessions that outlived their request: they wait in the netpoller
+        # Requests between admission and their end, and parked sessions (they keep their
+        # request's admission until they end): what max_connections bounds.
+        self._admitted = 0
         self._holding = 0  # request threads running a session's code (past the 101)
         self._connections: set[Connection] = set()
         self._accepting = True
@@ -288,16 +289,25 @@ class WebSocketApp:
             request_line = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
             log.info("refused %s: %s", printable(request_line), refusal.status)
             return plain_response(start_response, refusal)
+        answer: Iterable[bytes] | Hijacked = ()
         try:
-            return self._serve(environ, start_response)
+            answer = self._serve(environ, start_response)
         finally:
-            with self._changed:
-                self._admitted -= 1
-                self._notify_if_none_left()
+            if not (isinstance(answer, Hijacked) and answer.parked):  # a parked one leaves when it ends
+                self._leave()
+        if isinstance(answer, Hijacked):
+            end_hijacked_request(answer.mode)
+        return answer
+
+    def _leave(self) -> None:
+        """A request, or a parked session, is over: its admission ends."""
+        with self._changed:
+            self._admitted -= 1
+            self._notify_if_none_left()
 
     def _notify_if_none_left(self) -> None:
         """Wake shutdown() once no request or session is left (under ``_changed``): not once per session."""
-        if not self._admitted and not self._parked:
+        if not self._admitted:
             self._changed.notify_all()
 
     def shutdown(
@@ -332,7 +342,7 @@ class WebSocketApp:
             return self._changed.wait_for(self._none_left, max(deadline - time.monotonic(), 0))
 
     def _none_left(self) -> bool:
-        return not self._admitted and not self._parked
+        return not self._admitted
 
     def threads_in_sessions(self) -> int:
         """Request threads running a session's code now: a handler function's, or a ``run()``.
@@ -386,13 +396,15 @@ class WebSocketApp:
         with self._changed:
             if not self._accepting:
                 return Refusal("503 Service Unavailable", "the server is shutting down")
-            if self._admitted + self._parked >= self.config.max_connections:
+            if self._admitted >= self.config.max_connections:
                 limit = self.config.max_connections
                 return Refusal("503 Service Unavailable", f"too many connections (limit {limit})")
             self._admitted += 1
             return None
 
-    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def _serve(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes] | Hijacked:
         request = Request.from_environ(environ)
         user = None
         if self.config.authenticate is not None:
@@ -442,10 +454,10 @@ class WebSocketApp:
                 key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
             )
             peer = f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
-            self._run(conn, held.data, peer, *self._subscription(request, user))
+            parked = self._run(conn, held.data, peer, *self._subscription(request, user))
         finally:
             thread.name = server_thread_name
-        end_hijacked_request(mode)
+        return Hijacked(mode, parked)
 
     def _authenticate(self, request: Request) -> Any:
         """Who the client is, says the hook; Reject if it refuses (or fails: 500, logged)."""
@@ -485,7 +497,8 @@ class WebSocketApp:
         peer: str,
         subscription: Subscription | None,
         ending: Ending | None,
-    ) -> None:
+    ) -> bool:
+        """The session, from its subscription to its end; True if it was parked and goes on."""
         subscriber = None
         if subscription is not None:
             try:
@@ -500,16 +513,16 @@ class WebSocketApp:
         finally:
             if not parked:
                 self._forget(conn, subscriber)
+        return parked
 
     def _forget(self, conn: Connection, subscriber: Subscriber | None, parked: bool = False) -> None:
-        """The session is over: off the list of connections, its subscription ended."""
+        """The session is over: off the list, its subscription ended (and, if parked, its admission)."""
         with self._changed:
             self._connections.discard(conn)
-            if parked:
-                self._parked -= 1
-                self._notify_if_none_left()
         if subscriber is not None:
             self._fanout.unsubscribe(subscriber)
+        if parked:
+            self._leave()
 
     def _open_and_run(
         self,
@@ -552,9 +565,8 @@ class WebSocketApp:
                 conn.start()
                 conn.close(*ending)
             elif self.config.netpoller and hasattr(handler, "on_message"):
-                # From here on the session's end is the connection's to report (even a failed start's).
-                with self._changed:
-                    self._parked += 1
+                # From here on the session's end is the connection's to report (even a failed
+                # start's): it takes the request's admission over.
                 conn.at_end(functools.partial(self._forget, subscriber=subscriber, parked=True))
                 parked = True
                 _session_sockets.add(conn.sock)  # the request ends before the session: its server must let go
@@ -571,6 +583,14 @@ class WebSocketApp:
             with self._changed:
                 self._holding -= 1
         return parked
+
+
+@dataclasses.dataclass(frozen=True)
+class Hijacked:
+    """A request whose socket a session took over: how its server ends it, and if the session goes on."""
+
+    mode: str
+    parked: bool
 
 
 def with_header(response: bytes, name: str, value: str) -> bytes:

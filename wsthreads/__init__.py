@@ -1,9 +1,11 @@
-"""wsthreads: WebSockets for synchronous Python, one thread per connection direction.
+"""wsthreads: WebSockets for synchronous Python, in threads, thousands of connections per process.
 
 The layers, one module each:
 
 * :mod:`wsthreads.connection` — one connection, both sides: the reader that
   owns the socket, bounded writes, the closing handshake;
+* :mod:`wsthreads.netpoller` — where idle connections wait without a thread
+  (Go's netpoller), and the few worker threads that read them;
 * :mod:`wsthreads.session` — per-connection code (a function or a handler) and its lifecycle;
 * :mod:`wsthreads.broker` — where published messages are kept: in-process or Redis;
 * :mod:`wsthreads.fanout` — published messages to the subscribed connections of a process;

@@ -155,8 +155,10 @@ class Netpoller:
                 self._ring_locked()  # the netpoller thread ends
 
     def _ring(self) -> None:
-        with self._lock:
-            self._ring_locked()
+        """Wake the netpoller thread (a turn waits for a worker): not from itself, which looks anyway."""
+        if threading.current_thread() is not self._thread:
+            with self._lock:
+                self._ring_locked()
 
     def _ring_locked(self) -> None:
         if not self._ringing and self._wakeup_fd >= 0:

@@ -6,10 +6,11 @@ import os
 import socket
 import threading
 import time
+from typing import Callable
 
 import pytest
 
-from wsthreads.netpoller import WORKERS, Netpoller
+from wsthreads.netpoller import WORKERS, Netpoller, Watch
 
 
 class Counter:
@@ -50,7 +51,7 @@ def poller() -> Netpoller:
     return Netpoller()
 
 
-def watch(poller: Netpoller, counter: Counter, name: str = "conn-1-reader"):
+def watch(poller: Netpoller, counter: Counter, name: str = "conn-1-reader") -> Watch:
     handle = poller.watch(counter.sock.fileno(), counter.turn, name)
     handle.wake()
     return handle
@@ -65,7 +66,12 @@ def cpu_seconds(poller: Netpoller) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def wait_until(condition, timeout: float = 5.0) -> bool:
+def close_all(*socks: socket.socket) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -88,7 +94,7 @@ def test_a_parked_socket_runs_a_turn_when_bytes_come_and_none_while_idle(poller:
     theirs.sendall(b"more")
     time.sleep(0.2)
     assert counter.received == b"hello"
-    ours.close(), theirs.close()
+    close_all(ours, theirs)
 
 
 def test_a_turn_runs_again_by_the_time_it_asked_for(poller: Netpoller) -> None:
@@ -99,7 +105,7 @@ def test_a_turn_runs_again_by_the_time_it_asked_for(poller: Netpoller) -> None:
     assert wait_until(lambda: counter.turns >= 5)
     assert time.monotonic() - started >= 0.4
     handle.close()
-    ours.close(), theirs.close()
+    close_all(ours, theirs)
 
 
 def test_a_wake_during_a_turn_runs_one_more_turn_after_it_never_beside_it(poller: Netpoller) -> None:
@@ -117,7 +123,7 @@ def test_a_wake_during_a_turn_runs_one_more_turn_after_it_never_beside_it(poller
     assert not counter.overlapped
     assert counter.turns <= 3, "ten wake-ups during one turn make one more turn (two with the byte), not ten"
     handle.close()
-    ours.close(), theirs.close()
+    close_all(ours, theirs)
 
 
 def test_2000_parked_sockets_are_served_by_a_few_threads(poller: Netpoller) -> None:
@@ -133,8 +139,8 @@ def test_2000_parked_sockets_are_served_by_a_few_threads(poller: Netpoller) -> N
     assert not any(counter.overlapped for counter in counters)
     for handle in handles:
         handle.close()
-    for ours, theirs in pairs:
-        ours.close(), theirs.close()
+    for pair in pairs:
+        close_all(*pair)
 
 
 def test_a_stuck_turn_does_not_hold_up_the_others(poller: Netpoller) -> None:
@@ -153,8 +159,8 @@ def test_a_stuck_turn_does_not_hold_up_the_others(poller: Netpoller) -> None:
     hold.set()
     for handle in handles:
         handle.close()
-    for a, b in [*stuck_pairs, (ours, theirs)]:
-        a.close(), b.close()
+    for pair in [*stuck_pairs, (ours, theirs)]:
+        close_all(*pair)
 
 
 def test_the_netpoller_thread_runs_only_while_something_is_watched(poller: Netpoller) -> None:
@@ -172,7 +178,7 @@ def test_the_netpoller_thread_runs_only_while_something_is_watched(poller: Netpo
     assert wait_until(lambda: b"y" in counter2.received)
     handle2.close()
     assert wait_until(lambda: not poller.running())
-    ours.close(), theirs.close()
+    close_all(ours, theirs)
 
 
 def test_bytes_and_a_deadline_at_once_make_one_turn_not_two(poller: Netpoller) -> None:
@@ -187,7 +193,7 @@ def test_bytes_and_a_deadline_at_once_make_one_turn_not_two(poller: Netpoller) -
     assert counter.turns > 50
     assert not counter.overlapped
     handle.close()
-    ours.close(), theirs.close()
+    close_all(ours, theirs)
 
 
 @pytest.mark.parametrize("first_turn", [True, False], ids=["in-its-first-turn", "in-a-later-turn"])

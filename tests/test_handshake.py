@@ -7,8 +7,9 @@ import time
 from typing import Callable
 
 import pytest
-from helpers import OP_TEXT, RawPeer, ServerProgram, wait_until
+from helpers import OP_TEXT, SERVER, Program, RawPeer, ServerProgram, wait_until
 
+import wsthreads
 from wsthreads.handshake import origin_allowed
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -182,3 +183,31 @@ def test_request_timeout_does_not_apply_to_the_session(start_server: Callable[..
     time.sleep(0.5)  # longer than the handshake timeout, on purpose: nothing to wait for
     peer.send(OP_TEXT, b"still open")
     assert peer.read_frame() == (OP_TEXT, b"still open")
+
+
+@pytest.mark.parametrize(
+    "origin, example",
+    [
+        ("example.com", "https://example.com"),
+        ("example.com:8443", "https://example.com:8443"),
+        ("https://example.com/app", "https://example.com"),
+        ("http://[", "https://example.com"),
+    ],
+)
+def test_an_allowed_origin_no_browser_can_send_is_refused_at_start(origin: str, example: str) -> None:
+    """Without its scheme (or with a path) an allowed origin never matches: every page would get 403."""
+    line = (
+        f"allowed origin {origin!r} can never match: a browser sends its scheme and host only,"
+        f" e.g. {example!r}"
+    )
+    with pytest.raises(ValueError) as refused:
+        wsthreads.ServerConfig(allowed_origins=(origin,))
+    assert str(refused.value) == line
+    server = Program(SERVER, "--allowed-origin", origin, "--port", "0")
+    assert server.wait() == 2
+    assert server.stderr == [f"sync_server.py: error: {line}"]
+
+
+@pytest.mark.parametrize("origin", ["https://example.com", "http://localhost:3000", "*", "null"])
+def test_allowed_origins_a_browser_can_send_are_taken(origin: str) -> None:
+    assert wsthreads.ServerConfig(allowed_origins=(origin,)).allowed_origins == (origin,)

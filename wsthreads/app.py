@@ -45,7 +45,14 @@ from .connection import (
     wait_for,
 )
 from .fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
-from .handshake import LAST_ID_HEADER, Refusal, check_request, is_websocket_upgrade, subprotocol_names
+from .handshake import (
+    LAST_ID_HEADER,
+    Refusal,
+    check_allowed_origin,
+    check_request,
+    is_websocket_upgrade,
+    subprotocol_names,
+)
 from .netpoller import netpoller
 from .queues import CLOSE, OVERFLOW_POLICIES
 from .request import Authenticate, Reject, Request
@@ -180,6 +187,8 @@ class ServerConfig:
         if isinstance(self.allowed_origins, str):
             raise TypeError(f"allowed_origins is a sequence of origins, e.g. ({self.allowed_origins!r},)")
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        for origin in self.allowed_origins:
+            check_allowed_origin(origin)
 
     def session_handler(self) -> SessionCode:
         """What each session does."""

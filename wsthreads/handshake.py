@@ -116,6 +116,33 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str] 
     return (parts.hostname, origin_port) == (host_parts.hostname, host_port)
 
 
+def check_allowed_origin(origin: str) -> None:
+    """Raise ValueError (one line) for an allowed origin no browser can send: it needs its scheme.
+
+    A browser's ``Origin`` is ``scheme://host[:port]``, nothing more: ``example.com``
+    or ``https://example.com/app`` would never match, and every page would get 403.
+    """
+    if origin in ("*", "null"):  # null: what a browser sends from a file or a sandboxed frame
+        return
+    try:
+        parts = urlsplit(origin)
+        if (
+            parts.scheme
+            and parts.hostname
+            and parts.path in ("", "/")
+            and not (parts.query or parts.fragment)
+        ):
+            return
+        suggested = urlsplit(origin if "://" in origin else f"https://{origin}")
+        example = f"{suggested.scheme}://{suggested.netloc or 'example.com'}"
+    except ValueError:  # not even a URL (an unclosed IPv6 bracket)
+        example = "https://example.com"
+    raise ValueError(
+        f"allowed origin {origin!r} can never match: a browser sends its scheme and host"
+        f" only, e.g. {example!r}"
+    )
+
+
 def has_body(environ: Mapping[str, Any]) -> bool:
     """Whether the request says a body follows it (Transfer-Encoding, or a Content-Length but 0)."""
     length = environ.get("CONTENT_LENGTH", "").strip()

@@ -8,7 +8,16 @@ import time
 from typing import Callable
 
 import pytest
-from helpers import OP_PING, OP_PONG, OP_TEXT, RawServer, decode_frames, encode_frame, run_client
+from helpers import (
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawServer,
+    ServerProgram,
+    decode_frames,
+    encode_frame,
+    run_client,
+)
 
 
 def test_server_vanishing_mid_session_is_one_line_and_exit_1() -> None:
@@ -62,6 +71,31 @@ def test_http_error_instead_of_101_names_the_status(status: bytes) -> None:
     server.close()
     assert result.returncode == 1
     one_line(result.stderr, f"HTTP {status.decode()}")
+
+
+def test_a_plain_web_server_is_told_apart_from_a_refusal() -> None:
+    """A server that answers 200 (any web page) did not upgrade: the line says so, exactly."""
+    server = RawServer(nothing, answer=b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    result = run_client("--url", server.url)
+    server.close()
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"sync_client.py: error: {server.url} answered like a plain web server (HTTP 200 OK) and did"
+        " not upgrade: is this a WebSocket endpoint?\n"
+    )
+
+
+def test_wss_to_a_plain_server_says_it_does_not_speak_tls(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """wss:// to a ws:// server: not OpenSSL's WRONG_VERSION_NUMBER, but what happened and what to try."""
+    server = start_server("--count", "0")
+    secure = server.url.replace("ws://", "wss://")
+    result = run_client("--url", secure)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"sync_client.py: error: {secure}: the server does not speak TLS on that port; try {server.url}\n"
+    )
 
 
 def test_wrong_accept_key_is_refused() -> None:

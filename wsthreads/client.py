@@ -386,7 +386,17 @@ def open_tcp(
 def describe_dial_error(url: str, config: ClientConfig, error: BaseException, deadline: float) -> str:
     """One line telling why dialing ``url`` failed (``no answer from URL within 10 s``); never raises."""
     if isinstance(error, websocket.WebSocketBadStatusException):
+        if 200 <= error.status_code < 300:
+            return (
+                f"{url} answered like a plain web server (HTTP {describe_status(error)}) and did not"
+                " upgrade: is this a WebSocket endpoint?"
+            )
         return f"{url} refused the WebSocket handshake: HTTP {describe_status(error)}"
+    if (
+        isinstance(error, ssl.SSLError) and error.reason == "WRONG_VERSION_NUMBER"
+    ):  # it answered in plain text
+        plain = "ws://" + url.partition("://")[2]
+        return f"{url}: the server does not speak TLS on that port; try {plain}"
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"the TLS certificate of {url} is not trusted: {error.verify_message} (see --cafile)"
     if time.monotonic() >= deadline or isinstance(error, (websocket.WebSocketTimeoutException, TimeoutError)):

@@ -104,7 +104,7 @@ class Netpoller:
         self._order = itertools.count()
         self._waking_at: float | None = None  # when the netpoller thread's wait ends (None: on an event)
         self._ringing = False  # the wake-up descriptor is readable: no second write needed
-        self._workers = _Workers(workers, max_workers, self._ring)
+        self._workers = _Workers(workers, max_workers, self._run, self._ring)
 
     def watch(self, fd: int, turn: Callable[[], float | None], name: str) -> Watch:
         """Watch the socket ``fd``: ``turn()`` runs in a worker from the first :meth:`Watch.wake` on.
@@ -135,7 +135,7 @@ class Netpoller:
             if watch.state != _PARKED:
                 return
             watch.state = _RUNNING  # still armed: an event meanwhile finds it running, and is dropped
-        self._workers.submit(self._run, watch)
+        self._workers.submit(watch)
 
     def _close(self, watch: Watch) -> None:
         with self._lock:
@@ -235,7 +235,7 @@ class Netpoller:
                         ready.append(watch)
                 ready.extend(self._expired_locked())
             for watch in ready:
-                self._workers.submit(self._run, watch)
+                self._workers.submit(watch)
             self._workers.start_if_stalled()
 
     def _stop_locked(self) -> None:
@@ -272,20 +272,23 @@ class Netpoller:
 class _Workers:
     """The threads that run turns: a few at once, more while turns are stuck (see the module's doc)."""
 
-    def __init__(self, workers: int, most: int, waiting: Callable[[], None]) -> None:
+    def __init__(
+        self, workers: int, most: int, run: Callable[[Watch], None], waiting: Callable[[], None]
+    ) -> None:
         self._workers = workers
         self._most = most
+        self._run = run  # a watch's turns
         self._on_waiting = waiting  # a turn waits for a worker: the netpoller thread must watch for a stall
-        self._jobs: collections.deque[tuple[Callable[[Watch], None], Watch]] = collections.deque()
+        self._jobs: collections.deque[Watch] = collections.deque()
         self._changed = threading.Condition()
         self._threads = 0
         self._idle = 0
         self._taken = time.monotonic()  # when a worker last took a job
         self._names = itertools.count(1)
 
-    def submit(self, run: Callable[[Watch], None], watch: Watch) -> None:
+    def submit(self, watch: Watch) -> None:
         with self._changed:
-            self._jobs.append((run, watch))
+            self._jobs.append(watch)
             if len(self._jobs) > self._idle and self._threads < self._workers:
                 self._start_locked()
             waits = len(self._jobs) > self._idle
@@ -324,11 +327,11 @@ class _Workers:
                     if not self._jobs:
                         self._threads -= 1
                         return
-                run, watch = self._jobs.popleft()
+                watch = self._jobs.popleft()
                 self._taken = time.monotonic()
                 self._changed.release()
                 try:
-                    run(watch)
+                    self._run(watch)
                 finally:
                     self._changed.acquire()
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -114,8 +113,8 @@ def serve(parser: OneLineParser, args: argparse.Namespace, signalled: threading.
     if args.certfile:
         try:
             context = wsthreads.tls_context(args.certfile, args.keyfile)
-        except (OSError, ssl.SSLError) as error:
-            fail(parser.prog, f"cannot use the certificate {args.certfile}: {error.strerror or error}")
+        except ValueError as error:
+            fail(parser.prog, str(error))
     elif args.keyfile:
         fail(parser.prog, "--keyfile needs --certfile", status=2)
     try:

@@ -73,10 +73,58 @@ def test_silent_tls_client_does_not_stall_the_acceptor(
         assert good.returncode == 0, good.stderr
 
 
-def test_missing_certificate_file_is_one_line(tmp_path: Path) -> None:
-    server = Program(SERVER, "--port", "0", "--certfile", str(tmp_path / "nope.pem"))
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "No such file or directory"), ("not a certificate", "no usable PEM certificate in it")],
+)
+def test_unusable_certificate_file_is_one_line(tmp_path: Path, content: str | None, problem: str) -> None:
+    certfile = tmp_path / "server.pem"
+    if content is not None:
+        certfile.write_text(content)
+    server = Program(SERVER, "--port", "0", "--certfile", str(certfile))
     assert server.wait() == 1
-    assert len(server.stderr) == 1 and "cannot use the certificate" in server.stderr[0], server.output()
+    assert server.stderr == [f"sync_server.py: error: cannot use the certificate {certfile}: {problem}"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "No such file or directory"),
+        ("", "no usable PEM certificate in it"),
+        ("not a certificate", "no usable PEM certificate in it"),
+        ("folder", "Is a directory"),
+    ],
+)
+def test_unusable_cafile_is_named_before_any_dial(tmp_path: Path, content: str | None, problem: str) -> None:
+    """A --cafile that cannot be used is named at start, not taken for a network error.
+
+    Port 9 (discard) has no server here: the line must come before any dial.
+    """
+    cafile = tmp_path / "ca.pem"
+    if content == "folder":
+        cafile.mkdir()
+    elif content is not None:
+        cafile.write_text(content)
+    result = run_client("--url", "wss://127.0.0.1:9/ws", "--cafile", str(cafile))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"sync_client.py: error: cannot use the CA file {cafile}: {problem} (see --help)"
+    ]
+
+
+def test_cafile_that_goes_away_before_a_dial_is_a_connect_error(tmp_path: Path) -> None:
+    """The library checks the file when the config is made and again at each dial: not retried."""
+    from wsthreads import ClientConfig, ConnectError, dial
+
+    cafile = tmp_path / "ca.pem"
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(cafile))
+    config = ClientConfig(cafile=str(cafile))
+    cafile.unlink()
+    with pytest.raises(ConnectError) as caught:
+        dial("wss://127.0.0.1:9/ws", config)
+    assert str(caught.value) == f"cannot use the CA file {cafile}: No such file or directory"
+    assert not caught.value.retryable
 
 
 def test_eight_threads_sending_over_wss_while_the_reader_receives(

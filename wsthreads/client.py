@@ -50,7 +50,7 @@ from .deadlines import deadlines
 from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
 from .queues import Inbox
 from .session import Handler, run_session
-from .settings import check_count, check_seconds
+from .settings import check_count, check_seconds, pem_error
 
 log = logging.getLogger("wsthreads.client")
 
@@ -141,7 +141,8 @@ class ClientConfig:
         ValueError: a setting that cannot work, with a one-line message:
             ``header 'Upgrade' is set by the WebSocket handshake itself``,
             ``not a valid subprotocol name (an RFC 7230 token): 'chat v2'``,
-            ``ping_interval must be a number of seconds above 0 (None: off): 0``.
+            ``ping_interval must be a number of seconds above 0 (None: off): 0``,
+            ``cannot use the CA file ca.pem: No such file or directory``.
         TypeError: ``headers`` or ``subprotocols`` of the wrong shape, e.g.
             ``subprotocols is a sequence of names, e.g. ('chat',)``.
     """
@@ -165,6 +166,20 @@ class ClientConfig:
         check_count("max_message_size", self.max_message_size, optional=True)
         for name in ("timeout", "write_timeout", "close_timeout"):
             check_seconds(name, getattr(self, name))
+        if self.cafile is not None:
+            tls_context(self.cafile)  # a file that is missing or not PEM: said now, not at the first dial
+
+
+def tls_context(cafile: str | None) -> ssl.SSLContext:
+    """The client's TLS context: the system's CA certificates, or those in ``cafile``.
+
+    Raises:
+        ValueError: ``cannot use the CA file ca.pem: No such file or directory``.
+    """
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except OSError as error:
+        raise pem_error("CA file", str(cafile), error) from None
 
 
 def check_header(name: str, value: str) -> None:
@@ -255,11 +270,14 @@ def dial(
     config = config or ClientConfig()
     host, port, secure = parse_url(url)
     deadline = time.monotonic() + config.timeout
+    try:
+        context = tls_context(config.cafile) if secure else None
+    except ValueError as error:  # the file went away since the config was made
+        raise ConnectError(str(error), retryable=False) from None
     sock = open_tcp(url, host, port, config, deadline, track)
     armed = deadlines.arm(sock, max(deadline - time.monotonic(), 0))
     try:
-        if secure:
-            context = ssl.create_default_context(cafile=config.cafile)
+        if context is not None:
             sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
             deadlines.retarget(armed, sock)  # the plain socket object gave its descriptor away
             if track is not None:

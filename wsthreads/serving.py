@@ -19,6 +19,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from . import trace
 from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
 from .deadlines import Armed, deadlines
+from .settings import pem_error
 from .signals import run_until_signal
 
 log = logging.getLogger("wsthreads.server")
@@ -69,9 +70,17 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
-    """A server-side TLS context from a PEM certificate (chain) and key."""
+    """A server-side TLS context from a PEM certificate (chain) and key.
+
+    Raises:
+        ValueError: ``cannot use the certificate x.pem: No such file or directory``.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, keyfile)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except OSError as error:
+        named = certfile if keyfile is None else f"{certfile} with the key {keyfile}"
+        raise pem_error("certificate", named, error) from None
     return context
 
 

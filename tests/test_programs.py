@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -186,3 +187,46 @@ def test_client_echo_sends_back_what_the_server_sends(start_server: Callable[...
     assert server.wait() == 0
     assert client.wait() == 0, client.output()
     client.wait_for(r"peer closed the connection: 1001")
+
+
+def test_a_long_text_is_shown_by_its_first_200_characters_and_size(
+    start_server: Callable[..., ServerProgram], tmp_path: Path
+) -> None:
+    """A 100 kB text is one short line, the same on both sides and in both traces; it arrives whole."""
+    import json
+    import threading
+
+    from websockets.sync.server import ServerConnection, serve
+
+    long_text = "ü\n" + "a" * 99_998  # 100,000 characters, 100,001 bytes
+    preview = "ü\\n" + "a" * 198 + "... (100001 bytes in all)"
+    server_trace, client_trace = tmp_path / "server.json", tmp_path / "client.json"
+    server = start_server("--echo", "--trace", str(server_trace))
+    ws = websocket_client(server.url)
+    try:
+        ws.send(long_text)
+        assert ws.recv() == long_text
+    finally:
+        ws.close()
+    server.wait_for(re.escape(f"[conn-1-reader] received: {preview}") + "$")
+
+    echoed: list[str] = []
+
+    def send_and_take_the_echo(conn: ServerConnection) -> None:
+        conn.send(long_text)
+        echoed.append(str(conn.recv(timeout=10)))
+
+    with serve(send_and_take_the_echo, "127.0.0.1", 0) as peer:
+        threading.Thread(target=peer.serve_forever, name="websockets-peer", daemon=True).start()
+        url = f"ws://127.0.0.1:{peer.socket.getsockname()[1]}/"
+        client = Program(CLIENT, "--url", url, "--echo", "--trace", str(client_trace))
+        assert client.wait() == 0, client.output()
+        peer.shutdown()
+    assert echoed == [long_text]
+    assert re.findall(r"\[reader\] received: (.*)", "\n".join(client.stdout)) == [preview]
+    server.signal()
+    assert server.wait() == 0
+    for path in (server_trace, client_trace):
+        events = json.loads(path.read_text())["traceEvents"]
+        shown = [e["args"] for e in events if e["name"] == "received message"]
+        assert shown == [{"text": preview, "size": 100_001}], path

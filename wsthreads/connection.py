@@ -55,6 +55,9 @@ log = logging.getLogger("wsthreads")
 #: The per-message lines ("received: ...", "sent: ..."), apart so that a
 #: program's ``--quiet`` can silence them and keep connection and close lines.
 message_log = logging.getLogger("wsthreads.messages")
+#: Characters of a text message shown in its log line and trace event; a
+#: longer one shows these and its size (:func:`describe_message`).
+PREVIEW_LIMIT = 200
 
 # --- Timing: each constant bounds one wait --------------------------------------
 
@@ -153,10 +156,22 @@ def printable(text: str) -> str:
 
 
 def describe_message(message: Message) -> str:
-    """How a message is printed: text as it is (unprintable characters escaped), binary by size."""
+    """How a message is shown in a log line and a trace event, on both sides.
+
+    Text as it is (unprintable characters escaped); a text longer than
+    :data:`PREVIEW_LIMIT` characters by its start and size, ``aaa... (100000
+    bytes in all)``, so that one message is one readable line; binary by size.
+    """
     if isinstance(message, str):
-        return printable(message)
+        if len(message) <= PREVIEW_LIMIT:
+            return printable(message)
+        return f"{printable(message[:PREVIEW_LIMIT])}... ({len(message.encode())} bytes in all)"
     return f"<binary message, {len(message)} bytes>"
+
+
+def message_size(message: Message) -> int:
+    """A message's size in bytes, as it goes on the wire (text: UTF-8)."""
+    return len(message.encode() if isinstance(message, str) else message)
 
 
 class Closed(Exception):
@@ -689,7 +704,7 @@ class Connection:
                     shown: str | bytes = message
                 else:
                     shown = frame_text(message) if framed else bytes(message)
-                trace.message("sent", shown, flow, at)
+                trace.message("sent", describe_message(shown), message_size(shown), flow, at)
 
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Ask for the closing handshake with ``code``; returns at once, idempotent.
@@ -970,7 +985,7 @@ class Connection:
         self._received += 1
         if trace.active():
             flow = trace.flow_id(self.key, not self.client, self._received) if self.key else None
-            trace.message("received", message, flow)
+            trace.message("received", describe_message(message), message_size(message), flow)
         if self._on_message is None:
             self.inbox.deliver(message)  # waits while the queue is full: TCP pushes back
             return

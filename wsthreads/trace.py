@@ -6,8 +6,9 @@ per thread (one lane each, named as in the log):
 * spans for the waits that matter: the reader blocked in ``recv``, a
   ``send`` under the wire lock, the sender's pause, the closing handshake,
   the server's shutdown;
-* an instant for every message sent and received, with its text (cut to
-  :data:`TEXT_LIMIT` characters) and size, and a flow arrow from the sent
+* an instant for every message sent and received, with its text as the
+  log line shows it (a long one cut to its first 200 characters) and its
+  size, and a flow arrow from the sent
   message to the same message received when both ends trace (the arrow's
   id is made of the connection's ``Sec-WebSocket-Key``, which both ends
   know, the direction and the message's number).
@@ -40,8 +41,6 @@ from typing import Any
 
 #: Events kept at most; beyond, the oldest go (about 500 bytes each: 25 MB at most).
 MAX_EVENTS = 50_000
-#: Characters of a message's text kept in its event.
-TEXT_LIMIT = 60
 
 
 class Tracer:
@@ -185,16 +184,15 @@ def instant(name: str, **args: Any) -> None:
         tracer.add({"ph": "i", "s": "t", "name": name, "cat": "event", "ts": now(), "args": args})
 
 
-def message(direction: str, data: str | bytes, flow: int | None, ts: float | None = None) -> None:
-    """A message ``sent`` or ``received``: an instant with its text and size, and one end of its arrow."""
+def message(direction: str, text: str, size: int, flow: int | None, ts: float | None = None) -> None:
+    """A message ``sent`` or ``received``: an instant with its text (as its log line shows it) and
+    size in bytes, and one end of its arrow."""
     tracer = _tracer
     if tracer is None:
         return
-    size = len(data.encode() if isinstance(data, str) else data)
-    text = data if isinstance(data, str) else f"<binary, {size} bytes>"
     ts = now() if ts is None else ts
     name = f"{direction} message"
-    args = {"text": text[:TEXT_LIMIT], "size": size}
+    args = {"text": text, "size": size}
     tracer.add({"ph": "i", "s": "t", "name": name, "cat": "message", "ts": ts, "args": args})
     if flow is not None:
         phase = {"ph": "s"} if direction == "sent" else {"ph": "f", "bp": "e"}

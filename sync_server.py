@@ -159,7 +159,10 @@ def build_parser() -> OneLineParser:
         help=f"port, 0 for any free one (default {DEFAULT_PORT})",
     )
     parser.add_argument(
-        "--path", type=path_arg, default=WS_PATH, help=f"the WebSocket endpoint (default {WS_PATH})"
+        "--path",
+        type=path_arg,
+        default=WS_PATH,
+        help=f"the WebSocket endpoint; an upgrade on any other path gets 404 naming it (default {WS_PATH})",
     )
     add_common_options(parser, MAX_MESSAGE_SIZE, WRITE_TIMEOUT)
     parser.add_argument(
@@ -189,7 +192,7 @@ def build_parser() -> OneLineParser:
         "--broker",
         metavar="URL",
         help="where published messages come from: redis://HOST:PORT/DB (?keep=10000 or ?keep=1h:"
-        " how many are kept); default: an in-process broker. Clients subscribe with /ws?topic=NAME",
+        " how many are kept); clients subscribe with /ws?topic=NAME (default: in-process)",
     )
     parser.add_argument(
         "--netpoller",
@@ -213,8 +216,8 @@ def build_parser() -> OneLineParser:
         action="append",
         default=[],
         metavar="NAME",
-        help="a subprotocol the server speaks; repeatable; the first one in the client's"
-        " list that the server speaks is picked",
+        help="a subprotocol the server speaks; repeatable; a client gets the first of its own"
+        " offers that is among them, or none",
     )
     return parser
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import re
 import signal
 import time
@@ -11,6 +13,7 @@ from typing import Callable
 import pytest
 from helpers import (
     CLIENT,
+    ROOT,
     Program,
     ServerProgram,
     assert_stop_closes_sessions,
@@ -230,3 +233,45 @@ def test_a_long_text_is_shown_by_its_first_200_characters_and_size(
         events = json.loads(path.read_text())["traceEvents"]
         shown = [e["args"] for e in events if e["name"] == "received message"]
         assert shown == [{"text": preview, "size": 100_001}], path
+
+
+def options_from_help(parser: argparse.ArgumentParser) -> list[tuple[str, str, str]]:
+    """The rows of an options table, made from the parser: (option, default, meaning).
+
+    A help text's ``(default 5)`` is the default column as code, ``(default: the
+    system's)`` as words; a flag without one is ``off``, any other option ``none``.
+    """
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        option = action.option_strings[-1]
+        if action.nargs != 0:
+            option += f" {action.metavar or action.dest.upper()}"
+        help_text = str(action.help)
+        stated = re.search(r" \(default(:?) ([^)]*)\)", help_text)
+        if stated:
+            default = stated.group(2) if stated.group(1) else f"`{stated.group(2)}`"
+            help_text = help_text.replace(stated.group(0), "")
+        else:
+            default = "off" if action.nargs == 0 else "none"
+        rows.append((f"`{option}`", default, help_text))
+    return rows
+
+
+def options_in_readme(program: str) -> list[tuple[str, str, str]]:
+    """The README's options table for ``python PROGRAM [options]``, code marks in the meaning dropped."""
+    text = (Path(ROOT) / "README.md").read_text()
+    table = text.split(f"`python {program} [options]`", 1)[1].split("\n\n", 2)[1]
+    rows = []
+    for line in table.splitlines()[2:]:
+        option, default, meaning = (cell.strip() for cell in line.strip("|").split(" | "))
+        rows.append((option, default, meaning.replace("`", "")))
+    return rows
+
+
+@pytest.mark.parametrize("program", ["sync_server.py", "sync_client.py"])
+def test_the_readme_options_tables_are_what_help_says(program: str) -> None:
+    """Every option, in --help's order, with its default and its help text: the tables cannot drift."""
+    module = importlib.import_module(program.removesuffix(".py"))
+    assert options_in_readme(program) == options_from_help(module.build_parser())

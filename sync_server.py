@@ -23,6 +23,7 @@ Python, step by step (the ``wsthreads`` package does each one):
    (``defer conn.Close()``).
 4. The loop: :class:`common.Sender` sends in the ``conn-N`` thread, pausing
    with ``conn.stop.wait(interval)``, the ``time.Sleep`` that Ctrl+C cuts short.
+   A client that subscribed to a topic (``/ws?topic=NAME``) is left out of it.
 
 With ``--netpoller`` a session holds no thread while it waits for its client:
 the connection waits in one poller for the whole process (Go's netpoller), and
@@ -67,6 +68,16 @@ from wsthreads.signals import catch_signals
 log = logging.getLogger("wsthreads.server")
 
 
+class DemoSender(Sender):
+    """The article's sender, for plain sessions: a client that came for a topic
+    (``/ws?topic=NAME``) gets its topic's messages and nothing else."""
+
+    def run(self, conn: wsthreads.Connection) -> None:
+        """Send the demo's messages, unless the client subscribed to a topic."""
+        if conn.request is None or not conn.request.query.getlist("topic"):
+            super().run(conn)
+
+
 def create_app(
     count: int = DEFAULT_COUNT,
     interval: float = DEFAULT_INTERVAL,
@@ -76,12 +87,14 @@ def create_app(
 ) -> wsthreads.WebSocketApp:
     """The article's WSGI app: every session on ``/ws`` sends ``count`` messages and prints what arrives.
 
+    A topic's subscriber (``/ws?topic=NAME``) gets only its topic's messages.
+
     With ``echo`` it sends every message back instead. Each session has its
     reader thread, as the article's goroutine; with ``netpoller`` it waits in
     the netpoller instead (the library's default). ``settings`` are the other
     fields of :class:`wsthreads.ServerConfig`.
     """
-    handler = wsthreads.Echo() if echo else Sender(count, interval, "server")
+    handler = wsthreads.Echo() if echo else DemoSender(count, interval, "server")
     return wsthreads.create_app(handler=handler, netpoller=netpoller, **settings)
 
 

@@ -275,3 +275,25 @@ def test_the_readme_options_tables_are_what_help_says(program: str) -> None:
     """Every option, in --help's order, with its default and its help text: the tables cannot drift."""
     module = importlib.import_module(program.removesuffix(".py"))
     assert options_in_readme(program) == options_from_help(module.build_parser())
+
+
+def test_the_demo_sender_leaves_topic_subscribers_alone(start_server: Callable[..., ServerProgram]) -> None:
+    """A client on /ws?topic=NAME gets its topic's messages only; a plain client gets the demo's."""
+    import json
+
+    import websocket
+
+    server = start_server("--count", "2", "--interval", "0.05")
+    subscriber = websocket_client(f"{server.url}?topic=news")
+    plain = websocket_client(server.url)
+    try:
+        assert [plain.recv(), plain.recv()] == ["server message 1 of 2", "server message 2 of 2"]
+        server.wait_for(r"\[conn-2\] sent: server message 2 of 2")
+        assert json.loads(subscriber.recv())["note"] == "subscribed"
+        subscriber.settimeout(0.5)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            subscriber.recv()
+    finally:
+        subscriber.close()
+        plain.close()
+    assert not any("[conn-1] sent:" in line for line in server.stdout)

@@ -1,7 +1,10 @@
 """Live notifications in an existing Flask app: a WebSocket endpoint mounted beside its pages.
 
-    python examples/flask_app.py [--port 8080]
-    gunicorn -c gunicorn.conf.py -w 1 examples.flask_app:application
+    python examples/flask_app.py [--port 8000]
+    gunicorn -c gunicorn.conf.py -w 1 -b 127.0.0.1:8000 examples.flask_app:application
+
+Port 8000 (gunicorn's own default), so that it runs beside the quickstart's
+server on 8080.
 
 A demo, not a product: anyone may log in under any name, with no password.
 What it shows someone adding WebSockets to a Flask app they already have:
@@ -15,8 +18,8 @@ What it shows someone adding WebSockets to a Flask app they already have:
 
 ``broadcast`` reaches the connections of its own process only, hence one
 gunicorn worker (``-w 1``; each connection gets one of its threads). With
-several workers, publish through something they all read (Redis pub/sub,
-PostgreSQL LISTEN) and broadcast in each.
+several workers, clients subscribe to topics and views publish through Redis
+(``docs/howto/publish.md``).
 """
 
 from __future__ import annotations
@@ -176,7 +179,7 @@ def broadcast() -> ResponseReturnValue:
 def main() -> int:
     """Serve the app on Werkzeug until Ctrl+C; the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (default 8080)")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
     args = parser.parse_args()
     logging.basicConfig(
         stream=sys.stdout, level=logging.INFO, format="%(asctime)s [%(threadName)s] %(message)s"

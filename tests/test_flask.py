@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import re
+import shlex
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
@@ -46,17 +49,34 @@ class WerkzeugExample(FlaskExample):
         self.port = int(self.wait_for(r"log in at http://127\.0\.0\.1:(\d+)/login").group(1))
 
 
+def howto_gunicorn_command() -> list[str]:
+    """The gunicorn command ``docs/howto/flask.md`` shows, as its arguments."""
+    text = (ROOT / "docs" / "howto" / "flask.md").read_text()
+    return shlex.split(next(line for line in text.splitlines() if line.startswith("gunicorn ")))
+
+
+def test_the_flask_example_keeps_off_the_quickstarts_port() -> None:
+    """Run after the quickstart's server (8080), the how-to's commands must not find it taken."""
+    command = howto_gunicorn_command()
+    assert command[command.index("-b") + 1] == "127.0.0.1:8000"
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "flask_app.py"), "--help"], capture_output=True, text=True
+    ).stdout
+    assert "(default 8000)" in help_text
+
+
 class GunicornExample(FlaskExample):
-    """``gunicorn -c gunicorn.conf.py -w 1 examples.flask_app:application`` on a free port.
+    """The how-to's gunicorn command (``-w 1 examples.flask_app:application``), on a free port.
 
     One worker: a notification reaches only the connections of the worker
     whose request sent it (see the example's docstring).
     """
 
     def __init__(self) -> None:
-        config = str(ROOT / "gunicorn.conf.py")
-        app = "examples.flask_app:application"
-        super().__init__("gunicorn", "-c", config, "-b", "127.0.0.1:0", "-w", "1", "--chdir", str(ROOT), app)
+        command = howto_gunicorn_command()
+        command[command.index("-b") + 1] = "127.0.0.1:0"
+        command[command.index("-c") + 1] = str(ROOT / "gunicorn.conf.py")
+        super().__init__(*command[:-1], "--chdir", str(ROOT), command[-1])
         self.port = int(self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+)", stream="stderr").group(1))
         self.wait_for(r"Booting worker", stream="stderr")
 

@@ -222,8 +222,8 @@ def add_common_options(parser: argparse.ArgumentParser, max_message_size: int, w
     parser.add_argument(
         "--trace",
         metavar="FILE",
-        help="write a timeline of every thread to FILE (Trace Event Format: open it in"
-        " ui.perfetto.dev or chrome://tracing)",
+        help="at exit, write a timeline of every thread to FILE (Trace Event Format: open it in"
+        f" {trace.OPEN_WITH})",
     )
 
 
@@ -242,6 +242,8 @@ def tracing(prog: str, path: str | None) -> Iterator[None]:
         yield
     finally:
         try:
-            trace.stop()
+            written = trace.stop()
         except OSError as error:  # the directory went away, the disk is full
             fail(prog, f"cannot write the trace to {path}: {error.strerror or error}")
+        if written is not None:
+            log.info("%s", written.summary())

@@ -59,6 +59,15 @@ def test_a_traced_demo_names_every_thread_and_links_every_message(
     server.signal(signal.SIGINT)
     assert server.wait() == 0
     ours, theirs = load(server_trace), load(client_trace)
+    # The last line says where the file went, how many events it holds, and what opens it.
+    for output, path, events in (
+        (server.stdout, server_trace, ours),
+        (client.stdout.splitlines(), client_trace, theirs),
+    ):
+        counted = sum(1 for e in events if e["ph"] != "M")
+        assert output[-1].endswith(
+            f" [MainThread] trace written to {path}: {counted} events; open it in ui.perfetto.dev or chrome://tracing"
+        )
     assert {"MainThread", "acceptor", "conn-1", "conn-1-reader"} <= set(thread_names(ours).values())
     assert {"sender", "reader"} <= set(thread_names(theirs).values())
     # Every message, with its text, on the lane that sent or received it.
@@ -112,6 +121,10 @@ def test_merge_puts_both_processes_on_one_timeline(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert {e["name"] for e in load(tmp_path / "run.json")} == {"from a", "from b"}
+    assert (
+        result.stdout
+        == "merged 2 traces into run.json: 2 events; open it in ui.perfetto.dev or chrome://tracing\n"
+    )
     broken = subprocess.run(
         [sys.executable, "-m", "wsthreads", "merge-traces", "missing.json", "-o", "x.json"],
         cwd=tmp_path,
@@ -136,10 +149,14 @@ def test_the_ring_keeps_the_newest_events_and_takes_any_thread(tmp_path: Path) -
         for worker in workers:
             worker.join(10)
     finally:
-        trace.stop()
+        written = trace.stop()
     events = load(tmp_path / "ring.json")
     kept = [e for e in events if e["name"] == "tick"]
     assert len(kept) == 100  # bounded: the oldest went
+    assert written is not None and written.summary() == (
+        f"trace written to {tmp_path / 'ring.json'}: 100 events (the newest 100: older ones were dropped);"
+        " open it in ui.perfetto.dev or chrome://tracing"
+    )
     names = thread_names(events)
     assert {names[e["pid"], e["tid"]] for e in kept} <= {f"worker-{i}" for i in range(4)}  # every lane named
 

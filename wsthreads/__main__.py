@@ -45,9 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(1, f"{parser.prog} publish: error: {error}\n")
         return 0
     try:
-        trace.merge(args.traces, args.output)
+        merged = trace.merge(args.traces, args.output)
     except (OSError, ValueError, KeyError) as error:
         parser.exit(1, f"{parser.prog}: error: cannot merge the traces: {error}\n")
+    print(
+        f"merged {len(args.traces)} traces into {merged.path}: {merged.events} events;"
+        f" open it in {trace.OPEN_WITH}"
+    )
     return 0
 
 

@@ -228,9 +228,12 @@ def post_worker_init(worker: Any) -> None:
 def worker_exit(server: Any, worker: Any) -> None:
     """gunicorn hook, in the worker as it exits: write its trace, if it traced (one line if it cannot)."""
     try:
-        trace.stop()
+        written = trace.stop()
     except OSError as error:
         log.error("cannot write the trace: %s", error)
+        return
+    if written is not None:
+        log.info("%s", written.summary())
 
 
 def worker_int(worker: Any) -> None:

@@ -37,10 +37,27 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Events kept at most; beyond, the oldest go (about 500 bytes each: 25 MB at most).
 MAX_EVENTS = 50_000
+
+
+#: What opens a trace file.
+OPEN_WITH = "ui.perfetto.dev or chrome://tracing"
+
+
+class Written(NamedTuple):
+    """A trace file just written: where, and how many events (lane names not counted)."""
+
+    path: Path
+    events: int
+    full: bool = False  # the ring was full: older events were dropped
+
+    def summary(self) -> str:
+        """``trace written to server.json: 212 events; open it in ui.perfetto.dev or chrome://tracing``."""
+        dropped = f" (the newest {self.events}: older ones were dropped)" if self.full else ""
+        return f"trace written to {self.path}: {self.events} events{dropped}; open it in {OPEN_WITH}"
 
 
 class Tracer:
@@ -87,24 +104,28 @@ class Tracer:
         process = {"ph": "M", "name": "process_name", "pid": self.pid, "args": {"name": program_name()}}
         return {"traceEvents": [process, *names, *events], "displayTimeUnit": "ms"}
 
-    def write(self) -> None:
+    def write(self) -> Written:
         """Write the file whole: to a temporary file first, then renamed over ``path``.
 
         A path that is not a regular file (a symlink, ``/dev/stdout``) is
         written in place instead, so that it stays what it is. OSError with
         the reason if it cannot be written; no temporary file is left.
         """
-        text = json.dumps(self.document())
+        document = self.document()
+        events = sum(1 for event in document["traceEvents"] if event["ph"] != "M")
+        written = Written(self.path, events, full=events >= self.max_events)
+        text = json.dumps(document)
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             with open(self.path, "w") as out:
                 out.write(text)
-            return
+            return written
         temporary = self.path.with_name(f".trace-{self.pid}.tmp")
         try:
             temporary.write_text(text)
             temporary.replace(self.path)
         finally:
             temporary.unlink(missing_ok=True)
+        return written
 
     def forked(self) -> None:
         """In a child process: a fresh trace of its own, next to the parent's file."""
@@ -136,12 +157,11 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def stop() -> None:
-    """Stop tracing and write the file (no-op when off); OSError if it cannot be written."""
+def stop() -> Written | None:
+    """Stop tracing and write the file: what was written, None when off; OSError if it cannot be written."""
     global _tracer
     tracer, _tracer = _tracer, None
-    if tracer is not None:
-        tracer.write()
+    return tracer.write() if tracer is not None else None
 
 
 def active() -> bool:
@@ -209,11 +229,11 @@ def program_name() -> str:
     return f"{Path(sys.argv[0]).name or 'python'} ({os.getpid()})"
 
 
-def merge(paths: Sequence[str], out: str) -> None:
+def merge(paths: Sequence[str], out: str) -> Written:
     """One timeline from several processes' traces (each keeps its own pid, so its own group).
 
     Takes the object form (``{"traceEvents": [...]}``) and the array form.
-    ValueError naming the file for one that is neither.
+    ValueError naming the file for one that is neither. Returns what was written.
     """
     events: list[Any] = []
     for path in paths:
@@ -226,3 +246,4 @@ def merge(paths: Sequence[str], out: str) -> None:
             raise ValueError(f"{path} is not a trace (no list of events in traceEvents)")
         events.extend(found)
     Path(out).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+    return Written(Path(out), sum(1 for event in events if event.get("ph") != "M"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
 import threading
+import time
+from typing import Callable
 
-from helpers import ROOT
+from helpers import CLIENT, ROOT, Program, ServerProgram, wait_until, websocket_client
 
 LESSON = ROOT / "docs" / "threads-vs-goroutines.md"
 
@@ -70,3 +73,33 @@ def test_unlocked_sends_interleave() -> None:
             break  # the stream is no longer framed: the peer would close with 1002
         at += 5 + length
     assert mixed, "frames came through whole without a lock; the lesson's claim needs a bigger test"
+
+
+def test_threads_per_session_are_what_the_lesson_says(start_server: Callable[..., ServerProgram]) -> None:
+    """Section 5's table: 2 threads per session, none parked, 3 in the client, counted from /proc."""
+    sessions = 20
+    added = {}
+    for netpoller in (False, True):
+        server = start_server("--count", "1", "--interval", "0", *(["--netpoller"] if netpoller else []))
+        assert server.threads() == 2  # MainThread, acceptor
+        peers = [websocket_client(server.url) for _ in range(sessions)]
+        try:
+            for peer in peers:
+                assert peer.recv() == "server message 1 of 1"
+            time.sleep(0.3)  # settled: each conn-N has ended (parked) or waits for the end
+            added[netpoller] = server.threads() - 2
+        finally:
+            for peer in peers:
+                peer.close()
+    assert added[False] == 2 * sessions
+    assert 2 <= added[True] <= 1 + 4  # the netpoller thread and 1 to 4 workers, however many sessions
+
+    server = start_server("--count", "0")
+    client = Program(CLIENT, "--url", server.url, "--count", "3", "--interval", "0.5")
+    try:
+        client.wait_for(r"\[sender\] sent: client message 1 of 3")
+        assert wait_until(
+            lambda: len(os.listdir(f"/proc/{client.proc.pid}/task")) == 3
+        )  # MainThread, sender, reader
+    finally:
+        client.kill()

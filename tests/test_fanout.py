@@ -351,21 +351,25 @@ def test_publish_without_a_broker_reaches_the_apps_of_this_process(serve: Any) -
         }
 
 
-def test_the_demo_senders_own_messages_stay_as_they_are(serve: Any) -> None:
-    """A subscribed client of the article's server still gets the plain demo messages."""
+def test_the_article_server_keeps_its_demo_messages_plain_and_away_from_subscribers(serve: Any) -> None:
+    """On the article's server a subscriber gets its topic only; a plain client, the plain demo messages."""
     sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     import sync_server
 
     server = wsthreads.start_server(sync_server.create_app(count=2, interval=0.05), "127.0.0.1", 0)
     try:
-        with subscribed(server, "topic=demo") as client:
+        with subscribed(server, "topic=demo") as subscriber, connect(server.url) as plain:
             entry_id = server.app.publish("demo", "published")
-            messages = [client.recv(timeout=WAIT) for _ in range(3)]
-        assert sorted(messages, key=lambda m: str(m).startswith("{")) == [
-            "server message 1 of 2",
-            "server message 2 of 2",
-            json.dumps({"topic": "demo", "id": entry_id, "data": "published"}),
-        ]
+            assert json.loads(subscriber.recv(timeout=WAIT)) == {
+                "topic": "demo",
+                "id": entry_id,
+                "data": "published",
+            }
+            assert [plain.recv(timeout=WAIT) for _ in range(2)] == [
+                "server message 1 of 2",
+                "server message 2 of 2",
+            ]
+            assert_nothing_more(subscriber)
     finally:
         server.shutdown()
 

@@ -212,6 +212,16 @@ def test_bad_subscriptions_close_with_1008_and_a_reason(serve: Any, query: str, 
     assert len(said.encode()) <= 123
 
 
+def test_a_topic_in_any_script_goes_through_the_url(serve: Any) -> None:
+    """``?topic=nöws``: our client percent-encodes it, the server reads it back, the topic works."""
+    server = serve()
+    with wsthreads.WebSocketClient(f"{server.url}?topic=nöws") as client:
+        assert json.loads(str(client.recv(timeout=WAIT)))["text"].startswith("subscribed to nöws:")
+        entry_id = server.app.publish("nöws", "hällo")
+        published = json.loads(str(client.recv(timeout=WAIT)))
+        assert published == {"topic": "nöws", "id": entry_id, "data": "hällo"}
+
+
 def test_the_same_topic_twice_is_one_subscription(serve: Any) -> None:
     server = serve()
     with subscribed(server, "topic=twice&topic=twice") as client:

@@ -55,7 +55,7 @@ from .handshake import (
 )
 from .netpoller import netpoller
 from .queues import CLOSE, OVERFLOW_POLICIES
-from .request import Authenticate, Reject, Request
+from .request import Authenticate, Reject, Request, wsgi_text
 from .session import Echo, SessionCode, park_session, run_session
 from .settings import check_count, check_seconds
 
@@ -295,7 +295,7 @@ class WebSocketApp:
             return page_response(start_response, head=environ["REQUEST_METHOD"] == "HEAD")
         refusal = check_request(environ, self.config.path, self.config.allowed_origins) or self._admit()
         if refusal is not None:
-            request_line = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+            request_line = f"{environ.get('REQUEST_METHOD')} {wsgi_text(environ.get('PATH_INFO', ''))}"
             log.info("refused %s: %s", printable(request_line), refusal.status)
             return plain_response(start_response, refusal)
         answer: Iterable[bytes] | Hijacked = ()

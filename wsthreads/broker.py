@@ -34,8 +34,9 @@ REDIS_TIMEOUT = 2.0
 MAX_WAIT = 1.0
 #: The longest text one message may carry, in UTF-8 bytes.
 MAX_DATA = 256 * 1024
-#: A topic name: letters, digits and ``. _ - :``, 1 to 100 of them, starting with a letter or digit.
-TOPIC_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+#: A topic name: letters and digits of any script and ``. _ - :``, 1 to 100 of them, starting
+#: with a letter or digit (``news``, ``user.42``, ``nöws``).
+TOPIC_PATTERN = re.compile(r"[^\W_][\w.:-]{0,99}")
 # Answers stay bytes: we decode them ourselves, so that an entry another program wrote with
 # invalid UTF-8 cannot stop a reader.
 REDIS_OPTIONS: dict[str, Any] = {

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, Union
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import websocket
 
@@ -240,6 +240,27 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or (443 if secure else 80), secure
 
 
+#: Characters a URL's path and query keep as they are (RFC 3986's delimiters, and ``%`` for
+#: escapes already made); any other, such as ``ö`` or a space, goes out percent-encoded.
+URL_SAFE = ":/?#[]@!$&'()*+,;=%"
+
+
+def wire_url(url: str) -> str:
+    """``url`` as it goes in the request line: ``ws://host/news?topic=n%C3%B6ws`` for ``...?topic=nöws``.
+
+    The host becomes its IDNA (ASCII) form; the server's ``request.path``
+    and ``request.query`` give the text back.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        host = parts.hostname or ""
+        netloc = netloc.replace(host, host.encode("idna").decode("ascii"))
+    return urlunsplit(
+        (parts.scheme, netloc, quote(parts.path, safe=URL_SAFE), quote(parts.query, safe=URL_SAFE), "")
+    )
+
+
 def dial(
     url: str,
     config: ClientConfig | None = None,
@@ -249,6 +270,8 @@ def dial(
 ) -> Connection:
     """Open a connection to ``url`` within ``config.timeout`` seconds, all steps together.
 
+    Non-ASCII in the URL's path or query goes out percent-encoded
+    (``?topic=nöws`` as ``?topic=n%C3%B6ws``), as a browser sends it.
     The request carries ``config.headers`` and offers ``config.subprotocols``;
     the server's choice becomes ``conn.subprotocol``. ``track`` is told the
     socket as soon as it exists (and again after TLS wraps it), so another
@@ -284,8 +307,9 @@ def dial(
                 track(sock)
             sock.do_handshake()
         key = new_key()
+        options = handshake_options(key, config)
         ws = websocket.create_connection(
-            url, socket=sock, redirect_limit=0, enable_multithread=False, **handshake_options(key, config)
+            wire_url(url), socket=sock, redirect_limit=0, enable_multithread=False, **options
         )
         subprotocol = accepted_subprotocol(url, ws, key, config.subprotocols)
         response_headers = dict(ws.getheaders() or {})

@@ -52,14 +52,27 @@ class Request:
         """The request of a WSGI environ (Werkzeug's or gunicorn's)."""
         offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
         return cls(
-            path=environ.get("PATH_INFO", ""),
-            query=url_query(environ.get("QUERY_STRING", "")),
+            path=wsgi_text(environ.get("PATH_INFO", "")),
+            query=url_query(wsgi_text(environ.get("QUERY_STRING", ""))),
             headers=EnvironHeaders(environ),  # type: ignore[arg-type]
             cookies=parse_cookie(environ.get("HTTP_COOKIE", "")),
             remote_addr=environ.get("REMOTE_ADDR", ""),
             subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
             environ=environ,
         )
+
+
+def wsgi_text(value: str) -> str:
+    """A WSGI environ string as the text the client meant.
+
+    WSGI hands the request's bytes over decoded as Latin-1 (PEP 3333), so
+    ``/nöws`` sent as UTF-8, raw or percent-encoded, would read ``/nÃ¶ws``.
+    Bytes that are not UTF-8 become U+FFFD.
+    """
+    try:
+        return value.encode("latin-1").decode("utf-8", errors="replace")
+    except UnicodeEncodeError:  # not a WSGI string: a server that decoded already
+        return value
 
 
 def url_query(text: str) -> MultiDict[str, str]:

@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from typing import Any
+from urllib.parse import quote
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
@@ -84,6 +85,10 @@ def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return context
 
 
+#: The characters of a request target that stay as they are when it is escaped.
+PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
+
+
 class RequestHandler(WSGIRequestHandler):
     """Werkzeug's request handler, with a deadline for the whole request and TLS in its own thread.
 
@@ -130,6 +135,19 @@ class RequestHandler(WSGIRequestHandler):
             super().handle_one_request()
         finally:
             self._disarm()
+
+    def parse_request(self) -> bool:
+        """The request line and headers; a raw non-ASCII byte in the target becomes its ``%XX``.
+
+        A browser percent-encodes ``/ws?topic=nöws``; websocket-client sends
+        the UTF-8 bytes as they are. Werkzeug would encode those twice, and
+        the app would read ``nÃ¶ws``; escaped, it reads what a browser's
+        request gives (gunicorn needs no help: see ``request.wsgi_text``).
+        """
+        parsed = super().parse_request()
+        if parsed and not self.path.isascii():
+            self.path = quote(self.path.encode("latin-1"), safe=PRINTABLE_ASCII)
+        return parsed
 
     def make_environ(self) -> dict[str, Any]:
         """Werkzeug's environ, plus the hook that ends the deadline once a session begins."""

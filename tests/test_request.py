@@ -1,0 +1,72 @@
+"""wsthreads/request.py: the request a session began with, as text the client meant."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any, Callable
+
+import pytest
+
+import wsthreads
+from wsthreads.client import wire_url
+from wsthreads.request import Request, wsgi_text
+
+
+@pytest.mark.parametrize(
+    ("url", "wire"),
+    [
+        ("ws://localhost:8080/ws?topic=nöws", "ws://localhost:8080/ws?topic=n%C3%B6ws"),
+        ("ws://h/wö s?a=b c", "ws://h/w%C3%B6%20s?a=b%20c"),
+        ("ws://h/ws?x=%C3%B6&y=1", "ws://h/ws?x=%C3%B6&y=1"),  # escapes already made stay as they are
+        ("ws://bücher.example/ws", "ws://xn--bcher-kva.example/ws"),
+        ("wss://[::1]:8443/ws?q=é#frag", "wss://[::1]:8443/ws?q=%C3%A9"),
+    ],
+)
+def test_a_client_url_goes_out_percent_encoded(url: str, wire: str) -> None:
+    assert wire_url(url) == wire
+
+
+def test_wsgi_strings_become_the_text_the_client_meant() -> None:
+    """PEP 3333 hands bytes over as Latin-1: UTF-8 is decoded again, bad bytes become U+FFFD."""
+    environ: dict[str, Any] = {
+        "PATH_INFO": "/nöws".encode().decode("latin-1"),
+        "QUERY_STRING": "topic=n%C3%B6ws&raw=" + "ü".encode().decode("latin-1"),
+    }
+    request = Request.from_environ(environ)
+    assert request.path == "/nöws"
+    assert request.query.to_dict() == {"topic": "nöws", "raw": "ü"}
+    assert wsgi_text("\xff") == "\ufffd"
+    assert wsgi_text("ok ✓") == "ok ✓"  # not a WSGI string: left as it is
+
+
+def test_non_ascii_in_the_url_arrives_as_it_was_written(
+    serve: Callable[..., wsthreads.RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our client percent-encodes; a raw client sends UTF-8 bytes; the hook reads 'nöws' either way."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def remember(request: Request) -> str:
+        seen.append((request.path, request.query.to_dict()))
+        return "anyone"
+
+    server = serve(authenticate=remember)
+    with wsthreads.WebSocketClient(f"{server.url}?topic=nöws&name=José Ü"):
+        pass
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    request = (
+        "GET /ws?topic=nöws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(request.encode())
+        assert raw.recv(100).startswith(b"HTTP/1.1 101")
+    assert seen[0] == ("/ws", {"topic": "nöws", "name": "José Ü"})
+    assert seen[1] == ("/ws", {"topic": "nöws"})
+    with (
+        caplog.at_level(logging.INFO, logger="wsthreads"),
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+    ):
+        raw.sendall(request.replace("/ws?topic=nöws", "/n%C3%B6ws").encode())
+        assert raw.recv(100).startswith(b"HTTP/1.1 404")
+    assert any(record.getMessage().startswith("refused GET /nöws: 404") for record in caplog.records)

@@ -116,6 +116,7 @@ def client_config(args: argparse.Namespace) -> wsthreads.ClientConfig:
         headers=tuple(args.header),
         subprotocols=tuple(args.subprotocol),
         ping_interval=args.ping_interval or None,
+        unix_socket=args.unix_socket,
     )
 
 
@@ -143,6 +144,12 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument(
         "--cafile", help="PEM file of CA certificates to trust for wss:// (default: the system's)"
+    )
+    parser.add_argument(
+        "--unix-socket",
+        metavar="PATH",
+        help="connect to this Unix socket instead of the URL's host and port (the URL still"
+        " gives the Host header and the path)",
     )
     parser.add_argument(
         "--reconnect",

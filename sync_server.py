@@ -155,6 +155,7 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         path=args.path,
         subprotocols=tuple(args.subprotocol),
         broker=args.broker,
+        trusted_proxies=tuple(args.trusted_proxy),
     )
 
 
@@ -222,6 +223,14 @@ def build_parser() -> OneLineParser:
         metavar="ORIGIN",
         help="a browser origin allowed to connect besides the server's own, e.g."
         " https://example.com; repeatable; '*' allows all",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a proxy whose X-Forwarded-For gives the client's address, e.g. 127.0.0.1 or"
+        " 10.0.0.0/8; repeatable",
     )
     parser.add_argument(
         "--subprotocol",

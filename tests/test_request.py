@@ -10,7 +10,7 @@ import pytest
 
 import wsthreads
 from wsthreads.client import wire_url
-from wsthreads.request import Request, wsgi_text
+from wsthreads.request import Request, TrustedProxies, wsgi_text
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,34 @@ def test_non_ascii_in_the_url_arrives_as_it_was_written(
         raw.sendall(request.replace("/ws?topic=nöws", "/n%C3%B6ws").encode())
         assert raw.recv(100).startswith(b"HTTP/1.1 404")
     assert any(record.getMessage().startswith("refused GET /nöws: 404") for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "remote", "forwarded", "client"),
+    [
+        ((), "10.0.0.2", "203.0.113.7", "10.0.0.2"),  # nobody trusted: the header is the client's word
+        (("10.0.0.0/8",), "10.0.0.2", "203.0.113.7", "203.0.113.7"),
+        (("10.0.0.0/8",), "192.0.2.1", "203.0.113.7", "192.0.2.1"),  # not from a trusted proxy
+        (("10.0.0.0/8",), "10.0.0.2", "6.6.6.6, 203.0.113.7, 10.0.0.3", "203.0.113.7"),  # spoofed left
+        (("10.0.0.0/8",), "10.0.0.2", "", "10.0.0.2"),
+        (("10.0.0.0/8",), "10.0.0.2", "10.0.0.9", "10.0.0.9"),  # all trusted: the leftmost
+        (("unix",), "", "203.0.113.7", "203.0.113.7"),
+        ((), "", "203.0.113.7", ""),
+        (("::1",), "::1", "2001:db8::5", "2001:db8::5"),
+    ],
+)
+def test_the_client_address_comes_from_trusted_proxies_only(
+    trusted: tuple[str, ...], remote: str, forwarded: str, client: str
+) -> None:
+    environ = {"REMOTE_ADDR": remote, "HTTP_X_FORWARDED_FOR": forwarded}
+    assert Request.from_environ(environ, TrustedProxies.parse(trusted)).remote_addr == client
+
+
+@pytest.mark.parametrize("entry", ["foo", "10.0.0.0/33", "", "unix:/run/x.sock"])
+def test_a_bad_trusted_proxy_is_a_one_line_error(entry: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        wsthreads.ServerConfig(trusted_proxies=(entry,))
+    expected = f"not an address, a network or 'unix' for trusted_proxies: {entry!r}"
+    assert str(raised.value) == f"{expected} (e.g. 127.0.0.1, 10.0.0.0/8, unix)"
+    with pytest.raises(TypeError):
+        wsthreads.ServerConfig(trusted_proxies="127.0.0.1")  # type: ignore[arg-type]

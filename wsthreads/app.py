@@ -55,7 +55,7 @@ from .handshake import (
 )
 from .netpoller import netpoller
 from .queues import CLOSE, OVERFLOW_POLICIES
-from .request import Authenticate, Reject, Request, wsgi_text
+from .request import Authenticate, Reject, Request, TrustedProxies, wsgi_text
 from .session import Echo, SessionCode, park_session, run_session
 from .settings import check_count, check_seconds
 
@@ -145,6 +145,11 @@ class ServerConfig:
             thread and a reader thread (the article's goroutine), for its
             whole life. A handler function (``handler(conn)``, reading with
             ``recv``) always keeps its threads.
+        trusted_proxies: the proxies whose ``X-Forwarded-For`` gives the
+            client's address (``request.remote_addr``, the log): addresses
+            and networks (``"127.0.0.1"``, ``"10.0.0.0/8"``), and ``"unix"``
+            for whatever connects over a Unix socket. Default: none; the
+            address is the connection's.
     """
 
     handler: SessionCode | None = None
@@ -164,6 +169,7 @@ class ServerConfig:
     broker: str | Broker | None = None
     may_subscribe: MaySubscribe | None = None
     netpoller: bool = True
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not is_plain_path(self.path):
@@ -189,12 +195,25 @@ class ServerConfig:
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         for origin in self.allowed_origins:
             check_allowed_origin(origin)
+        TrustedProxies.parse(self.trusted_proxies)  # a bad entry is a ValueError here
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
 
     def session_handler(self) -> SessionCode:
         """What each session does."""
         if self.handler is not None:
             return self.handler
         return Echo() if self.echo else Listen()
+
+
+def describe_peer(request: Request, environ: dict[str, Any]) -> str:
+    """Who is connected, for the log: ``127.0.0.1:52044``, ``203.0.113.7 (forwarded)``, ``a Unix socket``."""
+    direct = environ.get("REMOTE_ADDR") or ""
+    if request.remote_addr != direct:
+        return f"{printable(request.remote_addr)} (forwarded)"
+    if not direct:
+        return "a Unix socket"
+    port = environ.get("REMOTE_PORT")
+    return f"{direct}:{port}" if port else direct
 
 
 class _NoThread:
@@ -284,6 +303,7 @@ class WebSocketApp:
         #: Where :meth:`publish` sends and subscribed clients' messages come from.
         self.broker = shared_broker(broker) if broker is None or isinstance(broker, str) else broker
         self._fanout = Fanout(self.broker)
+        self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Handle one request (the WSGI entry point)."""
@@ -414,7 +434,7 @@ class WebSocketApp:
     def _serve(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes] | Hijacked:
-        request = Request.from_environ(environ)
+        request = Request.from_environ(environ, self._proxies)
         user = None
         if self.config.authenticate is not None:
             try:
@@ -443,7 +463,6 @@ class WebSocketApp:
             del ws
             sock = hijacked_socket(environ)
             sock.settimeout(None)  # the request deadline no longer applies
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             config = self.config
             conn = Connection(
                 sock,
@@ -462,7 +481,7 @@ class WebSocketApp:
                 subprotocol=subprotocol,
                 key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
             )
-            peer = f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}"
+            peer = describe_peer(request, environ)
             parked = self._run(conn, held.data, peer, *self._subscription(request, user))
         finally:
             thread.name = server_thread_name

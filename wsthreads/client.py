@@ -136,6 +136,10 @@ class ClientConfig:
             the server to slow down. Default 1024 (websockets: 16), so that a
             program may send many requests before it reads the answers; with
             ``max_message_size`` it bounds the memory they take.
+        unix_socket: the path of a Unix socket to connect to instead of the
+            URL's host and port (a server behind nginx, gunicorn bound to
+            ``unix:PATH``); the URL still gives the ``Host`` header, the
+            path and the query, and ``wss://`` still means TLS.
 
     Raises:
         ValueError: a setting that cannot work, with a one-line message:
@@ -156,6 +160,7 @@ class ClientConfig:
     subprotocols: tuple[str, ...] = ()
     ping_interval: float | None = None
     max_queue: int = CLIENT_MAX_QUEUE
+    unix_socket: str | None = None
 
     def __post_init__(self) -> None:
         # Frozen, but a dict or a list is fine too: stored as tuples.
@@ -297,7 +302,10 @@ def dial(
         context = tls_context(config.cafile) if secure else None
     except ValueError as error:  # the file went away since the config was made
         raise ConnectError(str(error), retryable=False) from None
-    sock = open_tcp(url, host, port, config, deadline, track)
+    if config.unix_socket is not None:
+        sock = open_unix(url, config.unix_socket, config, deadline, track)
+    else:
+        sock = open_tcp(url, host, port, config, deadline, track)
     armed = deadlines.arm(sock, max(deadline - time.monotonic(), 0))
     try:
         if context is not None:
@@ -322,7 +330,6 @@ def dial(
         raise ConnectError(message, retryable=is_retryable(error)) from error
     finally:
         deadlines.disarm(armed)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     # websocket-client reads the response one byte at a time: nothing of the
     # first frames is left in its buffers, and from here on we read.
     return Connection(
@@ -423,6 +430,43 @@ def open_tcp(
             sock.close()
             raise
     raise ConnectError(describe_dial_error(url, config, error, deadline)) from error
+
+
+def open_unix(
+    url: str,
+    path: str,
+    config: ClientConfig,
+    deadline: float,
+    track: Callable[[socket.socket], None] | None,
+) -> socket.socket:
+    """Connect to the Unix socket at ``path`` within the deadline (shown to ``track`` first).
+
+    Raises:
+        ConnectError: (``retryable`` True) ``cannot connect to
+            ws://localhost/ws: no Unix socket at /run/app.sock (is the server
+            running?)``, ``... nothing listens on /run/app.sock ...``.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if track is not None:
+            track(sock)
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.connect(path)
+        return sock
+    except OSError as error:
+        sock.close()
+        if isinstance(error, FileNotFoundError):
+            message = f"cannot connect to {url}: no Unix socket at {path} (is the server running?)"
+        elif isinstance(error, ConnectionRefusedError):
+            message = f"cannot connect to {url}: nothing listens on {path} (is the server running?)"
+        elif isinstance(error, TimeoutError):
+            message = f"no answer from {url} within {config.timeout:g} s"
+        else:
+            message = f"cannot connect to {url} through the Unix socket {path}: {error.strerror or error}"
+        raise ConnectError(message) from error
+    except BaseException:
+        sock.close()
+        raise
 
 
 def describe_dial_error(url: str, config: ClientConfig, error: BaseException, deadline: float) -> str:

@@ -396,6 +396,8 @@ class Connection:
         response_headers: dict[str, str] | None = None,
     ) -> None:
         self.sock = sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # not a Unix socket, which has no Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a frame goes out when written
         #: The headers of the server's 101, on a client (names in lower case); empty on a server.
         self.response_headers = response_headers or {}
         #: The HTTP request of the opening handshake (server side; None on a client).

@@ -9,9 +9,10 @@ connection's ``user``. Both stay on the connection (``conn.request``,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any, Callable, Union
 from urllib.parse import parse_qsl
 
 from werkzeug.datastructures import EnvironHeaders, MultiDict
@@ -33,7 +34,10 @@ class Request:
             value, ``query.getlist("topic")`` every one.
         headers: the request's headers, names case-insensitive.
         cookies: the cookies the client sent, by name.
-        remote_addr: the client's address (the proxy's, behind a proxy).
+        remote_addr: the client's address: the connection's, or behind a
+            trusted proxy (``trusted_proxies``) the one the proxy forwarded
+            in ``X-Forwarded-For``; ``""`` over a Unix socket from no
+            trusted proxy.
         subprotocols: the subprotocols the client offered, in its order of preference.
         environ: the WSGI environ itself, e.g. for the host app's session
             (``with flask_app.request_context(request.environ): ...``).
@@ -48,18 +52,82 @@ class Request:
     environ: dict[str, Any] = dataclasses.field(repr=False)
 
     @classmethod
-    def from_environ(cls, environ: dict[str, Any]) -> Request:
-        """The request of a WSGI environ (Werkzeug's or gunicorn's)."""
+    def from_environ(cls, environ: dict[str, Any], proxies: TrustedProxies | None = None) -> Request:
+        """The request of a WSGI environ (Werkzeug's or gunicorn's); ``remote_addr`` as ``proxies`` say."""
         offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
         return cls(
             path=wsgi_text(environ.get("PATH_INFO", "")),
             query=url_query(wsgi_text(environ.get("QUERY_STRING", ""))),
             headers=EnvironHeaders(environ),  # type: ignore[arg-type]
             cookies=parse_cookie(environ.get("HTTP_COOKIE", "")),
-            remote_addr=environ.get("REMOTE_ADDR", ""),
+            remote_addr=(proxies or NO_PROXIES).client_address(environ),
             subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
             environ=environ,
         )
+
+
+#: The ``trusted_proxies`` entry for whatever connects over a Unix socket (it has no address):
+#: nginx in front, with the socket's file permissions as the check of who may.
+UNIX_SOCKET = "unix"
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustedProxies:
+    """The proxies whose ``X-Forwarded-For`` tells the client's address.
+
+    A header from anyone else is the client's own word, and is ignored.
+    Behind several proxies the client is the rightmost address no trusted
+    proxy holds: each proxy appends the address it saw, and a client can
+    put anything on the left.
+    """
+
+    networks: tuple[Network, ...] = ()
+    unix: bool = False
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> TrustedProxies:
+        """From ``("127.0.0.1", "10.0.0.0/8", "unix")``; ValueError naming an entry that is none of these."""
+        if isinstance(entries, str):
+            raise TypeError(f"trusted_proxies is a sequence of addresses, e.g. ({entries!r},)")
+        networks, unix = [], False
+        for entry in entries:
+            if entry == UNIX_SOCKET:
+                unix = True
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except (ValueError, AttributeError):
+                raise ValueError(
+                    f"not an address, a network or 'unix' for trusted_proxies: {entry!r}"
+                    " (e.g. 127.0.0.1, 10.0.0.0/8, unix)"
+                ) from None
+        return cls(tuple(networks), unix)
+
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` (``""``: a Unix socket's peer) is a trusted proxy."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return self.unix and address == ""
+        return any(ip in network for network in self.networks)
+
+    def client_address(self, environ: dict[str, Any]) -> str:
+        """The client's address: the connection's, or the one trusted proxies forwarded."""
+        address = str(environ.get("REMOTE_ADDR") or "")
+        if not self.trusts(address):
+            return address
+        header = str(environ.get("HTTP_X_FORWARDED_FOR", ""))
+        forwarded = [hop.strip() for hop in header.split(",") if hop.strip()]
+        for hop in reversed(forwarded):
+            if not self.trusts(hop):
+                return hop
+        return forwarded[0] if forwarded else address
+
+
+#: Nobody's ``X-Forwarded-For`` is believed.
+NO_PROXIES = TrustedProxies()
 
 
 def wsgi_text(value: str) -> str:

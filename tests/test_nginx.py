@@ -34,7 +34,7 @@ READ_TIMEOUT, PING_INTERVAL = 1.5, 0.5
 def page_block(language: str, holding: str) -> str:
     """The first ``language`` code block of the deployment page that holds ``holding``."""
     blocks = re.findall(rf"```{language}\n(.*?)```", DEPLOYMENT.read_text(), re.DOTALL)
-    return next(block for block in blocks if holding in block)
+    return str(next(block for block in blocks if holding in block))
 
 
 class UnixGunicorn(Program):

@@ -111,6 +111,8 @@ def client_config(args: argparse.Namespace) -> wsthreads.ClientConfig:
     return wsthreads.ClientConfig(
         timeout=args.timeout,
         cafile=args.cafile,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
         max_message_size=args.max_message_size or None,
         write_timeout=args.write_timeout,
         headers=tuple(args.header),
@@ -145,6 +147,12 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--cafile", help="PEM file of CA certificates to trust for wss:// (default: the system's)"
     )
+    parser.add_argument(
+        "--certfile",
+        help="PEM certificate (chain) to show a server that asks for one (mutual TLS); its key too,"
+        " unless --keyfile",
+    )
+    parser.add_argument("--keyfile", help="PEM private key, if it is not in --certfile")
     parser.add_argument(
         "--unix-socket",
         metavar="PATH",

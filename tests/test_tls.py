@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import socket
+import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import trustme
 from helpers import SERVER, Program, ServerProgram, run_client
+
+import wsthreads
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +208,64 @@ def test_tls_clients_that_reset_at_once_get_one_line_each_and_no_traceback(
         sock.close()
     assert wait_until(lambda: server.threads() == threads, timeout=3), (server.threads(), threads)
     assert "Traceback" not in server.output()
+
+
+@pytest.fixture(scope="module")
+def mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A wss:// echo server that asks every client for a certificate from its CA: (url, folder)."""
+    folder = tmp_path_factory.mktemp("mtls")
+    ca, stranger = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    for issuer, name, file in (
+        (ca, "127.0.0.1", "server"),
+        (ca, "me@example.com", "client"),
+        (stranger, "me@example.com", "other"),
+    ):
+        issuer.issue_cert(name).private_key_and_cert_chain_pem.write_to_path(str(folder / f"{file}.pem"))
+    context = wsthreads.tls_context(str(folder / "server.pem"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(str(folder / "ca.pem"))
+    server = wsthreads.start_server(wsthreads.create_app(echo=True), "127.0.0.1", 0, tls_context=context)
+    try:
+        yield server.url, folder
+    finally:
+        server.shutdown()
+
+
+def test_mutual_tls_from_the_command_line(mutual_tls: tuple[str, Path]) -> None:
+    """--certfile shows our certificate: a whole session; none, or one from a stranger: one line, exit 1."""
+    url, folder = mutual_tls
+    dial = ("--url", url, "--cafile", str(folder / "ca.pem"), "--count", "1", "--linger", "0.3")
+    good = run_client(*dial, "--certfile", str(folder / "client.pem"))
+    assert good.returncode == 0, good.stderr
+    assert "received: client message 1 of 1" in good.stdout  # the echo
+    none = run_client(*dial)
+    assert none.returncode == 1
+    assert none.stderr.splitlines() == [
+        f"sync_client.py: error: {url} asks for a client certificate, and we showed none (see --certfile)"
+    ]
+    stranger = run_client(*dial, "--certfile", str(folder / "other.pem"))
+    assert stranger.returncode == 1
+    # TLS 1.3: the server's alert may come, or only its close.
+    assert stranger.stderr.splitlines() in (
+        [f"sync_client.py: error: {url} refused our client certificate: tlsv1 alert unknown ca"],
+        [
+            f"sync_client.py: error: {url} closed the connection during the handshake"
+            " (did it refuse our client certificate?)"
+        ],
+    )
+
+
+def test_an_ssl_context_of_your_own(mutual_tls: tuple[str, Path]) -> None:
+    """ssl_context= instead of the files, e.g. a certificate loaded from elsewhere; not with them."""
+    url, folder = mutual_tls
+    context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+    context.load_cert_chain(str(folder / "client.pem"))
+    with wsthreads.WebSocketClient(url, ssl_context=context) as client:
+        client.send("mine")
+        assert client.recv(timeout=10) == "mine"
+    with pytest.raises(ValueError, match="give ssl_context, or cafile, certfile and keyfile, not both"):
+        wsthreads.ClientConfig(ssl_context=context, cafile=str(folder / "ca.pem"))
+    with pytest.raises(wsthreads.ConnectError) as refused:
+        wsthreads.dial(url, wsthreads.ClientConfig(cafile=str(folder / "ca.pem")))
+    assert not refused.value.retryable

@@ -50,7 +50,7 @@ from .deadlines import deadlines
 from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
 from .queues import Inbox
 from .session import Handler, run_session
-from .settings import check_count, check_seconds, pem_error
+from .settings import check_count, check_seconds, load_certificate, pem_error
 
 log = logging.getLogger("wsthreads.client")
 
@@ -114,6 +114,12 @@ class ClientConfig:
         timeout: seconds for the whole dial (TCP, TLS, opening handshake).
         cafile: PEM file of CA certificates to trust for ``wss://``
             (default: the system's).
+        certfile: PEM certificate (chain) to show a server that asks for one
+            (mutual TLS); its private key too, unless ``keyfile`` holds it.
+        keyfile: PEM private key of ``certfile``.
+        ssl_context: an :class:`ssl.SSLContext` of your own for ``wss://``
+            (custom verification, a client certificate from elsewhere);
+            instead of ``cafile``, ``certfile`` and ``keyfile``.
         max_message_size: largest incoming message in bytes (None: no limit);
             a larger one closes with 1009 before its payload is read.
         write_timeout: seconds one write may take before the server counts
@@ -153,6 +159,9 @@ class ClientConfig:
 
     timeout: float = DIAL_TIMEOUT
     cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, repr=False, compare=False)
     max_message_size: int | None = MAX_MESSAGE_SIZE
     write_timeout: float = WRITE_TIMEOUT
     close_timeout: float = CLOSE_TIMEOUT
@@ -171,20 +180,31 @@ class ClientConfig:
         check_count("max_message_size", self.max_message_size, optional=True)
         for name in ("timeout", "write_timeout", "close_timeout"):
             check_seconds(name, getattr(self, name))
-        if self.cafile is not None:
-            tls_context(self.cafile)  # a file that is missing or not PEM: said now, not at the first dial
+        if self.ssl_context is not None and (self.cafile or self.certfile or self.keyfile):
+            raise ValueError("give ssl_context, or cafile, certfile and keyfile, not both")
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile needs certfile")
+        if self.cafile is not None or self.certfile is not None:
+            tls_context(self)  # a file that is missing or not PEM: said now, not at the first dial
 
 
-def tls_context(cafile: str | None) -> ssl.SSLContext:
-    """The client's TLS context: the system's CA certificates, or those in ``cafile``.
+def tls_context(config: ClientConfig) -> ssl.SSLContext:
+    """The client's TLS context: ``config.ssl_context``, or one that trusts the system's CA
+    certificates (or those in ``cafile``) and shows ``certfile``, if given.
 
     Raises:
-        ValueError: ``cannot use the CA file ca.pem: No such file or directory``.
+        ValueError: ``cannot use the CA file ca.pem: No such file or directory``,
+            ``cannot use the certificate client.pem: no usable PEM certificate in it``.
     """
+    if config.ssl_context is not None:
+        return config.ssl_context
     try:
-        return ssl.create_default_context(cafile=cafile)
+        context = ssl.create_default_context(cafile=config.cafile)
     except OSError as error:
-        raise pem_error("CA file", str(cafile), error) from None
+        raise pem_error("CA file", str(config.cafile), error) from None
+    if config.certfile is not None:
+        load_certificate(context, config.certfile, config.keyfile)
+    return context
 
 
 def check_header(name: str, value: str) -> None:
@@ -299,7 +319,7 @@ def dial(
     host, port, secure = parse_url(url)
     deadline = time.monotonic() + config.timeout
     try:
-        context = tls_context(config.cafile) if secure else None
+        context = tls_context(config) if secure else None
     except ValueError as error:  # the file went away since the config was made
         raise ConnectError(str(error), retryable=False) from None
     if config.unix_socket is not None:
@@ -485,6 +505,10 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
         return f"{url}: the server does not speak TLS on that port; try {plain}"
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"the TLS certificate of {url} is not trusted: {error.verify_message} (see --cafile)"
+    if isinstance(error, ssl.SSLError) and error.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+        return f"{url} asks for a client certificate, and we showed none (see --certfile)"
+    if isinstance(error, ssl.SSLError) and error.reason in CLIENT_CERTIFICATE_REFUSED:
+        return f"{url} refused our client certificate: {error.reason.replace('_', ' ').lower()}"
     if time.monotonic() >= deadline or isinstance(error, (websocket.WebSocketTimeoutException, TimeoutError)):
         return f"no answer from {url} within {config.timeout:g} s"
     if isinstance(error, socket.gaierror):
@@ -498,8 +522,26 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
     if isinstance(error, websocket.WebSocketException) and "Header" in str(error):
         return f"{url} answered the handshake wrongly ({error})"
     if isinstance(error, websocket.WebSocketConnectionClosedException):
-        return f"{url} closed the connection during the handshake"
+        # TLS 1.3 ends the client's handshake before the server checks its certificate:
+        # a refusal may come as a plain close, its alert lost.
+        shown = config.certfile is not None or config.ssl_context is not None
+        guess = " (did it refuse our client certificate?)" if shown and url.startswith("wss:") else ""
+        return f"{url} closed the connection during the handshake{guess}"
     return f"cannot connect to {url}: {error}"
+
+
+#: TLS alerts of a server that did not accept the client's certificate.
+CLIENT_CERTIFICATE_REFUSED = frozenset(
+    {
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    }
+)
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -507,6 +549,8 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, websocket.WebSocketBadStatusException):
         return error.status_code in RETRYABLE_STATUSES
     if isinstance(error, (ssl.SSLCertVerificationError, ValueError)):
+        return False
+    if isinstance(error, ssl.SSLError) and error.reason in CLIENT_CERTIFICATE_REFUSED:
         return False
     return not (isinstance(error, websocket.WebSocketException) and "Header" in str(error))
 

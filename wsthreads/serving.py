@@ -20,7 +20,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from . import trace
 from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
 from .deadlines import Armed, deadlines
-from .settings import pem_error
+from .settings import load_certificate
 from .signals import run_until_signal
 
 log = logging.getLogger("wsthreads.server")
@@ -77,11 +77,7 @@ def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
         ValueError: ``cannot use the certificate x.pem: No such file or directory``.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except OSError as error:
-        named = certfile if keyfile is None else f"{certfile} with the key {keyfile}"
-        raise pem_error("certificate", named, error) from None
+    load_certificate(context, certfile, keyfile)
     return context
 
 

@@ -47,3 +47,16 @@ def pem_error(what: str, path: str, error: OSError) -> ValueError:
     else:
         problem = error.strerror or str(error)
     return ValueError(f"cannot use the {what} {path}: {problem}")
+
+
+def load_certificate(context: ssl.SSLContext, certfile: str, keyfile: str | None = None) -> None:
+    """Have ``context`` show the PEM certificate (chain) in ``certfile``, its key in ``keyfile`` or in it.
+
+    Raises:
+        ValueError: ``cannot use the certificate x.pem: No such file or directory``.
+    """
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except OSError as error:
+        named = certfile if keyfile is None else f"{certfile} with the key {keyfile}"
+        raise pem_error("certificate", named, error) from None

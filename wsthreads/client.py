@@ -33,6 +33,7 @@ import websocket
 
 from . import trace
 from .broker import is_broker_id
+from .certificates import load_certificate, trusting
 from .connection import (
     ABNORMAL_CLOSURE,
     CLOSE_TIMEOUT,
@@ -50,7 +51,7 @@ from .deadlines import deadlines
 from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
 from .queues import Inbox
 from .session import Handler, run_session
-from .settings import check_count, check_seconds, load_certificate, pem_error
+from .settings import check_count, check_seconds
 
 log = logging.getLogger("wsthreads.client")
 
@@ -152,7 +153,8 @@ class ClientConfig:
             ``header 'Upgrade' is set by the WebSocket handshake itself``,
             ``not a valid subprotocol name (an RFC 7230 token): 'chat v2'``,
             ``ping_interval must be a number of seconds above 0 (None: off): 0``,
-            ``cannot use the CA file ca.pem: No such file or directory``.
+            ``cannot use the CA file ca.pem: No such file or directory``,
+            ``cannot use the certificate client.pem: no private key in it (give the key file too)``.
         TypeError: ``headers`` or ``subprotocols`` of the wrong shape, e.g.
             ``subprotocols is a sequence of names, e.g. ('chat',)``.
     """
@@ -170,6 +172,10 @@ class ClientConfig:
     ping_interval: float | None = None
     max_queue: int = CLIENT_MAX_QUEUE
     unix_socket: str | None = None
+    # The context made of cafile, certfile and keyfile: their files are read once, here.
+    _files_context: ssl.SSLContext | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         # Frozen, but a dict or a list is fine too: stored as tuples.
@@ -180,31 +186,22 @@ class ClientConfig:
         check_count("max_message_size", self.max_message_size, optional=True)
         for name in ("timeout", "write_timeout", "close_timeout"):
             check_seconds(name, getattr(self, name))
-        if self.ssl_context is not None and (self.cafile or self.certfile or self.keyfile):
+        files = (self.cafile, self.certfile, self.keyfile)
+        if self.ssl_context is not None and any(file is not None for file in files):
             raise ValueError("give ssl_context, or cafile, certfile and keyfile, not both")
         if self.keyfile is not None and self.certfile is None:
             raise ValueError("keyfile needs certfile")
         if self.cafile is not None or self.certfile is not None:
-            tls_context(self)  # a file that is missing or not PEM: said now, not at the first dial
+            # A file that is missing or not PEM: said now, not at the first dial.
+            context = trusting(self.cafile)
+            if self.certfile is not None:
+                load_certificate(context, self.certfile, self.keyfile)
+            object.__setattr__(self, "_files_context", context)
 
 
 def tls_context(config: ClientConfig) -> ssl.SSLContext:
-    """The client's TLS context: ``config.ssl_context``, or one that trusts the system's CA
-    certificates (or those in ``cafile``) and shows ``certfile``, if given.
-
-    Raises:
-        ValueError: ``cannot use the CA file ca.pem: No such file or directory``,
-            ``cannot use the certificate client.pem: no usable PEM certificate in it``.
-    """
-    if config.ssl_context is not None:
-        return config.ssl_context
-    try:
-        context = ssl.create_default_context(cafile=config.cafile)
-    except OSError as error:
-        raise pem_error("CA file", str(config.cafile), error) from None
-    if config.certfile is not None:
-        load_certificate(context, config.certfile, config.keyfile)
-    return context
+    """The client's TLS context: ``ssl_context``, the one made of the config's files, or the system's."""
+    return config.ssl_context or config._files_context or trusting(None)
 
 
 def check_header(name: str, value: str) -> None:
@@ -318,10 +315,7 @@ def dial(
     config = config or ClientConfig()
     host, port, secure = parse_url(url)
     deadline = time.monotonic() + config.timeout
-    try:
-        context = tls_context(config) if secure else None
-    except ValueError as error:  # the file went away since the config was made
-        raise ConnectError(str(error), retryable=False) from None
+    context = tls_context(config) if secure else None
     if config.unix_socket is not None:
         sock = open_unix(url, config.unix_socket, config, deadline, track)
     else:
@@ -524,8 +518,14 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
     if isinstance(error, websocket.WebSocketConnectionClosedException):
         # TLS 1.3 ends the client's handshake before the server checks its certificate:
         # a refusal may come as a plain close, its alert lost.
-        shown = config.certfile is not None or config.ssl_context is not None
-        guess = " (did it refuse our client certificate?)" if shown and url.startswith("wss:") else ""
+        guess = ""
+        if url.startswith("wss:"):
+            shown = config.certfile is not None or config.ssl_context is not None
+            guess = (
+                " (did it refuse our client certificate?)"
+                if shown
+                else " (does it ask for a client certificate? see --certfile)"
+            )
         return f"{url} closed the connection during the handshake{guess}"
     return f"cannot connect to {url}: {error}"
 

@@ -19,8 +19,8 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from . import trace
 from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
+from .certificates import load_certificate
 from .deadlines import Armed, deadlines
-from .settings import load_certificate
 from .signals import run_until_signal
 
 log = logging.getLogger("wsthreads.server")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import ssl
 
 #: The GIL switch interval (``sys.setswitchinterval``) for a process that serves
 #: thousands of threads: 5 ms by default, 50 ms here. A process-wide setting, so
@@ -33,30 +32,3 @@ def check_count(name: str, value: object, *, minimum: int = 1, optional: bool = 
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         none = " (None: no limit)" if optional else ""
         raise ValueError(f"{name} must be a whole number of at least {minimum}{none}: {value!r}")
-
-
-def pem_error(what: str, path: str, error: OSError) -> ValueError:
-    """``cannot use the CA file ca.pem: No such file or directory``: why a PEM file is no use, in one line."""
-    if isinstance(error, ssl.SSLError):  # OpenSSL's words ("[SSL] PEM lib (_ssl.c:3905)") say little
-        reason = error.reason
-        problem = (
-            "no usable PEM certificate in it"
-            if reason in (None, "NO_CERTIFICATE_OR_CRL_FOUND")
-            else reason.replace("_", " ").lower()
-        )
-    else:
-        problem = error.strerror or str(error)
-    return ValueError(f"cannot use the {what} {path}: {problem}")
-
-
-def load_certificate(context: ssl.SSLContext, certfile: str, keyfile: str | None = None) -> None:
-    """Have ``context`` show the PEM certificate (chain) in ``certfile``, its key in ``keyfile`` or in it.
-
-    Raises:
-        ValueError: ``cannot use the certificate x.pem: No such file or directory``.
-    """
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except OSError as error:
-        named = certfile if keyfile is None else f"{certfile} with the key {keyfile}"
-        raise pem_error("certificate", named, error) from None

@@ -213,3 +213,39 @@ def test_a_big_broadcast_that_many_sockets_cut_is_held_once_not_once_per_connect
         peer.close()
         conn.abort()
         assert conn.wait_closed()
+
+
+# --- How a message is shown: log lines and trace events -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("hello", "hello"),
+        ("a" * 200, "a" * 200),
+        ("a" * 201, "a" * 200 + "... (201 bytes in all)"),
+        ("ü\n" + "a" * 99_998, "ü\\n" + "a" * 197 + "... (100001 bytes in all)"),
+        ("\x1b" * 200, "\\x1b" * 50 + "... (200 bytes in all)"),  # bounded after escaping
+        ("\U000e0001" * 201, "\\U000e0001" * 20 + "... (804 bytes in all)"),
+        ("a\\nb", "a\\\\nb"),  # a backslash is two: a real \n cannot pass for a line break
+        (b"\x00" * 5, "<binary message, 5 bytes>"),
+    ],
+)
+def test_a_message_is_shown_on_one_line_of_at_most_200_characters(message: str | bytes, shown: str) -> None:
+    from wsthreads.connection import PREVIEW_LIMIT, describe_message
+
+    assert describe_message(message) == shown
+    assert len(shown.partition("... (")[0]) <= PREVIEW_LIMIT
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("message", ["x" * 300, b"\x01\x02" * 25])
+def test_a_frame_we_built_is_traced_as_its_message(masked: bool, message: str | bytes) -> None:
+    """send_nowait() queues frames, and a client's are masked: the trace shows the message, not the frame."""
+    from wsthreads.connection import frame_text
+
+    opcode, payload = (
+        (frames.TEXT, message.encode()) if isinstance(message, str) else (frames.BINARY, message)
+    )
+    header, body = frames.frame(opcode, payload, masked)
+    assert frame_text(header + body) == message

@@ -202,7 +202,7 @@ def test_a_long_text_is_shown_by_its_first_200_characters_and_size(
     from websockets.sync.server import ServerConnection, serve
 
     long_text = "ü\n" + "a" * 99_998  # 100,000 characters, 100,001 bytes
-    preview = "ü\\n" + "a" * 198 + "... (100001 bytes in all)"
+    preview = "ü\\n" + "a" * 197 + "... (100001 bytes in all)"  # 200 characters as shown
     server_trace, client_trace = tmp_path / "server.json", tmp_path / "client.json"
     server = start_server("--echo", "--trace", str(server_trace))
     ws = websocket_client(server.url)

@@ -32,6 +32,7 @@ The only unbounded code is yours: ``on_message`` runs in the reader's turn.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import select
@@ -148,25 +149,43 @@ def opcode_and_payload(message: Message) -> tuple[int, bytes]:
 
 def printable(text: str) -> str:
     """Text safe to put in one log line: line breaks, escape sequences and other
-    unprintable characters shown as ``\\n``, ``\\x1b``, so a peer cannot forge
-    a line or move the terminal's cursor."""
-    if text.isprintable():
+    unprintable characters shown as ``\\n``, ``\\x1b``, and a backslash as two,
+    so a peer can neither forge a line, nor move the terminal's cursor, nor
+    pass a real ``\\n`` off as an escaped line break."""
+    if text.isprintable() and "\\" not in text:
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return "".join(map(_escaped, text))
+
+
+def _escaped(character: str) -> str:
+    if character.isprintable() and character != "\\":
+        return character
+    return character.encode("unicode_escape").decode()
 
 
 def describe_message(message: Message) -> str:
     """How a message is shown in a log line and a trace event, on both sides.
 
-    Text as it is (unprintable characters escaped); a text longer than
-    :data:`PREVIEW_LIMIT` characters by its start and size, ``aaa... (100000
-    bytes in all)``, so that one message is one readable line; binary by size.
+    Text as :func:`printable` shows it; a text whose shown form is longer
+    than :data:`PREVIEW_LIMIT` characters by the start of it that fits and
+    its size, ``aaa... (100000 bytes in all)``, so that one message is one
+    line of bounded length; binary by size.
     """
-    if isinstance(message, str):
+    if not isinstance(message, str):
+        return f"<binary message, {len(message)} bytes>"
+    if len(message) <= PREVIEW_LIMIT and message.isprintable() and "\\" not in message:
+        return message
+    pieces, used = [], 0
+    for character in itertools.islice(message, PREVIEW_LIMIT):
+        piece = _escaped(character)
+        if used + len(piece) > PREVIEW_LIMIT:
+            break
+        pieces.append(piece)
+        used += len(piece)
+    else:
         if len(message) <= PREVIEW_LIMIT:
-            return printable(message)
-        return f"{printable(message[:PREVIEW_LIMIT])}... ({len(message.encode())} bytes in all)"
-    return f"<binary message, {len(message)} bytes>"
+            return "".join(pieces)
+    return f"{''.join(pieces)}... ({len(message.encode())} bytes in all)"
 
 
 def message_size(message: Message) -> int:
@@ -211,12 +230,12 @@ def sendable_code(code: int) -> int:
 
 
 def frame_text(data: bytes) -> str | bytes:
-    """What a frame we built holds, for a trace: its text, or its payload (masked frames: its size)."""
+    """What a frame we built holds, for a trace: its text, or its payload (unmasked)."""
     length = data[1] & 0x7F
     start = 2 + {126: 2, 127: 8}.get(length, 0)
-    if data[1] & 0x80:
-        return f"<masked frame, {len(data) - start - 4} bytes>"
     payload = data[start:]
+    if data[1] & 0x80:
+        payload = frames.mask(data[start : start + 4], data[start + 4 :])
     return payload.decode(errors="replace") if data[0] & 0x0F == frames.TEXT else payload
 
 

@@ -238,25 +238,40 @@ def test_a_long_text_is_shown_by_its_first_200_characters_and_size(
 def options_from_help(parser: argparse.ArgumentParser) -> list[tuple[str, str, str]]:
     """The rows of an options table, made from the parser: (option, default, meaning).
 
-    A help text's ``(default 5)`` is the default column as code, ``(default: the
-    system's)`` as words; a flag without one is ``off``, any other option ``none``.
+    The help text as ``--help`` prints it (``%(default)s`` expanded); its
+    ``(default 5)`` is the default column as code, and must be the option's
+    real default; ``(default: the system's)`` is words. A flag without one is
+    ``off``, any other option ``none``.
     """
+    formatter = parser._get_formatter()
     rows = []
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
-        option = action.option_strings[-1]
+        option = ", ".join(action.option_strings)
         if action.nargs != 0:
             option += f" {action.metavar or action.dest.upper()}"
-        help_text = str(action.help)
+        help_text = formatter._expand_help(action)
         stated = re.search(r" \(default(:?) ([^)]*)\)", help_text)
-        if stated:
-            default = stated.group(2) if stated.group(1) else f"`{stated.group(2)}`"
-            help_text = help_text.replace(stated.group(0), "")
+        if stated and stated.group(1):
+            default = stated.group(2)
+        elif stated:
+            default = f"`{stated.group(2)}`"
+            assert same_value(stated.group(2), action.default), (option, stated.group(0), action.default)
         else:
+            assert action.default in (None, False, []), f"{option}: the help does not say its default"
             default = "off" if action.nargs == 0 else "none"
+        if stated:
+            help_text = help_text.replace(stated.group(0), "")
         rows.append((f"`{option}`", default, help_text))
     return rows
+
+
+def same_value(text: str, value: object) -> bool:
+    """Whether ``text`` says ``value``: ``10`` says 10.0, ``/ws`` says '/ws'."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(text) == value
+    return text == str(value)
 
 
 def options_in_readme(program: str) -> list[tuple[str, str, str]]:

@@ -26,6 +26,7 @@ from wsthreads import trace
 from wsthreads.client import check_header
 from wsthreads.connection import Closed, Connection, Message, log_message, message_log
 from wsthreads.handshake import is_token
+from wsthreads.lines import shown_path
 
 log = logging.getLogger("wsthreads.program")
 
@@ -233,10 +234,12 @@ def tracing(prog: str, path: str | None) -> Iterator[None]:
     if path is None:
         yield
         return
+    if not path:
+        fail(prog, "--trace needs a file name", status=2)
     try:
         Path(path).write_text('{"traceEvents": []}')  # fails now, not after the whole run
     except OSError as error:
-        fail(prog, f"cannot write the trace to {path}: {error.strerror or error}")
+        fail(prog, f"cannot write the trace to {shown_path(path)}: {error.strerror or error}")
     trace.start(path)
     try:
         yield
@@ -244,6 +247,6 @@ def tracing(prog: str, path: str | None) -> Iterator[None]:
         try:
             written = trace.stop()
         except OSError as error:  # the directory went away, the disk is full
-            fail(prog, f"cannot write the trace to {path}: {error.strerror or error}")
+            fail(prog, f"cannot write the trace to {shown_path(path)}: {error.strerror or error}")
         if written is not None:
             log.info("%s", written.summary())

@@ -232,7 +232,7 @@ def test_a_big_broadcast_that_many_sockets_cut_is_held_once_not_once_per_connect
     ],
 )
 def test_a_message_is_shown_on_one_line_of_at_most_200_characters(message: str | bytes, shown: str) -> None:
-    from wsthreads.connection import PREVIEW_LIMIT, describe_message
+    from wsthreads.lines import PREVIEW_LIMIT, describe_message
 
     assert describe_message(message) == shown
     assert len(shown.partition("... (")[0]) <= PREVIEW_LIMIT

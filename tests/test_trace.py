@@ -292,3 +292,31 @@ def test_traced_echo_of_short_binary_messages_keeps_the_session(
     assert "Traceback" not in server.output() and "1011" not in server.output()
     sent = [e["args"] for e in in_lane(load(server_trace), "conn-1-reader", "sent message")]
     assert [a["size"] for a in sent] == [0, 1, 7, 4]
+
+
+def test_a_ring_just_full_has_dropped_nothing(tmp_path: Path) -> None:
+    trace.start(tmp_path / "full.json", max_events=10)
+    for n in range(10):
+        trace.instant("tick", n=n)
+    written = trace.stop()
+    assert written is not None and written.events == 10 and not written.full
+    assert "dropped" not in written.summary()
+
+
+def test_merge_and_trace_mistakes_are_one_line(tmp_path: Path) -> None:
+    """A file nested too deep for the JSON parser, one input, an empty --trace: a line each."""
+    (tmp_path / "a.json").write_text('{"traceEvents": []}')
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    command = [sys.executable, "-m", "wsthreads", "merge-traces"]
+    options: dict[str, Any] = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 30}
+    deep = subprocess.run([*command, "a.json", "deep.json", "-o", "r.json"], **options)
+    assert deep.returncode == 1
+    assert deep.stderr == (
+        "python -m wsthreads: error: cannot merge the traces: deep.json is not a trace (nested too deep)\n"
+    )
+    one = subprocess.run([*command, "a.json", "-o", "r.json"], **options)
+    assert (
+        one.stdout == "merged 1 trace into r.json: 0 events; open it in ui.perfetto.dev or chrome://tracing\n"
+    )
+    empty = run_client("--trace", "", "--url", "ws://127.0.0.1:9/ws")
+    assert (empty.returncode, empty.stderr) == (2, "sync_client.py: error: --trace needs a file name\n")

@@ -16,7 +16,13 @@ The layers, one module each:
 * :mod:`wsthreads.serving` — serving it on Werkzeug: deadlines, TLS, shutdown;
 * :mod:`wsthreads.client` — dialing, reconnecting, :class:`WebSocketClient`;
 * :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
-* :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines.
+* :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines;
+* :mod:`wsthreads.frames` — the frame layer, both ways, without I/O;
+* :mod:`wsthreads.certificates` — PEM files for TLS, each problem one line naming the file;
+* :mod:`wsthreads.lines` — text from outside as one bounded log line;
+* :mod:`wsthreads.trace` — the timeline of every thread (``--trace``);
+* :mod:`wsthreads.settings` — the checks of the settings both sides share;
+* :mod:`wsthreads.signals` — waiting in the main thread for the end, or for Ctrl+C and SIGTERM.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import trace
 from .broker import BrokerError, publish
+from .lines import shown_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,8 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         merged = trace.merge(args.traces, args.output)
     except (OSError, ValueError, KeyError) as error:
         parser.exit(1, f"{parser.prog}: error: cannot merge the traces: {error}\n")
+    traces = "1 trace" if len(args.traces) == 1 else f"{len(args.traces)} traces"
     print(
-        f"merged {len(args.traces)} traces into {merged.path}: {merged.events} events;"
+        f"merged {traces} into {shown_path(str(merged.path))}: {merged.events} events;"
         f" open it in {trace.OPEN_WITH}"
     )
     return 0

@@ -41,7 +41,6 @@ from .connection import (
     Connection,
     Message,
     broadcast,
-    printable,
     wait_for,
 )
 from .fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
@@ -53,6 +52,7 @@ from .handshake import (
     is_websocket_upgrade,
     subprotocol_names,
 )
+from .lines import printable
 from .netpoller import netpoller
 from .queues import CLOSE, OVERFLOW_POLICIES
 from .request import Authenticate, Reject, Request, TrustedProxies, wsgi_text

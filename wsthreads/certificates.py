@@ -14,15 +14,10 @@ import os
 import ssl
 import stat
 
-from .connection import printable
+from .lines import shown_path as shown
 
 #: The most of a PEM file read (a CA bundle is a few hundred KiB); /dev/zero is not read for ever.
 MAX_PEM = 16 * 1024 * 1024
-
-
-def shown(path: str) -> str:
-    """A path as one line shows it: as it is, or quoted and escaped if it is empty or unprintable."""
-    return path if path and printable(path) == path else repr(path)
 
 
 def read_pem(what: str, path: str) -> str:

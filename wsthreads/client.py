@@ -44,11 +44,11 @@ from .connection import (
     Closed,
     Connection,
     Message,
-    printable,
     shut_down,
 )
 from .deadlines import deadlines
 from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
+from .lines import printable
 from .queues import Inbox
 from .session import Handler, run_session
 from .settings import check_count, check_seconds

@@ -32,7 +32,6 @@ The only unbounded code is yours: ``on_message`` runs in the reader's turn.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import select
@@ -44,6 +43,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from . import frames, trace
+from .lines import describe_message
 from .queues import CLOSE, Inbox, Outbox, check_policy
 
 if TYPE_CHECKING:
@@ -56,9 +56,6 @@ log = logging.getLogger("wsthreads")
 #: The per-message lines ("received: ...", "sent: ..."), apart so that a
 #: program's ``--quiet`` can silence them and keep connection and close lines.
 message_log = logging.getLogger("wsthreads.messages")
-#: Characters of a text message shown in its log line and trace event; a
-#: longer one shows these and its size (:func:`describe_message`).
-PREVIEW_LIMIT = 200
 
 # --- Timing: each constant bounds one wait --------------------------------------
 
@@ -145,47 +142,6 @@ def opcode_and_payload(message: Message) -> tuple[int, bytes]:
     if isinstance(message, (bytearray, memoryview)):
         return frames.BINARY, bytes(message)
     raise TypeError(f"a message is str (text) or bytes (binary), not {type(message).__name__}")
-
-
-def printable(text: str) -> str:
-    """Text safe to put in one log line: line breaks, escape sequences and other
-    unprintable characters shown as ``\\n``, ``\\x1b``, and a backslash as two,
-    so a peer can neither forge a line, nor move the terminal's cursor, nor
-    pass a real ``\\n`` off as an escaped line break."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(map(_escaped, text))
-
-
-def _escaped(character: str) -> str:
-    if character.isprintable() and character != "\\":
-        return character
-    return character.encode("unicode_escape").decode()
-
-
-def describe_message(message: Message) -> str:
-    """How a message is shown in a log line and a trace event, on both sides.
-
-    Text as :func:`printable` shows it; a text whose shown form is longer
-    than :data:`PREVIEW_LIMIT` characters by the start of it that fits and
-    its size, ``aaa... (100000 bytes in all)``, so that one message is one
-    line of bounded length; binary by size.
-    """
-    if not isinstance(message, str):
-        return f"<binary message, {len(message)} bytes>"
-    if len(message) <= PREVIEW_LIMIT and message.isprintable() and "\\" not in message:
-        return message
-    pieces, used = [], 0
-    for character in itertools.islice(message, PREVIEW_LIMIT):
-        piece = _escaped(character)
-        if used + len(piece) > PREVIEW_LIMIT:
-            break
-        pieces.append(piece)
-        used += len(piece)
-    else:
-        if len(message) <= PREVIEW_LIMIT:
-            return "".join(pieces)
-    return f"{''.join(pieces)}... ({len(message.encode())} bytes in all)"
 
 
 def message_size(message: Message) -> int:

@@ -39,6 +39,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .lines import shown_path
+
 #: Events kept at most; beyond, the oldest go (about 500 bytes each: 25 MB at most).
 MAX_EVENTS = 50_000
 
@@ -52,12 +54,13 @@ class Written(NamedTuple):
 
     path: Path
     events: int
-    full: bool = False  # the ring was full: older events were dropped
+    full: bool = False  # the ring overflowed: older events were dropped
 
     def summary(self) -> str:
         """``trace written to server.json: 212 events; open it in ui.perfetto.dev or chrome://tracing``."""
         dropped = f" (the newest {self.events}: older ones were dropped)" if self.full else ""
-        return f"trace written to {self.path}: {self.events} events{dropped}; open it in {OPEN_WITH}"
+        where = shown_path(str(self.path))
+        return f"trace written to {where}: {self.events} events{dropped}; open it in {OPEN_WITH}"
 
 
 class Tracer:
@@ -74,6 +77,7 @@ class Tracer:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_events)
         self.lanes: dict[tuple[int, str], int] = {}  # (thread id, name) -> lane number
         self._numbers = itertools.count(1)
+        self._added = itertools.count()  # events ever added (next() is atomic: no lock)
         self.pid = os.getpid()
 
     def add(self, event: dict[str, Any]) -> None:
@@ -87,6 +91,7 @@ class Tracer:
             lane = self.lanes.setdefault(key, next(self._numbers))
         event.update(pid=self.pid, tid=lane)
         self.events.append(event)
+        next(self._added)
 
     def _forget_old_lanes(self) -> None:
         used = {event["tid"] for event in list(self.events)}
@@ -113,7 +118,7 @@ class Tracer:
         """
         document = self.document()
         events = sum(1 for event in document["traceEvents"] if event["ph"] != "M")
-        written = Written(self.path, events, full=events >= self.max_events)
+        written = Written(self.path, events, full=next(self._added) > self.max_events)
         text = json.dumps(document)
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             with open(self.path, "w") as out:
@@ -241,6 +246,8 @@ def merge(paths: Sequence[str], out: str) -> Written:
             document = json.loads(Path(path).read_text())
         except ValueError as error:
             raise ValueError(f"{path} is not JSON: {error}") from None
+        except RecursionError:
+            raise ValueError(f"{path} is not a trace (nested too deep)") from None
         found = document.get("traceEvents") if isinstance(document, dict) else document
         if not isinstance(found, list) or not all(isinstance(event, dict) for event in found):
             raise ValueError(f"{path} is not a trace (no list of events in traceEvents)")

@@ -10,6 +10,8 @@ one server after the other in every run:
 
 * ``ours``: ``sync_server.py --echo --quiet`` (Werkzeug);
 * ``ours+log``: ``sync_server.py --echo``, a line per message (to a file): what the line costs;
+* ``ours-pure``: ``ours`` with ``WSTHREADS_MASKING=python``: unmasking in pure Python, as
+  without the ``speedups`` extra;
 * ``gunicorn``: the same app under gunicorn, 2 gthread workers, not pinned;
 * ``websockets``: ``websockets.sync.server`` (``bench/websockets_echo.py``);
 * ``gorilla``: the article's Go server, ``-echo -quiet``;
@@ -55,7 +57,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 import wsthreads  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 1, 0
-Message = Union[str, bytes]
+Message = str | bytes
 Figures = dict[str, list[float]]  # metric -> one value per run
 
 
@@ -432,6 +434,8 @@ def servers(go: dict[str, str]) -> list[Server]:
     return [
         Server("ours", [*ours, "--quiet"]),
         Server("ours+log", ours),
+        # The same without websockets' C masking (the speedups extra): what pure Python costs.
+        Server("ours-pure", [*ours, "--quiet"], env={"WSTHREADS_MASKING": "python"}),
         Server("gunicorn", gunicorn, pinned=False, env={"WSDEMO_QUIET": "1"}, processes=3),
         Server("websockets", [python, "bench/websockets_echo.py"]),
         Server("gorilla", [go["server"], "-addr", "127.0.0.1:0", "-echo", "-quiet"]),
@@ -565,7 +569,7 @@ def ratio(ours: list[float], peer: list[float], metric: str) -> dict[str, float]
     if not ours or not peer or len(ours) != len(peer):
         return None
     better_high = metric.endswith(HIGHER_IS_BETTER)
-    ratios = [(o / p if better_high else p / o) for o, p in zip(ours, peer) if o and p]
+    ratios = [(o / p if better_high else p / o) for o, p in zip(ours, peer, strict=False) if o and p]
     return summary(ratios) if ratios else None
 
 
@@ -610,8 +614,8 @@ def log_cost(figures: dict[str, Figures]) -> dict[str, dict[str, float]] | None:
     if "ours" not in figures or "ours+log" not in figures:
         return None
     quiet, logged = figures["ours"], figures["ours+log"]
-    per_rtt = [b - a for a, b in zip(quiet["rtt_p50_us"], logged["rtt_p50_us"])]
-    per_message = [1e6 / b - 1e6 / a for a, b in zip(quiet["msgs_per_s"], logged["msgs_per_s"])]
+    per_rtt = [b - a for a, b in zip(quiet["rtt_p50_us"], logged["rtt_p50_us"], strict=False)]
+    per_message = [1e6 / b - 1e6 / a for a, b in zip(quiet["msgs_per_s"], logged["msgs_per_s"], strict=False)]
     return {"us_per_round_trip": summary(per_rtt), "us_per_pipelined_message": summary(per_message)}
 
 
@@ -664,7 +668,9 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--plot", help="write a PNG of the ratios here (needs matplotlib)")
-    parser.add_argument("--servers", default="ours,ours+log,gunicorn,websockets,gorilla,tcp,werkzeug")
+    parser.add_argument(
+        "--servers", default="ours,ours+log,ours-pure,gunicorn,websockets,gorilla,tcp,werkzeug"
+    )
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--no-broadcast", action="store_true", help="leave out the broadcast row")
     args = parser.parse_args()
@@ -684,7 +690,7 @@ def main() -> None:
     server_table, server_data = table(
         server_figures,
         WORKLOADS + connection_rows(plan.conns),
-        [("ours", p) for p in peers] + [("gunicorn", "websockets")],
+        [("ours", p) for p in peers] + [("gunicorn", "websockets"), ("ours-pure", "ours")],
     )
     client_table, client_data = table(
         client_figures,

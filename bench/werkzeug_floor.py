@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from werkzeug.serving import make_server
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import simple_websocket
 from werkzeug.serving import make_server

@@ -9,7 +9,7 @@ megabytes before any size check). A server may decline an extension
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 from helpers import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawPeer, ServerProgram
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from helpers import (
@@ -139,7 +139,7 @@ def test_reconnects_to_a_server_that_restarts(
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     delays = list(itertools.islice(backoff_delays(1.0, 8.0), 6))
     ceilings = [1, 2, 4, 8, 8, 8]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings))
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=False))
 
 
 def test_cli_reconnect_follows_a_restarting_server(start_server: Callable[..., ServerProgram]) -> None:

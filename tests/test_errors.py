@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import SERVER, Program, ServerProgram, free_port, run_client, wait_until

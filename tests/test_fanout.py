@@ -7,6 +7,7 @@ fan-out runs on Redis in tests/test_redis_fanout.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -629,7 +630,7 @@ def test_the_follower_retries_a_lost_broker_with_backoff_from_0_1_s() -> None:
         assert wait_until(lambda: len(tries) >= 5, WAIT)
     finally:
         hub.close()
-    waits = [later - earlier for earlier, later in zip(tries, tries[1:])][:4]
+    waits = [later - earlier for earlier, later in itertools.pairwise(tries)][:4]
     for number, waited in enumerate(waits):
         ceiling = 0.1 * 2**number
         assert ceiling / 2 - 0.01 <= waited <= ceiling + 0.2, waits

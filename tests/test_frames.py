@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -215,3 +217,26 @@ def test_a_message_cut_into_tiny_frames_costs_its_bytes_not_its_frames(piece: by
     held = 50_000 * len(piece)
     assert grown < held * 1.25 + 16 * 1024, f"the parser grew by {grown} bytes to hold {held}"
     assert parser.receive(raw_frame(CONTINUATION, b" end")) == [b"start" + piece * 50_000 + b" end"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 4096, 80 * 1024 - 1, 80 * 1024, 80 * 1024 + 3, 1 << 20])
+def test_masking_in_pure_python_is_the_same_xor(size: int) -> None:
+    """Both pure Python ways (below and above the switch) give what RFC 6455 5.3 says."""
+    key, payload = os.urandom(4), os.urandom(size)
+    expected = bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
+    assert frames.mask_in_python(key, payload) == expected
+    assert frames.mask(key, payload) == expected  # C where the speedups extra is installed
+    unmasker = frames.Unmasker(key)
+    pieces = [payload[i : i + 1000] for i in range(0, size, 1000)]
+    assert b"".join(unmasker.process(piece) for piece in pieces) == expected
+
+
+def test_wsthreads_masking_python_turns_the_c_function_off() -> None:
+    code = "from wsthreads import frames; print(frames.apply_mask)"
+    pure = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "WSTHREADS_MASKING": "python"},
+        capture_output=True,
+        text=True,
+    )
+    assert pure.stdout == "None\n", pure.stderr

@@ -8,9 +8,8 @@ import re
 import runpy
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from helpers import (

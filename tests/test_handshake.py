@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from helpers import OP_TEXT, SERVER, Program, RawPeer, ServerProgram, wait_until

@@ -90,7 +90,7 @@ def line_pattern(expected: str) -> re.Pattern[str]:
 def mismatch(expected: str, actual: str) -> str | None:
     """Why ``actual`` is not what ``expected`` says, or None if it is."""
     want, got = normalized(expected), normalized(actual)
-    for number, (pattern, line) in enumerate(zip(want, got), 1):
+    for number, (pattern, line) in enumerate(zip(want, got, strict=False), 1):
         if not line_pattern(pattern).fullmatch(line):
             return f"line {number}: expected {pattern!r}, got {line!r}"
     if len(want) != len(got):

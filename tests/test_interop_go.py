@@ -11,8 +11,7 @@ import hashlib
 import os
 import re
 import signal
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import OP_BINARY, Program, ServerProgram, run_client

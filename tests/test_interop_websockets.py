@@ -6,8 +6,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import ServerProgram, run_client, wait_until

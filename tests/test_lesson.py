@@ -8,7 +8,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from helpers import CLIENT, ROOT, Program, ServerProgram, wait_until, websocket_client
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import websocket
 from helpers import OP_TEXT, RawPeer, ServerProgram, encode_frame, wait_until

@@ -10,7 +10,8 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from helpers import ServerProgram, run_client, wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from helpers import OP_BINARY, OP_CLOSE, OP_TEXT, RawPeer, ServerProgram, close_payload

@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from helpers import ROOT, Program, ServerProgram, run_client, wait_until
 from websockets.sync.client import connect

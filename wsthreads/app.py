@@ -19,9 +19,9 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import simple_websocket
 

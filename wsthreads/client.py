@@ -24,9 +24,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Union
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import websocket
@@ -84,7 +84,7 @@ RESERVED_HEADERS = frozenset(
 HEADER_OPTIONS = frozenset({"origin", "cookie"})
 
 #: What ``ClientConfig.headers`` accepts: (name, value) pairs, or a mapping.
-HeaderSettings = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+HeaderSettings = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class ConnectError(Exception):
@@ -515,7 +515,7 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
         return f"{url} answered with a redirect, which is not followed"
     if isinstance(error, websocket.WebSocketException) and "Header" in str(error):
         return f"{url} answered the handshake wrongly ({error})"
-    if isinstance(error, websocket.WebSocketConnectionClosedException):
+    if isinstance(error, (websocket.WebSocketConnectionClosedException, ConnectionResetError)):
         # TLS 1.3 ends the client's handshake before the server checks its certificate:
         # a refusal may come as a plain close, its alert lost.
         guess = ""
@@ -557,7 +557,7 @@ def is_retryable(error: BaseException) -> bool:
 
 def describe_status(error: websocket.WebSocketBadStatusException) -> str:
     """``404 Not Found: no such path; ...``: the status line and the server's reason; never raises."""
-    # websocket-client < 1.9.1 (the last for Python 3.9) does not keep the reason phrase.
+    # websocket-client 1.9.0 does not keep the reason phrase.
     phrase = getattr(error, "status_message", None)
     if not phrase:
         try:

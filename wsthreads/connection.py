@@ -39,8 +39,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import frames, trace
 from .lines import describe_message
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .netpoller import Netpoller, Watch
     from .request import Request
 
-Message = Union[str, bytes]
+Message = str | bytes
 
 log = logging.getLogger("wsthreads")
 #: The per-message lines ("received: ...", "sent: ..."), apart so that a
@@ -254,7 +254,7 @@ class _Wakeup:
         self.lock = threading.Lock()
         if hasattr(os, "eventfd"):
             self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        else:  # pragma: no cover - Python 3.9, or not Linux
+        else:  # pragma: no cover - not Linux
             self.fd, self._write_fd = os.pipe()
             os.set_blocking(self.fd, False)
             os.set_blocking(self._write_fd, False)

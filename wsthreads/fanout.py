@@ -33,8 +33,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .broker import Bounds, Broker, BrokerError, Entry, check_topic, format_id, parse_id
 from .client import backoff_delays

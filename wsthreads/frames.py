@@ -10,23 +10,54 @@ socket or starts a thread: the connection does (websockets' sans-I/O split).
 
 Why our own and not wsproto's: this is the hot path of every message, and
 wsproto spends most of a small message's time in per-event objects and
-generators, and unmasks in pure Python (2.4 ms per MiB; websockets' C
-``apply_mask``, used here, takes 0.05 ms); see docs/performance.md.
+generators; see docs/performance.md. Masking is pure Python (a few ms per
+MiB), or websockets' C ``apply_mask`` (a few hundredths of one) where it is
+installed (``pip install "wsthreads[speedups]"``); ``bench/masking.py``.
 Compression is never negotiated, so no frame may have a reserved bit set.
 """
 
 from __future__ import annotations
 
 import codecs
+import importlib.metadata
 import os
 import struct
+import sysconfig
 import threading
-from typing import Union
+from collections.abc import Callable
 
-try:  # websockets' C extension (SSE2): 0.05 ms per MiB, against 4 ms in Python
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets ships it in its CPython wheels
-    apply_mask = None  # type: ignore[assignment]
+#: The C masking function, if any (:func:`accelerated_masking`).
+Masking = Callable[[bytes, bytes], bytes]
+
+
+def accelerated_masking() -> Masking | None:
+    """websockets' C ``apply_mask`` (the ``speedups`` extra), where it is there and safe to use.
+
+    Not with ``WSTHREADS_MASKING=python`` in the environment (to measure the
+    pure Python path), nor on a free-threaded CPython with websockets before
+    16, whose C module would turn the GIL back on for the whole process.
+    """
+    if os.environ.get("WSTHREADS_MASKING") == "python":
+        return None
+    try:
+        version = importlib.metadata.version("websockets")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if sysconfig.get_config_var("Py_GIL_DISABLED") and int(version.split(".")[0]) < 16:
+        return None
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:  # a build without its C extension
+        return None
+    return apply_mask
+
+
+apply_mask = accelerated_masking()
+#: One XOR table per key byte: ``bytes.translate`` with table k XORs every byte with k.
+_XOR_TABLES = [bytes(byte ^ k for byte in range(256)) for k in range(256)]
+#: From this size on, four strided translates beat one big-integer XOR (``bench/masking.py``:
+#: 129 against 192 µs at 64 KiB, 402 against 278 µs at 96 KiB).
+_TRANSLATE_FROM = 80 * 1024
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 #: The most a control frame may carry (RFC 6455 5.5).
@@ -83,17 +114,28 @@ class Close:
 
 
 #: What the parser reports: a whole message, or a control frame.
-Event = Union[str, bytes, Ping, Pong, Close]
+Event = str | bytes | Ping | Pong | Close
 
 
 def mask(key: bytes, payload: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` (RFC 6455 5.3)."""
     if apply_mask is not None:
-        masked: bytes = apply_mask(payload, key)
-        return masked
+        return apply_mask(payload, key)
+    return mask_in_python(key, payload)
+
+
+def mask_in_python(key: bytes, payload: bytes) -> bytes:
+    """:func:`mask` without C: one big-integer XOR, or for large payloads a table per key byte."""
     length = len(payload)
-    repeated = (key * (length // 4 + 1))[:length]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(length, "little")
+    if length < _TRANSLATE_FROM:
+        repeated = (key * (length // 4 + 1))[:length]
+        return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(
+            length, "little"
+        )
+    masked = bytearray(length)
+    for offset in range(4):  # every fourth byte shares a key byte
+        masked[offset::4] = payload[offset::4].translate(_XOR_TABLES[key[offset]])
+    return bytes(masked)
 
 
 class Unmasker:

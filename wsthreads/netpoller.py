@@ -35,7 +35,7 @@ import os
 import select
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("wsthreads")
 

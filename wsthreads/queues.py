@@ -19,8 +19,8 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from collections.abc import Iterator
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

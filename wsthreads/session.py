@@ -19,7 +19,8 @@ in the netpoller (:mod:`wsthreads.netpoller`).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Protocol, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from . import trace
 from .connection import (
@@ -47,7 +48,7 @@ class Handler(Protocol):
 
 
 #: Per-connection code: a :class:`Handler` object, or a function called with the connection.
-SessionCode = Union[Handler, Callable[[Connection], None]]
+SessionCode = Handler | Callable[[Connection], None]
 
 
 class Echo:

@@ -119,6 +119,7 @@ def client_config(args: argparse.Namespace) -> wsthreads.ClientConfig:
         subprotocols=tuple(args.subprotocol),
         ping_interval=args.ping_interval or None,
         unix_socket=args.unix_socket,
+        proxy={None: True, "off": None}.get(args.proxy, args.proxy),
     )
 
 
@@ -153,6 +154,12 @@ def build_parser() -> OneLineParser:
         " unless --keyfile",
     )
     parser.add_argument("--keyfile", help="PEM private key, if it is not in --certfile")
+    parser.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="HTTP proxy to go through, http://[USER:SECRET@]HOST:PORT; 'off': none"
+        " (default: from https_proxy, http_proxy, all_proxy and no_proxy, as curl does)",
+    )
     parser.add_argument(
         "--unix-socket",
         metavar="PATH",

@@ -19,6 +19,12 @@ from helpers import REDIS_SERVER, ROOT, WAIT, RedisServer, ServerProgram, requir
 
 import wsthreads
 
+# The client takes its proxy from the environment, as curl does; the tests talk to servers on
+# loopback and set a proxy themselves where they test one (tests/test_proxy.py).
+for variable in ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy"):
+    os.environ.pop(variable, None)
+    os.environ.pop(variable.upper(), None)
+
 
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., ServerProgram]]:

@@ -49,6 +49,7 @@ from .connection import (
 from .deadlines import deadlines
 from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
 from .lines import printable
+from .proxy import Proxy, ProxyError, open_tunnel, proxy_for
 from .queues import Inbox
 from .session import Handler, run_session
 from .settings import check_count, check_seconds
@@ -143,6 +144,11 @@ class ClientConfig:
             the server to slow down. Default 1024 (websockets: 16), so that a
             program may send many requests before it reads the answers; with
             ``max_message_size`` it bounds the memory they take.
+        proxy: the HTTP proxy to go through: True (the default) takes it
+            from the environment as websocket-client does (``https_proxy``
+            for ``wss://``, ``http_proxy`` for ``ws://``, ``all_proxy``,
+            ``no_proxy``); a URL, ``http://[user:secret@]host:port``, that
+            one; None: none (see :mod:`wsthreads.proxy`).
         unix_socket: the path of a Unix socket to connect to instead of the
             URL's host and port (a server behind nginx, gunicorn bound to
             ``unix:PATH``); the URL still gives the ``Host`` header, the
@@ -172,6 +178,7 @@ class ClientConfig:
     ping_interval: float | None = None
     max_queue: int = CLIENT_MAX_QUEUE
     unix_socket: str | None = None
+    proxy: str | bool | None = True
     # The context made of cafile, certfile and keyfile: their files are read once, here.
     _files_context: ssl.SSLContext | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
@@ -186,6 +193,10 @@ class ClientConfig:
         check_count("max_message_size", self.max_message_size, optional=True)
         for name in ("timeout", "write_timeout", "close_timeout"):
             check_seconds(name, getattr(self, name))
+        if isinstance(self.proxy, str) and self.proxy:
+            Proxy.parse(self.proxy)  # a malformed URL or another scheme: said now
+        elif not isinstance(self.proxy, (str, bool, type(None))):
+            raise TypeError(f"proxy is a URL, True (from the environment) or None, not {self.proxy!r}")
         files = (self.cafile, self.certfile, self.keyfile)
         if self.ssl_context is not None and any(file is not None for file in files):
             raise ValueError("give ssl_context, or cafile, certfile and keyfile, not both")
@@ -316,12 +327,24 @@ def dial(
     host, port, secure = parse_url(url)
     deadline = time.monotonic() + config.timeout
     context = tls_context(config) if secure else None
+    proxy = None
     if config.unix_socket is not None:
         sock = open_unix(url, config.unix_socket, config, deadline, track)
     else:
-        sock = open_tcp(url, host, port, config, deadline, track)
+        try:
+            proxy = proxy_for(config.proxy, host, port, secure)
+        except ValueError as error:  # the environment's proxy URL
+            raise ConnectError(
+                f"{error}, from the environment (https_proxy, http_proxy, all_proxy)", retryable=False
+            ) from None
+        if proxy is not None:
+            sock = open_tcp(f"the proxy {proxy}", proxy.host, proxy.port, config, deadline, track)
+        else:
+            sock = open_tcp(url, host, port, config, deadline, track)
     armed = deadlines.arm(sock, max(deadline - time.monotonic(), 0))
     try:
+        if proxy is not None:
+            open_tunnel(sock, proxy, host, port)
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
             deadlines.retarget(armed, sock)  # the plain socket object gave its descriptor away
@@ -485,6 +508,10 @@ def open_unix(
 
 def describe_dial_error(url: str, config: ClientConfig, error: BaseException, deadline: float) -> str:
     """One line telling why dialing ``url`` failed (``no answer from URL within 10 s``); never raises."""
+    if isinstance(error, ProxyError):
+        if time.monotonic() >= deadline:
+            return f"no answer from the proxy {error.proxy} within {config.timeout:g} s"
+        return str(error)
     if isinstance(error, websocket.WebSocketBadStatusException):
         if 200 <= error.status_code < 300:
             return (
@@ -548,6 +575,8 @@ def is_retryable(error: BaseException) -> bool:
     """Whether a dial that failed with ``error`` may succeed later; never raises."""
     if isinstance(error, websocket.WebSocketBadStatusException):
         return error.status_code in RETRYABLE_STATUSES
+    if isinstance(error, ProxyError):
+        return error.retryable
     if isinstance(error, (ssl.SSLCertVerificationError, ValueError)):
         return False
     if isinstance(error, ssl.SSLError) and error.reason in CLIENT_CERTIFICATE_REFUSED:

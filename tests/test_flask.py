@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlencode
 
 import pytest
@@ -24,6 +24,8 @@ from helpers import ROOT, WAIT, Program
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
+
+import wsthreads
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -273,3 +275,31 @@ def test_notifications_in_chromium(server: FlaskExample, browser: WebDriver) -> 
     assert wait.until(lambda _: notifications()[-1:] == ["hello, everyone"])
     assert browser.find_element(By.ID, "result").text.startswith("sent to ")
     assert notifications() == ["connected as erin", "your report is ready", "hello, everyone"]
+
+
+# --- In this process, with the test kit (wsthreads.testing's ws_serve) --------------------------
+
+
+def test_a_logged_in_flask_user_gets_a_notification_through_the_kit(ws_serve: Any) -> None:
+    """The example's own application, served by ws_serve; the session cookie from Flask's test client."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import flask_app
+
+    with flask_app.app.test_client() as browser:
+        browser.post("/login", data={"username": "ada"})
+        cookie = browser.get_cookie("session")
+        assert cookie is not None
+    server = ws_serve(flask_app.application)
+    client = server.connect(cookies={"session": cookie.value})
+    client.expect("connected as ada")
+    page = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+    try:
+        body = urlencode({"to": "ada", "text": "your report is ready"})
+        headers = {"Cookie": f"session={cookie.value}", "Content-Type": "application/x-www-form-urlencoded"}
+        page.request("POST", "/notify", body, headers)
+        assert page.getresponse().read() == b"sent to 1 connection(s) of ada\n"
+    finally:
+        page.close()
+    client.expect("your report is ready")
+    with pytest.raises(wsthreads.ConnectError, match="401 Unauthorized"):
+        server.connect()  # no cookie, no session

@@ -373,6 +373,18 @@ class WebSocketApp:
     def _none_left(self) -> bool:
         return not self._admitted
 
+    def reopen(self) -> None:
+        """Accept sessions again after :meth:`shutdown` (a no-op before): the same app served anew.
+
+        :func:`~wsthreads.start_server` calls it, so that an app made once, at
+        module level, can be served by one test after another.
+        """
+        with self._changed:
+            if self._accepting:
+                return
+            self._accepting = True
+            self._fanout = Fanout(self.broker)  # the old one's follower has stopped
+
     def threads_in_sessions(self) -> int:
         """Request threads running a session's code now: a handler function's, or a ``run()``.
 

@@ -300,13 +300,16 @@ def start_server(
     With ``tls_context`` the server speaks ``wss://``. A client gets
     ``handshake_timeout`` seconds for its whole request (and TLS handshake).
     Returns once the socket is listening, so clients may connect at once.
-    Raises OSError if the address cannot be used (port in use, bad host).
+    Raises OSError if the address cannot be used (port in use, bad host). An
+    app that was shut down accepts sessions again (:meth:`WebSocketApp.reopen`).
     """
+    websocket_app = app.websocket_app if isinstance(app, Mounted) else app
     sock = listen(host, port)
     try:
         httpd = WebSocketServer(sock, app, tls_context=tls_context, handshake_timeout=handshake_timeout)
     finally:
         sock.close()
-    server = RunningServer(app.websocket_app if isinstance(app, Mounted) else app, httpd, host)
+    websocket_app.reopen()
+    server = RunningServer(websocket_app, httpd, host)
     server.thread.start()
     return server

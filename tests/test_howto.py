@@ -151,15 +151,23 @@ def test_the_index_and_the_readme_link_every_guide() -> None:
         assert f"](docs/howto/{path.name})" in readme, f"README.md does not link {path.name}"
 
 
+#: Submodules a snippet may import: the optional integrations, each with its own public names.
+INTEGRATIONS = {"django": {"authenticate", "closing_db"}}
+
+
 def test_snippets_use_only_the_public_names() -> None:
-    """``from wsthreads import X`` and ``wsthreads.X``: X is in ``wsthreads.__all__``, no submodule."""
+    """``from wsthreads import X`` and ``wsthreads.X``: X is in ``wsthreads.__all__``; of the
+    submodules, only an integration's own names (``from wsthreads.django import authenticate``)."""
     import wsthreads
 
     for snippet in ALL:
-        assert not re.search(r"\b(from|import) wsthreads\.", snippet.code), snippet.name
-        imported = re.findall(r"^from wsthreads import (.+)$", snippet.code, re.MULTILINE)
+        for module, line in re.findall(r"^from wsthreads\.(\w+) import (.+)$", snippet.code, re.MULTILINE):
+            assert {name.strip() for name in line.split(",")} <= INTEGRATIONS.get(module, set()), snippet.name
+        code = re.sub(r"^from wsthreads\.(\w+) import .+$", "", snippet.code, flags=re.MULTILINE)
+        assert not re.search(r"\b(from|import) wsthreads\.", code), snippet.name
+        imported = re.findall(r"^from wsthreads import (.+)$", code, re.MULTILINE)
         names = {name.strip() for line in imported for name in line.split(",")}
-        names |= set(re.findall(r"\bwsthreads\.(\w+)", snippet.code))
+        names |= set(re.findall(r"\bwsthreads\.(\w+)", code))
         assert names <= set(wsthreads.__all__), f"{snippet.name}: {names - set(wsthreads.__all__)}"
 
 

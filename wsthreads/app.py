@@ -249,6 +249,17 @@ class _HeldResponse:
 SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
 
 
+def no_socket_refusal(environ: dict[str, Any]) -> Refusal | None:
+    """A server that cannot hand its connection over (Django's runserver, wsgiref): 501, saying why."""
+    if any(key in environ for key in SOCKET_KEYS):
+        return None
+    return Refusal(
+        "501 Not Implemented",
+        "this WSGI server cannot hand its connection over to a WebSocket (Django's runserver and"
+        " wsgiref cannot): serve with wsthreads.start_server, manage.py runwsserver or gunicorn",
+    )
+
+
 def hijacked_socket(environ: dict[str, Any]) -> socket.socket:
     """The request's socket, which the session takes over."""
     sock: socket.socket = next(environ[key] for key in SOCKET_KEYS if key in environ)
@@ -313,7 +324,11 @@ class WebSocketApp:
             and not is_websocket_upgrade(environ)
         ):
             return page_response(start_response, head=environ["REQUEST_METHOD"] == "HEAD")
-        refusal = check_request(environ, self.config.path, self.config.allowed_origins) or self._admit()
+        refusal = (
+            check_request(environ, self.config.path, self.config.allowed_origins)
+            or no_socket_refusal(environ)
+            or self._admit()
+        )
         if refusal is not None:
             request_line = f"{environ.get('REQUEST_METHOD')} {wsgi_text(environ.get('PATH_INFO', ''))}"
             log.info("refused %s: %s", printable(request_line), refusal.status)

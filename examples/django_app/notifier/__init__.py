@@ -1,0 +1,1 @@
+"""A Django project with per-user live notifications over WebSockets (wsthreads.django)."""

@@ -1,0 +1,242 @@
+"""examples/django_app: a real Django project (Django from PyPI) with wsthreads.django, end to end.
+
+Served by ``manage.py runwsserver`` (our Werkzeug serving) and by gunicorn with our
+worker; Chromium logs in and receives a push; refused sessions get 401; and once
+the sessions are over the server holds no connection to the database. Last, the
+project in this process through the test kit (``ws_serve``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websocket
+from helpers import ROOT, WAIT, Program, wait_until
+
+PROJECT = ROOT / "examples" / "django_app"
+PASSWORD = "not-a-real-password"
+
+
+def manage(environment: dict[str, str], *args: str) -> str:
+    """``python manage.py ARGS`` in the example project, with the test's database; its output."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> dict[str, str]:
+    """The environment of a fresh project database, migrated, with users alice and bob."""
+    environment = dict(os.environ, DJANGO_DB=str(tmp_path / "db.sqlite3"), PYTHONUNBUFFERED="1")
+    manage(environment, "migrate", "-v", "0")
+    for name in ("alice", "bob"):
+        manage(
+            environment,
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model;"
+            f" get_user_model().objects.create_user({name!r}, password={PASSWORD!r})",
+        )
+    return environment
+
+
+class Served(Program):
+    """The project served, on a free port: by runwsserver or by gunicorn (one worker)."""
+
+    def __init__(self, how: str, environment: dict[str, str]) -> None:
+        self.database = environment["DJANGO_DB"]
+        os.environ["DJANGO_DB"] = self.database  # Program passes os.environ on
+        try:
+            if how == "werkzeug":
+                super().__init__(
+                    sys.executable, str(PROJECT / "manage.py"), "runwsserver", "127.0.0.1:0", "--noreload"
+                )
+                self.port = int(self.wait_for(r"serving pages on http://127\.0\.0\.1:(\d+)/").group(1))
+            else:
+                config = str(ROOT / "gunicorn.conf.py")
+                super().__init__(
+                    "gunicorn",
+                    "-c",
+                    config,
+                    "-b",
+                    "127.0.0.1:0",
+                    "-w",
+                    "1",
+                    "--chdir",
+                    str(PROJECT),
+                    "notifier.wsgi:application",
+                )
+                self.port = int(
+                    self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+)", stream="stderr").group(1)
+                )
+                assert wait_until(lambda: any("worker ready" in line for line in self.stderr)), self.output()
+        finally:
+            del os.environ["DJANGO_DB"]
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+
+    def database_connections(self) -> int:
+        """The server's open descriptors on the SQLite file: one per database connection."""
+        count = 0
+        for pid in [self.proc.pid, *children(self.proc.pid)]:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    count += os.readlink(f"/proc/{pid}/fd/{fd}") == self.database
+                except OSError:
+                    continue
+        return count
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.fixture(params=["werkzeug", "gunicorn"])
+def served(request: pytest.FixtureRequest, project: dict[str, str]) -> Iterator[Served]:
+    server = Served(request.param, project)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def logged_in(port: int, name: str) -> str:
+    """Log ``name`` in through the project's own login form; the session cookie's value."""
+    import http.client
+
+    page = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    try:
+        page.request("GET", "/login/")
+        answer = page.getresponse()
+        form = answer.read().decode()
+        csrf = re.search(r"csrftoken=([^;]+)", answer.getheader("Set-Cookie", "")).group(1)  # type: ignore[union-attr]
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+        body = f"username={name}&password={PASSWORD}&csrfmiddlewaretoken={token}"
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={csrf}"}
+        page.request("POST", "/login/", body, headers)
+        answer = page.getresponse()
+        answer.read()
+        assert answer.status == 302, answer.status
+        return re.search(r"sessionid=([^;]+)", answer.getheader("Set-Cookie", "")).group(1)  # type: ignore[union-attr]
+    finally:
+        page.close()
+
+
+def test_chromium_logs_in_and_receives_a_push(served: Served, browser: object) -> None:
+    """Django's login form, the page's WebSocket on the user's topic, the notify view publishing to it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(f"http://127.0.0.1:{served.port}/login/")
+    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login").click()
+
+    def notifications() -> list[str]:
+        return [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#notifications li")]
+
+    assert wait.until(lambda _: "connected as alice" in notifications())
+    browser.find_element(By.NAME, "to").send_keys("alice")
+    browser.find_element(By.NAME, "text").send_keys("your report is ready")
+    browser.find_element(By.CSS_SELECTOR, "#notify button").click()
+    assert wait.until(lambda _: "your report is ready" in notifications())
+    assert browser.find_element(By.ID, "result").text == "published to alice"
+    during = served.database_connections()
+    browser.execute_script("ws.close(1000)")  # the page's WebSocket ends: so does its session
+    assert wait.until(lambda _: browser.find_element(By.ID, "state").text.startswith("closed: 1000"))
+    assert wait_until(lambda: served.database_connections() == 0), (
+        f"{during} during, still open:\n{served.output()}"
+    )
+
+
+def test_who_is_not_logged_in_gets_401_and_the_database_is_left_alone(
+    served: Served, project: dict[str, str]
+) -> None:
+    """No cookie, a tampered one, a deleted user: 401 each; sessions over, no connection open."""
+    session = logged_in(served.port, "bob")
+    sessions = [
+        websocket.create_connection(served.url, cookie=f"sessionid={session}", timeout=WAIT) for _ in range(5)
+    ]
+    assert [ws.recv() for ws in sessions] == ["connected as bob"] * 5
+    for cookie in ("", "sessionid=forged", f"sessionid={session[:-1]}x"):
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(served.url, cookie=cookie, timeout=WAIT)
+        assert refused.value.status_code == 401
+    for ws in sessions:
+        ws.close()
+    assert wait_until(lambda: served.database_connections() == 0), served.output()
+    manage(
+        project,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model;"
+        " get_user_model().objects.filter(username='bob').delete()",
+    )
+    with pytest.raises(websocket.WebSocketBadStatusException) as gone:
+        websocket.create_connection(served.url, cookie=f"sessionid={session}", timeout=WAIT)
+    assert gone.value.status_code == 401
+
+
+def test_runserver_gets_a_501_that_says_what_to_use_instead(project: dict[str, str]) -> None:
+    """Django's own runserver cannot hand a connection over: not simple-websocket's words, ours."""
+    os.environ["DJANGO_DB"] = project["DJANGO_DB"]
+    try:
+        server = Program(sys.executable, str(PROJECT / "manage.py"), "runserver", "127.0.0.1:0", "--noreload")
+    finally:
+        del os.environ["DJANGO_DB"]
+    try:
+        port = int(server.wait_for(r"http://127\.0\.0\.1:(\d+)/").group(1))
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=WAIT)
+        assert refused.value.status_code == 501
+        assert b"manage.py runwsserver" in (refused.value.resp_body or b"")
+    finally:
+        server.kill()
+
+
+def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, tmp_path: Path) -> None:
+    """Django's test client logs in; ws_serve serves the project's application; the kit checks for leaks."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "notifier.settings"
+    os.environ["DJANGO_DB"] = str(tmp_path / "db.sqlite3")
+    sys.path.insert(0, str(PROJECT))
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from notifier.live import ws
+    from notifier.wsgi import application
+
+    user = get_user_model().objects.create_user("carol", password=PASSWORD)
+    browser = Client()
+    assert browser.login(username="carol", password=PASSWORD)
+    server = ws_serve(application)
+    client = server.connect(
+        {"topic": f"user.{user.pk}"}, cookies={"sessionid": browser.cookies["sessionid"].value}
+    )
+    client.expect(lambda message: "subscribed" in str(message))
+    client.expect("connected as carol")
+    ws.publish(f"user.{user.pk}", "hello carol")
+    client.expect(lambda message: '"data": "hello carol"' in str(message))

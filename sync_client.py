@@ -49,7 +49,7 @@ from common import (
 )
 from wsthreads.client import DEFAULT_URL, DIAL_TIMEOUT
 from wsthreads.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT
-from wsthreads.signals import catch_signals, run_until_signal
+from wsthreads.signals import Signalled, catch_signals, run_until_signal
 
 #: Seconds of silence after which the client, done sending, closes. It must
 #: exceed the server's interval, or the client hangs up between two messages.
@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signalled = catch_signals()  # first: a Ctrl+C during start-up is not lost
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
     try:
         config = client_config(args)
     except ValueError as error:  # e.g. a header given twice
@@ -74,7 +76,7 @@ def talk(
     parser: OneLineParser,
     args: argparse.Namespace,
     config: wsthreads.ClientConfig,
-    signalled: threading.Event,
+    signalled: Signalled,
 ) -> int:
     """Dial, run the sessions until the end or a signal; the exit status."""
     client = wsthreads.Client(args.url, config, reconnect=args.reconnect)
@@ -119,7 +121,7 @@ def client_config(args: argparse.Namespace) -> wsthreads.ClientConfig:
         subprotocols=tuple(args.subprotocol),
         ping_interval=args.ping_interval or None,
         unix_socket=args.unix_socket,
-        proxy={None: True, "off": None}.get(args.proxy, args.proxy),
+        proxy=True if args.proxy is None else None if args.proxy.lower() == "off" else args.proxy,
     )
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +62,7 @@ from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL, WS_PATH, is_plain_path
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
 from wsthreads.settings import SWITCH_INTERVAL
-from wsthreads.signals import catch_signals
+from wsthreads.signals import Signalled, catch_signals
 
 log = logging.getLogger("wsthreads.server")
 
@@ -111,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def serve(parser: OneLineParser, args: argparse.Namespace, signalled: threading.Event) -> None:
+def serve(parser: OneLineParser, args: argparse.Namespace, signalled: Signalled) -> None:
     """Build the app, listen, and serve until a signal."""
     try:
         app = build_app(args)

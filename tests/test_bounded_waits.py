@@ -259,6 +259,23 @@ def test_sigterm_and_sigint_together_end_the_server_cleanly(
     assert "1001" in "\n".join(client.stdout)
 
 
+@pytest.mark.parametrize("program", ["server", "client"])
+def test_a_storm_of_signals_cannot_hang_either_program(
+    start_server: Callable[..., ServerProgram], program: str
+) -> None:
+    """200 signals at once: a handler that took a lock (threading.Event.set) could be entered
+    again by the next signal in the same thread, while holding it, and wait for ever."""
+    server = start_server("--count", "1000", "--interval", "5")
+    client = Program(CLIENT, "--url", server.url, "--count", "1000", "--interval", "5")
+    client.wait_for(r"received: server message 1 of 1000")
+    target = server if program == "server" else client
+    for number in range(200):
+        target.signal(signal.SIGTERM if number % 2 else signal.SIGINT)
+    assert target.wait() == 0, target.output()
+    assert "Traceback" not in target.output()
+    client.kill()
+
+
 def test_sigterm_and_sigint_together_end_the_client_cleanly(
     start_server: Callable[..., ServerProgram],
 ) -> None:

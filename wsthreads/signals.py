@@ -12,15 +12,34 @@ from . import trace
 log = logging.getLogger("wsthreads")
 
 
-def catch_signals() -> threading.Event:
-    """Install handlers for SIGINT and SIGTERM that only set the returned Event.
+class Signalled:
+    """Whether Ctrl+C or SIGTERM has come: a flag that a signal handler sets without a lock.
+
+    Not a ``threading.Event``: its ``set()`` takes a lock, and a second
+    signal arriving while the first one's handler is inside ``set()`` runs
+    its handler in the same thread, which then waits for that lock for ever
+    (seen: two SIGTERMs hung a server for good). Assigning a bool takes none.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def catch_signals() -> Signalled:
+    """Install handlers for SIGINT and SIGTERM that only set the returned flag.
 
     Call it first thing in ``main()``, so that a Ctrl+C during start-up (a
-    dial, binding the port) is not lost; hand the Event to
+    dial, binding the port) is not lost; hand the flag to
     :func:`run_until_signal`. Both handlers are installed explicitly: a
     program started in the background by a shell inherits SIGINT ignored.
     """
-    signalled = threading.Event()
+    signalled = Signalled()
 
     def handle(signum: int, frame: object) -> None:
         signalled.set()
@@ -31,7 +50,7 @@ def catch_signals() -> threading.Event:
 
 
 def run_until_signal(
-    finished: threading.Event, on_signal: Callable[[], object], signalled: threading.Event | None = None
+    finished: threading.Event, on_signal: Callable[[], object], signalled: Signalled | None = None
 ) -> bool:
     """Main thread: wait until ``finished`` is set, or for Ctrl+C / SIGTERM.
 
@@ -39,11 +58,12 @@ def run_until_signal(
     but wait here while named threads do the work (Go: ``signal.Notify`` and
     a ``select`` on the interrupt channel). On a signal, calls ``on_signal``
     (bounded) and returns True; returns False once ``finished`` is set.
-    ``signalled`` is the Event of an earlier :func:`catch_signals`, if any.
+    ``signalled`` is the flag of an earlier :func:`catch_signals`, if any.
 
-    The handler only sets an Event that the main thread never waits on (it
-    polls it), so a second signal, or SIGINT and SIGTERM together, changes
-    nothing: no exception can land inside a lock or an ``except`` block.
+    The handler only sets a flag that the main thread polls, taking no lock,
+    so a second signal, or SIGINT and SIGTERM together, changes nothing: no
+    exception can land inside a lock or an ``except`` block, and no handler
+    can wait for a lock its own thread holds.
     """
     signalled = signalled or catch_signals()
     with trace.span("waiting for the end or a signal"):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,26 @@ def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, tmp_pat
     client.expect("connected as carol")
     ws.publish(f"user.{user.pk}", "hello carol")
     client.expect(lambda message: '"data": "hello carol"' in str(message))
+
+
+def test_runwsserver_reloads_when_the_code_changes(project: dict[str, str]) -> None:
+    """Django's reloader drives it, as it drives runserver: a changed file, a server anew."""
+    os.environ["DJANGO_DB"] = project["DJANGO_DB"]
+    try:
+        server = Program(sys.executable, str(PROJECT / "manage.py"), "runwsserver", "127.0.0.1:0")
+    finally:
+        del os.environ["DJANGO_DB"]
+    try:
+        first = int(server.wait_for(r"serving pages on http://127\.0\.0\.1:(\d+)/").group(1))
+        time.sleep(1.5)  # the reloader's first look at the files' times
+        os.utime(PROJECT / "notifier" / "urls.py")
+        assert wait_until(lambda: server.count_lines(r"serving pages on") == 2, timeout=15), server.output()
+        second = int(re.findall(r"serving pages on http://127\.0\.0\.1:(\d+)/", "\n".join(server.stdout))[1])
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:  # the new one answers
+            websocket.create_connection(f"ws://127.0.0.1:{second}/ws", timeout=WAIT)
+        assert refused.value.status_code == 401
+        assert first > 0
+    finally:
+        for child in children(server.proc.pid):  # the reloader's child serves: it goes first
+            os.kill(child, signal.SIGKILL)
+        server.kill()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 
 import wsthreads
 from wsthreads import fanout
-from wsthreads.broker import MemoryBroker, RedisBroker, Retention, parse_id
+from wsthreads.broker import MemoryBroker, RedisBroker, Retention, check_topic, parse_id
 from wsthreads.connection import POLICY_VIOLATION, TRY_AGAIN_LATER
 
 WAIT = 10.0
@@ -211,6 +212,16 @@ def test_bad_subscriptions_close_with_1008_and_a_reason(serve: Any, query: str, 
     assert code == POLICY_VIOLATION
     assert said is not None and said.startswith(reason)
     assert len(said.encode()) <= 123
+
+
+@pytest.mark.parametrize("name", ["nöws", "हिन्दी", "தமிழ்", "新闻"])
+def test_letters_of_any_script_with_their_marks_make_a_topic(name: str) -> None:
+    assert check_topic(name) == name
+
+
+def test_a_topic_not_in_composed_form_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match=r"not in composed form \(Unicode NFC\)"):
+        check_topic(unicodedata.normalize("NFD", "nöws"))
 
 
 def test_a_topic_in_any_script_goes_through_the_url(serve: Any) -> None:

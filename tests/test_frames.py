@@ -225,6 +225,7 @@ def test_masking_in_pure_python_is_the_same_xor(size: int) -> None:
     key, payload = os.urandom(4), os.urandom(size)
     expected = bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
     assert frames.mask_in_python(key, payload) == expected
+    assert frames.mask_in_python(key, memoryview(payload)) == expected  # as the C function takes it
     assert frames.mask(key, payload) == expected  # C where the speedups extra is installed
     unmasker = frames.Unmasker(key)
     pieces = [payload[i : i + 1000] for i in range(0, size, 1000)]

@@ -218,9 +218,11 @@ def test_the_client_dials_gunicorns_unix_socket_itself(tmp_path: Path) -> None:
 def test_a_unix_socket_that_is_not_there_or_not_listening_is_one_line(tmp_path: Path) -> None:
     plain_file = tmp_path / "not-a-socket"
     plain_file.write_text("")
+    forged = tmp_path / "a\nFAKE: line"
     for path, problem in (
         (tmp_path / "missing.sock", f"no Unix socket at {tmp_path / 'missing.sock'}"),
         (plain_file, f"nothing listens on {plain_file}"),
+        (forged, f"no Unix socket at {str(forged)!r}"),  # escaped: one line
     ):
         result = run_client("--url", "ws://localhost/ws", "--unix-socket", str(path))
         assert result.returncode == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -183,9 +184,16 @@ def test_a_proxy_that_drips_or_never_answers_is_cut_at_the_dial_deadline(drip: b
             "socks5://proxy:1080",
             "proxy URL 'socks5://proxy:1080': scheme 'socks5' is not supported (http:// only)",
         ),
-        ("http://user:pw@[bad", "malformed proxy URL 'http://[bad': Invalid IPv6 URL"),
+        ("http://user:pw@[bad", "malformed proxy URL 'http://[bad': expected http://HOST:PORT"),
+        (
+            "http://user:hunter2/x@host:port",
+            "malformed proxy URL 'http://host:port': expected http://HOST:PORT",
+        ),
         ("http://", "malformed proxy URL 'http://': no host (e.g. http://proxy.example:3128)"),
-        ("proxy:3128", "proxy URL 'proxy:3128': scheme 'proxy' is not supported (http:// only)"),
+        (
+            "https://u:p@proxy:3128",
+            "proxy URL 'https://proxy:3128': scheme 'https' is not supported (http:// only)",
+        ),
     ],
 )
 def test_a_bad_proxy_url_is_one_line_before_any_dial(setting: str, message: str) -> None:
@@ -219,3 +227,97 @@ def test_which_proxy_a_dial_takes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert bypassed("example.com", 443, "example.com:443") and not bypassed(
         "example.com", 80, "example.com:443"
     )
+
+
+#: What a proxy that speaks first after its 200 gets.
+AFTER = "sent bytes after its answer to CONNECT, before the server could speak"
+
+
+class ScriptedProxy:
+    """A proxy that records the CONNECT it gets and answers with ``answer``, then ``then``."""
+
+    def __init__(self, answer: bytes, then: str = "wait") -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.answer, self.then = answer, then
+        self.request = b""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, name="scripted-proxy", daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        with self.listener:
+            conn, _ = self.listener.accept()
+            with conn:
+                while b"\r\n\r\n" not in self.request:
+                    self.request += conn.recv(4096)
+                conn.sendall(self.answer)
+                if self.then == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                if self.then == "close":
+                    return
+                self.stop.wait(10)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("answer", "then", "problem"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\n\r\nSSH-2.0-surprise\r\n",
+            "wait",
+            "sent bytes after its answer to CONNECT, before the server could speak",
+        ),
+        (b"HTTP/1.1 \xb200 OK\r\n\r\n", "wait", "answered CONNECT with 'HTTP/1.1 \u00b200 OK'"),
+        (b"HTTP/1.1 2 OK\r\n\r\n", "wait", "answered CONNECT with 'HTTP/1.1 2 OK'"),
+        (b"HTTP/1.1 200", "reset", "reset the connection before answering"),
+        (b"HTTP/1.1 200", "close", "closed the connection before answering"),
+    ],
+)
+def test_a_proxy_that_breaks_the_protocol_is_named_in_one_line(
+    answer: bytes, then: str, problem: str
+) -> None:
+    proxy = ScriptedProxy(answer, then)
+    try:
+        with pytest.raises(wsthreads.ConnectError) as failed:
+            wsthreads.dial("ws://example.com/ws", wsthreads.ClientConfig(proxy=proxy.url, timeout=3))
+    finally:
+        proxy.close()
+    assert str(failed.value) == f"the proxy http://127.0.0.1:{proxy.port} {problem}"
+
+
+def test_the_tunnel_asks_for_a_non_ascii_host_in_its_ascii_form() -> None:
+    proxy = ScriptedProxy(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+    try:
+        with pytest.raises(wsthreads.ConnectError) as failed:
+            wsthreads.dial("ws://BÜCHER.example/ws", wsthreads.ClientConfig(proxy=proxy.url, timeout=3))
+    finally:
+        proxy.close()
+    assert proxy.request.startswith(b"CONNECT xn--bcher-kva.example:80 HTTP/1.1\r\n")
+    assert "refused the tunnel to xn--bcher-kva.example:80: HTTP 502 Bad Gateway" in str(failed.value)
+    assert failed.value.retryable
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2/x@127.0.0.1:9",
+        "http://al@ice:p/a%ss@127.0.0.1:9",
+        "http://user:se?cret@127.0.0.1:9",
+        "user:hunter2@127.0.0.1:9",
+    ],
+)
+def test_a_proxys_credentials_are_never_shown(url: str) -> None:
+    """Passwords with '/', '?', '@' or no scheme at all: not in the error, not in a repr."""
+    result = run_client("--url", "ws://example.com/ws", "--proxy", url, "--timeout", "2")
+    assert result.returncode == 1
+    refused = "cannot connect to the proxy http://127.0.0.1:9: connection refused (is the server running?)"
+    assert result.stderr.splitlines() == [f"sync_client.py: error: {refused}"]
+    config = wsthreads.ClientConfig(proxy=url)
+    assert "hunter2" not in repr(config) and "cret" not in repr(config)
+    assert "with credentials" in repr(Proxy.parse(url))

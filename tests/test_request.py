@@ -22,6 +22,7 @@ from wsthreads.request import Request, TrustedProxies, wsgi_text
         ("ws://h/ws?x=%C3%B6&y=1", "ws://h/ws?x=%C3%B6&y=1"),  # escapes already made stay as they are
         ("ws://bücher.example/ws", "ws://xn--bcher-kva.example/ws"),
         ("wss://[::1]:8443/ws?q=é#frag", "wss://[::1]:8443/ws?q=%C3%A9"),
+        ("ws://BÜCHER.example:8080/ws", "ws://xn--bcher-kva.example:8080/ws"),  # capitals too
     ],
 )
 def test_a_client_url_goes_out_percent_encoded(url: str, wire: str) -> None:
@@ -85,6 +86,8 @@ def test_non_ascii_in_the_url_arrives_as_it_was_written(
         (("unix",), "", "203.0.113.7", "203.0.113.7"),
         ((), "", "203.0.113.7", ""),
         (("::1",), "::1", "2001:db8::5", "2001:db8::5"),
+        (("127.0.0.1",), "::ffff:127.0.0.1", "203.0.113.7", "203.0.113.7"),  # a server on :: sees v4 so
+        ((" unix ",), "", "203.0.113.7", "203.0.113.7"),
     ],
 )
 def test_the_client_address_comes_from_trusted_proxies_only(

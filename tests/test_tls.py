@@ -78,6 +78,10 @@ def test_silent_tls_client_does_not_stall_the_acceptor(
         assert good.returncode == 0, good.stderr
 
 
+#: A certificate or key file OpenSSL could not read, and which of the two it was is not known.
+DAMAGED = "a PEM block in one of them is damaged"
+
+
 @pytest.fixture(scope="module")
 def pem_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of PEM files right and wrong: cert.pem alone, key.pem, both.pem, ca.pem, ..."""
@@ -121,7 +125,10 @@ def pem_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "cannot use the certificate {0}: the key does not match it",
         ),
         (("pipe.pem",), "cannot use the certificate {0}: it is a pipe, not a file"),
-        (("damaged.pem", "key.pem"), "cannot use the certificate {0}: a PEM block in it is damaged"),
+        (
+            ("damaged.pem", "key.pem"),
+            "cannot use the certificate {0} with the key {1}: a PEM block in one of them is damaged",
+        ),
     ],
 )
 def test_an_unusable_certificate_is_one_line_naming_the_file(
@@ -330,3 +337,32 @@ def test_an_ssl_context_of_your_own(mutual_tls: tuple[str, Path]) -> None:
     with pytest.raises(wsthreads.ConnectError) as refused:
         wsthreads.dial(url, wsthreads.ClientConfig(cafile=str(folder / "ca.pem")))
     assert "client certificate" in str(refused.value)
+
+
+def test_a_tls_1_2_server_that_asks_for_a_certificate_is_named_too(mutual_tls: tuple[str, Path]) -> None:
+    """TLS 1.2 has no 'certificate required' alert: its handshake failure gets the same hint."""
+    _, folder = mutual_tls
+    context = wsthreads.tls_context(str(folder / "server.pem"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(str(folder / "ca.pem"))
+    with wsthreads.start_server(
+        wsthreads.create_app(echo=True), "127.0.0.1", 0, tls_context=context
+    ) as server:
+        result = run_client("--url", server.url, "--cafile", str(folder / "ca.pem"))
+    hint = "(does it ask for a client certificate? see --certfile)"
+    assert result.stderr.splitlines() == [
+        f"sync_client.py: error: TLS handshake with {server.url} failed: handshake failure {hint}"
+    ]
+
+
+def test_client_file_options_are_checked_as_flags() -> None:
+    result = run_client("--keyfile", "key.pem")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "sync_client.py: error: --keyfile needs --certfile (see --help)\n",
+    )
+    with pytest.raises(TypeError, match=r"ssl_context is an ssl\.SSLContext"):
+        wsthreads.ClientConfig(ssl_context="ca.pem")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="certfile is the path of a PEM file"):
+        wsthreads.ClientConfig(certfile=123)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ import dataclasses
 import re
 import threading
 import time
+import unicodedata
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -34,9 +35,10 @@ REDIS_TIMEOUT = 2.0
 MAX_WAIT = 1.0
 #: The longest text one message may carry, in UTF-8 bytes.
 MAX_DATA = 256 * 1024
-#: A topic name: letters and digits of any script and ``. _ - :``, 1 to 100 of them, starting
-#: with a letter or digit (``news``, ``user.42``, ``nöws``).
-TOPIC_PATTERN = re.compile(r"[^\W_][\w.:-]{0,99}")
+#: The characters a topic name may hold besides letters, marks and digits of any script.
+TOPIC_PUNCTUATION = "._-:"
+#: The most characters in a topic name.
+MAX_TOPIC = 100
 # Answers stay bytes: we decode them ourselves, so that an entry another program wrote with
 # invalid UTF-8 cannot stop a reader.
 REDIS_OPTIONS: dict[str, Any] = {
@@ -104,11 +106,27 @@ class Broker(Protocol):
 
 
 def check_topic(topic: object) -> str:
-    """``topic`` if it is a valid topic name, else ValueError saying what one looks like."""
-    if not isinstance(topic, str) or not TOPIC_PATTERN.fullmatch(topic):
+    """``topic`` if it is a valid topic name, else ValueError saying what one looks like.
+
+    1 to 100 letters (with their marks: ``हिन्दी``) and digits of any script,
+    and ``. _ - :``, starting with a letter or a digit; in Unicode's composed
+    form (NFC), so that one name is one topic however it was typed.
+    """
+    if not isinstance(topic, str) or not is_topic_name(topic):
         shown = repr(topic)[:40]
         raise ValueError(f"bad topic name {shown}: 1-100 letters, digits and . _ - : (e.g. news, user.42)")
+    if not unicodedata.is_normalized("NFC", topic):
+        raise ValueError(f"bad topic name {repr(topic)[:40]}: not in composed form (Unicode NFC)")
     return topic
+
+
+def is_topic_name(name: str) -> bool:
+    """Letters, marks, digits and ``. _ - :``, 1 to 100 of them, the first a letter or a digit."""
+    return (
+        0 < len(name) <= MAX_TOPIC
+        and unicodedata.category(name[0])[0] in "LN"
+        and all(c in TOPIC_PUNCTUATION or unicodedata.category(c)[0] in "LMN" for c in name)
+    )
 
 
 def check_message(topic: object, data: object) -> None:

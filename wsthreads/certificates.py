@@ -30,6 +30,8 @@ def read_pem(what: str, path: str) -> str:
         if stat.S_ISFIFO(os.stat(path).st_mode):
             raise ValueError(f"cannot use the {what} {shown(path)}: it is a pipe, not a file")
         with open(path, encoding="ascii", errors="replace") as pem:
+            if pem.isatty():  # /dev/stdin on a terminal: it would be read until someone types ^D
+                raise ValueError(f"cannot use the {what} {shown(path)}: it is a terminal, not a file")
             return pem.read(MAX_PEM)
     except OSError as error:
         raise ValueError(f"cannot use the {what} {shown(path)}: {error.strerror or error}") from None
@@ -74,11 +76,15 @@ def load_certificate(context: ssl.SSLContext, certfile: str, keyfile: str | None
     try:
         context.load_cert_chain(certfile, keyfile, password=_no_pass_phrase)
     except (ssl.SSLError, OSError) as error:
-        reason = getattr(error, "reason", None)
-        problem = (
-            "the key does not match it" if reason == "KEY_VALUES_MISMATCH" else "a PEM block in it is damaged"
-        )
-        raise ValueError(f"cannot use the certificate {shown(certfile)}: {problem}") from None
+        named = shown(certfile)
+        if "MISMATCH" in str(getattr(error, "reason", None)):  # KEY_VALUES_MISMATCH, KEY_TYPE_MISMATCH
+            raise ValueError(f"cannot use the certificate {named}: the key does not match it") from None
+        if keyfile is None:
+            raise ValueError(f"cannot use the certificate {named}: a PEM block in it is damaged") from None
+        raise ValueError(
+            f"cannot use the certificate {named} with the key {shown(keyfile)}:"
+            " a PEM block in one of them is damaged"
+        ) from None
 
 
 def _no_pass_phrase() -> bytes:

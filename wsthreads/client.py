@@ -48,7 +48,7 @@ from .connection import (
 )
 from .deadlines import deadlines
 from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
-from .lines import printable
+from .lines import printable, shown_path
 from .proxy import Proxy, ProxyError, open_tunnel, proxy_for
 from .queues import Inbox
 from .session import Handler, run_session
@@ -178,7 +178,7 @@ class ClientConfig:
     ping_interval: float | None = None
     max_queue: int = CLIENT_MAX_QUEUE
     unix_socket: str | None = None
-    proxy: str | bool | None = True
+    proxy: str | bool | None = dataclasses.field(default=True, repr=False)  # it may hold a password
     # The context made of cafile, certfile and keyfile: their files are read once, here.
     _files_context: ssl.SSLContext | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
@@ -198,6 +198,11 @@ class ClientConfig:
         elif not isinstance(self.proxy, (str, bool, type(None))):
             raise TypeError(f"proxy is a URL, True (from the environment) or None, not {self.proxy!r}")
         files = (self.cafile, self.certfile, self.keyfile)
+        for name, file in zip(("cafile", "certfile", "keyfile"), files, strict=True):
+            if file is not None and not isinstance(file, str):
+                raise TypeError(f"{name} is the path of a PEM file, as a str: {file!r}")
+        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context is an ssl.SSLContext: {self.ssl_context!r}")
         if self.ssl_context is not None and any(file is not None for file in files):
             raise ValueError("give ssl_context, or cafile, certfile and keyfile, not both")
         if self.keyfile is not None and self.certfile is None:
@@ -287,8 +292,8 @@ def wire_url(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc
     if not netloc.isascii():
-        host = parts.hostname or ""
-        netloc = netloc.replace(host, host.encode("idna").decode("ascii"))
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+        netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit(
         (parts.scheme, netloc, quote(parts.path, safe=URL_SAFE), quote(parts.query, safe=URL_SAFE), "")
     )
@@ -492,14 +497,15 @@ def open_unix(
         return sock
     except OSError as error:
         sock.close()
+        where = shown_path(path)
         if isinstance(error, FileNotFoundError):
-            message = f"cannot connect to {url}: no Unix socket at {path} (is the server running?)"
+            message = f"cannot connect to {url}: no Unix socket at {where} (is the server running?)"
         elif isinstance(error, ConnectionRefusedError):
-            message = f"cannot connect to {url}: nothing listens on {path} (is the server running?)"
+            message = f"cannot connect to {url}: nothing listens on {where} (is the server running?)"
         elif isinstance(error, TimeoutError):
             message = f"no answer from {url} within {config.timeout:g} s"
         else:
-            message = f"cannot connect to {url} through the Unix socket {path}: {error.strerror or error}"
+            message = f"cannot connect to {url} through the Unix socket {where}: {error.strerror or error}"
         raise ConnectError(message) from error
     except BaseException:
         sock.close()
@@ -528,6 +534,14 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
         return f"the TLS certificate of {url} is not trusted: {error.verify_message} (see --cafile)"
     if isinstance(error, ssl.SSLError) and error.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
         return f"{url} asks for a client certificate, and we showed none (see --certfile)"
+    if (
+        isinstance(error, ssl.SSLError)
+        and error.reason == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+        and not showed(config)
+    ):
+        # TLS 1.2's answer to no certificate, among other mismatches.
+        guess = "does it ask for a client certificate? see --certfile"
+        return f"TLS handshake with {url} failed: handshake failure ({guess})"
     if isinstance(error, ssl.SSLError) and error.reason in CLIENT_CERTIFICATE_REFUSED:
         return f"{url} refused our client certificate: {error.reason.replace('_', ' ').lower()}"
     if time.monotonic() >= deadline or isinstance(error, (websocket.WebSocketTimeoutException, TimeoutError)):
@@ -547,14 +561,18 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
         # a refusal may come as a plain close, its alert lost.
         guess = ""
         if url.startswith("wss:"):
-            shown = config.certfile is not None or config.ssl_context is not None
             guess = (
                 " (did it refuse our client certificate?)"
-                if shown
+                if showed(config)
                 else " (does it ask for a client certificate? see --certfile)"
             )
         return f"{url} closed the connection during the handshake{guess}"
     return f"cannot connect to {url}: {error}"
+
+
+def showed(config: ClientConfig) -> bool:
+    """Whether the dial offered a client certificate (or a context of its own, which may)."""
+    return config.certfile is not None or config.ssl_context is not None
 
 
 #: TLS alerts of a server that did not accept the client's certificate.
@@ -567,6 +585,7 @@ CLIENT_CERTIFICATE_REFUSED = frozenset(
         "SSLV3_ALERT_CERTIFICATE_REVOKED",
         "TLSV1_ALERT_ACCESS_DENIED",
         "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
     }
 )
 

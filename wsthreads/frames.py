@@ -124,7 +124,7 @@ def mask(key: bytes, payload: bytes) -> bytes:
     return mask_in_python(key, payload)
 
 
-def mask_in_python(key: bytes, payload: bytes) -> bytes:
+def mask_in_python(key: bytes, payload: bytes | memoryview) -> bytes:
     """:func:`mask` without C: one big-integer XOR, or for large payloads a table per key byte."""
     length = len(payload)
     if length < _TRANSLATE_FROM:
@@ -132,6 +132,7 @@ def mask_in_python(key: bytes, payload: bytes) -> bytes:
         return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(
             length, "little"
         )
+    payload = bytes(payload)  # a memoryview has no translate()
     masked = bytearray(length)
     for offset in range(4):  # every fourth byte shares a key byte
         masked[offset::4] = payload[offset::4].translate(_XOR_TABLES[key[offset]])

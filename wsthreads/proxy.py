@@ -48,21 +48,26 @@ class Proxy(NamedTuple):
 
     @classmethod
     def parse(cls, url: str) -> Proxy:
-        """From ``http://[user:secret@]host[:port]``; ValueError in one line for anything else."""
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as error:
-            raise ValueError(f"malformed proxy URL {shown(url)}: {error}") from None
-        if parts.scheme != "http":
-            scheme = parts.scheme or "none"
+        """From ``http://[user:secret@]host[:port]`` (``host:port`` alone, as curl takes it);
+        ValueError in one line, without the credentials, for anything else."""
+        if "://" not in url:
+            url = f"http://{url}"
+        scheme, _, rest = url.partition("://")
+        # The credentials end at the last '@': a password may hold '/', '?', '#' or '@'.
+        userinfo, at, address = rest.rpartition("@")
+        if scheme.lower() != "http":
             raise ValueError(f"proxy URL {shown(url)}: scheme {scheme!r} is not supported (http:// only)")
+        try:
+            parts = urlsplit(f"http://{address}")
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"malformed proxy URL {shown(url)}: expected http://HOST:PORT") from None
         if not parts.hostname:
             raise ValueError(f"malformed proxy URL {shown(url)}: no host (e.g. http://proxy.example:3128)")
         credentials = None
-        if parts.username is not None:
-            user, secret = unquote(parts.username), unquote(parts.password or "")
-            credentials = base64.b64encode(f"{user}:{secret}".encode()).decode()
+        if at:
+            user, _, secret = userinfo.partition(":")
+            credentials = base64.b64encode(f"{unquote(user)}:{unquote(secret)}".encode()).decode()
         return cls(parts.hostname, port or 80, credentials)
 
     def __str__(self) -> str:
@@ -70,10 +75,17 @@ class Proxy(NamedTuple):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    def __repr__(self) -> str:
+        return f"Proxy({str(self)!r}{', with credentials' if self.credentials else ''})"
+
 
 def shown(url: str) -> str:
-    """A proxy URL for a message, quoted: its credentials never in a log."""
-    return repr(printable(re.sub(r"//[^/]*@", "//", url, count=1)))
+    """A proxy URL for a message, quoted: everything up to its last '@' (the credentials) left out."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    address = rest.rpartition("@")[2]
+    return repr(printable(f"{scheme}{separator}{address}"))
 
 
 def proxy_for(setting: str | bool | None, host: str, port: int, secure: bool) -> Proxy | None:
@@ -101,21 +113,34 @@ def proxy_for(setting: str | bool | None, host: str, port: int, secure: bool) ->
 
 def bypassed(host: str, port: int, no_proxy: str) -> bool:
     """Whether ``no_proxy`` names ``host``: ``*``, the host or a domain it is in
-    (``example.com``, ``.example.com``), with or without ``:port``, or a network
-    its address is in (``10.0.0.0/8``)."""
-    host = host.lower()
-    for entry in (entry.strip().lower() for entry in no_proxy.split(",")):
+    (``example.com``, ``.example.com``), with or without ``:port``, an address
+    (``[::1]`` too), or a network its address is in (``10.0.0.0/8``)."""
+    host = host_key(host)
+    for entry in (entry.strip() for entry in no_proxy.split(",")):
         if entry == "*":
             return True
-        name, colon, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        if not colon:
-            name = entry
-        elif entry_port != str(port):
+        if entry.startswith("["):  # [IPv6] or [IPv6]:port
+            name, _, rest = entry[1:].partition("]")
+            entry_port = rest[1:] if rest.startswith(":") else ""
+        elif entry.count(":") == 1:
+            name, _, entry_port = entry.partition(":")
+        else:
+            name, entry_port = entry, ""
+        if entry_port and entry_port != str(port):
             continue
-        name = name.lstrip(".")
+        name = host_key(name.lstrip("."))
         if name and (host == name or host.endswith(f".{name}") or in_network(host, name)):
             return True
     return False
+
+
+def host_key(name: str) -> str:
+    """A host name as no_proxy compares it: lower case, no final dot, ASCII (IDNA) form."""
+    name = name.lower().rstrip(".")
+    try:
+        return name if name.isascii() else name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
 
 
 def in_network(host: str, network: str) -> bool:
@@ -129,41 +154,44 @@ def in_network(host: str, network: str) -> bool:
 def open_tunnel(sock: socket.socket, proxy: Proxy, host: str, port: int) -> None:
     """Ask ``proxy``, connected on ``sock``, for a tunnel to ``host:port``; return once it is open.
 
-    Nothing of the tunnel is read here: the server speaks only after we
-    have (the TLS ClientHello, the HTTP request), so the answer's end is
-    the end of what the proxy sent.
+    The server speaks only after we have (the TLS ClientHello, the HTTP
+    request), so the proxy's answer must end where what it sent ends: bytes
+    after it are refused, not read as the server's.
 
     Raises:
         ProxyError: ``the proxy http://p:3128 refused the tunnel to
             example.com:443: HTTP 407 Proxy Authentication Required``,
             ``... closed the connection before answering``.
-        OSError: the socket failed (the deadline shut it down, a reset).
+        OSError: the socket failed otherwise (the deadline shut it down).
     """
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = host.encode("idna").decode("ascii") if not host.isascii() else host
+    target = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
     request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
     if proxy.credentials is not None:
         request += f"Proxy-Authorization: Basic {proxy.credentials}\r\n"
-    sock.sendall(f"{request}\r\n".encode("ascii"))
     answer = b""
-    while b"\r\n\r\n" not in answer:
-        if len(answer) > MAX_ANSWER:
-            raise ProxyError(
-                proxy, f"the proxy {proxy} answered CONNECT with over {MAX_ANSWER} bytes of headers"
-            )
-        data = sock.recv(4096)
-        if not data:
-            raise ProxyError(
-                proxy, f"the proxy {proxy} closed the connection before answering", retryable=True
-            )
-        answer += data
-    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
-    version, _, rest = status_line.partition(" ")
-    code, _, phrase = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not code.isdigit():
+    try:
+        sock.sendall(f"{request}\r\n".encode("ascii"))
+        while b"\r\n\r\n" not in answer:
+            if len(answer) > MAX_ANSWER:
+                raise ProxyError(proxy, f"answered CONNECT with over {MAX_ANSWER} bytes of headers")
+            data = sock.recv(4096)
+            if not data:
+                raise ProxyError(proxy, "closed the connection before answering", retryable=True)
+            answer += data
+    except ConnectionError:
+        raise ProxyError(proxy, "reset the connection before answering", retryable=True) from None
+    head, _, extra = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    status = re.fullmatch(r"HTTP/1\.[01] ([0-9]{3})(?: (.*))?", status_line)
+    if status is None:
         raise ProxyError(proxy, f"answered CONNECT with {printable(status_line[:80])!r}")
-    if not code.startswith("2"):
+    code, phrase = int(status[1]), status[2] or ""
+    if not 200 <= code < 300:
         raise ProxyError(
             proxy,
             f"refused the tunnel to {target}: HTTP {code} {printable(phrase[:80])}".rstrip(),
-            retryable=int(code) in RETRYABLE_STATUSES,
+            retryable=code in RETRYABLE_STATUSES,
         )
+    if extra:
+        raise ProxyError(proxy, "sent bytes after its answer to CONNECT, before the server could speak")

@@ -93,7 +93,7 @@ class TrustedProxies:
             raise TypeError(f"trusted_proxies is a sequence of addresses, e.g. ({entries!r},)")
         networks, unix = [], False
         for entry in entries:
-            if entry == UNIX_SOCKET:
+            if isinstance(entry, str) and entry.strip() == UNIX_SOCKET:
                 unix = True
                 continue
             try:
@@ -111,6 +111,8 @@ class TrustedProxies:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return self.unix and address == ""
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1, as a server listening on :: sees 127.0.0.1
         return any(ip in network for network in self.networks)
 
     def client_address(self, environ: dict[str, Any]) -> str:

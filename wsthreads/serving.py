@@ -21,7 +21,7 @@ from . import trace
 from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
 from .certificates import load_certificate
 from .deadlines import Armed, deadlines
-from .signals import run_until_signal
+from .signals import Signalled, run_until_signal
 
 log = logging.getLogger("wsthreads.server")
 
@@ -138,7 +138,8 @@ class RequestHandler(WSGIRequestHandler):
         A browser percent-encodes ``/ws?topic=nöws``; websocket-client sends
         the UTF-8 bytes as they are. Werkzeug would encode those twice, and
         the app would read ``nÃ¶ws``; escaped, it reads what a browser's
-        request gives (gunicorn needs no help: see ``request.wsgi_text``).
+        request gives. (gunicorn answers such a request line with 400; a client
+        that percent-encodes, as ours does, is served by both.)
         """
         parsed = super().parse_request()
         if parsed and not self.path.isascii():
@@ -268,10 +269,10 @@ class RunningServer:
                 self.thread.join()
             self.httpd.server_close()
 
-    def serve_until_signal(self, signalled: threading.Event | None = None) -> None:
+    def serve_until_signal(self, signalled: Signalled | None = None) -> None:
         """Block the main thread until Ctrl+C or SIGTERM, then :meth:`shutdown` (1001 for every session).
 
-        ``signalled``: the Event of an earlier :func:`wsthreads.signals.catch_signals`.
+        ``signalled``: the flag of an earlier :func:`wsthreads.signals.catch_signals`.
         """
         run_until_signal(self.stopped, on_signal=self.shutdown, signalled=signalled)
 

@@ -34,7 +34,16 @@ def test_bench_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
     assert "The per-message log line" in stdout and "Broadcast: 10 messages to 10 connections" in stdout
     data = json.loads(out.read_text())
     servers, clients = data["server"]["figures"], data["client"]["figures"]
-    assert set(servers) == {"ours", "ours+log", "gunicorn", "websockets", "gorilla", "tcp", "werkzeug"}
+    assert set(servers) == {
+        "ours",
+        "ours+log",
+        "ours-pure",
+        "gunicorn",
+        "websockets",
+        "gorilla",
+        "tcp",
+        "werkzeug",
+    }
     assert set(clients) == {"ours", "ours-api", "websockets", "websocket-client", "tcp"}
     for name, figures in [*servers.items(), *clients.items()]:
         if name != "werkzeug":  # the floor holds connections only: it has no workload figures
@@ -43,6 +52,7 @@ def test_bench_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
         assert figures["c10_completed"]["median"] == 10
         assert figures["c10_kib_per_conn"]["runs"]
     assert data["server"]["ratios"]["ours/websockets"]["rtt_p50_us"]["median"] > 0
+    assert data["server"]["ratios"]["ours-pure/ours"]["mb_per_s"]["median"] > 0  # the masking price
     assert "c10_kib_per_conn" in data["server"]["ratios"]["ours/werkzeug"]
     assert data["client"]["ratios"]["ours-api/websockets"]["mb_per_s"]["median"] > 0
     assert set(data["log_cost"]) == {"us_per_round_trip", "us_per_pipelined_message"}

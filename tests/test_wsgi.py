@@ -37,8 +37,22 @@ def test_after_shutdown_new_sessions_get_503() -> None:
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
         "Sec-WebSocket-Version": "13",
     }
-    response = client.get("/ws", headers=handshake)
+    # A server that can hand its socket over (Werkzeug's test client cannot: it would get 501).
+    response = client.get("/ws", headers=handshake, environ_overrides={"werkzeug.socket": object()})
     assert response.status_code == 503
+
+
+def test_a_server_that_cannot_hand_its_socket_over_gets_501_saying_what_to_use() -> None:
+    """wsgiref, Django's runserver, a test client: no socket in the environ, so no session."""
+    handshake = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    response = Client(create_app()).get("/ws", headers=handshake)
+    assert response.status_code == 501
+    assert "manage.py runwsserver or gunicorn" in response.text
 
 
 def test_shutdown_returns_once_the_last_session_has_ended_not_at_its_timeout() -> None:

@@ -216,10 +216,11 @@ def test_runserver_gets_a_501_that_says_what_to_use_instead(project: dict[str, s
         server.kill()
 
 
-def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, tmp_path: Path) -> None:
-    """Django's test client logs in; ws_serve serves the project's application; the kit checks for leaks."""
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The example project set up in this process (once: Django's settings are the process's)."""
     os.environ["DJANGO_SETTINGS_MODULE"] = "notifier.settings"
-    os.environ["DJANGO_DB"] = str(tmp_path / "db.sqlite3")
+    os.environ["DJANGO_DB"] = str(tmp_path_factory.mktemp("django") / "db.sqlite3")
     sys.path.insert(0, str(PROJECT))
     import django
     from django.core.management import call_command
@@ -227,21 +228,53 @@ def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, tmp_pat
     django.setup()
     call_command("migrate", verbosity=0)
     from django.contrib.auth import get_user_model
+
+    return get_user_model()
+
+
+def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, in_process: Any) -> None:
+    """Django's test client logs in; ws_serve serves the project's application; the kit checks for leaks."""
     from django.test import Client
     from notifier.live import ws
     from notifier.wsgi import application
 
-    user = get_user_model().objects.create_user("carol", password=PASSWORD)
+    user = in_process.objects.create_user("carol", password=PASSWORD)
     browser = Client()
     assert browser.login(username="carol", password=PASSWORD)
     server = ws_serve(application)
-    client = server.connect(
-        {"topic": f"user.{user.pk}"}, cookies={"sessionid": browser.cookies["sessionid"].value}
-    )
+    cookie = browser.cookies["sessionid"].value
+    client = server.connect({"topic": f"user.{user.pk}"}, cookies={"sessionid": cookie})
     client.expect(lambda message: "subscribed" in str(message))
     client.expect("connected as carol")
     ws.publish(f"user.{user.pk}", "hello carol")
     client.expect(lambda message: '"data": "hello carol"' in str(message))
+
+
+def test_the_handshake_leaves_the_session_as_it_is_and_reads_cookies_as_django(in_process: Any) -> None:
+    """After a SECRET_KEY rotation Django's get_user would give the session a new key, which no
+    WebSocket can hand the browser: the user would be logged out of the whole site. And of two
+    cookies of one name, Django reads the last: so must the handshake, or page and /ws disagree."""
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import Client, override_settings
+
+    from wsthreads.django import authenticate, closing_db
+    from wsthreads.request import Request
+
+    for name in ("dave", "erin"):
+        in_process.objects.create_user(name, password=PASSWORD)
+    sessions = {}
+    for name in ("dave", "erin"):
+        browser = Client()
+        assert browser.login(username=name, password=PASSWORD)
+        sessions[name] = browser.cookies["sessionid"].value
+    with override_settings(SECRET_KEY="rotated", SECRET_KEY_FALLBACKS=["demo-only-not-a-secret"]):
+        user = authenticate(Request.from_environ({"HTTP_COOKIE": f"sessionid={sessions['dave']}"}))
+    assert user is not None and user.username == "dave"
+    assert SessionStore().exists(sessions["dave"])  # still there: the browser's cookie still works
+    both = f"sessionid={sessions['dave']}; sessionid={sessions['erin']}"
+    assert authenticate(Request.from_environ({"HTTP_COOKIE": both})).username == "erin"
+    assert authenticate(Request.from_environ({"HTTP_COOKIE": "sessionid=\xff"})) is None
+    assert closing_db(lambda user, topic: topic == "news")("dave", "news") is True  # any function
 
 
 def test_runwsserver_reloads_when_the_code_changes(project: dict[str, str]) -> None:
@@ -263,5 +296,42 @@ def test_runwsserver_reloads_when_the_code_changes(project: dict[str, str]) -> N
         assert first > 0
     finally:
         for child in children(server.proc.pid):  # the reloader's child serves: it goes first
+            os.kill(child, signal.SIGKILL)
+        server.kill()
+
+
+def test_runwsserver_under_the_reloader_says_1001_and_fails_in_one_line(project: dict[str, str]) -> None:
+    """SIGTERM to the serving process: sessions get 1001. A busy port: one line, exit 1, no hang."""
+    import wsthreads
+
+    os.environ["DJANGO_DB"] = project["DJANGO_DB"]
+    try:
+        server = Program(sys.executable, str(PROJECT / "manage.py"), "runwsserver", "127.0.0.1:0")
+    finally:
+        del os.environ["DJANGO_DB"]
+    try:
+        port = int(server.wait_for(r"serving pages on http://127\.0\.0\.1:(\d+)/").group(1))
+        cookie = f"sessionid={logged_in(port, 'alice')}"
+        client = wsthreads.WebSocketClient(f"ws://127.0.0.1:{port}/ws", headers={"Cookie": cookie})
+        with client:
+            assert client.recv(timeout=WAIT) == "connected as alice"
+            busy = subprocess.run(
+                [sys.executable, "manage.py", "runwsserver", f"127.0.0.1:{port}"],
+                cwd=PROJECT,
+                env=project,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert busy.returncode == 1, busy.stderr
+            last = busy.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"), last
+            for child in children(server.proc.pid):  # the reloader's child serves
+                os.kill(child, signal.SIGTERM)
+            with pytest.raises(wsthreads.Closed) as closed:
+                client.recv(timeout=WAIT)
+            assert closed.value.code == 1001
+    finally:
+        for child in children(server.proc.pid):
             os.kill(child, signal.SIGKILL)
         server.kill()

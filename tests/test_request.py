@@ -39,6 +39,8 @@ def test_wsgi_strings_become_the_text_the_client_meant() -> None:
     assert request.path == "/nöws"
     assert request.query.to_dict() == {"topic": "nöws", "raw": "ü"}
     assert wsgi_text("\xff") == "\ufffd"
+    odd = Request.from_environ({"HTTP_COOKIE": "a=\xff; b=c"})  # not UTF-8: no traceback, U+FFFD
+    assert dict(odd.cookies) == {"a": "\ufffd", "b": "c"}
     assert wsgi_text("ok ✓") == "ok ✓"  # not a WSGI string: left as it is
 
 

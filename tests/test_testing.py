@@ -98,3 +98,28 @@ def test_a_module_level_app_serves_test_after_test_topics_too() -> None:
                 json.loads(str(client.expect(lambda message: "round" in str(message))))["data"]
                 == f"round {round_}"
             )
+
+
+def test_a_check_that_raises_says_what_came_and_cookies_cannot_smuggle_another() -> None:
+    from wsthreads.testing import cookie_header
+
+    seen: list[str] = []
+
+    def echo_cookie(conn: wsthreads.Connection) -> None:
+        seen.append(conn.request.headers.get("Cookie", "") if conn.request else "")
+        conn.send("hello")
+        for _ in conn:
+            pass
+
+    with TestServer(wsthreads.create_app(handler=echo_cookie)) as server:
+        client = server.connect(cookies={"session": "abc"}, headers={"cookie": "theme=dark"})
+        with pytest.raises(AssertionError, match=r"received 'hello'; the check raised KeyError\('x'\)"):
+            client.expect(lambda message: {"y": True}["x"])
+    assert seen == ["theme=dark; session=abc"]  # one Cookie header, the given one kept
+    with pytest.raises(ValueError, match="cannot go in a Cookie header as it is"):
+        cookie_header({"session": "x; admin=1"})
+
+
+def test_start_server_says_what_it_serves() -> None:
+    with pytest.raises(TypeError, match="start_server serves a WebSocketApp, or one mounted outermost"):
+        wsthreads.start_server(lambda environ, start_response: [], "127.0.0.1", 0)  # type: ignore[arg-type]

@@ -59,7 +59,7 @@ class Request:
             path=wsgi_text(environ.get("PATH_INFO", "")),
             query=url_query(wsgi_text(environ.get("QUERY_STRING", ""))),
             headers=EnvironHeaders(environ),  # type: ignore[arg-type]
-            cookies=parse_cookie(environ.get("HTTP_COOKIE", "")),
+            cookies=parse_cookie(valid_utf8(environ.get("HTTP_COOKIE", ""))),
             remote_addr=(proxies or NO_PROXIES).client_address(environ),
             subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
             environ=environ,
@@ -143,6 +143,12 @@ def wsgi_text(value: str) -> str:
         return value.encode("latin-1").decode("utf-8", errors="replace")
     except UnicodeEncodeError:  # not a WSGI string: a server that decoded already
         return value
+
+
+def valid_utf8(value: str) -> str:
+    """A WSGI string whose bytes are valid UTF-8: a bad byte becomes U+FFFD's (Werkzeug's parsers
+    would raise UnicodeDecodeError, and the request end in a traceback)."""
+    return wsgi_text(value).encode().decode("latin-1")
 
 
 def url_query(text: str) -> MultiDict[str, str]:

@@ -304,6 +304,11 @@ def start_server(
     Raises OSError if the address cannot be used (port in use, bad host). An
     app that was shut down accepts sessions again (:meth:`WebSocketApp.reopen`).
     """
+    if not isinstance(app, (WebSocketApp, Mounted)):
+        raise TypeError(
+            f"start_server serves a WebSocketApp, or one mounted outermost (ws.mount(wsgi_app)), not {app!r}:"
+            " put other WSGI middleware inside the mount"
+        )
     websocket_app = app.websocket_app if isinstance(app, Mounted) else app
     sock = listen(host, port)
     try:

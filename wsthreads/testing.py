@@ -15,8 +15,8 @@ Django application (``ws.mount(flask_app)``): the whole WSGI application is
 served, so a client can log in through the host app's own pages first. At the
 end of the test every client is closed, the server shut down (sessions get
 1001), and the kit checks that nothing is left behind: a thread the test
-started that still runs, or a socket it opened that is still open, fails the
-test with their names. Every wait is bounded.
+started that still runs, or a socket it opened that is still open, is an
+error at the test's teardown, naming them. Every wait is bounded.
 
 Outside pytest, :class:`TestServer` works as a context manager, and
 :class:`LeakCheck` on its own.
@@ -36,6 +36,7 @@ import pytest
 from .app import Mounted, WebSocketApp
 from .client import WebSocketClient
 from .connection import Closed, Message
+from .handshake import is_token
 from .serving import RunningServer, start_server
 
 #: Seconds a kit wait takes at most, unless told.
@@ -63,7 +64,10 @@ class TestClient(WebSocketClient):
             ) from None
         except Closed as closed:
             raise AssertionError(f"the session ended ({closed}); expected {describe(expected)}") from None
-        matches = expected(message) if callable(expected) else message == expected
+        try:
+            matches = expected(message) if callable(expected) else message == expected
+        except Exception as error:  # the check itself failed on what came: say what came
+            raise AssertionError(f"received {message!r}; the check raised {error!r}") from None
         if not matches:
             raise AssertionError(f"received {message!r}; expected {describe(expected)}")
         return message
@@ -96,10 +100,11 @@ class TestClient(WebSocketClient):
 
 def describe(expected: object) -> str:
     """What an assertion expected, in its message."""
+    if not callable(expected):
+        return repr(expected)
+    name = getattr(expected, "__name__", "")
     return (
-        f"a message that {getattr(expected, '__name__', 'the check')} accepts"
-        if callable(expected)
-        else repr(expected)
+        "a message that the check accepts" if name in ("", "<lambda>") else f"a message that {name} accepts"
     )
 
 
@@ -138,9 +143,12 @@ class TestServer:
         refuses, e.g. ``... HTTP 401 Unauthorized: authentication required``.
         """
         url = self.url + (f"?{urlencode(query)}" if query else "")
-        sent = dict(headers or {})
+        sent = {name: value for name, value in (headers or {}).items() if name.lower() != "cookie"}
+        given = [value for name, value in (headers or {}).items() if name.lower() == "cookie"]
         if cookies:
-            sent["Cookie"] = "; ".join(f"{name}={value}" for name, value in cookies.items())
+            given.append(cookie_header(cookies))
+        if given:
+            sent["Cookie"] = "; ".join(given)
         client = TestClient(url, headers=sent, **settings)
         self.clients.append(client)
         client.connect()
@@ -157,6 +165,16 @@ class TestServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def cookie_header(cookies: Mapping[str, str]) -> str:
+    """``name=value; ...``; ValueError for a value that would end the cookie early or add one."""
+    for name, value in cookies.items():
+        if any(c in value for c in ';, "\\') or not value.isprintable() or not is_token(name):
+            raise ValueError(
+                f"cookie {name!r}: {value!r} cannot go in a Cookie header as it is; encode it first"
+            )
+    return "; ".join(f"{name}={value}" for name, value in cookies.items())
 
 
 class LeakCheck:

@@ -19,6 +19,7 @@ Django runs WSGI, so the endpoint mounts in the project's own WSGI application
   opened, when it ends: Django opens one per thread and closes it at the
   end of a request, and a session is no request. Without it each session
   thread would keep one (Channels warns of the same for its sync consumers).
+  Wrap ``may_subscribe`` too if it queries the database.
 * ``python manage.py runwsserver`` (add ``"wsthreads.django"`` to
   ``INSTALLED_APPS``) serves the project's WSGI application, pages and
   ``/ws`` on one port, reloading on code changes as ``runserver`` does:
@@ -34,56 +35,99 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import auth
-from django.db import close_old_connections, connections
+from django.db import connections
+from django.http.cookie import parse_cookie
 
 from ..connection import Connection, Message
 from ..request import Request
-from ..session import Handler, SessionCode
+from ..session import Handler
+
+
+class _ReadOnlySession:
+    """A session as ``django.contrib.auth.get_user`` reads it, which a handshake must not change.
+
+    ``get_user`` may rotate the session's key (after a ``SECRET_KEY``
+    rotation) or flush it; a page does that and sends the new cookie, but
+    no cookie can reach the browser over a WebSocket: the stored session
+    would be gone, and the user logged out of the whole site.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._store
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._store.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        """Not kept."""
+
+    def cycle_key(self) -> None:
+        """Not done: the browser could not learn the new key."""
+
+    def flush(self) -> None:
+        """Not done: the pages decide when a session ends."""
 
 
 class _SessionRequest:
-    """What ``django.contrib.auth.get_user`` reads of a request: its session."""
+    """What ``get_user`` reads of a request: its session."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: _ReadOnlySession) -> None:
         self.session = session
 
 
 def authenticate(request: Request) -> Any:
-    """The authenticated Django user of the handshake's session cookie; None (401) for anyone else."""
-    key = request.cookies.get(settings.SESSION_COOKIE_NAME)
+    """The authenticated Django user of the handshake's session cookie; None (401) for anyone else.
+
+    Read as Django reads it: the last cookie of that name, the project's
+    session engine and authentication backends; the session itself is left
+    as it is. A database error is the hook's failure (500, logged).
+    """
+    try:
+        cookies = parse_cookie(request.environ.get("HTTP_COOKIE", ""))
+    except ValueError:  # bytes no cookie can hold
+        return None
+    key = cookies.get(settings.SESSION_COOKIE_NAME)
     if not key:
         return None
     try:
         store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=key)
-        user = auth.get_user(_SessionRequest(store))  # checks the backend and the password's hash
+        user = auth.get_user(_SessionRequest(_ReadOnlySession(store)))  # backend, password hash
         return user if user.is_authenticated else None
     finally:
         connections.close_all()  # this request thread's, as Django does at a request's end
 
 
-def closing_db(handler: SessionCode) -> SessionCode:
-    """``handler``, closing the database connections its code opens when that code is done.
+def closing_db(code: Any) -> Any:
+    """``code``, closing the database connections it opens when it is done.
 
-    A handler function: when it returns. A handler object: its ``run`` when
-    it returns, and after each ``on_message`` the connections Django would
-    close after a request (``CONN_MAX_AGE``; all of them with the default, 0).
+    A handler function, or any function (``may_subscribe``, whose refusal
+    ends the request before a handler runs): when it returns. A handler
+    object: when ``run`` returns, and after each ``on_message`` too, since
+    that runs in the netpoller's shared worker threads, which come and go
+    (a connection kept there for ``CONN_MAX_AGE`` would outlive its thread).
     """
-    if callable(handler) and not hasattr(handler, "on_message"):
-        function: Callable[[Connection], None] = handler
+    if hasattr(code, "on_message"):
+        return _ClosingHandler(code)
+    function: Callable[..., Any] = code
 
-        @functools.wraps(function)
-        def session(conn: Connection) -> None:
-            try:
-                function(conn)
-            finally:
-                connections.close_all()
+    @functools.wraps(function)
+    def closing(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connections.close_all()
 
-        return session
-    return _ClosingHandler(handler)  # type: ignore[arg-type]
+    return closing
 
 
 class _ClosingHandler:
-    """A handler object whose callbacks close the database connections they leave."""
+    """A handler object whose callbacks close the database connections they open."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -92,7 +136,7 @@ class _ClosingHandler:
         try:
             self.handler.on_message(conn, message)
         finally:
-            close_old_connections()
+            connections.close_all()
 
     def run(self, conn: Connection) -> None:
         try:

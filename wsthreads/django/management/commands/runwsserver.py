@@ -10,9 +10,13 @@ wsthreads' worker (``gunicorn.conf.py``).
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
+import signal
+import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.servers.basehttp import get_internal_wsgi_application
@@ -37,30 +41,50 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no types
 
     def handle(self, *args: Any, **options: Any) -> None:
         match = ADDRPORT.match(options["addrport"])
-        if match is None:
-            raise CommandError(f"{options['addrport']!r} is not a port or HOST:PORT")
+        if match is None or not 0 <= int(match["port"]) <= 65535:
+            raise CommandError(f"{options['addrport']!r} is not a port (0-65535) or HOST:PORT")
         host, port = (match["host"] or "127.0.0.1").strip("[]"), int(match["port"])
-        if options["reload"]:
-            autoreload.run_with_reloader(self.serve, host, port, in_main_thread=False)
-        else:
-            self.serve(host, port, in_main_thread=True)
+        if not options["reload"]:
+            self.serve(host, port, under_reloader=False)
+            return
+        # The reloader's child ends by sys.exit() in its main thread (a code change, Ctrl+C):
+        # atexit closes the sessions with 1001 then. SIGTERM ends it the same way.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+        autoreload.run_with_reloader(self.serve, host, port, under_reloader=True)
 
-    def serve(self, host: str, port: int, in_main_thread: bool) -> None:
-        """Serve until Ctrl+C (or, under the reloader, until the code changes)."""
-        application = get_internal_wsgi_application()
-        if not isinstance(application, (WebSocketApp, Mounted)):
-            raise CommandError(
-                "WSGI_APPLICATION has no WebSocket endpoint: in wsgi.py, application ="
-                " ws.mount(get_wsgi_application()), with ws = wsthreads.create_app(...)"
-            )
+    def serve(self, host: str, port: int, under_reloader: bool) -> None:
+        """Serve until Ctrl+C or SIGTERM (under the reloader, or until the code changes)."""
         try:
-            server = start_server(application, host, port)
-        except OSError as error:
-            raise CommandError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+            server = start_server(wsgi_application(), host, port)
+        except (OSError, OverflowError) as error:
+            reason = getattr(error, "strerror", None) or error
+            self.fail(CommandError(f"cannot listen on {host}:{port}: {reason}"), under_reloader)
+        except CommandError as error:
+            self.fail(error, under_reloader)
         self.stdout.write(
             f"serving pages on {server.page_url} and WebSockets on {server.url}; Ctrl+C stops it"
         )
-        if in_main_thread:
+        if not under_reloader:
             server.serve_until_signal()
-        else:  # the reloader's thread: its main thread watches the files, and ends the process
-            threading.Event().wait()
+            return
+        atexit.register(server.shutdown)
+        threading.Event().wait()  # the reloader's main thread watches the files, and ends the process
+
+    def fail(self, error: CommandError, under_reloader: bool) -> NoReturn:
+        """Stop with ``error``'s one line: raised, or, in the reloader's thread, where a raise
+        would leave the process waiting for ever, written and the process ended."""
+        if not under_reloader:
+            raise error
+        self.stderr.write(f"Error: {error}")
+        os._exit(1)
+
+
+def wsgi_application() -> WebSocketApp | Mounted:
+    """WSGI_APPLICATION, which must be the WebSocketApp or the app it is mounted in, outermost."""
+    application = get_internal_wsgi_application()
+    if not isinstance(application, (WebSocketApp, Mounted)):
+        raise CommandError(
+            "WSGI_APPLICATION must be the WebSocket endpoint mounted in Django, outermost: in wsgi.py,"
+            " application = ws.mount(get_wsgi_application()), any WSGI middleware inside the mount"
+        )
+    return application

@@ -49,8 +49,8 @@ class Inbox(queue.Queue, Generic[T]):  # type: ignore[type-arg]
 
     The reader puts with :meth:`deliver` (waiting for room while the queue
     is full, until :meth:`stop_waiting`); :meth:`end` says the session is
-    over, and from then on :meth:`recv` raises ``ended`` once the queue is
-    empty. ``get()``, ``get_nowait()`` and ``qsize()`` work as on any queue.
+    over, and from then on :meth:`recv` and ``get()`` raise ``ended`` once
+    the queue is empty. ``get_nowait()`` and ``qsize()`` work as on any queue.
     """
 
     def __init__(self, maxsize: int = 0) -> None:
@@ -92,11 +92,23 @@ class Inbox(queue.Queue, Generic[T]):  # type: ignore[type-arg]
 
     def recv(self, timeout: float | None = None) -> T:
         """The next item; ``ended`` once there are no more; TimeoutError after ``timeout`` seconds."""
+        try:
+            return self.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no message within {timeout:g} s") from None
+
+    def get(self, block: bool = True, timeout: float | None = None) -> T:
+        """``queue.Queue.get``, knowing the end: once the session is over and nothing is left, it
+        raises ``ended`` (``Closed``) at once, where a plain queue would wait out ``timeout``
+        and raise ``queue.Empty``. ``get_nowait()`` too."""
         with self.not_empty:
-            if not self.not_empty.wait_for(lambda: self._qsize() or self.ended is not None, timeout):
-                raise TimeoutError(f"no message within {timeout:g} s")
+            if block and not self.not_empty.wait_for(
+                lambda: self._qsize() or self.ended is not None, timeout
+            ):
+                raise queue.Empty
             if not self._qsize():
-                assert self.ended is not None
+                if self.ended is None:
+                    raise queue.Empty
                 raise self.ended
             item: T = self._get()
             self.not_full.notify()

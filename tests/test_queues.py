@@ -1,0 +1,50 @@
+"""wsthreads/queues.py on its own: the Inbox knows the end, through recv() and get() alike."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+
+import wsthreads
+from wsthreads.connection import Closed
+from wsthreads.queues import Inbox
+
+
+def test_what_is_queued_comes_first_then_the_end_at_once_through_get_and_recv() -> None:
+    inbox: Inbox[str] = Inbox(4)
+    inbox.deliver("a")
+    inbox.deliver("b")
+    with pytest.raises(queue.Empty):
+        Inbox[str](4).get_nowait()  # nothing, and not over: a plain queue's answer
+    inbox.end(Closed(1000, "bye"))
+    assert inbox.get(timeout=5) == "a"
+    assert inbox.recv(timeout=5) == "b"
+    for take in (lambda: inbox.get(timeout=5), inbox.get_nowait, lambda: inbox.recv(timeout=5)):
+        started = time.monotonic()
+        with pytest.raises(Closed, match="1000"):
+            take()
+        assert time.monotonic() - started < 1  # not the timeout's 5 s
+
+
+def test_a_waiting_get_wakes_at_the_end_and_a_quiet_one_times_out() -> None:
+    inbox: Inbox[str] = Inbox()
+    with pytest.raises(queue.Empty):
+        inbox.get(timeout=0.05)
+    with pytest.raises(TimeoutError, match=r"no message within 0\.05 s"):
+        inbox.recv(timeout=0.05)
+    threading.Timer(0.1, inbox.end, args=(Closed(1001, "going away"),)).start()
+    with pytest.raises(Closed, match="1001"):
+        inbox.get(timeout=5)
+
+
+def test_a_clients_messages_queue_raises_closed_at_the_end(serve: object) -> None:
+    """docs/howto/own-loop.md shows client.messages.get(timeout=...): at the end, Closed at once."""
+    server = serve(handler=lambda conn: conn.close(4000, "done"))  # type: ignore[operator]
+    with wsthreads.WebSocketClient(server.url) as client:
+        started = time.monotonic()
+        with pytest.raises(Closed, match="4000"):
+            client.messages.get(timeout=5)
+        assert time.monotonic() - started < 2

@@ -56,6 +56,15 @@ def free_port() -> int:
         return port
 
 
+def accepting(port: int, proc: subprocess.Popen[str]) -> bool:
+    """Whether something accepts on 127.0.0.1:``port``, or ``proc`` has exited (no use waiting)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return proc.poll() is not None
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT, step: float = 0.01) -> bool:
     """Poll ``condition`` until it holds or ``timeout`` passes; its last value."""
     deadline = time.monotonic() + timeout

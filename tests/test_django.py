@@ -8,6 +8,7 @@ project in this process through the test kit (``ws_serve``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -54,6 +55,23 @@ def project(tmp_path: Path) -> dict[str, str]:
             f" get_user_model().objects.create_user({name!r}, password={PASSWORD!r})",
         )
     return environment
+
+
+@contextlib.contextmanager
+def running(project: dict[str, str], *args: str) -> Iterator[Program]:
+    """``python manage.py ARGS`` running on the test's database; killed at the end, with the
+    reloader's child, which is the one that serves."""
+    os.environ["DJANGO_DB"] = project["DJANGO_DB"]  # Program passes os.environ on
+    try:
+        program = Program(sys.executable, str(PROJECT / "manage.py"), *args)
+    finally:
+        del os.environ["DJANGO_DB"]
+    try:
+        yield program
+    finally:
+        for child in children(program.proc.pid):
+            os.kill(child, signal.SIGKILL)
+        program.kill()
 
 
 class Served(Program):
@@ -201,19 +219,12 @@ def test_who_is_not_logged_in_gets_401_and_the_database_is_left_alone(
 
 def test_runserver_gets_a_501_that_says_what_to_use_instead(project: dict[str, str]) -> None:
     """Django's own runserver cannot hand a connection over: not simple-websocket's words, ours."""
-    os.environ["DJANGO_DB"] = project["DJANGO_DB"]
-    try:
-        server = Program(sys.executable, str(PROJECT / "manage.py"), "runserver", "127.0.0.1:0", "--noreload")
-    finally:
-        del os.environ["DJANGO_DB"]
-    try:
+    with running(project, "runserver", "127.0.0.1:0", "--noreload") as server:
         port = int(server.wait_for(r"http://127\.0\.0\.1:(\d+)/").group(1))
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=WAIT)
         assert refused.value.status_code == 501
         assert b"manage.py runwsserver" in (refused.value.resp_body or b"")
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -279,12 +290,7 @@ def test_the_handshake_leaves_the_session_as_it_is_and_reads_cookies_as_django(i
 
 def test_runwsserver_reloads_when_the_code_changes(project: dict[str, str]) -> None:
     """Django's reloader drives it, as it drives runserver: a changed file, a server anew."""
-    os.environ["DJANGO_DB"] = project["DJANGO_DB"]
-    try:
-        server = Program(sys.executable, str(PROJECT / "manage.py"), "runwsserver", "127.0.0.1:0")
-    finally:
-        del os.environ["DJANGO_DB"]
-    try:
+    with running(project, "runwsserver", "127.0.0.1:0") as server:
         first = int(server.wait_for(r"serving pages on http://127\.0\.0\.1:(\d+)/").group(1))
         time.sleep(1.5)  # the reloader's first look at the files' times
         os.utime(PROJECT / "notifier" / "urls.py")
@@ -294,22 +300,13 @@ def test_runwsserver_reloads_when_the_code_changes(project: dict[str, str]) -> N
             websocket.create_connection(f"ws://127.0.0.1:{second}/ws", timeout=WAIT)
         assert refused.value.status_code == 401
         assert first > 0
-    finally:
-        for child in children(server.proc.pid):  # the reloader's child serves: it goes first
-            os.kill(child, signal.SIGKILL)
-        server.kill()
 
 
 def test_runwsserver_under_the_reloader_says_1001_and_fails_in_one_line(project: dict[str, str]) -> None:
     """SIGTERM to the serving process: sessions get 1001. A busy port: one line, exit 1, no hang."""
     import wsthreads
 
-    os.environ["DJANGO_DB"] = project["DJANGO_DB"]
-    try:
-        server = Program(sys.executable, str(PROJECT / "manage.py"), "runwsserver", "127.0.0.1:0")
-    finally:
-        del os.environ["DJANGO_DB"]
-    try:
+    with running(project, "runwsserver", "127.0.0.1:0") as server:
         port = int(server.wait_for(r"serving pages on http://127\.0\.0\.1:(\d+)/").group(1))
         cookie = f"sessionid={logged_in(port, 'alice')}"
         client = wsthreads.WebSocketClient(f"ws://127.0.0.1:{port}/ws", headers={"Cookie": cookie})
@@ -331,7 +328,3 @@ def test_runwsserver_under_the_reloader_says_1001_and_fails_in_one_line(project:
             with pytest.raises(wsthreads.Closed) as closed:
                 client.recv(timeout=WAIT)
             assert closed.value.code == 1001
-    finally:
-        for child in children(server.proc.pid):
-            os.kill(child, signal.SIGKILL)
-        server.kill()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import websocket
-from helpers import ROOT, WAIT, Program, free_port, require, run_client, wait_until
+from helpers import ROOT, WAIT, Program, accepting, free_port, require, run_client, wait_until
 
 import wsthreads
 
@@ -95,16 +95,9 @@ http {{
         )
         super().__init__(NGINX, "-c", str(config), "-p", str(folder))
         self.url = f"ws://127.0.0.1:{self.port}/ws"
-        if not wait_until(self.listening) or self.proc.poll() is not None:
+        if not wait_until(lambda: accepting(self.port, self.proc)) or self.proc.poll() is not None:
             self.kill()
             raise AssertionError(f"nginx did not listen:\n{self.output()}")
-
-    def listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return self.proc.poll() is not None
 
     def stop(self) -> None:
         self.signal(signal.SIGQUIT)  # nginx's graceful stop

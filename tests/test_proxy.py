@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from helpers import CLIENT, Program, ServerProgram, free_port, require, run_client, wait_until
+from helpers import CLIENT, Program, ServerProgram, accepting, free_port, require, run_client, wait_until
 
 import wsthreads
 from wsthreads.proxy import Proxy, bypassed, proxy_for
@@ -37,16 +37,9 @@ class Tinyproxy(Program):
         )
         super().__init__(TINYPROXY, "-d", "-c", str(config))
         self.url = f"http://user:secret@127.0.0.1:{self.port}"
-        if not wait_until(self.listening):
+        if not wait_until(lambda: accepting(self.port, self.proc)):
             self.kill()
             raise AssertionError(f"tinyproxy did not listen:\n{self.output()}")
-
-    def listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return self.proc.poll() is not None
 
     def tunnels(self) -> int:
         """The CONNECT requests it has logged."""

@@ -24,7 +24,8 @@ from typing import NoReturn
 
 from wsthreads import trace
 from wsthreads.client import check_header
-from wsthreads.connection import Closed, Connection, Message, log_message, message_log
+from wsthreads.closing import Closed
+from wsthreads.connection import Connection, Message, log_message, message_log
 from wsthreads.handshake import is_token
 from wsthreads.lines import shown_path
 

@@ -15,7 +15,8 @@ from helpers import OP_CLOSE, OP_TEXT, ROOT, decode_frames, open_client
 import sync_server
 import wsthreads
 from common import message_text, send_messages
-from wsthreads.connection import Closed, Connection, close_reason, describe_close, sendable_code
+from wsthreads.closing import Closed, close_reason, describe_close, sendable_code
+from wsthreads.connection import Connection
 
 
 @pytest.fixture

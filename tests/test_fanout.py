@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 import wsthreads
 from wsthreads import fanout
 from wsthreads.broker import MemoryBroker, RedisBroker, Retention, check_topic, parse_id
-from wsthreads.connection import POLICY_VIOLATION, TRY_AGAIN_LATER
+from wsthreads.closing import POLICY_VIOLATION, TRY_AGAIN_LATER
 
 WAIT = 10.0
 

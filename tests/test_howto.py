@@ -188,7 +188,8 @@ def test_the_figures_the_pages_state_are_the_codes() -> None:
     """Each default the prose gives in numbers is the constant it comes from (or a test says it)."""
     from wsthreads.app import PING_INTERVAL
     from wsthreads.client import BACKOFF, CLIENT_MAX_QUEUE, DIAL_TIMEOUT, RETRYABLE_STATUSES, STABLE_SESSION
-    from wsthreads.connection import CLOSE_TIMEOUT, MAX_QUEUE, OUTBOUND_LIMIT, RETRYABLE_CODES, WRITE_TIMEOUT
+    from wsthreads.closing import RETRYABLE_CODES
+    from wsthreads.connection import CLOSE_TIMEOUT, MAX_QUEUE, OUTBOUND_LIMIT, WRITE_TIMEOUT
 
     redial = {1001, 1006, 1011, 1012, 1013, 1014}
     statuses = {408, 429, 500, 502, 503, 504}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import wsthreads
-from wsthreads.connection import Closed
+from wsthreads.closing import Closed
 from wsthreads.queues import Inbox
 
 

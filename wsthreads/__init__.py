@@ -18,6 +18,7 @@ The layers, one module each:
 * :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
 * :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines;
 * :mod:`wsthreads.frames` — the frame layer, both ways, without I/O;
+* :mod:`wsthreads.closing` — the closing handshake without I/O: close codes, its state machine;
 * :mod:`wsthreads.certificates` — PEM files for TLS, each problem one line naming the file;
 * :mod:`wsthreads.lines` — text from outside as one bounded log line;
 * :mod:`wsthreads.trace` — the timeline of every thread (``--trace``);
@@ -30,7 +31,8 @@ from __future__ import annotations
 from .app import Mounted, ServerConfig, WebSocketApp, create_app
 from .broker import Broker, BrokerError, MemoryBroker, open_broker, publish
 from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
-from .connection import Closed, Connection, Message, describe_close
+from .closing import Closed, describe_close
+from .connection import Connection, Message
 from .request import Reject, Request
 from .serving import RunningServer, start_server, tls_context
 from .session import Echo, Handler, SessionCode, run_session

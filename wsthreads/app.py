@@ -27,16 +27,13 @@ import simple_websocket
 
 from . import trace
 from .broker import Broker, BrokerError, format_id, open_broker, shared_broker
+from .closing import GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, TRY_AGAIN_LATER
 from .connection import (
     CLOSE_TIMEOUT,
-    GOING_AWAY,
-    INTERNAL_ERROR,
     MAX_MESSAGE_SIZE,
     MAX_QUEUE,
     OUTBOUND_LIMIT,
-    POLICY_VIOLATION,
     READ_SIZE,
-    TRY_AGAIN_LATER,
     WRITE_TIMEOUT,
     Connection,
     Message,

@@ -34,18 +34,8 @@ import websocket
 from . import trace
 from .broker import is_broker_id
 from .certificates import load_certificate, trusting
-from .connection import (
-    ABNORMAL_CLOSURE,
-    CLOSE_TIMEOUT,
-    MAX_MESSAGE_SIZE,
-    NORMAL_CLOSURE,
-    RETRYABLE_CODES,
-    WRITE_TIMEOUT,
-    Closed,
-    Connection,
-    Message,
-    shut_down,
-)
+from .closing import ABNORMAL_CLOSURE, NORMAL_CLOSURE, RETRYABLE_CODES, Closed
+from .connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT, Connection, Message, shut_down
 from .deadlines import deadlines
 from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
 from .lines import printable, shown_path

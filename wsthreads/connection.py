@@ -5,7 +5,8 @@ The concurrency contract (gorilla's ``doc.go``, in threads):
 * **The reader owns the connection.** It is the only one that reads the
   socket. It feeds the bytes to the frame layer (:mod:`wsthreads.frames`),
   answers pings, pings the peer every ``ping_interval``, delivers each
-  message to ``on_message``, runs the closing handshake, and at its end
+  message to ``on_message``, runs the closing handshake (its state is
+  :class:`wsthreads.closing.Closing`, which the reader alone moves), and at its end
   closes the socket (Go: ``defer conn.Close()``). Nothing else closes the
   socket; other threads may only :meth:`Connection.abort` it (shut it
   down), which wakes the reader. The reader runs in *turns* that never wait
@@ -43,6 +44,19 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import frames, trace
+from .closing import (
+    ABNORMAL_CLOSURE,
+    INTERNAL_ERROR,
+    NO_STATUS,
+    NORMAL_CLOSURE,
+    TRY_AGAIN_LATER,
+    Closed,
+    Closing,
+    State,
+    close_reason,
+    describe_close,
+    sendable_code,
+)
 from .lines import describe_message
 from .queues import CLOSE, Inbox, Outbox, check_policy
 
@@ -74,42 +88,6 @@ MAX_QUEUE = 16
 #: a message that comes when more waits meets the overflow policy.
 OUTBOUND_LIMIT = 1 << 20
 
-# --- Close codes (RFC 6455, section 7.4.1) ----------------------------------------
-
-NORMAL_CLOSURE = 1000
-GOING_AWAY = 1001
-PROTOCOL_ERROR = 1002
-POLICY_VIOLATION = 1008
-INVALID_DATA = 1007
-MESSAGE_TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-TRY_AGAIN_LATER = 1013
-#: Never sent on the wire: "the close frame had no code" and "no close frame
-#: at all, the connection just went away".
-NO_STATUS = 1005
-ABNORMAL_CLOSURE = 1006
-#: The codes after which a client may dial again: the server went away or
-#: restarts, the connection was lost, or the server is overloaded. Anything
-#: else (1000, a policy violation, a protocol error) is final.
-RETRYABLE_CODES = frozenset({GOING_AWAY, ABNORMAL_CLOSURE, INTERNAL_ERROR, 1012, 1013, 1014})
-
-CLOSE_CODE_NAMES = {
-    NORMAL_CLOSURE: "normal closure",
-    GOING_AWAY: "going away",
-    PROTOCOL_ERROR: "protocol error",
-    1003: "unsupported data",
-    NO_STATUS: "no status code",
-    ABNORMAL_CLOSURE: "connection lost",
-    INVALID_DATA: "invalid data",
-    POLICY_VIOLATION: "policy violation",
-    MESSAGE_TOO_BIG: "message too big",
-    1010: "mandatory extension",
-    INTERNAL_ERROR: "internal error",
-    1012: "service restart",
-    TRY_AGAIN_LATER: "try again later",
-    1014: "bad gateway",
-}
-
 #: Bytes read from the socket at a time.
 READ_SIZE = 65536
 #: Payloads up to this size go out in one write with their frame header;
@@ -119,15 +97,6 @@ SMALL_FRAME = 16384
 READS_PER_TURN = 16
 #: Seconds between a netpoller worker's looks at a requested close while a write waits for the peer.
 WRITE_LOOK = 0.1
-#: The longest close reason that fits a control frame (125 bytes, less the code).
-MAX_REASON_BYTES = 123
-
-
-def describe_close(code: int, reason: str = "") -> str:
-    """Render a close code for people: ``1001 (going away) 'bye'``."""
-    name = CLOSE_CODE_NAMES.get(code, "application code" if code >= 3000 else "unknown")
-    text = f"{code} ({name})"
-    return f"{text} {reason!r}" if reason else text
 
 
 def opcode_and_payload(message: Message) -> tuple[int, bytes]:
@@ -147,42 +116,6 @@ def opcode_and_payload(message: Message) -> tuple[int, bytes]:
 def message_size(message: Message) -> int:
     """A message's size in bytes, as it goes on the wire (text: UTF-8)."""
     return len(message.encode() if isinstance(message, str) else message)
-
-
-class Closed(Exception):
-    """The connection is over, and how it ended.
-
-    Args:
-        code: the close code the peer sent, or the one we sent if we closed
-            first; 1005 for a close frame without a code, 1006 when the
-            connection was lost without a close handshake.
-        reason: the close reason, or what went wrong for a 1006.
-        by_peer: True when the peer started the close (or vanished).
-    """
-
-    def __init__(self, code: int, reason: str = "", by_peer: bool = True) -> None:
-        self.code = code
-        self.reason = reason
-        self.by_peer = by_peer
-        super().__init__(describe_close(code, reason))
-
-    @property
-    def clean(self) -> bool:
-        """True for an orderly end: a close handshake with 1000 or 1001."""
-        return self.code in (NORMAL_CLOSURE, GOING_AWAY)
-
-
-def close_reason(reason: str) -> str:
-    """``reason`` cut to the 123 UTF-8 bytes a close frame holds, never mid-character."""
-    data = reason.encode()
-    if len(data) <= MAX_REASON_BYTES:
-        return reason
-    return data[:MAX_REASON_BYTES].decode(errors="ignore")
-
-
-def sendable_code(code: int) -> int:
-    """The code to put on the wire: 1005 and 1006 never are (RFC 6455 7.4.1); 1000 instead."""
-    return NORMAL_CLOSURE if code in (NO_STATUS, ABNORMAL_CLOSURE) else code
 
 
 def frame_text(data: bytes) -> str | bytes:
@@ -407,16 +340,8 @@ class Connection:
         self._watch: Watch | None = None
         self._in_turn: threading.Thread | None = None  # the thread running the reader's turn now
         self._parked_since: float | None = None  # in the netpoller, between two turns: when tracing
-        self._outcome: Closed | None = None  # how the session ended, once the close frames are settled
-        self._wind_down_by = 0.0  # then: the TCP connection's end, by the close deadline
-        self._over = False  # and then: the reader is done; its last turn releases the socket
+        self._closing = Closing(close_timeout)  # the closing handshake's state (moved by the reader)
         self._at_end: list[Callable[[Connection], None]] = []
-        self._close_requested: tuple[int, str] | None = None
-        self._close_sent: Closed | None = None
-        self._close_deadline: float | None = None
-        self._lost_reason = ""  # why a writer gave up on the peer, for the reader to report
-        self._aborted = False
-        self._close_frame_sent = False  # ours, or our answer to the peer's: nothing may follow it
         self._awaiting_pong = False
         self._next_ping = time.monotonic() + (ping_interval or 0)
         self._on_message: Callable[[Message], None] | None = None
@@ -439,8 +364,6 @@ class Connection:
         self._tls_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if isinstance(sock, ssl.SSLSocket) else contextlib.nullcontext()
         )
-        self._close_by: float | None = None  # when a requested close must be over
-        self._peer_closed: Closed | None = None  # the peer's close, once it came first
         sock.setblocking(False)  # every wait below is a poll with a timeout
 
     # --- the lifecycle, from any thread ---------------------------------------------
@@ -468,8 +391,7 @@ class Connection:
             try:
                 self._watch = poller.watch(self.sock.fileno(), self._turn, self.name)
             except BaseException:  # no thread to be had: the connection ends here, released
-                self._outcome = Closed(ABNORMAL_CLOSURE, "no thread to read it", by_peer=False)
-                self._over = True
+                self._closing.end(Closed(ABNORMAL_CLOSURE, "no thread to read it", by_peer=False))
                 self._release()
                 raise
             self._watch.wake()  # its first turn: what came with the handshake, and a close asked for already
@@ -552,7 +474,9 @@ class Connection:
             return False
         if self.wire_lock.acquire(blocking=False):
             try:
-                if self._closing_error(queued=False) is None and (self._outbox is None or self._outbox.empty):
+                if self._closing.write_refusal(queued=False) is None and (
+                    self._outbox is None or self._outbox.empty
+                ):
                     return self._write_at_once(frame)
             finally:
                 self.wire_lock.release()
@@ -633,7 +557,7 @@ class Connection:
             self._give_up("a write waited too long for the one before it")
             raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
         try:
-            error = self._closing_error(queued)
+            error = self._closing.write_refusal(queued)
             if error is not None:
                 raise error
             if queued and self._outbox is not None:
@@ -654,19 +578,6 @@ class Connection:
         finally:
             self.wire_lock.release()
             trace.end(started, "send (under the wire lock)", messages=len(frames) if frames else 1)
-
-    def _closing_error(self, queued: bool) -> Closed | None:
-        """What a write must raise now (the caller holds wire_lock), or None if it may go out.
-
-        Frames ``queued`` before a close() still may, up to the close frame.
-        """
-        if self.closed is not None or self._peer_closed is not None:
-            return self.closed or self._peer_closed
-        if self._aborted:
-            return Closed(ABNORMAL_CLOSURE, self._lost_reason or "the connection was cut", by_peer=False)
-        if self._close_frame_sent or (self._close_requested is not None and not queued):
-            return Closed(GOING_AWAY, "the connection is closing", by_peer=False)
-        return None
 
     def _count_sent(self, messages: list[Message] | list[bytes], at: float | None, *, framed: bool) -> None:
         """Number the messages just written (under wire_lock: the wire's order), for a trace.
@@ -696,9 +607,7 @@ class Connection:
                 self._inbox.stop_waiting()
             if self._outbox is not None:
                 self._outbox.seal()  # what send_nowait queued before still goes out, before the close frame
-            if self._close_requested is None:
-                self._close_by = time.monotonic() + self.close_timeout
-                self._close_requested = (sendable_code(code), close_reason(reason))
+            self._closing.request(code, reason, time.monotonic())
         # Read after the request is set: a reader that has not seen it yet is woken.
         if self._watch is not None:
             self._watch.wake()
@@ -707,7 +616,7 @@ class Connection:
 
     def abort(self) -> None:
         """Cut the connection now: the reader and any blocked writer return at once."""
-        self._aborted = True  # before the shutdown: the reader must not read on what is still queued
+        self._closing.cut()  # before the shutdown: the reader must not read on what is still queued
         self.stop.set()
         self._stop_queues()
         shut_down(self.sock)
@@ -752,7 +661,7 @@ class Connection:
         """The reader thread: a turn, then wait for bytes, the next due time or a wake-up; until over."""
         while True:
             due = self._turn()
-            if self._over:
+            if self._closing.state is State.OVER:
                 return
             self._wait_readable(due)
 
@@ -771,14 +680,14 @@ class Connection:
             due = self._advance()
         except BaseException as error:  # a bug of ours: report it, still release the socket
             log.exception("reader failed")
-            self._outcome = Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False)
-            self._over, due = True, None
+            self._closing.end(Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False))
+            due = None
         else:
-            if self._over:
-                log_end(self._outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
+            if self._closing.state is State.OVER:
+                log_end(self._closing.outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
         finally:
             self._in_turn = None
-            if self._over:
+            if self._closing.state is State.OVER:
                 self._release()
             elif self._watch is not None:
                 self._parked_since = trace.begin()
@@ -786,10 +695,9 @@ class Connection:
 
     def _release(self) -> None:
         """The reader's end: discard what waits, release the socket (Go: ``defer conn.Close()``)."""
-        self.closed = self._outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False)
+        self.closed = self._closing.outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False)
         try:
             trace.end(self._closing_started, "closing handshake")
-            self._aborted = True
             self.stop.set()
             self._stop_queues(self.closed)
             if self._wakeup is not None:
@@ -814,30 +722,31 @@ class Connection:
                     log.exception("an at_end callback failed")
 
     def _advance(self) -> float | None:
-        """The reader's state machine: reading, then winding down, then over (see :meth:`_turn`)."""
+        """The reader's part of the closing state machine (:mod:`wsthreads.closing`), one turn of it.
+
+        Reading while OPEN or CLOSING, winding down TCP while ENDING; the
+        next due time, or None once OVER (see :meth:`_turn`).
+        """
+        closing = self._closing
         try:
-            if self._outcome is None:
+            if closing.state < State.ENDING:
                 due = self._read_what_came()
-                if self._outcome is None:
+                if closing.state < State.ENDING:
                     return due
-                self._begin_wind_down()
             return self._wind_down()
         except _CloseTimeout:
-            if self._close_sent is None or self._lost_reason:
-                why = self._lost_reason or "the closing handshake timed out"
-                self._outcome = Closed(ABNORMAL_CLOSURE, why)
-            else:
+            outcome = closing.timed_out()
+            if outcome is closing.ours:
                 log.warning("peer did not answer the close within %.1f s; dropping it", self.close_timeout)
-                self._outcome = self._close_sent
+            closing.end(outcome)
         except _Lost as lost:
-            self._outcome = Closed(ABNORMAL_CLOSURE, self._lost_reason or str(lost))
-        self._over = True
+            closing.end(closing.lost(str(lost)))
         return None
 
     def _read_what_came(self) -> float | None:
         """Dispatch what has come, doing what is due between reads; the next due time.
 
-        Sets ``_outcome`` once the session's end is known. Stops after
+        Settles the session once its end is known. Stops after
         :data:`READS_PER_TURN` reads, so that one busy peer cannot keep a
         netpoller worker from the others: it runs again at once.
         """
@@ -849,7 +758,7 @@ class Connection:
                 if data:
                     ended = self._dispatch(data)
                     if ended is not None:
-                        self._outcome = ended
+                        self._begin_wind_down(ended)
                         return None
                 due = self._do_what_is_due()
                 if drained:
@@ -863,12 +772,12 @@ class Connection:
         except _Fail as failure:
             log.warning("closing with %s", describe_close(failure.code, failure.reason))
             self._send_close(failure.code, failure.reason)
-            self._outcome = self._close_sent or Closed(failure.code, failure.reason, by_peer=False)
+            self._begin_wind_down(self._closing.failed(failure.code, failure.reason))
             return None
 
     def _recv_nowait(self) -> bytes | None:
         """What the peer has sent, without waiting; None if nothing has come."""
-        if self._aborted:
+        if self._closing.is_cut:
             raise _Lost("the connection was cut")
         try:
             with self._tls_lock:
@@ -908,13 +817,14 @@ class Connection:
     def _do_what_is_due(self) -> float | None:
         """Do what is due (send a requested close, a ping; give up on a close); when the next is due."""
         now = time.monotonic()
-        requested = self._close_requested
-        if requested is not None and self._close_sent is None:
+        requested = self._closing.close_due()
+        if requested is not None:
             self._send_close(*requested)
-        if self._close_deadline is not None:
-            if now >= self._close_deadline:
+        deadline = self._closing.deadline
+        if deadline is not None:
+            if now >= deadline:
                 raise _CloseTimeout
-            return self._close_deadline
+            return deadline
         if self.ping_interval is None:
             return None
         if now >= self._next_ping:
@@ -947,14 +857,12 @@ class Connection:
 
     def _closed_by(self, close: frames.Close) -> Closed:
         """The peer's close frame: the answer to ours, or the peer closing first."""
-        if self._close_sent is not None:
-            return self._close_sent  # the peer answered our close
-        # The peer closed first: answer with its code (RFC 6455 5.5.1).
-        self._closing_started = trace.begin()
-        trace.instant("close frame received", code=close.code, reason=close.reason)
-        self._peer_closed = Closed(close.code, close.reason)
-        self._send_close(close.code, "")
-        return self._peer_closed
+        outcome = self._closing.received(close.code, close.reason)
+        if self._closing.must_answer:  # the peer closed first: answer with its code (RFC 6455 5.5.1)
+            self._closing_started = trace.begin()
+            trace.instant("close frame received", code=close.code, reason=close.reason)
+            self._send_close(close.code, "")
+        return outcome
 
     def _deliver(self, message: Message) -> None:
         self.last_received = time.monotonic()
@@ -977,8 +885,8 @@ class Connection:
             log.error("closing after an error in the message handler: %r", error)
             self.close(INTERNAL_ERROR, "internal error")
 
-    def _begin_wind_down(self) -> None:
-        """After the close frames: the TCP connection ends cleanly, by the close deadline.
+    def _begin_wind_down(self, outcome: Closed) -> None:
+        """After the close frames (the session ended as ``outcome``): TCP ends cleanly, by the close deadline.
 
         The server closes TCP first (RFC 6455 7.1.1): it half-closes, so the
         peer sees EOF after our close frame. Both sides then read and discard
@@ -986,25 +894,26 @@ class Connection:
         would send a reset, and the peer would see 1006 instead of our close code.
         """
         self.stop.set()
-        self._wind_down_by = self._close_deadline or time.monotonic() + self.close_timeout
+        self._closing.settle(outcome, time.monotonic())
         if not self.client:
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
-                self._wind_down_by = 0.0  # the connection is gone already: nothing to wait for
+                self._closing.end()  # the connection is gone already: nothing to wait for
 
     def _wind_down(self) -> float | None:
         """Discard what comes until the peer's EOF; the close deadline to run again by, or over."""
-        while time.monotonic() < self._wind_down_by:
+        closing = self._closing
+        while closing.state is State.ENDING and time.monotonic() < (deadline := closing.deadline or 0.0):
             try:
                 with self._tls_lock:
                     if not self.sock.recv(READ_SIZE):
                         break
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                return self._wind_down_by
+                return deadline
             except OSError:
                 break
-        self._over = True
+        closing.end()
         return None
 
     # --- writing, under wire_lock -------------------------------------------------------
@@ -1015,16 +924,15 @@ class Connection:
         self._closing_started = self._closing_started or trace.begin()
         trace.instant("close frame sent", code=code, reason=reason)
         now = time.monotonic()
-        self._close_deadline = self._close_deadline or self._close_by or now + self.close_timeout
+        deadline = self._closing.start_deadline(now)
         self.stop.set()
-        if not self.wire_lock.acquire(timeout=max(self._close_deadline - now, 0)):
+        if not self.wire_lock.acquire(timeout=max(deadline - now, 0)):
             self._give_up("a write held the connection past the close deadline")
             raise _CloseTimeout
         try:
-            if self._close_frame_sent:
+            by_peer = self._closing.peers is not None
+            if not self._closing.frame_out(code, reason):
                 return
-            self._close_frame_sent = True
-            by_peer = self._peer_closed is not None
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
             outbox = self._outbox  # None: nothing was ever queued (stop is set: none will be)
             rest = b"" if outbox is None else outbox.take_rest()  # a cut frame's end: always first
@@ -1034,10 +942,8 @@ class Connection:
             data = b"".join([rest, *queued, *close])
             if outbox is not None:
                 outbox.stop()  # nothing may follow a close frame
-            if not by_peer:
-                self._close_sent = Closed(code, reason, by_peer=False)
             try:
-                self._write(data, self._close_deadline)
+                self._write(data, deadline)
             except Closed as failed:
                 if count and outbox is not None:
                     outbox.lost()  # what send_nowait queued did not get through
@@ -1049,7 +955,7 @@ class Connection:
     def _send_control(self, opcode: int, payload: bytes) -> None:
         """A ping or a pong, unless a close frame has gone out (nothing may follow it)."""
         with self.wire_lock:
-            if not self._close_frame_sent:
+            if self._closing.state is State.OPEN:
                 try:
                     data = b"".join(frames.frame(opcode, payload, self.client))
                     self._write(data, time.monotonic() + self.write_timeout)
@@ -1089,8 +995,9 @@ class Connection:
     def _wait_writable(self, deadline: float, in_reader: bool) -> bool:
         """Wait for room in the socket's buffer until ``deadline``; False if none came."""
         while True:
-            if in_reader and self._close_by is not None:
-                deadline = min(deadline, self._close_by)
+            requested_by = self._closing.requested_by
+            if in_reader and requested_by is not None:
+                deadline = min(deadline, requested_by)
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -1108,8 +1015,7 @@ class Connection:
 
     def _give_up(self, why: str) -> None:
         """Drop a peer that does not read; the reader reports ``why``."""
-        if not self._lost_reason:
-            self._lost_reason = why  # the reader's last line says it: "connection lost: WHY"
+        self._closing.cut(why)  # the reader's last line says it: "connection lost: WHY"
         self.abort()
 
 

@@ -38,7 +38,8 @@ from typing import Any
 
 from .broker import Bounds, Broker, BrokerError, Entry, check_topic, format_id, parse_id
 from .client import backoff_delays
-from .connection import TRY_AGAIN_LATER, Connection, broadcast
+from .closing import TRY_AGAIN_LATER
+from .connection import Connection, broadcast
 from .request import Request
 
 log = logging.getLogger("wsthreads.server")

@@ -26,6 +26,8 @@ import sysconfig
 import threading
 from collections.abc import Callable
 
+from .closing import INVALID_DATA, MESSAGE_TOO_BIG, NO_STATUS, PROTOCOL_ERROR, VALID_CLOSE_CODES
+
 #: The C masking function, if any (:func:`accelerated_masking`).
 Masking = Callable[[bytes, bytes], bytes]
 
@@ -62,14 +64,8 @@ _TRANSLATE_FROM = 80 * 1024
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 #: The most a control frame may carry (RFC 6455 5.5).
 MAX_CONTROL_PAYLOAD = 125
-#: Close codes a peer may send: the registered ones (less 1004 to 1006 and
-#: 1015, never sent on the wire) and those for applications and private use.
-VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
-#: No status code in the close frame (never sent on the wire).
-NO_STATUS = 1005
 # A message piece this big is kept as it is; smaller ones are copied into a shared buffer.
 _OWN_PIECE = 4096
-PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
 
 _new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 

@@ -23,15 +23,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from . import trace
-from .connection import (
-    ABNORMAL_CLOSURE,
-    INTERNAL_ERROR,
-    NORMAL_CLOSURE,
-    Closed,
-    Connection,
-    Message,
-    log,
-)
+from .closing import ABNORMAL_CLOSURE, INTERNAL_ERROR, NORMAL_CLOSURE, Closed
+from .connection import Connection, Message, log
 
 if TYPE_CHECKING:
     from .netpoller import Netpoller

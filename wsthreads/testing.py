@@ -35,7 +35,8 @@ import pytest
 
 from .app import Mounted, WebSocketApp
 from .client import WebSocketClient
-from .connection import Closed, Message
+from .closing import Closed
+from .connection import Message
 from .handshake import is_token
 from .serving import RunningServer, start_server
 

@@ -1,0 +1,174 @@
+"""The closing handshake's state machine (wsthreads.closing), without sockets or threads."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from wsthreads.closing import (
+    ABNORMAL_CLOSURE,
+    GOING_AWAY,
+    NORMAL_CLOSURE,
+    PROTOCOL_ERROR,
+    Closed,
+    Closing,
+    State,
+)
+
+TIMEOUT = 1.0
+
+
+def closed(c: Closed | None) -> tuple[int, str, bool] | None:
+    return None if c is None else (c.code, c.reason, c.by_peer)
+
+
+def test_we_close_first_and_the_peer_answers() -> None:
+    closing = Closing(TIMEOUT)
+    closing.request(GOING_AWAY, "bye", now=10.0)
+    assert closing.close_due() == (GOING_AWAY, "bye")
+    assert closing.start_deadline(now=10.2) == 11.0  # from the request, not from the frame
+    assert closing.frame_out(GOING_AWAY, "bye")
+    assert closing.state is State.CLOSING and closing.close_due() is None
+    outcome = closing.received(GOING_AWAY, "")
+    assert closed(outcome) == (GOING_AWAY, "bye", False)  # ours, answered
+    assert not closing.must_answer
+    closing.settle(outcome, now=10.5)
+    assert closing.state is State.ENDING and closing.deadline == 11.0  # the wind-down keeps the deadline
+    closing.end()
+    assert closing.state is State.OVER and closing.outcome is outcome
+
+
+def test_the_peer_closes_first_and_we_answer_with_its_code() -> None:
+    closing = Closing(TIMEOUT)
+    outcome = closing.received(4000, "done")
+    assert closed(outcome) == (4000, "done", True)
+    assert closing.must_answer
+    assert closing.start_deadline(now=5.0) == 6.0  # nobody asked: the timeout runs from the answer
+    assert closing.frame_out(4000, "")
+    assert not closing.must_answer and closing.ours is None  # our frame answered: it is not "ours first"
+    closing.settle(outcome, now=5.1)
+    assert closing.deadline == 6.0
+
+
+def test_a_close_asked_for_but_overtaken_by_the_peers_close_is_answered_with_the_peers_code() -> None:
+    closing = Closing(TIMEOUT)
+    closing.request(NORMAL_CLOSURE, "mine", now=0.0)
+    outcome = closing.received(GOING_AWAY, "theirs")
+    assert closing.must_answer and closed(outcome) == (GOING_AWAY, "theirs", True)
+
+
+def test_only_the_first_request_counts_and_it_is_made_sendable() -> None:
+    closing = Closing(TIMEOUT)
+    closing.request(ABNORMAL_CLOSURE, "x" * 200, now=1.0)
+    closing.request(PROTOCOL_ERROR, "later", now=2.0)
+    code, reason = closing.close_due() or (0, "")
+    assert code == NORMAL_CLOSURE  # 1006 never goes on the wire
+    assert len(reason.encode()) == 123
+    assert closing.requested_by == 2.0 - 1.0 + TIMEOUT
+
+
+def test_one_close_frame_at_most() -> None:
+    closing = Closing(TIMEOUT)
+    assert closing.frame_out(PROTOCOL_ERROR, "bad")
+    assert not closing.frame_out(NORMAL_CLOSURE, "again")
+    assert closed(closing.ours) == (PROTOCOL_ERROR, "bad", False)
+
+
+def test_writes_are_refused_by_state() -> None:
+    closing = Closing(TIMEOUT)
+    assert closing.write_refusal(queued=False) is None
+    closing.request(NORMAL_CLOSURE, "", now=0.0)
+    # A new message may not go; one queued before the request still may, up to the close frame.
+    assert closed(closing.write_refusal(queued=False)) == (GOING_AWAY, "the connection is closing", False)
+    assert closing.write_refusal(queued=True) is None
+    closing.frame_out(NORMAL_CLOSURE, "")
+    assert closed(closing.write_refusal(queued=True)) == (GOING_AWAY, "the connection is closing", False)
+
+
+def test_writes_after_the_peers_close_raise_the_peers_code() -> None:
+    closing = Closing(TIMEOUT)
+    closing.received(4001, "gone")
+    assert closed(closing.write_refusal(queued=True)) == (4001, "gone", True)
+
+
+def test_a_cut_refuses_writes_with_the_first_reason_given() -> None:
+    closing = Closing(TIMEOUT)
+    closing.cut("the peer is not reading")
+    closing.cut()
+    closing.cut("later")
+    assert closed(closing.write_refusal(queued=True)) == (ABNORMAL_CLOSURE, "the peer is not reading", False)
+    assert closed(closing.lost("EOF")) == (ABNORMAL_CLOSURE, "the peer is not reading", True)
+
+
+def test_over_refuses_writes_with_how_it_ended() -> None:
+    closing = Closing(TIMEOUT)
+    closing.end(Closed(ABNORMAL_CLOSURE, "EOF"))
+    assert closed(closing.write_refusal(queued=True)) == (ABNORMAL_CLOSURE, "EOF", True)
+
+
+@pytest.mark.parametrize(
+    ("frame_went", "why_cut", "expected"),
+    [
+        (False, "", (ABNORMAL_CLOSURE, "the closing handshake timed out", True)),
+        (True, "", (NORMAL_CLOSURE, "bye", False)),  # only the answer is missing: our close stands
+        (True, "a write took over 10 s", (ABNORMAL_CLOSURE, "a write took over 10 s", True)),
+    ],
+)
+def test_a_timed_out_close(frame_went: bool, why_cut: str, expected: tuple[int, str, bool]) -> None:
+    closing = Closing(TIMEOUT)
+    closing.request(NORMAL_CLOSURE, "bye", now=0.0)
+    if frame_went:
+        closing.frame_out(NORMAL_CLOSURE, "bye")
+    if why_cut:
+        closing.cut(why_cut)
+    assert closed(closing.timed_out()) == expected
+
+
+def test_a_protocol_failure_ends_with_our_close() -> None:
+    closing = Closing(TIMEOUT)
+    assert closed(closing.failed(PROTOCOL_ERROR, "bad opcode")) == (PROTOCOL_ERROR, "bad opcode", False)
+    closing.request(GOING_AWAY, "shutdown", now=0.0)
+    closing.frame_out(GOING_AWAY, "shutdown")
+    # Our close went first, then the peer broke a rule: the session ended with ours.
+    assert closed(closing.failed(PROTOCOL_ERROR, "bad opcode")) == (GOING_AWAY, "shutdown", False)
+
+
+def test_random_walks_keep_the_invariants() -> None:
+    """Any order of events: states only go forward, one close frame, and a first close is ours or theirs."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        closing = Closing(TIMEOUT)
+        frames_out = 0
+        previous = closing.state
+        now = 0.0
+        for _ in range(8):
+            now += rng.random()
+            event = rng.choice(["request", "cut", "frame", "received", "settle", "end", "due"])
+            if closing.state is State.OVER:
+                break
+            if event == "request":
+                closing.request(NORMAL_CLOSURE, "", now)
+            elif event == "cut":
+                closing.cut("why")
+            elif event == "frame" and closing.state < State.ENDING:
+                closing.start_deadline(now)
+                frames_out += closing.frame_out(NORMAL_CLOSURE, "")
+            elif event == "received" and closing.state < State.ENDING:
+                closing.settle(closing.received(GOING_AWAY, ""), now)
+            elif event == "settle" and closing.state < State.ENDING:
+                closing.settle(closing.failed(PROTOCOL_ERROR, ""), now)
+            elif event == "end":
+                closing.end(closing.lost("EOF") if closing.outcome is None else None)
+            elif event == "due" and closing.close_due() is not None:
+                assert closing.state is State.OPEN
+            assert closing.state >= previous
+            previous = closing.state
+            assert frames_out <= 1
+            assert closing.ours is None or closing.peers is None
+            if closing.state >= State.ENDING:
+                assert closing.outcome is not None
+            if closing.state is State.ENDING:
+                assert closing.deadline is not None
+            if closing.state is not State.OPEN:
+                assert closing.write_refusal(queued=True) is not None

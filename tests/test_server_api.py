@@ -453,3 +453,8 @@ def test_max_connections_counts_each_open_session_once(serve: Serve, handler: ty
         assert second.recv(timeout=5) == "and this one"
     if isinstance(session_code, LongRun):
         session_code.stop.set()
+
+
+def test_create_app_given_a_handler_in_place_of_a_config_says_how_to_pass_it() -> None:
+    with pytest.raises(TypeError, match=r"create_app takes a ServerConfig .* create_app\(handler=\.\.\.\)"):
+        wsthreads.create_app(wsthreads.Echo)  # type: ignore[arg-type]

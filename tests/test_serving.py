@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import websocket
+from _pytest.monkeypatch import MonkeyPatch
 from helpers import ROOT, WAIT
 
 import wsthreads
-from wsthreads.serving import SOMAXCONN_PATH, listen_backlog
+from wsthreads import serving
+from wsthreads.serving import REQUEST_THREADS, SOMAXCONN_PATH, RequestThreads, listen_backlog
 from wsthreads.settings import SWITCH_INTERVAL
 
 
@@ -53,3 +62,145 @@ def test_the_server_program_sets_the_switch_interval_for_its_process() -> None:
     interval = re.search(r"interval (\S+)", run.stdout)
     assert interval is not None, run.stdout + run.stderr
     assert float(interval.group(1)) == pytest.approx(SWITCH_INTERVAL) != sys.getswitchinterval()
+
+
+# --- the request threads ------------------------------------------------------------------
+
+
+class Jobs:
+    """Fake requests for RequestThreads: each waits for ``release``; some hold their thread first."""
+
+    def __init__(self, pool_holds: bool = False) -> None:
+        self.release = threading.Event()
+        self.running = 0
+        self.served: list[int] = []
+        self.lock = threading.Lock()
+        self.holds = pool_holds
+        self.threads = RequestThreads(self.serve)
+
+    def serve(self, request: int, client_address: object) -> None:
+        if self.holds:
+            self.threads.hold()
+        with self.lock:
+            self.running += 1
+        self.release.wait(WAIT)
+        with self.lock:
+            self.running -= 1
+            self.served.append(request)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_request_threads_serve_a_few_requests_at_once_and_queue_the_rest(monkeypatch: MonkeyPatch) -> None:
+    monkeypatch.setattr(serving, "REQUEST_STALL", 60.0)
+    jobs = Jobs()
+    for number in range(50):
+        jobs.threads.submit(number, None)
+    assert wait_until(lambda: jobs.running == REQUEST_THREADS)
+    time.sleep(0.2)
+    assert jobs.running == REQUEST_THREADS  # the other 34 wait for a free thread
+    jobs.release.set()
+    assert wait_until(lambda: len(jobs.served) == 50)
+    assert sorted(jobs.served) == list(range(50))
+    assert jobs.threads.close() == []
+
+
+def test_a_thread_held_by_a_session_is_replaced_at_once(monkeypatch: MonkeyPatch) -> None:
+    """Handler functions hold their request threads: every one of 50 sessions runs, with no stall."""
+    monkeypatch.setattr(serving, "REQUEST_STALL", 60.0)
+    jobs = Jobs(pool_holds=True)
+    for number in range(50):
+        jobs.threads.submit(number, None)
+    try:
+        assert wait_until(lambda: jobs.running == 50)
+    finally:
+        jobs.release.set()
+    assert wait_until(lambda: len(jobs.served) == 50)
+    jobs.threads.close()
+
+
+def test_connections_stuck_behind_slow_requests_get_threads_after_a_stall(monkeypatch: MonkeyPatch) -> None:
+    monkeypatch.setattr(serving, "REQUEST_STALL", 0.1)
+    jobs = Jobs()
+    for number in range(REQUEST_THREADS + 5):
+        jobs.threads.submit(number, None)
+    try:
+        assert wait_until(lambda: jobs.running == REQUEST_THREADS)
+        deadline = time.monotonic() + WAIT
+        while jobs.running < REQUEST_THREADS + 5 and time.monotonic() < deadline:
+            jobs.threads.start_if_stalled()  # what the acceptor does between its looks
+            time.sleep(0.02)
+        assert jobs.running == REQUEST_THREADS + 5
+    finally:
+        jobs.release.set()
+    jobs.threads.close()
+
+
+def test_closing_returns_the_connections_still_waiting(monkeypatch: MonkeyPatch) -> None:
+    monkeypatch.setattr(serving, "REQUEST_STALL", 60.0)
+    jobs = Jobs()
+    for number in range(REQUEST_THREADS + 3):
+        jobs.threads.submit(number, None)
+    assert wait_until(lambda: jobs.running == REQUEST_THREADS)
+    assert sorted(jobs.threads.close()) == [REQUEST_THREADS, REQUEST_THREADS + 1, REQUEST_THREADS + 2]
+    jobs.release.set()
+    assert wait_until(lambda: len(jobs.served) == REQUEST_THREADS)
+
+
+def upgrade_request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def test_a_burst_of_handshakes_is_served_by_a_few_threads_reused() -> None:
+    """300 requests at once: before, each had a thread of its own (300); now a few serve them all."""
+    threads: set[threading.Thread] = set()
+
+    def authenticate(request: wsthreads.Request) -> str:
+        threads.add(threading.current_thread())  # kept: a thread object is never counted twice
+        return "anyone"
+
+    app = wsthreads.create_app(echo=True, authenticate=authenticate)
+    with wsthreads.start_server(app, port=0) as server:
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
+        try:
+            for sock in socks:
+                sock.sendall(upgrade_request(server.port))
+            for sock in socks:
+                sock.settimeout(WAIT)
+                assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        finally:
+            for sock in socks:
+                sock.close()
+    assert len(threads) < 150, len(threads)
+
+
+def test_clients_that_drip_their_requests_do_not_keep_others_out() -> None:
+    """Twice as many dripping clients as request threads: a client behind them still gets in at once."""
+    app = wsthreads.create_app(echo=True)
+    with wsthreads.start_server(app, port=0) as server:
+        drips = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2 * REQUEST_THREADS)]
+        try:
+            for sock in drips:
+                sock.sendall(
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\n"
+                )  # and nothing more, until the deadline (10 s)
+            started = time.monotonic()
+            client = websocket.create_connection(server.url, timeout=5)
+            client.send("hello")
+            assert client.recv() == "hello"
+            client.close()
+            assert time.monotonic() - started < 5  # a stall or two (0.5 s each); the drips' deadline is 10 s
+        finally:
+            for sock in drips:
+                sock.close()

@@ -76,6 +76,9 @@ SHUTDOWN_TIMEOUT = 2.0
 #: The environ key of a callable our Werkzeug handler puts there: calling it
 #: ends the request's deadline, which must not cut the session that follows.
 DISARM_KEY = "wsthreads.disarm_deadline"
+#: The environ key of a callable our Werkzeug server puts there: calling it says
+#: the request's thread now runs a session, which may hold it for long.
+HOLD_KEY = "wsthreads.hold_thread"
 
 
 class Listen:
@@ -506,7 +509,8 @@ class WebSocketApp:
                 key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
             )
             peer = describe_peer(request, environ)
-            parked = self._run(conn, held.data, peer, *self._subscription(request, user))
+            hold_thread = environ.get(HOLD_KEY, lambda: None)
+            parked = self._run(conn, held.data, peer, hold_thread, *self._subscription(request, user))
         finally:
             thread.name = server_thread_name
         return Hijacked(mode, parked)
@@ -547,10 +551,15 @@ class WebSocketApp:
         conn: Connection,
         response: bytes,
         peer: str,
+        hold_thread: Callable[[], None],
         subscription: Subscription | None,
         ending: Ending | None,
     ) -> bool:
-        """The session, from its subscription to its end; True if it was parked and goes on."""
+        """The session, from its subscription to its end; True if it was parked and goes on.
+
+        ``hold_thread`` tells the server that this thread now runs a session's
+        code for as long as the session lasts (not for a parked session).
+        """
         subscriber = None
         if subscription is not None:
             try:
@@ -561,7 +570,7 @@ class WebSocketApp:
                 ending = (TRY_AGAIN_LATER, "the broker is unavailable: try again later")
         parked = False
         try:
-            parked = self._open_and_run(conn, response, peer, subscriber, ending)
+            parked = self._open_and_run(conn, response, peer, hold_thread, subscriber, ending)
         finally:
             if not parked:
                 self._forget(conn, subscriber)
@@ -581,6 +590,7 @@ class WebSocketApp:
         conn: Connection,
         response: bytes,
         peer: str,
+        hold_thread: Callable[[], None],
         subscriber: Subscriber | None,
         ending: Ending | None,
     ) -> bool:
@@ -624,6 +634,7 @@ class WebSocketApp:
                 _session_sockets.add(conn.sock)  # the request ends before the session: its server must let go
                 park_session(conn, handler, netpoller, first=catch_up)  # type: ignore[arg-type]
             else:
+                hold_thread()
                 run_session(conn, handler, first=catch_up)
         except Exception as error:  # never let a failure reach the WSGI server after the 101
             log.error("session failed: %r", error)
@@ -803,4 +814,9 @@ def create_app(config: ServerConfig | None = None, **settings: Any) -> WebSocket
     ``create_app(echo=True)`` changes single settings of the default
     :class:`ServerConfig`; ``create_app(config)`` takes a whole one.
     """
+    if config is not None and not isinstance(config, ServerConfig):
+        raise TypeError(
+            f"create_app takes a ServerConfig or settings by name, not {config!r}:"
+            " for a handler, create_app(handler=...)"
+        )
     return WebSocketApp(dataclasses.replace(config or ServerConfig(), **settings))

@@ -1,24 +1,28 @@
 """Serving the WSGI app on Werkzeug's threaded server: listening, request deadlines, TLS, shutdown.
 
-The ``acceptor`` thread accepts connections; Werkzeug gives each one a
-thread of its own, named ``request-PORT`` until it becomes a session.
+The ``acceptor`` thread accepts connections and hands each to one of a few
+request threads (:class:`RequestThreads`), which serves it as Werkzeug
+would, named ``request-PORT`` until it becomes a session.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import selectors
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from . import trace
-from .app import DISARM_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
+from .app import DISARM_KEY, HOLD_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
 from .certificates import load_certificate
 from .deadlines import Armed, deadlines
 from .signals import Signalled, run_until_signal
@@ -32,6 +36,17 @@ HANDSHAKE_TIMEOUT = 10.0
 #: Pending connections we ask the kernel to queue when it does not say its
 #: own limit (Werkzeug's default, 128, overflows when many clients connect at once).
 LISTEN_BACKLOG = 1024
+#: Request threads serving requests at once, besides those held by sessions
+#: (bench/scale.py, busy at 9,000: 8, 16 and 64 all take about 13 s).
+REQUEST_THREADS = 16
+#: Seconds a connection may wait for a request thread before more start: well above the
+#: switch interval the programs set (0.05 s), for which one thread may hold the GIL, so that a
+#: busy burst of handshakes is no stall; a client that drips its request delays others this long.
+REQUEST_STALL = 0.5
+#: Seconds between the acceptor's looks at a stall (and at a shutdown).
+ACCEPTOR_LOOK = 0.05
+#: Seconds a request thread waits for the next connection before it ends.
+REQUEST_THREAD_IDLE = 5.0
 #: Where Linux says the most a listen backlog may be (4096 on this kind of machine).
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 
@@ -150,6 +165,7 @@ class RequestHandler(WSGIRequestHandler):
         """Werkzeug's environ, plus the hook that ends the deadline once a session begins."""
         environ: dict[str, Any] = super().make_environ()
         environ[DISARM_KEY] = self._disarm
+        environ[HOLD_KEY] = self.server.request_threads.hold
         return environ
 
     def run_wsgi(self) -> None:
@@ -195,6 +211,126 @@ class RequestHandler(WSGIRequestHandler):
             self.deadline = None
 
 
+class RequestThreads:
+    """The threads that serve requests: a few at once, reused, more for requests that last.
+
+    socketserver starts a thread per connection: in a burst of thousands of
+    connects, thousands of handshakes then share one GIL, and the acceptor
+    waits in each ``Thread.start()`` for a new thread to get it. Here at most
+    :data:`REQUEST_THREADS` threads serve requests at once; the other
+    connections wait, accepted, for the next free one (bench/scale.py, busy at
+    9,000: 13 s instead of 15-16 s, 16 threads at the peak instead of 2,500).
+    A thread whose request becomes a session that holds it (:meth:`hold`: a
+    handler function, a ``run()``) no longer counts, and one more starts for
+    the connections waiting; and when a connection has waited
+    :data:`REQUEST_STALL` seconds for a thread (clients that drip their
+    requests, slow pages of a mounted app), more start. A thread idle for
+    :data:`REQUEST_THREAD_IDLE` seconds ends.
+    """
+
+    def __init__(self, serve: Callable[[Any, Any], None]) -> None:
+        self._serve = serve  # socketserver's process_request_thread: the request, then its socket's end
+        self._jobs: collections.deque[tuple[float, Any, Any]] = collections.deque()  # (since, ...)
+        self._changed = threading.Condition()
+        self._threads = 0  # running, idle or not
+        self._idle = 0
+        self._held = 0  # running a session that holds them
+        self._holding: set[threading.Thread] = set()
+        self._stall_handled = 0.0  # when more threads last started for a stall
+        self._closed = False
+        self._names = itertools.count(1)
+
+    def submit(self, request: Any, client_address: Any) -> None:
+        """A connection to serve (from the acceptor): to an idle thread, a new one, or the queue."""
+        with self._changed:
+            self._jobs.append((time.monotonic(), request, client_address))
+            self._changed.notify()
+            start = self._short_locked()
+        if start:
+            self._start()
+
+    def hold(self) -> None:
+        """The calling request thread now runs a session that holds it: another may start."""
+        thread = threading.current_thread()
+        with self._changed:
+            if thread in self._holding:
+                return
+            self._holding.add(thread)
+            self._held += 1
+            start = self._short_locked()
+        if start:
+            self._start()
+
+    def start_if_stalled(self) -> None:
+        """More threads if a connection has waited :data:`REQUEST_STALL` s for one (the acceptor).
+
+        As many as wait, up to :data:`REQUEST_THREADS` at a time: clients that
+        drip their requests hold threads until their deadline, and must not
+        make the others wait for it.
+        """
+        with self._changed:
+            start, now = 0, time.monotonic()
+            if self._jobs and now - max(self._jobs[0][0], self._stall_handled) >= REQUEST_STALL:
+                self._stall_handled = now  # the next ones only after another stall
+                start = min(len(self._jobs), REQUEST_THREADS)
+                self._threads += start
+        for _ in range(start):
+            self._start()
+
+    def close(self) -> list[Any]:
+        """The server is closing: idle threads end now, busy ones after their request.
+
+        Returns the connections still waiting for a thread, for the caller to close.
+        """
+        with self._changed:
+            self._closed = True
+            waiting = [request for _, request, _ in self._jobs]
+            self._jobs.clear()
+            self._changed.notify_all()
+        return waiting
+
+    def _short_locked(self) -> bool:
+        """True (and counted) if a thread must start: connections wait, none is idle, a place is free."""
+        short = len(self._jobs) > self._idle and self._threads - self._held < REQUEST_THREADS
+        if short:
+            self._threads += 1
+        return short
+
+    def _start(self) -> None:
+        name = f"request-thread-{next(self._names)}"
+        try:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        except RuntimeError as error:  # "can't start new thread": the running ones go on
+            log.error("no new request thread: %s", error)
+            with self._changed:
+                self._threads -= 1
+
+    def _work(self) -> None:
+        thread = threading.current_thread()
+        name = thread.name
+        with self._changed:
+            try:
+                while True:
+                    if not self._jobs:
+                        self._idle += 1
+                        self._changed.wait_for(lambda: bool(self._jobs) or self._closed, REQUEST_THREAD_IDLE)
+                        self._idle -= 1
+                        if not self._jobs:
+                            return
+                    _, request, client_address = self._jobs.popleft()
+                    self._changed.release()
+                    try:
+                        self._serve(request, client_address)
+                    finally:
+                        thread.name = name
+                        self._changed.acquire()
+                        if thread in self._holding:
+                            self._holding.discard(thread)
+                            self._held -= 1
+            finally:
+                self._threads -= 1
+
+
 class WebSocketServer(ThreadedWSGIServer):
     """Werkzeug's threaded server with our request handler and its settings."""
 
@@ -206,6 +342,7 @@ class WebSocketServer(ThreadedWSGIServer):
         tls_context: ssl.SSLContext | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
+        self.request_threads = RequestThreads(self.process_request_thread)
         host, port = sock.getsockname()[:2]
         # Werkzeug duplicates the descriptor of a socket it is handed.
         super().__init__(host, port, app, handler=RequestHandler, fd=sock.fileno())
@@ -213,6 +350,19 @@ class WebSocketServer(ThreadedWSGIServer):
         self.handshake_timeout = handshake_timeout
         # Tells Werkzeug to report https:// to the application.
         self.ssl_context = tls_context
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to a request thread (see :class:`RequestThreads`)."""
+        self.request_threads.submit(request, client_address)
+
+    def service_actions(self) -> None:
+        """After each look of the acceptor (at most ``poll_interval`` apart): a stalled request."""
+        self.request_threads.start_if_stalled()
+
+    def server_close(self) -> None:
+        super().server_close()
+        for request in self.request_threads.close():
+            self.shutdown_request(request)
 
     def shutdown_request(self, request: Any) -> None:
         """socketserver's end of a request: shut the socket down and close it, unless a session owns it.
@@ -244,7 +394,7 @@ class RunningServer:
     def _accept(self) -> None:
         try:
             with trace.span("accepting connections"):
-                self.httpd.serve_forever(poll_interval=0.1)
+                self.httpd.serve_forever(poll_interval=ACCEPTOR_LOOK)
         finally:
             self.stopped.set()
 

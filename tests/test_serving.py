@@ -204,3 +204,20 @@ def test_clients_that_drip_their_requests_do_not_keep_others_out() -> None:
         finally:
             for sock in drips:
                 sock.close()
+
+
+def test_clients_that_connect_and_say_nothing_delay_others_by_a_stall_at_most() -> None:
+    """300 silent clients hold request threads until their deadline; a client behind them waits a stall."""
+    app = wsthreads.create_app(echo=True)
+    with wsthreads.start_server(app, port=0) as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
+        try:
+            started = time.monotonic()
+            client = websocket.create_connection(server.url, timeout=WAIT)
+            client.send("hello")
+            assert client.recv() == "hello"
+            client.close()
+            assert time.monotonic() - started < 4  # 0.5 s and a thread each (9.4 s before, 16 per stall)
+        finally:
+            for sock in silent:
+                sock.close()

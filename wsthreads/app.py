@@ -623,6 +623,7 @@ class WebSocketApp:
         try:
             log.info("connected: %s", peer)
             if ending is not None:
+                hold_thread()  # the close takes up to close_timeout
                 log.info("%s: closing: %s", conn.name, ending[1])
                 conn.start()
                 conn.close(*ending)

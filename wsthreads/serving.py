@@ -39,9 +39,9 @@ LISTEN_BACKLOG = 1024
 #: Request threads serving requests at once, besides those held by sessions
 #: (bench/scale.py, busy at 9,000: 8, 16 and 64 all take about 13 s).
 REQUEST_THREADS = 16
-#: Seconds a connection may wait for a request thread before more start: well above the
-#: switch interval the programs set (0.05 s), for which one thread may hold the GIL, so that a
-#: busy burst of handshakes is no stall; a client that drips its request delays others this long.
+#: Seconds a connection may wait for a request thread before every waiting one gets a thread:
+#: well above the switch interval the programs set (0.05 s), for which one thread may hold the
+#: GIL, so that a busy burst of handshakes is no stall; silent clients delay others this long.
 REQUEST_STALL = 0.5
 #: Seconds between the acceptor's looks at a stall (and at a shutdown).
 ACCEPTOR_LOOK = 0.05
@@ -219,13 +219,15 @@ class RequestThreads:
     waits in each ``Thread.start()`` for a new thread to get it. Here at most
     :data:`REQUEST_THREADS` threads serve requests at once; the other
     connections wait, accepted, for the next free one (bench/scale.py, busy at
-    9,000: 13 s instead of 15-16 s, 16 threads at the peak instead of 2,500).
-    A thread whose request becomes a session that holds it (:meth:`hold`: a
-    handler function, a ``run()``) no longer counts, and one more starts for
-    the connections waiting; and when a connection has waited
-    :data:`REQUEST_STALL` seconds for a thread (clients that drip their
-    requests, slow pages of a mounted app), more start. A thread idle for
-    :data:`REQUEST_THREAD_IDLE` seconds ends.
+    9,000: 13-15 s instead of 15-16 s, at most a few hundred threads instead
+    of 2,600). A thread whose request becomes a session that keeps it
+    (:meth:`hold`: a handler function's) no longer counts, and one more starts
+    for the connections waiting. When a connection has waited
+    :data:`REQUEST_STALL` seconds (clients that say nothing or drip their
+    requests, a slow page of a mounted app), every waiting connection gets a
+    thread, as socketserver would give it. A thread idle for
+    :data:`REQUEST_THREAD_IDLE` seconds ends. (Werkzeug answers every request
+    with ``Connection: close``: no thread waits for a next request.)
     """
 
     def __init__(self, serve: Callable[[Any, Any], None]) -> None:
@@ -262,17 +264,18 @@ class RequestThreads:
             self._start()
 
     def start_if_stalled(self) -> None:
-        """More threads if a connection has waited :data:`REQUEST_STALL` s for one (the acceptor).
+        """A thread for each waiting connection if one has waited :data:`REQUEST_STALL` s (the acceptor).
 
-        As many as wait, up to :data:`REQUEST_THREADS` at a time: clients that
-        drip their requests hold threads until their deadline, and must not
-        make the others wait for it.
+        Clients that connect and say nothing, or drip their requests, hold
+        threads until their deadline; however many they are, the connections
+        behind them wait one stall, then are served as socketserver would: a
+        thread each.
         """
         with self._changed:
             start, now = 0, time.monotonic()
             if self._jobs and now - max(self._jobs[0][0], self._stall_handled) >= REQUEST_STALL:
                 self._stall_handled = now  # the next ones only after another stall
-                start = min(len(self._jobs), REQUEST_THREADS)
+                start = max(len(self._jobs) - self._idle, 0)
                 self._threads += start
         for _ in range(start):
             self._start()

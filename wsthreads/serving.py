@@ -39,9 +39,9 @@ LISTEN_BACKLOG = 1024
 #: Request threads serving requests at once, besides those held by sessions
 #: (bench/scale.py, busy at 9,000: 8, 16 and 64 all take about 13 s).
 REQUEST_THREADS = 16
-#: Seconds a connection may wait for a request thread before every waiting one gets a thread:
+#: Seconds with connections waiting and none taken before every waiting one gets a thread:
 #: well above the switch interval the programs set (0.05 s), for which one thread may hold the
-#: GIL, so that a busy burst of handshakes is no stall; silent clients delay others this long.
+#: GIL; silent clients delay others this long.
 REQUEST_STALL = 0.5
 #: Seconds between the acceptor's looks at a stall (and at a shutdown).
 ACCEPTOR_LOOK = 0.05
@@ -224,8 +224,8 @@ class RequestThreads:
     (:meth:`hold`: a handler function's) no longer counts, and one more starts
     for the connections waiting. When a connection has waited
     :data:`REQUEST_STALL` seconds (clients that say nothing or drip their
-    requests, a slow page of a mounted app), every waiting connection gets a
-    thread, as socketserver would give it. A thread idle for
+    requests, a slow page of a mounted app) and none was taken meanwhile,
+    every waiting connection gets a thread, as socketserver would give it. A thread idle for
     :data:`REQUEST_THREAD_IDLE` seconds ends. (Werkzeug answers every request
     with ``Connection: close``: no thread waits for a next request.)
     """
@@ -238,6 +238,7 @@ class RequestThreads:
         self._idle = 0
         self._held = 0  # running a session that holds them
         self._holding: set[threading.Thread] = set()
+        self._taken = 0.0  # when a thread last took a connection
         self._stall_handled = 0.0  # when more threads last started for a stall
         self._closed = False
         self._names = itertools.count(1)
@@ -264,16 +265,17 @@ class RequestThreads:
             self._start()
 
     def start_if_stalled(self) -> None:
-        """A thread for each waiting connection if one has waited :data:`REQUEST_STALL` s (the acceptor).
+        """A thread for each waiting connection if none was taken for :data:`REQUEST_STALL` s (the acceptor).
 
         Clients that connect and say nothing, or drip their requests, hold
         threads until their deadline; however many they are, the connections
         behind them wait one stall, then are served as socketserver would: a
-        thread each.
+        thread each. A long queue that moves (a burst of thousands) is no stall.
         """
         with self._changed:
             start, now = 0, time.monotonic()
-            if self._jobs and now - max(self._jobs[0][0], self._stall_handled) >= REQUEST_STALL:
+            since = max(self._jobs[0][0], self._taken, self._stall_handled) if self._jobs else now
+            if now - since >= REQUEST_STALL:
                 self._stall_handled = now  # the next ones only after another stall
                 start = max(len(self._jobs) - self._idle, 0)
                 self._threads += start
@@ -321,6 +323,7 @@ class RequestThreads:
                         if not self._jobs:
                             return
                     _, request, client_address = self._jobs.popleft()
+                    self._taken = time.monotonic()
                     self._changed.release()
                     try:
                         self._serve(request, client_address)

@@ -61,7 +61,7 @@ from common import (
 from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL, WS_PATH, is_plain_path
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
-from wsthreads.settings import SWITCH_INTERVAL
+from wsthreads.settings import SWITCH_INTERVAL, raise_descriptor_limit
 from wsthreads.signals import Signalled, catch_signals
 
 log = logging.getLogger("wsthreads.server")
@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until Ctrl+C or SIGTERM; returns the exit status."""
     signalled = catch_signals()  # first: a Ctrl+C during start-up is not lost
     sys.setswitchinterval(SWITCH_INTERVAL)  # this program owns its process (the library never sets it)
+    raise_descriptor_limit()  # a descriptor per session, for thousands of them (as Go's runtime does)
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(quiet=args.quiet)

@@ -6,7 +6,7 @@ A connection with no topic is a publisher: every text message it sends is
 published to :data:`TOPIC` with ``app.publish`` (the app's broker: Redis, or
 the in-process one of this worker). A subscriber sends nothing. No pings
 (the benchmark's raw clients do not answer them), and room for more than
-the default 1000 sessions in one process.
+the default max_connections in one process.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
+import resource
 import runpy
 import signal
 import socket
@@ -197,5 +199,27 @@ def test_our_worker_sets_the_switch_interval_for_its_process(tmp_path: Path) -> 
         client = connect(server.url)
         try:
             assert float(client.recv()) == pytest.approx(SWITCH_INTERVAL)
+        finally:
+            client.close()
+
+
+def test_our_worker_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """A descriptor per session: the worker, owning its process, lifts the soft limit as Go does."""
+    (tmp_path / "limit_app.py").write_text(
+        "import resource, wsthreads\n"
+        "limit = lambda: resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "app = wsthreads.create_app(handler=lambda conn: conn.send(repr(limit())))\n"
+    )
+    ours = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, ours[1]))  # what gunicorn inherits
+    try:
+        server = Gunicorn("limit_app:app", "--pythonpath", str(tmp_path), workers=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, ours)
+    with server:
+        client = connect(server.url)
+        try:
+            soft, hard = ast.literal_eval(client.recv())
+            assert soft == hard > 512
         finally:
             client.close()

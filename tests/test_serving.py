@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -62,6 +63,50 @@ def test_the_server_program_sets_the_switch_interval_for_its_process() -> None:
     interval = re.search(r"interval (\S+)", run.stdout)
     assert interval is not None, run.stdout + run.stderr
     assert float(interval.group(1)) == pytest.approx(SWITCH_INTERVAL) != sys.getswitchinterval()
+
+
+def test_the_library_leaves_the_open_file_limit_alone() -> None:
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with wsthreads.start_server(wsthreads.create_app(echo=True), port=0):
+        pass
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == before
+
+
+def test_the_server_program_raises_its_open_file_limit_to_the_hard_one() -> None:
+    """sync_server.py owns its process: a descriptor per session needs more than the usual 1,024."""
+    probe = (
+        "import os, resource, signal, sys, threading, runpy; sys.argv = ['sync_server.py', '--port', '0'];"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard));"
+        "limit = lambda: resource.getrlimit(resource.RLIMIT_NOFILE);"
+        "threading.Timer(0.5, lambda: (print('limit', *limit(), flush=True),"
+        " os.kill(os.getpid(), signal.SIGINT))).start();"
+        "runpy.run_path('sync_server.py', run_name='__main__')"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=WAIT
+    )
+    limits = re.search(r"limit (\S+) (\S+)", run.stdout)
+    assert limits is not None, run.stdout + run.stderr
+    assert limits.group(1) == limits.group(2)
+
+
+def test_too_few_descriptors_for_max_connections_is_one_line_at_start() -> None:
+    """Beyond the limit accepts fail and connections wait unanswered: the operator is told at start."""
+    probe = (
+        "import logging, resource, wsthreads; logging.basicConfig(format='%(message)s');"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]));"
+        "wsthreads.start_server(wsthreads.create_app(), port=0).shutdown();"
+        "wsthreads.start_server(wsthreads.create_app(max_connections=100), port=0).shutdown()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=WAIT
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [
+        "max_connections is 9000, but this process may open only 256 descriptors (one per session):"
+        " raise its limit (ulimit -n) or lower max_connections"
+    ]
 
 
 # --- the request threads ------------------------------------------------------------------

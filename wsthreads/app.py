@@ -69,8 +69,11 @@ PAGE_PATH = "/"
 #: Seconds between keepalive pings (proxies often drop connections idle for
 #: 60 s; a peer that has not answered by the next ping is dead).
 PING_INTERVAL = 25.0
-#: Sessions open at once. A parked one (see ``ServerConfig.netpoller``) holds no thread.
-MAX_CONNECTIONS = 1000
+#: Sessions open at once: what one process was measured to hold with every bound
+#: met (bench/scale.py, docs/performance.md), as Handler objects' sessions, parked
+#: in the netpoller (``ServerConfig.netpoller``) with no thread. A handler
+#: function's session holds a thread: a few thousand of those is the cliff.
+MAX_CONNECTIONS = 9000
 #: Seconds :meth:`WebSocketApp.shutdown` takes at most, however many peers are stuck.
 SHUTDOWN_TIMEOUT = 2.0
 #: The environ key of a callable our Werkzeug handler puts there: calling it

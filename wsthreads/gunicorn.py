@@ -28,7 +28,7 @@ from gunicorn.workers import gthread  # type: ignore[import-untyped]
 from . import trace
 from .app import SHUTDOWN_TIMEOUT, all_apps, session_owns
 from .connection import wait_for
-from .settings import SWITCH_INTERVAL
+from .settings import SWITCH_INTERVAL, raise_descriptor_limit, warn_if_too_few_descriptors
 
 log = logging.getLogger("wsthreads.server")
 
@@ -73,12 +73,13 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.max_keepalived = 0  # an idle kept-alive connection would count against the threads
 
     def init_process(self) -> None:
-        """In the worker process, before it serves: the switch interval for thousands of threads.
+        """In the worker process, before it serves: the switch interval and open-file limit for thousands.
 
         The worker owns its process, so it may set what the library never does
-        (:data:`wsthreads.settings.SWITCH_INTERVAL`).
+        (:data:`wsthreads.settings.SWITCH_INTERVAL`, :func:`wsthreads.settings.raise_descriptor_limit`).
         """
         sys.setswitchinterval(SWITCH_INTERVAL)
+        raise_descriptor_limit()
         super().init_process()
 
     def run(self) -> None:
@@ -88,6 +89,8 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         session parked in the netpoller is no longer one, so it is waited
         for here, or the process would exit in the middle of its close.
         """
+        for app in all_apps():  # loaded by now
+            warn_if_too_few_descriptors(app.config.max_connections)
         try:
             super().run()
         finally:

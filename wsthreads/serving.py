@@ -25,6 +25,7 @@ from . import trace
 from .app import DISARM_KEY, HOLD_KEY, SHUTDOWN_TIMEOUT, Mounted, WebSocketApp, session_owns
 from .certificates import load_certificate
 from .deadlines import Armed, deadlines
+from .settings import warn_if_too_few_descriptors
 from .signals import Signalled, run_until_signal
 
 log = logging.getLogger("wsthreads.server")
@@ -466,6 +467,7 @@ def start_server(
             " put other WSGI middleware inside the mount"
         )
     websocket_app = app.websocket_app if isinstance(app, Mounted) else app
+    warn_if_too_few_descriptors(websocket_app.config.max_connections)
     sock = listen(host, port)
     try:
         httpd = WebSocketServer(sock, app, tls_context=tls_context, handshake_timeout=handshake_timeout)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import resource
 
 #: The GIL switch interval (``sys.setswitchinterval``) for a process that serves
 #: thousands of threads: 5 ms by default, 50 ms here. A process-wide setting, so
@@ -12,6 +14,43 @@ import math
 #: to switching: 5,000 connections x 20 round trips took 75 s at 5 ms, 11 s at
 #: 50 ms, 13 s at 20 ms, 14 s at 100 ms (docs/deployment.md says how it was measured).
 SWITCH_INTERVAL = 0.05
+#: Descriptors a server process keeps for itself besides one per session: its
+#: listening socket, logs, the netpoller's epoll, a client's dial to a broker...
+RESERVED_DESCRIPTORS = 64
+
+log = logging.getLogger("wsthreads.server")
+
+
+def raise_descriptor_limit() -> int:
+    """For a program that owns its process: open-file limit (soft) up to the hard one; the new limit.
+
+    Go's runtime does the same at start (since 1.19): the usual soft limit,
+    1,024, is far below what thousands of sessions need, and the hard one is
+    often a million. A library call never does it (a process-wide setting).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit the kernel caps lower (nr_open): keep the soft one
+            return soft
+    return hard
+
+
+def warn_if_too_few_descriptors(max_connections: int) -> None:
+    """One line if this process may not open a descriptor for each of ``max_connections`` sessions.
+
+    Beyond its limit an accept fails (EMFILE): the connections wait unanswered
+    in the listen queue instead of getting a 503.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and max_connections + RESERVED_DESCRIPTORS > soft:
+        log.warning(
+            "max_connections is %d, but this process may open only %d descriptors (one per session):"
+            " raise its limit (ulimit -n) or lower max_connections",
+            max_connections,
+            soft,
+        )
 
 
 def check_seconds(name: str, value: object, *, optional: bool = False) -> None:

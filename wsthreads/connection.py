@@ -598,8 +598,11 @@ class Connection:
         """Ask for the closing handshake with ``code``; returns at once, idempotent.
 
         The reader sends the close frame and waits for the answer, for at
-        most ``close_timeout``. 1005 and 1006 cannot be sent and become 1000;
-        a reason is cut to the 123 bytes a close frame holds.
+        most ``close_timeout``. What :meth:`send_nowait` queued before goes
+        out first, within the same bound: a peer that has not read it all by
+        then is cut (1006), and :meth:`flush` returns False; to be sure it
+        arrives, ``flush()`` before closing. 1005 and 1006 cannot be sent and
+        become 1000; a reason is cut to the 123 bytes a close frame holds.
         """
         self.stop.set()
         with self._queues_lock:

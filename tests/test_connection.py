@@ -22,7 +22,7 @@ from helpers import WAIT, wait_until
 
 from wsthreads import frames
 from wsthreads.connection import Connection, broadcast
-from wsthreads.queues import DROP_OLDEST
+from wsthreads.queues import OVERFLOW_DROP_OLDEST
 
 #: Socket buffers this small make a 1 MiB message stop mid-frame at once.
 SMALL_BUFFER = 4096
@@ -182,7 +182,7 @@ def test_a_close_frame_waits_for_the_end_of_a_cut_frame(pair: tuple[socket.socke
 
 def test_drop_oldest_never_drops_the_end_of_a_cut_frame(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
-    conn = connection(ours, outbound_limit=64 * 1024, on_overflow=DROP_OLDEST)
+    conn = connection(ours, outbound_limit=64 * 1024, on_overflow=OVERFLOW_DROP_OLDEST)
     assert conn.send_nowait(b"z" * BIG)  # cut: its end is more than the limit on its own
     for number in range(200):
         assert conn.send_nowait(f"{number:0100d}")  # over the limit: the oldest of these go

@@ -51,7 +51,7 @@ from .handshake import (
 )
 from .lines import printable
 from .netpoller import netpoller
-from .queues import CLOSE, OVERFLOW_POLICIES
+from .queues import OVERFLOW_CLOSE, check_policy
 from .request import Authenticate, Reject, Request, TrustedProxies, wsgi_text
 from .session import Echo, SessionCode, park_session, run_session
 from .settings import check_count, check_seconds
@@ -168,7 +168,7 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     max_queue: int = MAX_QUEUE
     outbound_limit: int = OUTBOUND_LIMIT
-    on_overflow: str = CLOSE
+    on_overflow: str = OVERFLOW_CLOSE
     broker: str | Broker | None = None
     may_subscribe: MaySubscribe | None = None
     netpoller: bool = True
@@ -179,9 +179,7 @@ class ServerConfig:
             raise ValueError(
                 f"the endpoint path must be '/' and letters, digits, -._~ (e.g. /live/updates): {self.path!r}"
             )
-        if self.on_overflow not in OVERFLOW_POLICIES:
-            policies = ", ".join(OVERFLOW_POLICIES)
-            raise ValueError(f"on_overflow must be one of {policies}: {self.on_overflow!r}")
+        check_policy(self.on_overflow)
         check_count("max_queue", self.max_queue)
         check_count("outbound_limit", self.outbound_limit)
         check_count("max_connections", self.max_connections, minimum=0)

@@ -58,7 +58,7 @@ from .closing import (
     sendable_code,
 )
 from .lines import describe_message
-from .queues import CLOSE, Inbox, Outbox, check_policy
+from .queues import OVERFLOW_CLOSE, Inbox, Outbox, check_policy
 
 if TYPE_CHECKING:
     from .netpoller import Netpoller, Watch
@@ -296,7 +296,7 @@ class Connection:
         name: str = "reader",
         max_queue: int = MAX_QUEUE,
         outbound_limit: int = OUTBOUND_LIMIT,
-        on_overflow: str = CLOSE,
+        on_overflow: str = OVERFLOW_CLOSE,
         request: Request | None = None,
         user: Any = None,
         subprotocol: str | None = None,

@@ -8,7 +8,7 @@
   and broadcasts that could not leave at once from the sending thread (the
   socket was busy or full), written by the connection's own writer thread,
   so the caller never waits for the peer. It is bounded in bytes; a peer that
-  does not keep up meets the overflow policy (:data:`CLOSE` or :data:`DROP_OLDEST`).
+  does not keep up meets the overflow policy (:data:`OVERFLOW_CLOSE` or :data:`OVERFLOW_DROP_OLDEST`).
   The writer starts when there is something to write and ends after
   :data:`WRITER_IDLE` seconds without, so a connection that is never
   broadcast to costs no thread.
@@ -25,10 +25,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 #: Overflow policy: close the connection with 1013 (the client may come back later).
-CLOSE = "close"
+OVERFLOW_CLOSE = "close"
 #: Overflow policy: drop the oldest queued messages to make room.
-DROP_OLDEST = "drop-oldest"
-OVERFLOW_POLICIES = (CLOSE, DROP_OLDEST)
+OVERFLOW_DROP_OLDEST = "drop-oldest"
+OVERFLOW_POLICIES = (OVERFLOW_CLOSE, OVERFLOW_DROP_OLDEST)
 #: Seconds a writer waits for more frames before its thread ends.
 WRITER_IDLE = 5.0
 #: While messages keep coming, a writer pauses between two writes for this
@@ -39,9 +39,9 @@ MAX_CORK = 0.25
 
 
 def check_policy(policy: str) -> None:
-    """ValueError unless ``policy`` is one of :data:`OVERFLOW_POLICIES`."""
+    """ValueError unless ``policy`` is one of :data:`OVERFLOW_POLICIES`: the one check, for both sides."""
     if policy not in OVERFLOW_POLICIES:
-        raise ValueError(f"overflow policy must be one of {', '.join(OVERFLOW_POLICIES)}: {policy!r}")
+        raise ValueError(f"on_overflow must be one of {', '.join(OVERFLOW_POLICIES)}: {policy!r}")
 
 
 class Inbox(queue.Queue, Generic[T]):  # type: ignore[type-arg]
@@ -140,8 +140,8 @@ class Outbox:
             closing or the peer is dropped.
         limit: bytes that may wait: a frame that comes when more than this
             waits meets the ``policy`` (so at most ``limit`` plus one frame waits).
-        policy: :data:`CLOSE` or :data:`DROP_OLDEST`.
-        overflow: called when the policy is CLOSE and the limit is hit, with
+        policy: :data:`OVERFLOW_CLOSE` or :data:`OVERFLOW_DROP_OLDEST`.
+        overflow: called when the policy is "close" and the limit is hit, with
             the bytes that were waiting.
         name: the writer thread's name.
     """
@@ -161,7 +161,7 @@ class Outbox:
         self.policy = policy
         self.overflow = overflow
         self.name = name
-        #: Messages dropped under DROP_OLDEST, in all.
+        #: Messages dropped under "drop-oldest", in all.
         self.dropped = 0
         self._frames: collections.deque[bytes] = collections.deque()
         # The unwritten end of a frame whose start is on the wire: it goes out
@@ -189,13 +189,13 @@ class Outbox:
         return not self._waiting and not self._frames and not self._rest
 
     def put(self, frame: bytes) -> bool:
-        """Queue one frame; never blocks. False if it was not queued (closed, or overflow under CLOSE)."""
+        """Queue one frame; never blocks. False if not queued (closed, or over the limit under "close")."""
         with self._putting:
             if self._stopped or self._sealed:
                 return False
             waiting = self._waiting
             if waiting > self.limit:  # the peer is behind: more than the limit waits already
-                if self.policy == CLOSE:
+                if self.policy == OVERFLOW_CLOSE:
                     self._stop_locked()
                     overflowed = True
                 else:

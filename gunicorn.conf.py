@@ -32,7 +32,7 @@ def post_worker_init(worker: object) -> None:
     """Show our session log lines, and close sessions with 1001 on a graceful stop."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d %(threadName)s] %(message)s")
-    if os.environ.get("WSDEMO_QUIET"):  # as --quiet: no line for every message
+    if os.environ.get("WSTHREADS_QUIET"):  # as --quiet: no line for every message
         message_log.setLevel(logging.WARNING)
     hooks.post_worker_init(worker)
 

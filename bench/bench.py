@@ -436,7 +436,7 @@ def servers(go: dict[str, str]) -> list[Server]:
         Server("ours+log", ours),
         # The same without websockets' C masking (the speedups extra): what pure Python costs.
         Server("ours-pure", [*ours, "--quiet"], env={"WSTHREADS_MASKING": "python"}),
-        Server("gunicorn", gunicorn, pinned=False, env={"WSDEMO_QUIET": "1"}, processes=3),
+        Server("gunicorn", gunicorn, pinned=False, env={"WSTHREADS_QUIET": "1"}, processes=3),
         Server("websockets", [python, "bench/websockets_echo.py"]),
         Server("gorilla", [go["server"], "-addr", "127.0.0.1:0", "-echo", "-quiet"]),
         Server("tcp", [python, "bench/tcp_echo.py"]),

@@ -450,7 +450,7 @@ class Gunicorn:
         command += ["-b", "127.0.0.1:0", "--pythonpath", str(BENCH), "-w", str(workers)]
         command += ["--threads", str(threads), "--worker-connections", str(threads)]
         command += [f"fanout_server:create_app(broker={broker!r})"]
-        env = dict(os.environ, WSDEMO_QUIET="1")
+        env = dict(os.environ, WSTHREADS_QUIET="1")
         env.pop("WSTHREADS_TRACE", None)
         with log.open("wb") as stderr:
             self.proc = subprocess.Popen(

@@ -143,7 +143,7 @@ def push_servers(go: dict[str, str], n: int) -> list[Server]:
         Server(
             "ours-gunicorn",
             [*gunicorn, *one_worker(n), "--pythonpath", "bench", app],
-            env={"WSDEMO_QUIET": "1"},
+            env={"WSTHREADS_QUIET": "1"},
             processes=2,
         ),
         Server("websockets", [*push, "--stack", "websockets"]),
@@ -167,7 +167,7 @@ def busy_servers(go: dict[str, str], n: int) -> list[Server]:
         Server(
             "ours-gunicorn",
             [*gunicorn, *one_worker(n), app],
-            env={"WSDEMO_QUIET": "1"},
+            env={"WSTHREADS_QUIET": "1"},
             processes=2,
         ),
         Server("websockets", [python, "bench/websockets_echo.py"]),

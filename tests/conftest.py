@@ -111,7 +111,7 @@ REDIS_URL_VARIABLE = "WSTHREADS_REDIS_URL"
 
 
 def require_redis_server() -> None:
-    """Skip (fail with WSDEMO_REQUIRE_PEERS=1) a test that needs Debian's redis-server."""
+    """Skip (fail with WSTHREADS_REQUIRE_PEERS=1) a test that needs Debian's redis-server."""
     require(os.access(REDIS_SERVER, os.X_OK), "Redis (redis-server)", "apt-get install -y redis-server")
 
 

@@ -37,13 +37,13 @@ WAIT = 10.0
 def require(available: object, what: str, install: str) -> None:
     """Skip a test whose peer toolchain is missing, with the command that installs it.
 
-    CI sets WSDEMO_REQUIRE_PEERS=1: there a missing peer fails the test
+    CI sets WSTHREADS_REQUIRE_PEERS=1: there a missing peer fails the test
     instead, so a green CI run means every pairing really ran.
     """
     if available:
         return
     message = f"{what} not installed; install with: {install}"
-    if os.environ.get("WSDEMO_REQUIRE_PEERS"):
+    if os.environ.get("WSTHREADS_REQUIRE_PEERS"):
         pytest.fail(message)
     pytest.skip(message)
 

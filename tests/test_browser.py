@@ -1,7 +1,7 @@
 """The browser page in a real browser: Debian's Chromium, headless, driven by Selenium.
 
 Nothing is downloaded: Selenium uses /usr/bin/chromium and /usr/bin/chromedriver.
-Set WSDEMO_SCREENSHOT=docs/browser-page.png to refresh the README's screenshot.
+Set WSTHREADS_SCREENSHOT=docs/browser-page.png to refresh the README's screenshot.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_page_in_chromium(
     )
     assert texts("closed") == ["closed with code 1001 server shutting down"]
 
-    screenshot = os.environ.get("WSDEMO_SCREENSHOT") or str(tmp_path / "page.png")
+    screenshot = os.environ.get("WSTHREADS_SCREENSHOT") or str(tmp_path / "page.png")
     assert browser.save_screenshot(screenshot)
 
 

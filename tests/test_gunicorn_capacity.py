@@ -140,7 +140,7 @@ def workers_with_a_thread_free(server: Gunicorn) -> int:
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     """No log line for every message: a thousand sessions are logged enough by their connects."""
-    monkeypatch.setenv("WSDEMO_QUIET", "1")
+    monkeypatch.setenv("WSTHREADS_QUIET", "1")
 
 
 def test_the_shipped_config_serves_workers_times_threads_sessions() -> None:
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--within", type=float, default=20.0, help="seconds to wait for the answers")
     parser.add_argument("overrides", nargs="*", help="gunicorn options, after --")
     args = parser.parse_intermixed_args(argv)
-    os.environ["WSDEMO_QUIET"] = "1"
+    os.environ["WSTHREADS_QUIET"] = "1"
     for run in range(1, args.runs + 1):
         with Gunicorn(APP, *args.overrides) as server:
             began = time.monotonic()

@@ -240,7 +240,7 @@ def gone(pid: int) -> bool:
 @pytest.fixture
 def gunicorn(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Gunicorn]]:
     """Start gunicorn with our config (no line per message); killed at the end."""
-    monkeypatch.setenv("WSDEMO_QUIET", "1")
+    monkeypatch.setenv("WSTHREADS_QUIET", "1")
     servers: list[Gunicorn] = []
 
     def start(app: str, workers: int = 2) -> Gunicorn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import re
 import resource
@@ -266,3 +267,34 @@ def test_clients_that_connect_and_say_nothing_delay_others_by_a_stall_at_most() 
         finally:
             for sock in silent:
                 sock.close()
+
+
+def test_ended_sessions_are_freed_without_the_garbage_collector() -> None:
+    """No reference cycle per session: thousands of ended ones cost a full collection otherwise.
+
+    Before: 23,494 objects in cycles for 200 sessions (each request's handler,
+    frames and traceback, its connection, its watch), and 0.84 s of collection
+    at the exit of a process that served 9,000.
+    """
+    from wsthreads.connection import Connection
+    from wsthreads.serving import RequestHandler
+
+    gc.collect()
+    gc.disable()
+    try:
+        with wsthreads.start_server(wsthreads.create_app(echo=True), port=0) as server:
+            clients = [websocket.create_connection(server.url, timeout=WAIT) for _ in range(20)]
+            for client in clients:
+                client.send("hello")
+                assert client.recv() == "hello"
+            for client in clients:
+                client.close()
+            assert wait_until(lambda: not server.app.connections())
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kinds = {type(thing).__name__ for thing in gc.garbage}
+        assert not {Connection.__name__, RequestHandler.__name__, "Watch", "traceback"} & kinds, kinds
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

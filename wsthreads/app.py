@@ -765,6 +765,10 @@ def unread_request_bytes(environ: dict[str, Any], sock: socket.socket) -> bytes:
     return data
 
 
+class SessionOver(ConnectionAbortedError):
+    """What ends a request whose socket a session took over, under Werkzeug (see below)."""
+
+
 def end_hijacked_request(mode: str) -> NoReturn:
     """End a request whose socket was taken over, without writing a response.
 
@@ -774,7 +778,7 @@ def end_hijacked_request(mode: str) -> NoReturn:
     """
     if mode == "gunicorn":
         raise StopIteration
-    raise ConnectionAbortedError("WebSocket session over")
+    raise SessionOver("WebSocket session over")
 
 
 @functools.lru_cache(maxsize=1)

@@ -612,8 +612,9 @@ class Connection:
                 self._outbox.seal()  # what send_nowait queued before still goes out, before the close frame
             self._closing.request(code, reason, time.monotonic())
         # Read after the request is set: a reader that has not seen it yet is woken.
-        if self._watch is not None:
-            self._watch.wake()
+        watch = self._watch  # once: the last turn lets go of it
+        if watch is not None:
+            watch.wake()
         elif self._wakeup is not None:
             self._wakeup.ring()
 
@@ -707,6 +708,10 @@ class Connection:
                 self._wakeup.close()
             if self._watch is not None:
                 self._watch.close()
+            # Both hold this connection (the watch its turn, on_message a closure over
+            # it): let go, so that it is freed when its last user drops it, not by the
+            # garbage collector (a full collection over thousands of ended sessions).
+            self._watch = self._on_message = None
             shut_down(self.sock)
             # A writer may still be inside a write; after the shutdown it fails at
             # once, and only then may the socket be closed under it.

@@ -6,9 +6,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from helpers import wait_until
 
 from wsthreads.netpoller import WORKERS, Netpoller, Watch
 
@@ -69,15 +69,6 @@ def cpu_seconds(poller: Netpoller) -> float:
 def close_all(*socks: socket.socket) -> None:
     for sock in socks:
         sock.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_parked_socket_runs_a_turn_when_bytes_come_and_none_while_idle(poller: Netpoller) -> None:

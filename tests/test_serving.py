@@ -12,13 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import websocket
 from _pytest.monkeypatch import MonkeyPatch
-from helpers import ROOT, WAIT
+from helpers import ROOT, WAIT, wait_until
 
 import wsthreads
 from wsthreads import serving
@@ -50,20 +49,27 @@ def test_the_library_leaves_the_switch_interval_alone() -> None:
     assert sys.getswitchinterval() == before
 
 
-def test_the_server_program_sets_the_switch_interval_for_its_process() -> None:
-    """sync_server.py owns its process: it sets the interval measured for thousands of threads."""
+def sync_server_says(setup: str, said: str) -> str:
+    """Run sync_server.py after ``setup``; half a second in, it prints ``said`` (an expression) and stops."""
     probe = (
-        "import os, signal, sys, threading, runpy; sys.argv = ['sync_server.py', '--port', '0'];"
-        "threading.Timer(0.5, lambda: (print('interval', sys.getswitchinterval(), flush=True),"
+        "import os, resource, signal, sys, threading, runpy;"
+        f"sys.argv = ['sync_server.py', '--port', '0']; {setup};"
+        f"threading.Timer(0.5, lambda: (print('said', {said}, flush=True),"
         " os.kill(os.getpid(), signal.SIGINT))).start();"
         "runpy.run_path('sync_server.py', run_name='__main__')"
     )
     run = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=WAIT
     )
-    interval = re.search(r"interval (\S+)", run.stdout)
-    assert interval is not None, run.stdout + run.stderr
-    assert float(interval.group(1)) == pytest.approx(SWITCH_INTERVAL) != sys.getswitchinterval()
+    found = re.search(r"said (.*)", run.stdout)
+    assert found is not None, run.stdout + run.stderr
+    return found.group(1)
+
+
+def test_the_server_program_sets_the_switch_interval_for_its_process() -> None:
+    """sync_server.py owns its process: it sets the interval measured for thousands of threads."""
+    interval = sync_server_says("pass", "sys.getswitchinterval()")
+    assert float(interval) == pytest.approx(SWITCH_INTERVAL) != sys.getswitchinterval()
 
 
 def test_the_library_leaves_the_open_file_limit_alone() -> None:
@@ -75,21 +81,9 @@ def test_the_library_leaves_the_open_file_limit_alone() -> None:
 
 def test_the_server_program_raises_its_open_file_limit_to_the_hard_one() -> None:
     """sync_server.py owns its process: a descriptor per session needs more than the usual 1,024."""
-    probe = (
-        "import os, resource, signal, sys, threading, runpy; sys.argv = ['sync_server.py', '--port', '0'];"
-        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
-        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard));"
-        "limit = lambda: resource.getrlimit(resource.RLIMIT_NOFILE);"
-        "threading.Timer(0.5, lambda: (print('limit', *limit(), flush=True),"
-        " os.kill(os.getpid(), signal.SIGINT))).start();"
-        "runpy.run_path('sync_server.py', run_name='__main__')"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=WAIT
-    )
-    limits = re.search(r"limit (\S+) (\S+)", run.stdout)
-    assert limits is not None, run.stdout + run.stderr
-    assert limits.group(1) == limits.group(2)
+    lower = "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))"
+    soft, hard = sync_server_says(lower, "*resource.getrlimit(resource.RLIMIT_NOFILE)").split()
+    assert soft == hard
 
 
 def test_too_few_descriptors_for_max_connections_is_one_line_at_start() -> None:
@@ -133,15 +127,6 @@ class Jobs:
         with self.lock:
             self.running -= 1
             self.served.append(request)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_request_threads_serve_a_few_requests_at_once_and_queue_the_rest(monkeypatch: MonkeyPatch) -> None:

@@ -50,6 +50,7 @@ from .handshake import (
     subprotocol_names,
 )
 from .lines import printable
+from .metrics import Metrics, check_available, process_metrics
 from .netpoller import netpoller
 from .queues import OVERFLOW_CLOSE, check_policy
 from .request import Authenticate, Reject, Request, TrustedProxies, wsgi_text
@@ -153,6 +154,10 @@ class ServerConfig:
             and networks (``"127.0.0.1"``, ``"10.0.0.0/8"``), and ``"unix"``
             for whatever connects over a Unix socket. Default: none; the
             address is the connection's.
+        metrics_path: where the app serves its Prometheus metrics
+            (``"/metrics"``; see :mod:`wsthreads.metrics`), which needs
+            ``pip install "wsthreads[metrics]"``. None (the default): no
+            metrics are kept or served.
     """
 
     handler: SessionCode | None = None
@@ -173,12 +178,20 @@ class ServerConfig:
     may_subscribe: MaySubscribe | None = None
     netpoller: bool = True
     trusted_proxies: tuple[str, ...] = ()
+    metrics_path: str | None = None
 
     def __post_init__(self) -> None:
         if not is_plain_path(self.path):
             raise ValueError(
                 f"the endpoint path must be '/' and letters, digits, -._~ (e.g. /live/updates): {self.path!r}"
             )
+        if self.metrics_path is not None:
+            if not is_plain_path(self.metrics_path) or self.metrics_path in (self.path, PAGE_PATH):
+                raise ValueError(
+                    "the metrics path must be '/' and letters, digits, -._~ (e.g. /metrics), and neither"
+                    f" the endpoint nor the page's /: {self.metrics_path!r}"
+                )
+            check_available()
         check_policy(self.on_overflow)
         check_count("max_queue", self.max_queue)
         check_count("outbound_limit", self.outbound_limit)
@@ -258,6 +271,7 @@ def no_socket_refusal(environ: dict[str, Any]) -> Refusal | None:
         "501 Not Implemented",
         "this WSGI server cannot hand its connection over to a WebSocket (Django's runserver and"
         " wsgiref cannot): serve with wsthreads.start_server, manage.py runwsserver or gunicorn",
+        cause="server-cannot-upgrade",
     )
 
 
@@ -314,11 +328,23 @@ class WebSocketApp:
         broker = self.config.broker
         #: Where :meth:`publish` sends and subscribed clients' messages come from.
         self.broker = shared_broker(broker) if broker is None or isinstance(broker, str) else broker
-        self._fanout = Fanout(self.broker)
+        #: The process's metrics, if this app keeps them (``metrics_path``).
+        self.metrics: Metrics | None = None
+        if self.config.metrics_path is not None:
+            self.metrics = process_metrics(lambda: [app for app in all_apps() if app.metrics is not None])
+        self._fanout = Fanout(self.broker, self.metrics)
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Handle one request (the WSGI entry point)."""
+        started = time.monotonic()
+        if (
+            self.metrics is not None
+            and environ.get("PATH_INFO") == self.config.metrics_path
+            and environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+            and not is_websocket_upgrade(environ)
+        ):
+            return metrics_response(self.metrics, environ, start_response)
         if (
             environ.get("PATH_INFO") == PAGE_PATH
             and environ.get("REQUEST_METHOD") in ("GET", "HEAD")
@@ -333,16 +359,22 @@ class WebSocketApp:
         if refusal is not None:
             request_line = f"{environ.get('REQUEST_METHOD')} {wsgi_text(environ.get('PATH_INFO', ''))}"
             log.info("refused %s: %s", printable(request_line), refusal.status)
-            return plain_response(start_response, refusal)
+            return self._refusal_response(start_response, refusal)
         answer: Iterable[bytes] | Hijacked = ()
         try:
-            answer = self._serve(environ, start_response)
+            answer = self._serve(environ, start_response, started)
         finally:
             if not (isinstance(answer, Hijacked) and answer.parked):  # a parked one leaves when it ends
                 self._leave()
         if isinstance(answer, Hijacked):
             end_hijacked_request(answer.mode)
         return answer
+
+    def _refusal_response(self, start_response: Callable[..., Any], refusal: Refusal) -> Iterable[bytes]:
+        """Answer a request that gets no session with ``refusal``, counted in the metrics."""
+        if self.metrics is not None:
+            self.metrics.refused(refusal.status, refusal.cause)
+        return plain_response(start_response, refusal)
 
     def _leave(self) -> None:
         """A request, or a parked session, is over: its admission ends."""
@@ -399,7 +431,7 @@ class WebSocketApp:
             if self._accepting:
                 return
             self._accepting = True
-            self._fanout = Fanout(self.broker)  # the old one's follower has stopped
+            self._fanout = Fanout(self.broker, self.metrics)  # the old one's follower has stopped
 
     def threads_in_sessions(self) -> int:
         """Request threads running a session's code now: a handler function's, or a ``run()``.
@@ -434,7 +466,10 @@ class WebSocketApp:
             targets = [conn for conn in targets if where(conn)]
         with self._broadcasting:
             # Shutting down: the sessions are closing, leave them the CPU (the message is still checked).
-            return broadcast(targets if self._accepting else (), message)
+            queued = broadcast(targets if self._accepting else (), message)
+        if self.metrics is not None:
+            self.metrics.delivered("broadcast", queued)
+        return queued
 
     def publish(self, topic: str, data: str) -> str:
         """Publish ``data`` to ``topic`` through this app's broker; the message's id.
@@ -452,15 +487,19 @@ class WebSocketApp:
     def _admit(self) -> Refusal | None:
         with self._changed:
             if not self._accepting:
-                return Refusal("503 Service Unavailable", "the server is shutting down")
+                return Refusal(
+                    "503 Service Unavailable", "the server is shutting down", cause="shutting-down"
+                )
             if self._admitted >= self.config.max_connections:
                 limit = self.config.max_connections
-                return Refusal("503 Service Unavailable", f"too many connections (limit {limit})")
+                return Refusal(
+                    "503 Service Unavailable", f"too many connections (limit {limit})", cause="server-full"
+                )
             self._admitted += 1
             return None
 
     def _serve(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
+        self, environ: dict[str, Any], start_response: Callable[..., Any], started: float
     ) -> Iterable[bytes] | Hijacked:
         request = Request.from_environ(environ, self._proxies)
         user = None
@@ -470,7 +509,7 @@ class WebSocketApp:
             except Reject as rejected:
                 refusal = refusal_of(rejected)
                 log.info("refused %s: %s %s", printable(request.path), refusal.status, refusal.text)
-                return plain_response(start_response, refusal)
+                return self._refusal_response(start_response, refusal)
         name = f"conn-{next(self._numbers)}"
         thread = threading.current_thread()
         server_thread_name, thread.name = thread.name, name
@@ -484,7 +523,8 @@ class WebSocketApp:
                     thread_class=_NoThread,
                 )
             except Exception as error:  # wsproto refused what we let through
-                return plain_response(start_response, Refusal("400 Bad Request", f"bad handshake: {error}"))
+                refusal = Refusal("400 Bad Request", f"bad handshake: {error}", cause="bad-handshake")
+                return self._refusal_response(start_response, refusal)
             # The handshake's objects (a few KiB: wsproto's, h11's, copies of the
             # environ) are done with: only these two facts outlive it.
             mode, subprotocol = ws.mode, ws.subprotocol
@@ -511,7 +551,8 @@ class WebSocketApp:
             )
             peer = describe_peer(request, environ)
             hold_thread = environ.get(HOLD_KEY, lambda: None)
-            parked = self._run(conn, held.data, peer, hold_thread, *self._subscription(request, user))
+            subscription, ending = self._subscription(request, user)
+            parked = self._run(conn, held.data, peer, hold_thread, subscription, ending, started)
         finally:
             thread.name = server_thread_name
         return Hijacked(mode, parked)
@@ -555,6 +596,7 @@ class WebSocketApp:
         hold_thread: Callable[[], None],
         subscription: Subscription | None,
         ending: Ending | None,
+        started: float,
     ) -> bool:
         """The session, from its subscription to its end; True if it was parked and goes on.
 
@@ -571,7 +613,7 @@ class WebSocketApp:
                 ending = (TRY_AGAIN_LATER, "the broker is unavailable: try again later")
         parked = False
         try:
-            parked = self._open_and_run(conn, response, peer, hold_thread, subscriber, ending)
+            parked = self._open_and_run(conn, response, peer, hold_thread, subscriber, ending, started)
         finally:
             if not parked:
                 self._forget(conn, subscriber)
@@ -581,6 +623,8 @@ class WebSocketApp:
         """The session is over: off the list, its subscription ended (and, if parked, its admission)."""
         with self._changed:
             self._connections.discard(conn)
+        if self.metrics is not None:
+            self.metrics.ended(conn)
         if subscriber is not None:
             self._fanout.unsubscribe(subscriber)
         if parked:
@@ -594,8 +638,12 @@ class WebSocketApp:
         hold_thread: Callable[[], None],
         subscriber: Subscriber | None,
         ending: Ending | None,
+        started: float,
     ) -> bool:
-        """Open the session and run it; True if it was parked and goes on without this thread."""
+        """Open the session and run it; True if it was parked and goes on without this thread.
+
+        ``started``: ``time.monotonic()`` when its request reached the app.
+        """
         if subscriber is not None and subscriber.last_id is None:
             # Where its messages start, before any of them: a client cut before the first resumes there.
             response = with_header(response, LAST_ID_HEADER, format_id(subscriber.start))
@@ -618,6 +666,8 @@ class WebSocketApp:
             conn.start()  # the reader owns the socket: it sees the abort and releases it
             conn.wait_closed()
             return False
+        if self.metrics is not None:
+            self.metrics.opened(conn, started)
         handler = self.config.session_handler()
         catch_up = None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
         parked = False
@@ -667,10 +717,13 @@ def with_header(response: bytes, name: str, value: str) -> bytes:
 def refusal_of(rejected: Reject) -> Refusal:
     """The answer a hook's Reject asks for, or a 500 if it cannot be sent as it now stands."""
     try:
-        return Refusal(*rejected.response())
+        status, text, headers = rejected.response()
+        return Refusal(status, text, headers, cause="authenticate")
     except ValueError as error:
         log.error("the authenticate hook's refusal cannot be sent: %s", error)
-        return Refusal("500 Internal Server Error", "internal error while authenticating")
+        return Refusal(
+            "500 Internal Server Error", "internal error while authenticating", cause="authenticate"
+        )
 
 
 def is_plain_path(path: str) -> bool:
@@ -717,7 +770,8 @@ class Mounted:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Route one request (the WSGI entry point)."""
-        if environ.get("PATH_INFO") == self.websocket_app.config.path:
+        config = self.websocket_app.config
+        if environ.get("PATH_INFO") in (config.path, config.metrics_path):
             return self.websocket_app(environ, start_response)
         return self.other(environ, start_response)
 
@@ -804,6 +858,15 @@ def page_response(start_response: Callable[..., Any], head: bool = False) -> Ite
         ],
     )
     return [] if head else [body]
+
+
+def metrics_response(
+    metrics: Metrics, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes]:
+    """``GET /metrics``: the metrics, in the format the scraper's Accept header asks for."""
+    body, content_type = metrics.exposition(environ.get("HTTP_ACCEPT", ""))
+    start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
 def plain_response(start_response: Callable[..., Any], refusal: Refusal) -> Iterable[bytes]:

@@ -33,6 +33,7 @@ The only unbounded code is yours: ``on_message`` runs in the reader's turn.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -97,6 +98,22 @@ SMALL_FRAME = 16384
 READS_PER_TURN = 16
 #: Seconds between a netpoller worker's looks at a requested close while a write waits for the peer.
 WRITE_LOOK = 0.1
+
+
+@dataclasses.dataclass
+class Traffic:
+    """What a connection has carried so far: plain counts, kept by its threads (:mod:`wsthreads.metrics`).
+
+    Bytes are the socket's: frame headers and control frames included.
+    """
+
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: Why we dropped the peer as too slow, if we did: ``"close"`` (1013, too
+    #: much waiting for it) or ``"write-deadline"`` (a write outlasted ``write_timeout``).
+    slow_client: str | None = None
 
 
 def opcode_and_payload(message: Message) -> tuple[int, bytes]:
@@ -315,8 +332,8 @@ class Connection:
         #: The negotiated subprotocol, or None.
         self.subprotocol = subprotocol
         self.key = key
-        self._sent = 0  # data messages written, and received: their numbers in a trace
-        self._received = 0
+        #: What it has carried so far (its counts number the messages in a trace, too).
+        self.traffic = Traffic()
         self._closing_started: float | None = None  # the closing handshake's span, when tracing
         self.client = client
         self.max_message_size = max_message_size
@@ -400,6 +417,12 @@ class Connection:
         self.reader = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
         self.reader.start()
         return self.reader
+
+    @property
+    def messages_dropped(self) -> int:
+        """Messages dropped under the ``drop-oldest`` overflow policy, in all."""
+        outbox = self._outbox
+        return outbox.dropped if outbox is not None else 0
 
     @property
     def inbox(self) -> Inbox[Message]:
@@ -497,6 +520,7 @@ class Connection:
         except OSError as error:
             self._give_up(str(error) or type(error).__name__)
             return False
+        self.traffic.bytes_out += sent
         self._count_sent([frame], at, framed=True)
         if sent < len(frame):
             # A view, not a copy: a broadcast's frame is one buffer for every connection.
@@ -528,6 +552,7 @@ class Connection:
             waiting,
             self._outbound_limit,
         )
+        self.traffic.slow_client = "close"
         self.close(TRY_AGAIN_LATER, "too slow: too many messages waiting")
 
     def _framed(self, message: Message) -> tuple[bytes, bytes]:
@@ -585,9 +610,9 @@ class Connection:
         ``messages`` are the messages themselves or, ``framed``, the frames queued for them.
         """
         for message in messages:
-            self._sent += 1
+            self.traffic.messages_out += 1
             if at is not None:
-                flow = trace.flow_id(self.key, self.client, self._sent) if self.key else None
+                flow = trace.flow_id(self.key, self.client, self.traffic.messages_out) if self.key else None
                 if isinstance(message, str):
                     shown: str | bytes = message
                 else:
@@ -796,6 +821,7 @@ class Connection:
             raise _Lost(str(error) or type(error).__name__) from None
         if not data:
             raise _Lost(f"the {'server' if self.client else 'client'} went away without a close frame")
+        self.traffic.bytes_in += len(data)
         return data
 
     def _drained(self, data: bytes) -> bool:
@@ -875,9 +901,9 @@ class Connection:
     def _deliver(self, message: Message) -> None:
         self.last_received = time.monotonic()
         log_message("received", message)
-        self._received += 1
+        self.traffic.messages_in += 1
         if trace.active():
-            flow = trace.flow_id(self.key, not self.client, self._received) if self.key else None
+            flow = trace.flow_id(self.key, not self.client, self.traffic.messages_in) if self.key else None
             trace.message("received", describe_message(message), message_size(message), flow)
         if self._on_message is None:
             self.inbox.deliver(message)  # waits while the queue is full: TCP pushes back
@@ -992,11 +1018,13 @@ class Connection:
                 sent = 0
             except OSError as error:
                 raise Closed(ABNORMAL_CLOSURE, str(error) or type(error).__name__, by_peer=False) from None
+            self.traffic.bytes_out += sent
             view = view[sent:]
             if view and not self._wait_writable(deadline, in_reader):
                 if time.monotonic() < deadline:
                     self._give_up("a write was still waiting for the peer to read at the close deadline")
                 else:
+                    self.traffic.slow_client = "write-deadline"
                     self._give_up(f"a write took over {self.write_timeout:g} s: the peer is not reading")
                 raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
 

@@ -34,10 +34,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .broker import Bounds, Broker, BrokerError, Entry, check_topic, format_id, parse_id
 from .client import backoff_delays
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 from .closing import TRY_AGAIN_LATER
 from .connection import Connection, broadcast
 from .request import Request
@@ -138,10 +141,14 @@ class Subscriber:
 
 
 class Fanout:
-    """The follower of one broker's log for one app, and the connections it delivers to."""
+    """The follower of one broker's log for one app, and the connections it delivers to.
 
-    def __init__(self, broker: Broker) -> None:
+    With ``metrics``, it counts its deliveries, their latency, and the broker's returns.
+    """
+
+    def __init__(self, broker: Broker, metrics: Metrics | None = None) -> None:
         self.broker = broker
+        self._metrics = metrics
         self._lock = threading.Lock()  # guards everything below, and every Subscriber's fields
         self._topics: dict[str, set[Subscriber]] = {}
         self._follower: threading.Thread | None = None
@@ -271,6 +278,8 @@ class Fanout:
             if retries is not None:
                 log.info("the broker at %s answers again", self.broker.where)
                 retries = None
+                if self._metrics is not None:
+                    self._metrics.broker_back()
             if entries:
                 self._deliver(entries)
                 position = entries[-1].id
@@ -290,7 +299,10 @@ class Fanout:
                         subscriber.cursor = position
                         live.append(subscriber.conn)
                 if live:
-                    broadcast(live, message_of(entry))
+                    queued = broadcast(live, message_of(entry))
+                    if self._metrics is not None:
+                        self._metrics.delivered("publish", queued)
+                        self._metrics.published(entry.id)
             self._delivered = parse_id(entries[-1].id)
 
     def _replay_start(self, conn: Connection, last: tuple[int, int]) -> tuple[int, int]:

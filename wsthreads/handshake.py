@@ -23,11 +23,16 @@ LAST_ID_HEADER = "Wsthreads-Last-Id"
 
 
 class Refusal(NamedTuple):
-    """An HTTP answer instead of a session: status, one line of text, headers."""
+    """An HTTP answer instead of a session: status, one line of text, headers, and its cause.
+
+    ``cause`` is one short word for a metric's label (``origin``,
+    ``server-full``): the text may hold anything, the label only a few values.
+    """
 
     status: str
     text: str
     headers: tuple[tuple[str, str], ...] = ()
+    cause: str = "bad-request"
 
 
 #: RFC 7230 3.2.6: the characters of a token (a subprotocol's name, a header's name).
@@ -154,30 +159,36 @@ def check_request(
 ) -> Refusal | None:
     """Why this request may not become a session on endpoint ``path``, or None if it may."""
     if environ.get("PATH_INFO", "") != path:
-        return Refusal("404 Not Found", f"no such path; the WebSocket endpoint is {path}")
+        return Refusal(
+            "404 Not Found", f"no such path; the WebSocket endpoint is {path}", cause="no-such-path"
+        )
     if not is_websocket_upgrade(environ):
         return Refusal(
             "400 Bad Request",
             f"{path} speaks WebSocket only: send 'Connection: Upgrade' and 'Upgrade: websocket'",
+            cause="not-an-upgrade",
         )
     if environ.get("REQUEST_METHOD") != "GET":
-        return Refusal("405 Method Not Allowed", "a WebSocket handshake is a GET", (("Allow", "GET"),))
+        return Refusal(
+            "405 Method Not Allowed", "a WebSocket handshake is a GET", (("Allow", "GET"),), "not-get"
+        )
     if environ.get("SERVER_PROTOCOL") not in ("HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/3"):
-        return Refusal("400 Bad Request", "a WebSocket handshake needs HTTP/1.1")
+        return Refusal("400 Bad Request", "a WebSocket handshake needs HTTP/1.1", cause="not-http-1.1")
     if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
         return Refusal(
             "426 Upgrade Required",
             "only WebSocket version 13 is supported",
             (("Sec-WebSocket-Version", "13"),),
+            "websocket-version",
         )
     if not is_valid_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
-        return Refusal("400 Bad Request", "Sec-WebSocket-Key must be 16 bytes in base64")
+        return Refusal("400 Bad Request", "Sec-WebSocket-Key must be 16 bytes in base64", cause="bad-key")
     if has_body(environ):
         # The bytes after the request are the client's first frames; a body there
         # would be read as frames by us and as a body by a proxy in front.
-        return Refusal("400 Bad Request", "a WebSocket handshake has no body")
+        return Refusal("400 Bad Request", "a WebSocket handshake has no body", cause="has-body")
     if not origin_allowed(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST"), allowed_origins):
-        return Refusal("403 Forbidden", f"origin {environ.get('HTTP_ORIGIN')} is not allowed")
+        return Refusal("403 Forbidden", f"origin {environ.get('HTTP_ORIGIN')} is not allowed", cause="origin")
     return None
 
 

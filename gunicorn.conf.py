@@ -11,6 +11,9 @@ once; our gthread worker takes no more connections than it has threads free,
 leaving the rest to a worker that has, and answers those nobody has a thread
 for with 503 "server full" within a tenth of a second (docs/deployment.md). With
 ``WSTHREADS_TRACE=trace.json`` each worker writes ``trace.PID.json`` as it exits.
+
+With metrics (``'sync_server:create_app(metrics_path="/metrics")'``), every
+scrape of ``/metrics`` sums all workers' (docs/operations.md).
 """
 
 import logging
@@ -28,6 +31,11 @@ graceful_timeout = 10  # our hooks end sessions within 2 s
 control_socket_disable = True  # gunicorn 27+: no control socket needed here
 
 
+def on_starting(server: object) -> None:
+    """In the master, before any worker: the workers' metrics in one directory, summed by every scrape."""
+    hooks.share_metrics(server)
+
+
 def post_worker_init(worker: object) -> None:
     """Show our session log lines, and close sessions with 1001 on a graceful stop."""
     if not logging.getLogger().handlers:
@@ -40,6 +48,11 @@ def post_worker_init(worker: object) -> None:
 def worker_int(worker: object) -> None:
     """Ctrl+C: close sessions with 1001 before the worker exits."""
     hooks.worker_int(worker)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker has gone: its gauges (sessions open, threads) leave the metrics."""
+    hooks.child_exit(server, worker)
 
 
 def worker_exit(server: object, worker: object) -> None:

@@ -58,7 +58,7 @@ from common import (
     subprotocol_arg,
     tracing,
 )
-from wsthreads.app import MAX_CONNECTIONS, PING_INTERVAL, WS_PATH, is_plain_path
+from wsthreads.app import MAX_CONNECTIONS, METRICS_PATH, PING_INTERVAL, WS_PATH, is_plain_path
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
 from wsthreads.settings import SWITCH_INTERVAL, raise_descriptor_limit
@@ -115,7 +115,8 @@ def serve(parser: OneLineParser, args: argparse.Namespace, signalled: Signalled)
     """Build the app, listen, and serve until a signal."""
     try:
         app = build_app(args)
-    except (ValueError, wsthreads.BrokerError) as error:  # a bad --broker, or redis-py missing
+    except (ValueError, ImportError, wsthreads.BrokerError) as error:  # a bad --broker, redis-py missing
+        # (a BrokerError), or prometheus_client missing for --metrics (an ImportError)
         fail(parser.prog, str(error), status=2)
     if args.broker:
         try:
@@ -137,6 +138,8 @@ def serve(parser: OneLineParser, args: argparse.Namespace, signalled: Signalled)
     except OSError as error:
         fail(parser.prog, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     log.info("listening on %s (the browser page: %s)", server.url, server.page_url)
+    if server.metrics_url:
+        log.info("metrics for Prometheus: %s", server.metrics_url)
     server.serve_until_signal(signalled)
 
 
@@ -156,6 +159,7 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         subprotocols=tuple(args.subprotocol),
         broker=args.broker,
         trusted_proxies=tuple(args.trusted_proxy),
+        metrics_path=args.metrics,
     )
 
 
@@ -231,6 +235,15 @@ def build_parser() -> OneLineParser:
         metavar="ADDRESS",
         help="a proxy whose X-Forwarded-For gives the client's address, e.g. 127.0.0.1 or"
         " 10.0.0.0/8; repeatable",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="?",
+        const=METRICS_PATH,
+        type=path_arg,
+        metavar="PATH",
+        help=f"serve Prometheus metrics at PATH ({METRICS_PATH} if not given); needs"
+        " pip install 'wsthreads[metrics]' (default: none kept)",
     )
     parser.add_argument(
         "--subprotocol",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import atexit
 import json
 import os
 import re
@@ -10,6 +11,8 @@ import resource
 import runpy
 import signal
 import socket
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -223,3 +226,29 @@ def test_our_worker_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -
             assert soft == hard > 512
         finally:
             client.close()
+
+
+def test_share_metrics_makes_a_directory_for_the_run_and_removes_a_killed_masters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsthreads import gunicorn as hooks
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    at_exit: list[Callable[[], None]] = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f"{hooks.METRICS_PREFIX}{dead.pid}"  # a master killed before its atexit
+    orphan.mkdir()
+    someone_elses = tmp_path / f"{hooks.METRICS_PREFIX}1"  # pid 1 is alive: left alone
+    someone_elses.mkdir()
+    try:
+        hooks.share_metrics()
+    finally:
+        ours = Path(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"))
+    assert ours == tmp_path / f"{hooks.METRICS_PREFIX}{os.getpid()}" and ours.is_dir()
+    assert not orphan.exists() and someone_elses.exists()
+    (remove,) = at_exit
+    remove()
+    assert not ours.exists()

@@ -67,6 +67,8 @@ log = logging.getLogger("wsthreads.server")
 WS_PATH = "/ws"
 #: Where the browser page is served.
 PAGE_PATH = "/"
+#: Where the metrics are served when asked for without a path (``--metrics``).
+METRICS_PATH = "/metrics"
 #: Seconds between keepalive pings (proxies often drop connections idle for
 #: 60 s; a peer that has not answered by the next ping is dead).
 PING_INTERVAL = 25.0
@@ -332,6 +334,7 @@ class WebSocketApp:
         self.metrics: Metrics | None = None
         if self.config.metrics_path is not None:
             self.metrics = process_metrics(lambda: [app for app in all_apps() if app.metrics is not None])
+            self.metrics.keep_sweeping()
         self._fanout = Fanout(self.broker, self.metrics)
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
 
@@ -864,7 +867,11 @@ def metrics_response(
     metrics: Metrics, environ: dict[str, Any], start_response: Callable[..., Any]
 ) -> Iterable[bytes]:
     """``GET /metrics``: the metrics, in the format the scraper's Accept header asks for."""
-    body, content_type = metrics.exposition(environ.get("HTTP_ACCEPT", ""))
+    try:
+        body, content_type = metrics.exposition(environ.get("HTTP_ACCEPT", ""))
+    except ValueError as error:  # the workers' shared directory is gone
+        log.error("cannot serve the metrics: %s", error)
+        return plain_response(start_response, Refusal("500 Internal Server Error", f"no metrics: {error}"))
     start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 

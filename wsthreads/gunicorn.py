@@ -3,7 +3,8 @@
 Use them from a gunicorn config file (see ``gunicorn.conf.py``)::
 
     worker_class = "wsthreads.gunicorn.ThreadWorker"
-    from wsthreads.gunicorn import post_worker_init, worker_exit, worker_int
+    from wsthreads.gunicorn import child_exit, post_worker_init, worker_exit, worker_int
+    from wsthreads.gunicorn import share_metrics as on_starting  # every worker's metrics in a scrape
 
 With ``WSTHREADS_TRACE=FILE`` in the environment, every worker traces (see
 :mod:`wsthreads.trace`) into ``FILE`` with its pid before the suffix
@@ -12,13 +13,16 @@ With ``WSTHREADS_TRACE=FILE`` in the environment, every worker traces (see
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,13 @@ from gunicorn.workers import gthread  # type: ignore[import-untyped]
 from . import trace
 from .app import SHUTDOWN_TIMEOUT, all_apps, session_owns
 from .connection import wait_for
+from .metrics import MULTIPROCESS_VARIABLE, multiprocess
 from .settings import SWITCH_INTERVAL, raise_descriptor_limit, warn_if_too_few_descriptors
 
 log = logging.getLogger("wsthreads.server")
 
+#: share_metrics()'s directories: this, then the master's pid, in the system's temporary directory.
+METRICS_PREFIX = "wsthreads-metrics-"
 #: The environment variable that turns tracing on in every worker: the trace file.
 TRACE_VARIABLE = "WSTHREADS_TRACE"
 #: Seconds between two looks at the listen queue while the worker is full: at most this long
@@ -91,6 +98,15 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """
         for app in all_apps():  # loaded by now
             warn_if_too_few_descriptors(app.config.max_connections)
+            if app.metrics is not None:
+                app.metrics.keep_sweeping()  # an app preloaded in the master swept there, not here
+            if app.metrics is not None and self.cfg.workers > 1 and not app.metrics.shared:
+                log.warning(
+                    "metrics: %d workers, but %s was not set when prometheus_client was imported:"
+                    " a scrape shows one worker's (share_metrics is the on_starting hook for it)",
+                    self.cfg.workers,
+                    MULTIPROCESS_VARIABLE,
+                )
         try:
             super().run()
         finally:
@@ -144,6 +160,9 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             refused += 1
         if refused:
             self.log.warning("server full (%d sessions): refused %d connection(s)", sessions, refused)
+            for app in all_apps()[:1]:
+                if app.metrics is not None:
+                    app.metrics.refusals.labels("503", "all-workers-full").inc(refused)
 
 
 def hold_free_lock(listener: Any, held: bool) -> None:
@@ -237,6 +256,60 @@ def worker_exit(server: Any, worker: Any) -> None:
         return
     if written is not None:
         log.info("%s", written.summary())
+
+
+def share_metrics(server: Any = None) -> None:
+    """gunicorn's ``on_starting`` hook: every worker's metrics in each scrape (multiprocess mode).
+
+    A scrape reaches one worker; for it to report them all, the workers write
+    their values to files in one directory (``PROMETHEUS_MULTIPROC_DIR``) and
+    the scraped one sums them. Unless that variable is set already, this makes
+    a fresh directory for this run of gunicorn, removed when gunicorn exits.
+    Runs in gunicorn's master, before any worker starts, and must run before
+    prometheus_client is imported, which reads the variable once: with
+    ``preload_app``, set the variable before starting gunicorn instead.
+    """
+    if multiprocess():
+        return
+    remove_orphaned_metrics()
+    master = os.getpid()
+    directory = Path(tempfile.gettempdir()) / f"{METRICS_PREFIX}{master}"
+    shutil.rmtree(directory, ignore_errors=True)  # an old master's of the same pid: not ours to add to
+    directory.mkdir(mode=0o700)
+    os.environ[MULTIPROCESS_VARIABLE] = str(directory)
+
+    def remove() -> None:
+        if os.getpid() == master:  # the workers inherit this hook: only the master removes it
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
+
+
+def remove_orphaned_metrics() -> None:
+    """Remove the metrics directories of masters that are gone (killed: their atexit never ran)."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*"):
+        pid = directory.name.removeprefix(METRICS_PREFIX)
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists (it may be another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook, in the master once a worker has exited: its gauges leave the sums; its counters stay."""
+    if multiprocess():
+        from prometheus_client import multiprocess as shared
+
+        shared.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def worker_int(worker: Any) -> None:

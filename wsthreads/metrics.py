@@ -63,8 +63,11 @@ class Metrics:
 
     def __init__(self, live: Callable[[], Iterable[Any]]) -> None:
         """``live()``: the apps whose sessions are counted (for the gauges a sweep sets)."""
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
+        #: Whether the values go to the shared directory: decided when prometheus_client was
+        #: imported, by the environment variable then, for good.
+        self.shared = values.ValueClass is not values.MutexValue
         self._live = live
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
@@ -163,7 +166,7 @@ class Metrics:
         self.sessions_open.inc()
         with self._lock:
             self._counted[conn] = (0, 0, 0, 0, 0)
-        self._keep_sweeping()
+        self.keep_sweeping()
 
     def ended(self, conn: Connection) -> None:
         """``conn`` is over (once per :meth:`opened`; a connection never opened is ignored)."""
@@ -229,8 +232,12 @@ class Metrics:
                 counter.labels(label).inc(new - old)
         return now
 
-    def _keep_sweeping(self) -> None:
-        """Start this process's sweeper thread, once (again in a worker forked after it started)."""
+    def keep_sweeping(self) -> None:
+        """Start this process's sweeper thread, once (again in a worker forked after it started).
+
+        Called when an app is made and when a session opens, and by our
+        gunicorn worker as it starts serving (an app preloaded in the master).
+        """
         if self._sweeper_pid == os.getpid():
             return
         with self._lock:
@@ -248,7 +255,8 @@ class Metrics:
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """The metrics in the format ``accept`` asks for (Prometheus text by default), and its type.
 
-        In multiprocess mode, every worker's, from the shared directory.
+        In multiprocess mode, every worker's, from the shared directory;
+        ValueError, one line, if that directory is gone.
         """
         from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import choose_encoder
@@ -256,7 +264,7 @@ class Metrics:
 
         self.sweep()
         registry: CollectorRegistry = self.registry
-        if multiprocess():
+        if self.shared:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         encoder, content_type = choose_encoder(accept)

@@ -401,6 +401,11 @@ class RunningServer:
         self.url = format_url("wss" if secure else "ws", host, self.port, app.config.path)
         #: The browser page, ``http://HOST:PORT/``.
         self.page_url = format_url("https" if secure else "http", host, self.port, "/")
+        metrics = app.config.metrics_path
+        #: Where Prometheus scrapes the metrics, ``http://HOST:PORT/metrics``; None without them.
+        self.metrics_url = (
+            format_url("https" if secure else "http", host, self.port, metrics) if metrics else None
+        )
         #: Set when the acceptor has stopped (after :meth:`shutdown`).
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, name="acceptor")

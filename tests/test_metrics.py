@@ -6,6 +6,7 @@ The metrics are the process's: every test reads what changed while it ran.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 import websocket
-from helpers import close_payload, encode_frame, open_client, wait_until
+from helpers import SERVER, ServerProgram, close_payload, encode_frame, open_client, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_broadcast import stuck_connection
 
@@ -321,3 +322,66 @@ def test_bytes_of_control_frames_count_too(metered: Callable[..., wsthreads.Runn
     assert scrapes.change("wsthreads_bytes_total", direction="in") == 10 + 8
     assert scrapes.change("wsthreads_bytes_total", direction="out") == 6 + 4
     assert scrapes.change("wsthreads_messages_total", direction="in") == 0
+
+
+def test_the_server_program_prints_its_metrics_url(start_server: Callable[..., ServerProgram]) -> None:
+    server = start_server("--metrics", "--echo")
+    url = server.wait_for(r"metrics for Prometheus: (http://\S+)").group(1)
+    assert url == f"http://127.0.0.1:{server.port}/metrics"
+    client = websocket.create_connection(server.url, timeout=5)
+    try:
+        assert value(scrape(server.port), "wsthreads_sessions_open") == 1
+    finally:
+        client.close()
+
+
+def test_the_server_program_refuses_a_metrics_path_on_the_endpoint_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, SERVER, "--port", "0", "--metrics", "/ws"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "the metrics path must be" in done.stderr, done.stderr
+
+
+def test_threads_held_by_sessions_and_the_limit(metered: Callable[..., wsthreads.RunningServer]) -> None:
+    def handler(conn: wsthreads.Connection) -> None:  # a handler function holds its request thread
+        for message in conn:
+            conn.send(message)
+
+    server = metered(handler=handler, max_connections=50)
+    client = websocket.create_connection(server.url, timeout=5)
+    try:
+        assert wait_until(lambda: value(scrape(server.port), "wsthreads_session_threads") == 1)
+        samples = scrape(server.port)
+        assert value(samples, "wsthreads_sessions_limit") == 50  # this test's app is the only one alive
+        assert value(samples, "wsthreads_threads") >= 3  # main, acceptor, the session's; it varies
+    finally:
+        client.close()
+    assert wait_until(lambda: value(scrape(server.port), "wsthreads_session_threads") == 0)
+
+
+class FlakyBroker(wsthreads.MemoryBroker):
+    """A broker whose reads fail the first ``failures`` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def read(self, after: str, count: int, timeout: float = 0) -> list[Any]:
+        if self.failures:
+            self.failures -= 1
+            raise wsthreads.BrokerError("the broker is down")
+        return super().read(after, count, timeout)
+
+
+def test_a_broker_that_answers_again_counts_as_a_reconnect(
+    metered: Callable[..., wsthreads.RunningServer], clients: list[Any]
+) -> None:
+    server = metered(broker=FlakyBroker(failures=2))
+    scrapes = Scrapes(server.port)
+    clients.append(websocket.create_connection(server.url + "?topic=news", timeout=5))  # starts the follower
+    assert '"subscribed"' in clients[0].recv()
+    assert wait_until(lambda: scrapes.change("wsthreads_broker_reconnects_total") == 1)

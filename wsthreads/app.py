@@ -436,6 +436,11 @@ class WebSocketApp:
             self._accepting = True
             self._fanout = Fanout(self.broker, self.metrics)  # the old one's follower has stopped
 
+    @property
+    def accepting(self) -> bool:
+        """True until :meth:`shutdown` (and again after :meth:`reopen`): new sessions are taken."""
+        return self._accepting
+
     def threads_in_sessions(self) -> int:
         """Request threads running a session's code now: a handler function's, or a ``run()``.
 

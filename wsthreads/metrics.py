@@ -62,7 +62,7 @@ class Metrics:
     """The process's WebSocket metrics; the app calls one method per event."""
 
     def __init__(self, live: Callable[[], Iterable[Any]]) -> None:
-        """``live()``: the apps whose sessions are counted (for the gauges a sweep sets)."""
+        """``live()``: the apps that keep metrics (a sweep sets the gauges from those accepting)."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         #: Whether the values go to the shared directory: decided when prometheus_client was
@@ -204,7 +204,7 @@ class Metrics:
         with self._lock:
             for conn, counted in self._counted.items():
                 self._counted[conn] = self._count_traffic(conn, counted)
-        apps = list(self._live())
+        apps = [app for app in self._live() if app.accepting]
         self.sessions_limit.set(sum(app.config.max_connections for app in apps))
         self.session_threads.set(sum(app.threads_in_sessions() for app in apps))
         self.threads.set(threading.active_count())

@@ -28,12 +28,15 @@ from wsthreads.closing import Closed
 from wsthreads.connection import Connection, Message, log_message, message_log
 from wsthreads.handshake import is_token
 from wsthreads.lines import shown_path
+from wsthreads.logs import JsonFormatter
 
 log = logging.getLogger("wsthreads.program")
 
 #: Messages each side sends, and the pause between two of them (seconds).
 DEFAULT_COUNT = 5
 DEFAULT_INTERVAL = 1.0
+#: --log-format's choices, the default first.
+LOG_FORMATS = ("text", "json")
 
 
 def message_text(label: str, number: int, count: int) -> str:
@@ -56,7 +59,7 @@ def send_messages(conn: Connection, count: int, interval: float, label: str) -> 
             conn.send(text)
         except Closed:
             return
-        log_message("sent", text)
+        log_message("sent", text, conn.log_fields)
         if number < count:
             with trace.span("pause (stop.wait)", seconds=interval):
                 stopping = conn.stop.wait(interval)
@@ -101,8 +104,11 @@ class _BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
-def setup_logging(level: int = logging.INFO, quiet: bool = False) -> None:
+def setup_logging(level: int = logging.INFO, quiet: bool = False, log_format: str = "text") -> None:
     """Log lines as ``time [thread] event``: events to stdout, errors to stderr.
+
+    ``log_format="json"``: one JSON object per line instead, with the session's
+    fields (:class:`wsthreads.logs.JsonFormatter`).
 
     Both streams are line-buffered (a program reading our stdout through a
     pipe sees each line at once) and never fail on characters the terminal
@@ -113,7 +119,7 @@ def setup_logging(level: int = logging.INFO, quiet: bool = False) -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True, errors="backslashreplace")
-    formatter = _LineFormatter()
+    formatter = JsonFormatter() if log_format == "json" else _LineFormatter()
     events = logging.StreamHandler(sys.stdout)
     events.addFilter(_BelowWarning())
     errors = logging.StreamHandler(sys.stderr)
@@ -220,6 +226,14 @@ def add_common_options(parser: argparse.ArgumentParser, max_message_size: int, w
         default=write_timeout,
         metavar="SECONDS",
         help=f"time one write may take; a peer that stops reading is dropped (default {write_timeout:g})",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=LOG_FORMATS[0],
+        metavar="FORMAT",
+        help="text (time [thread] event) or json (one JSON object per line, with the session's id,"
+        " address, user and path) (default text)",
     )
     parser.add_argument(
         "--trace",

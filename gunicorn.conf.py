@@ -11,6 +11,7 @@ once; our gthread worker takes no more connections than it has threads free,
 leaving the rest to a worker that has, and answers those nobody has a thread
 for with 503 "server full" within a tenth of a second (docs/deployment.md). With
 ``WSTHREADS_TRACE=trace.json`` each worker writes ``trace.PID.json`` as it exits.
+With ``WSTHREADS_LOG_FORMAT=json`` the log is one JSON object per line.
 
 With metrics (``'sync_server:create_app(metrics_path="/metrics")'``), every
 scrape of ``/metrics`` sums all workers' (docs/operations.md).
@@ -21,6 +22,7 @@ import os
 
 from wsthreads import gunicorn as hooks
 from wsthreads.connection import message_log
+from wsthreads.logs import JsonFormatter
 
 bind = "127.0.0.1:8080"
 worker_class = "wsthreads.gunicorn.ThreadWorker"  # gthread, one thread per request; 503 when full
@@ -40,6 +42,9 @@ def post_worker_init(worker: object) -> None:
     """Show our session log lines, and close sessions with 1001 on a graceful stop."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d %(threadName)s] %(message)s")
+        if os.environ.get("WSTHREADS_LOG_FORMAT") == "json":  # as --log-format json: for log shippers
+            for handler in logging.getLogger().handlers:
+                handler.setFormatter(JsonFormatter())
     if os.environ.get("WSTHREADS_QUIET"):  # as --quiet: no line for every message
         message_log.setLevel(logging.WARNING)
     hooks.post_worker_init(worker)

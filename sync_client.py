@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = client_config(args)
     except ValueError as error:  # e.g. a header given twice
         parser.error(str(error))
-    setup_logging(quiet=args.quiet)
+    setup_logging(quiet=args.quiet, log_format=args.log_format)
     with tracing(parser.prog, args.trace):
         return talk(parser, args, config, signalled)
 

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_descriptor_limit()  # a descriptor per session, for thousands of them (as Go's runtime does)
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(quiet=args.quiet)
+    setup_logging(quiet=args.quiet, log_format=args.log_format)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we log refusals ourselves
     with tracing(parser.prog, args.trace):
         serve(parser, args, signalled)

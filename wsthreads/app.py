@@ -360,8 +360,14 @@ class WebSocketApp:
             or self._admit()
         )
         if refusal is not None:
-            request_line = f"{environ.get('REQUEST_METHOD')} {wsgi_text(environ.get('PATH_INFO', ''))}"
-            log.info("refused %s: %s", printable(request_line), refusal.status)
+            path = wsgi_text(environ.get("PATH_INFO", ""))
+            fields = {"remote": self._proxies.client_address(environ), "path": path}
+            log.info(
+                "refused %s: %s",
+                printable(f"{environ.get('REQUEST_METHOD')} {path}"),
+                refusal.status,
+                extra=fields,
+            )
             return self._refusal_response(start_response, refusal)
         answer: Iterable[bytes] | Hijacked = ()
         try:
@@ -516,7 +522,10 @@ class WebSocketApp:
                 user = self._authenticate(request)
             except Reject as rejected:
                 refusal = refusal_of(rejected)
-                log.info("refused %s: %s %s", printable(request.path), refusal.status, refusal.text)
+                fields = {"remote": request.remote_addr, "path": request.path}
+                log.info(
+                    "refused %s: %s %s", printable(request.path), refusal.status, refusal.text, extra=fields
+                )
                 return self._refusal_response(start_response, refusal)
         name = f"conn-{next(self._numbers)}"
         thread = threading.current_thread()
@@ -617,7 +626,7 @@ class WebSocketApp:
                 # Before the 101: whatever is published once the client has it reaches it.
                 subscriber = self._fanout.subscribe(conn, subscription)
             except BrokerError as error:
-                log.warning("no subscription for %s: %s", peer, error)
+                log.warning("no subscription for %s: %s", peer, error, extra=conn.log_fields)
                 ending = (TRY_AGAIN_LATER, "the broker is unavailable: try again later")
         parked = False
         try:
@@ -669,6 +678,7 @@ class WebSocketApp:
                 "no session for %s: %s",
                 peer,
                 "the server is shutting down" if not self._accepting else "the client went away",
+                extra=conn.log_fields,
             )
             conn.abort()
             conn.start()  # the reader owns the socket: it sees the abort and releases it
@@ -680,10 +690,10 @@ class WebSocketApp:
         catch_up = None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
         parked = False
         try:
-            log.info("connected: %s", peer)
+            log.info("connected: %s", peer, extra=conn.log_fields)
             if ending is not None:
                 hold_thread()  # the close takes up to close_timeout
-                log.info("%s: closing: %s", conn.name, ending[1])
+                log.info("%s: closing: %s", conn.name, ending[1], extra=conn.log_fields)
                 conn.start()
                 conn.close(*ending)
             elif self.config.netpoller and hasattr(handler, "on_message"):
@@ -697,7 +707,7 @@ class WebSocketApp:
                 hold_thread()
                 run_session(conn, handler, first=catch_up)
         except Exception as error:  # never let a failure reach the WSGI server after the 101
-            log.error("session failed: %r", error)
+            log.error("session failed: %r", error, extra=conn.log_fields)
             conn.abort()
         finally:
             # The reader owns the socket; the server may only take it back once it has let go.

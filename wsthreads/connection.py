@@ -41,7 +41,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import frames, trace
@@ -58,7 +58,8 @@ from .closing import (
     describe_close,
     sendable_code,
 )
-from .lines import describe_message
+from .lines import describe_message, printable
+from .logs import SessionLogger, handler_log, with_fields
 from .queues import OVERFLOW_CLOSE, Inbox, Outbox, check_policy
 
 if TYPE_CHECKING:
@@ -158,8 +159,8 @@ def wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
     return bool(poller.poll(None if timeout is None else max(timeout, 0) * 1000))
 
 
-def log_message(what: str, message: Message) -> None:
-    """The line for one message, ``received: hello``, on :data:`message_log`.
+def log_message(what: str, message: Message, fields: Mapping[str, str] | None = None) -> None:
+    """The line for one message, ``received: hello``, on :data:`message_log`, with its session's ``fields``.
 
     Without the caller lookup ``Logger.info`` makes for every record (a
     third of a line's cost, and these lines all come from here); handlers,
@@ -168,7 +169,7 @@ def log_message(what: str, message: Message) -> None:
     if message_log.isEnabledFor(logging.INFO):
         args = (what, describe_message(message))
         record = message_log.makeRecord(message_log.name, logging.INFO, "", 0, "%s: %s", args, None)
-        message_log.handle(record)
+        message_log.handle(with_fields(record, fields or {}))
 
 
 def shut_down(sock: socket.socket | None) -> None:
@@ -181,15 +182,17 @@ def shut_down(sock: socket.socket | None) -> None:
         pass  # already shut down, closed, or reset by the peer
 
 
-def log_end(closed: Closed) -> None:
+def log_end(closed: Closed, fields: Mapping[str, str]) -> None:
     """One line saying how a connection ended: stdout if orderly, else stderr."""
     if closed.code == ABNORMAL_CLOSURE:
-        log.warning("connection lost: %s", closed.reason or "no close frame")
+        log.warning("connection lost: %s", closed.reason or "no close frame", extra=fields)
     elif closed.by_peer:
         level = logging.INFO if closed.clean or closed.code == NO_STATUS else logging.WARNING
-        log.log(level, "peer closed the connection: %s", describe_close(closed.code, closed.reason))
+        log.log(
+            level, "peer closed the connection: %s", describe_close(closed.code, closed.reason), extra=fields
+        )
     else:
-        log.info("closed: sent %s", describe_close(closed.code, closed.reason))
+        log.info("closed: sent %s", describe_close(closed.code, closed.reason), extra=fields)
 
 
 class _Wakeup:
@@ -419,6 +422,35 @@ class Connection:
         return self.reader
 
     @property
+    def log_fields(self) -> dict[str, str]:
+        """What every log line about this connection carries (see :mod:`wsthreads.logs`).
+
+        ``session`` (``conn-17``); on a server also ``remote`` (the client's
+        address), ``path`` and, when the ``authenticate`` hook said, ``user``.
+        """
+        fields = {"session": self.name.removesuffix("-reader")}
+        if self.request is not None:
+            fields["remote"] = self.request.remote_addr
+            fields["path"] = self.request.path
+        if self.user is not None:
+            fields["user"] = printable(str(self.user))
+        return fields
+
+    @property
+    def logger(self) -> SessionLogger:
+        """A logger for your handler's lines: each carries this session's :attr:`log_fields`.
+
+        It logs to ``wsthreads.handler``; ``SessionLogger(your_logger, conn.log_fields)``
+        does the same for a logger of your own.
+        """
+        return SessionLogger(handler_log, self.log_fields)
+
+    @property
+    def _log(self) -> SessionLogger:
+        """The library's own lines about this connection, on ``wsthreads``, with its fields."""
+        return SessionLogger(log, self.log_fields)
+
+    @property
     def messages_dropped(self) -> int:
         """Messages dropped under the ``drop-oldest`` overflow policy, in all."""
         outbox = self._outbox
@@ -546,7 +578,7 @@ class Connection:
         return outbox
 
     def _overflowed(self, waiting: int) -> None:
-        log.warning(
+        self._log.warning(
             "%s: the peer is too slow (%d bytes waiting, limit %d): closing",
             self.name,
             waiting,
@@ -708,12 +740,15 @@ class Connection:
         try:
             due = self._advance()
         except BaseException as error:  # a bug of ours: report it, still release the socket
-            log.exception("reader failed")
+            self._log.exception("reader failed")
             self._closing.end(Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False))
             due = None
         else:
             if self._closing.state is State.OVER:
-                log_end(self._closing.outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False))
+                outcome = self._closing.outcome or Closed(
+                    ABNORMAL_CLOSURE, "the reader failed", by_peer=False
+                )
+                log_end(outcome, self.log_fields)
         finally:
             self._in_turn = None
             if self._closing.state is State.OVER:
@@ -752,7 +787,7 @@ class Connection:
                 try:
                     callback(self)
                 except Exception:
-                    log.exception("an at_end callback failed")
+                    self._log.exception("an at_end callback failed")
 
     def _advance(self) -> float | None:
         """The reader's part of the closing state machine (:mod:`wsthreads.closing`), one turn of it.
@@ -770,7 +805,9 @@ class Connection:
         except _CloseTimeout:
             outcome = closing.timed_out()
             if outcome is closing.ours:
-                log.warning("peer did not answer the close within %.1f s; dropping it", self.close_timeout)
+                self._log.warning(
+                    "peer did not answer the close within %.1f s; dropping it", self.close_timeout
+                )
             closing.end(outcome)
         except _Lost as lost:
             closing.end(closing.lost(str(lost)))
@@ -803,7 +840,7 @@ class Connection:
             self._pending = data or b""
             return time.monotonic()
         except _Fail as failure:
-            log.warning("closing with %s", describe_close(failure.code, failure.reason))
+            self._log.warning("closing with %s", describe_close(failure.code, failure.reason))
             self._send_close(failure.code, failure.reason)
             self._begin_wind_down(self._closing.failed(failure.code, failure.reason))
             return None
@@ -900,7 +937,7 @@ class Connection:
 
     def _deliver(self, message: Message) -> None:
         self.last_received = time.monotonic()
-        log_message("received", message)
+        log_message("received", message, self.log_fields)
         self.traffic.messages_in += 1
         if trace.active():
             flow = trace.flow_id(self.key, not self.client, self.traffic.messages_in) if self.key else None
@@ -914,9 +951,9 @@ class Connection:
             # A reply that fails because the session is closing (the peer's
             # close often arrives in the same read as its last messages): the
             # reader must still see that close itself.
-            log.debug("reply not sent: the connection is closing")
+            self._log.debug("reply not sent: the connection is closing")
         except BaseException as error:  # your code failed, not the peer: 1011, one line
-            log.error("closing after an error in the message handler: %r", error)
+            self._log.error("closing after an error in the message handler: %r", error)
             self.close(INTERNAL_ERROR, "internal error")
 
     def _begin_wind_down(self, outcome: Closed) -> None:

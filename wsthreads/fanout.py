@@ -204,7 +204,7 @@ class Fanout:
                 after = self._replay_start(conn, parse_id(subscriber.last_id))
                 self._switch_to_live(subscriber, after, replay=True)
         except BrokerError as error:
-            log.warning("%s: cannot replay: %s", conn.name, error)
+            log.warning("%s: cannot replay: %s", conn.name, error, extra=conn.log_fields)
             busy = isinstance(error, TooManyReplays)
             conn.close(
                 TRY_AGAIN_LATER,

@@ -64,7 +64,7 @@ def wait_until_quiet(conn: Connection, linger: float | None) -> None:
         quiet_for = time.monotonic() - conn.last_received
         if quiet_for >= linger or conn.stop.wait(linger - quiet_for):
             if not conn.stop.is_set():
-                log.info("no message for %g s (linger): closing", linger)
+                log.info("no message for %g s (linger): closing", linger, extra=conn.log_fields)
             return
 
 
@@ -135,7 +135,7 @@ def _work(
     except Closed:
         pass  # the session ended under the handler: nothing to add
     except BaseException as error:  # SystemExit too: it would end only this thread, silently
-        log.error("closing after an error in the session handler: %r", error)
+        log.error("closing after an error in the session handler: %r", error, extra=conn.log_fields)
         conn.close(INTERNAL_ERROR, "internal error")
     if not hold and linger is None:
         return

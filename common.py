@@ -175,6 +175,32 @@ def positive_seconds_arg(text: str) -> float:
     return value
 
 
+def limit_arg(text: str) -> int:
+    """argparse type: a whole number >= 1 (a limit; leaving the option out means none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be 1 or more (leave the option out for no limit), got {value}"
+        )
+    return value
+
+
+def rate_arg(text: str) -> float:
+    """argparse type: a finite number > 0, a second (leaving the option out means no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 (leave the option out for no limit), got {text}"
+        )
+    return value
+
+
 def subprotocol_arg(text: str) -> str:
     """argparse type: a subprotocol name (an RFC 7230 token: no spaces, commas or quotes)."""
     if not is_token(text):

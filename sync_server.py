@@ -52,7 +52,9 @@ from common import (
     add_common_options,
     count_arg,
     fail,
+    limit_arg,
     positive_seconds_arg,
+    rate_arg,
     seconds_arg,
     setup_logging,
     subprotocol_arg,
@@ -160,6 +162,10 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         broker=args.broker,
         trusted_proxies=tuple(args.trusted_proxy),
         metrics_path=args.metrics,
+        max_sessions_per_address=args.max_sessions_per_address,
+        max_connection_rate=args.max_connection_rate,
+        max_message_rate=args.max_message_rate,
+        max_byte_rate=args.max_byte_rate,
     )
 
 
@@ -235,6 +241,30 @@ def build_parser() -> OneLineParser:
         metavar="ADDRESS",
         help="a proxy whose X-Forwarded-For gives the client's address, e.g. 127.0.0.1 or"
         " 10.0.0.0/8; repeatable",
+    )
+    parser.add_argument(
+        "--max-sessions-per-address",
+        type=limit_arg,
+        metavar="N",
+        help="sessions one client address may have open; more get HTTP 429 (default: no limit)",
+    )
+    parser.add_argument(
+        "--max-connection-rate",
+        type=rate_arg,
+        metavar="N",
+        help="new connections one client address may open a second; more get HTTP 429 (default: no limit)",
+    )
+    parser.add_argument(
+        "--max-message-rate",
+        type=rate_arg,
+        metavar="N",
+        help="messages a second one client may send; over it, closed with 1008 (default: no limit)",
+    )
+    parser.add_argument(
+        "--max-byte-rate",
+        type=rate_arg,
+        metavar="BYTES",
+        help="message bytes a second one client may send; over it, closed with 1008 (default: no limit)",
     )
     parser.add_argument(
         "--metrics",

@@ -222,3 +222,28 @@ def test_a_unix_socket_that_is_not_there_or_not_listening_is_one_line(tmp_path: 
         assert result.stderr.splitlines() == [
             f"sync_client.py: error: cannot connect to ws://localhost/ws: {problem} (is the server running?)"
         ]
+
+
+def test_a_limit_per_address_applies_to_the_real_client_behind_nginx(tmp_path: Path) -> None:
+    """One session per address: each client behind the proxy gets its own, not one for all of them."""
+    require(os.path.exists(NGINX), "nginx", "apt-get install nginx")
+    app = UnixGunicorn(tmp_path, "echo=True, max_sessions_per_address=1")
+    try:
+        proxy = Nginx(tmp_path, app.socket_path)
+        try:
+            first = dial_from("127.0.0.5", proxy.url)
+            second = dial_from("127.0.0.6", proxy.url, "X-Forwarded-For: 127.0.0.5")  # a forged one, ignored
+            try:
+                with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+                    dial_from("127.0.0.5", proxy.url)
+                assert refused.value.status_code == 429
+                assert refused.value.resp_headers["retry-after"] == "5"
+                second.send("still here")
+                assert second.recv() == "still here"
+            finally:
+                first.close()
+                second.close()
+        finally:
+            proxy.stop()
+    finally:
+        app.kill()

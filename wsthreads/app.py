@@ -49,13 +49,14 @@ from .handshake import (
     is_websocket_upgrade,
     subprotocol_names,
 )
+from .limits import AddressLimits, InboundLimit
 from .lines import printable
 from .metrics import Metrics, check_available, process_metrics
 from .netpoller import netpoller
 from .queues import OVERFLOW_CLOSE, check_policy
 from .request import Authenticate, Reject, Request, TrustedProxies, wsgi_text
 from .session import Echo, SessionCode, park_session, run_session
-from .settings import check_count, check_seconds
+from .settings import check_count, check_rate, check_seconds
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 #: How a session must close at once: a close code and its reason.
@@ -156,6 +157,18 @@ class ServerConfig:
             and networks (``"127.0.0.1"``, ``"10.0.0.0/8"``), and ``"unix"``
             for whatever connects over a Unix socket. Default: none; the
             address is the connection's.
+        max_sessions_per_address: sessions one client address may have
+            open at once (with handshakes in progress); more get 429 with
+            ``Retry-After``. None: no limit. The address is the one
+            ``trusted_proxies`` forwarded, if any (see :mod:`wsthreads.limits`).
+        max_connection_rate: new connections one client address may open a
+            second (a token bucket holding a second's worth); more get 429
+            with ``Retry-After``. None: no limit.
+        max_message_rate: messages a second one connection may send (a token
+            bucket holding a second's worth); a client over it is closed
+            with 1008, saying so. None: no limit.
+        max_byte_rate: message bytes a second one connection may send, the
+            same way. None: no limit.
         metrics_path: where the app serves its Prometheus metrics
             (``"/metrics"``; see :mod:`wsthreads.metrics`), which needs
             ``pip install "wsthreads[metrics]"``. None (the default): no
@@ -180,6 +193,10 @@ class ServerConfig:
     may_subscribe: MaySubscribe | None = None
     netpoller: bool = True
     trusted_proxies: tuple[str, ...] = ()
+    max_sessions_per_address: int | None = None
+    max_connection_rate: float | None = None
+    max_message_rate: float | None = None
+    max_byte_rate: float | None = None
     metrics_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -199,6 +216,10 @@ class ServerConfig:
         check_count("outbound_limit", self.outbound_limit)
         check_count("max_connections", self.max_connections, minimum=0)
         check_count("max_message_size", self.max_message_size, optional=True)
+        check_count("max_sessions_per_address", self.max_sessions_per_address, optional=True)
+        check_rate("max_connection_rate", self.max_connection_rate)
+        check_rate("max_message_rate", self.max_message_rate)
+        check_rate("max_byte_rate", self.max_byte_rate)
         check_seconds("write_timeout", self.write_timeout)
         check_seconds("close_timeout", self.close_timeout)
         check_seconds("ping_interval", self.ping_interval, optional=True)
@@ -337,6 +358,7 @@ class WebSocketApp:
             self.metrics.keep_sweeping()
         self._fanout = Fanout(self.broker, self.metrics)
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
+        self._limits = AddressLimits(self.config.max_sessions_per_address, self.config.max_connection_rate)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Handle one request (the WSGI entry point)."""
@@ -354,14 +376,15 @@ class WebSocketApp:
             and not is_websocket_upgrade(environ)
         ):
             return page_response(start_response, head=environ["REQUEST_METHOD"] == "HEAD")
+        address = self._proxies.client_address(environ)
         refusal = (
             check_request(environ, self.config.path, self.config.allowed_origins)
             or no_socket_refusal(environ)
-            or self._admit()
+            or self._admit(address)
         )
         if refusal is not None:
             path = wsgi_text(environ.get("PATH_INFO", ""))
-            fields = {"remote": self._proxies.client_address(environ), "path": path}
+            fields = {"remote": address, "path": path}
             log.info(
                 "refused %s: %s",
                 printable(f"{environ.get('REQUEST_METHOD')} {path}"),
@@ -371,10 +394,10 @@ class WebSocketApp:
             return self._refusal_response(start_response, refusal)
         answer: Iterable[bytes] | Hijacked = ()
         try:
-            answer = self._serve(environ, start_response, started)
+            answer = self._serve(environ, start_response, started, address)
         finally:
             if not (isinstance(answer, Hijacked) and answer.parked):  # a parked one leaves when it ends
-                self._leave()
+                self._leave(address)
         if isinstance(answer, Hijacked):
             end_hijacked_request(answer.mode)
         return answer
@@ -385,8 +408,10 @@ class WebSocketApp:
             self.metrics.refused(refusal.status, refusal.cause)
         return plain_response(start_response, refusal)
 
-    def _leave(self) -> None:
+    def _leave(self, address: str) -> None:
         """A request, or a parked session, is over: its admission ends."""
+        if self._limits.active:
+            self._limits.leave(address)
         with self._changed:
             self._admitted -= 1
             self._notify_if_none_left()
@@ -498,7 +523,8 @@ class WebSocketApp:
         """A WSGI app that serves our endpoint and hands every other request to ``other`` (a Flask app)."""
         return Mounted(self, other)
 
-    def _admit(self) -> Refusal | None:
+    def _admit(self, address: str) -> Refusal | None:
+        """Count a request from ``address`` in, or the 503 or 429 it gets instead."""
         with self._changed:
             if not self._accepting:
                 return Refusal(
@@ -509,11 +535,15 @@ class WebSocketApp:
                 return Refusal(
                     "503 Service Unavailable", f"too many connections (limit {limit})", cause="server-full"
                 )
+            if self._limits.active:
+                refusal = self._limits.admit(address)
+                if refusal is not None:
+                    return refusal
             self._admitted += 1
             return None
 
     def _serve(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], started: float
+        self, environ: dict[str, Any], start_response: Callable[..., Any], started: float, address: str
     ) -> Iterable[bytes] | Hijacked:
         request = Request.from_environ(environ, self._proxies)
         user = None
@@ -565,11 +595,12 @@ class WebSocketApp:
                 user=user,
                 subprotocol=subprotocol,
                 key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
+                inbound_limit=inbound_limit(config),
             )
             peer = describe_peer(request, environ)
             hold_thread = environ.get(HOLD_KEY, lambda: None)
             subscription, ending = self._subscription(request, user)
-            parked = self._run(conn, held.data, peer, hold_thread, subscription, ending, started)
+            parked = self._run(conn, held.data, peer, hold_thread, subscription, ending, started, address)
         finally:
             thread.name = server_thread_name
         return Hijacked(mode, parked)
@@ -614,6 +645,7 @@ class WebSocketApp:
         subscription: Subscription | None,
         ending: Ending | None,
         started: float,
+        address: str,
     ) -> bool:
         """The session, from its subscription to its end; True if it was parked and goes on.
 
@@ -630,13 +662,17 @@ class WebSocketApp:
                 ending = (TRY_AGAIN_LATER, "the broker is unavailable: try again later")
         parked = False
         try:
-            parked = self._open_and_run(conn, response, peer, hold_thread, subscriber, ending, started)
+            parked = self._open_and_run(
+                conn, response, peer, hold_thread, subscriber, ending, started, address
+            )
         finally:
             if not parked:
                 self._forget(conn, subscriber)
         return parked
 
-    def _forget(self, conn: Connection, subscriber: Subscriber | None, parked: bool = False) -> None:
+    def _forget(
+        self, conn: Connection, subscriber: Subscriber | None, parked: bool = False, address: str = ""
+    ) -> None:
         """The session is over: off the list, its subscription ended (and, if parked, its admission)."""
         with self._changed:
             self._connections.discard(conn)
@@ -645,7 +681,7 @@ class WebSocketApp:
         if subscriber is not None:
             self._fanout.unsubscribe(subscriber)
         if parked:
-            self._leave()
+            self._leave(address)
 
     def _open_and_run(
         self,
@@ -656,6 +692,7 @@ class WebSocketApp:
         subscriber: Subscriber | None,
         ending: Ending | None,
         started: float,
+        address: str,
     ) -> bool:
         """Open the session and run it; True if it was parked and goes on without this thread.
 
@@ -699,7 +736,9 @@ class WebSocketApp:
             elif self.config.netpoller and hasattr(handler, "on_message"):
                 # From here on the session's end is the connection's to report (even a failed
                 # start's): it takes the request's admission over.
-                conn.at_end(functools.partial(self._forget, subscriber=subscriber, parked=True))
+                conn.at_end(
+                    functools.partial(self._forget, subscriber=subscriber, parked=True, address=address)
+                )
                 parked = True
                 _session_sockets.add(conn.sock)  # the request ends before the session: its server must let go
                 park_session(conn, handler, netpoller, first=catch_up)  # type: ignore[arg-type]
@@ -724,6 +763,13 @@ class Hijacked:
 
     mode: str
     parked: bool
+
+
+def inbound_limit(config: ServerConfig) -> InboundLimit | None:
+    """A new connection's limits on what it may send, if the config sets any."""
+    if config.max_message_rate is None and config.max_byte_rate is None:
+        return None
+    return InboundLimit(config.max_message_rate, config.max_byte_rate)
 
 
 def with_header(response: bytes, name: str, value: str) -> bytes:

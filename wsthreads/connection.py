@@ -50,6 +50,7 @@ from .closing import (
     INTERNAL_ERROR,
     NO_STATUS,
     NORMAL_CLOSURE,
+    POLICY_VIOLATION,
     TRY_AGAIN_LATER,
     Closed,
     Closing,
@@ -63,6 +64,7 @@ from .logs import SessionLogger, handler_log, with_fields
 from .queues import OVERFLOW_CLOSE, Inbox, Outbox, check_policy
 
 if TYPE_CHECKING:
+    from .limits import InboundLimit
     from .netpoller import Netpoller, Watch
     from .request import Request
 
@@ -301,6 +303,8 @@ class Connection:
             both ends, in a trace (see :mod:`wsthreads.trace`).
         response_headers: on the client, the headers of the server's 101
             (names in lower case).
+        inbound_limit: messages and bytes a second the peer may send; a
+            peer over it is closed with 1008 (see :mod:`wsthreads.limits`).
     """
 
     def __init__(
@@ -322,8 +326,10 @@ class Connection:
         subprotocol: str | None = None,
         key: str = "",
         response_headers: dict[str, str] | None = None,
+        inbound_limit: InboundLimit | None = None,
     ) -> None:
         self.sock = sock
+        self._inbound_limit = inbound_limit
         if sock.family in (socket.AF_INET, socket.AF_INET6):  # not a Unix socket, which has no Nagle
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a frame goes out when written
         #: The headers of the server's 101, on a client (names in lower case); empty on a server.
@@ -915,6 +921,12 @@ class Connection:
             events, failure = error.events, _Fail(error.code, error.reason)
         for event in events:
             if isinstance(event, (str, bytes)):
+                if self._inbound_limit is not None:
+                    over = self._inbound_limit.over(
+                        len(event) if isinstance(event, bytes) else len(event.encode())
+                    )
+                    if over is not None:  # not delivered: the close says why
+                        raise _Fail(POLICY_VIOLATION, over)
                 self._deliver(event)
             elif isinstance(event, frames.Ping):
                 self._send_control(frames.PONG, event.payload)

@@ -75,9 +75,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclasses.dataclass(frozen=True)
 class TrustedProxies:
-    """The proxies whose ``X-Forwarded-For`` tells the client's address.
+    """The proxies whose ``X-Forwarded-For`` (or, without one, ``Forwarded``) tells the client's address.
 
     A header from anyone else is the client's own word, and is ignored.
+    ``X-Forwarded-For`` wins when both come: a proxy that sets only
+    ``Forwarded`` must remove a client's ``X-Forwarded-For``.
     Behind several proxies the client is the rightmost address no trusted
     proxy holds: each proxy appends the address it saw, and a client can
     put anything on the left.
@@ -122,10 +124,35 @@ class TrustedProxies:
             return address
         header = str(environ.get("HTTP_X_FORWARDED_FOR", ""))
         forwarded = [hop.strip() for hop in header.split(",") if hop.strip()]
+        if not forwarded:
+            forwarded = forwarded_for(str(environ.get("HTTP_FORWARDED", "")))
         for hop in reversed(forwarded):
             if not self.trusts(hop):
                 return hop
         return forwarded[0] if forwarded else address
+
+
+def forwarded_for(header: str) -> list[str]:
+    """The ``for=`` nodes of a ``Forwarded`` header (RFC 7239), in order, as addresses.
+
+    ``for="[2001:db8::1]:4711"`` gives ``2001:db8::1``, ``for=192.0.2.43:47011``
+    gives ``192.0.2.43``; ``unknown`` and ``_hidden`` stay as they are.
+    """
+    hops = []
+    for element in header.split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.partition("=")
+            if name.strip().lower() == "for" and value.strip():
+                hops.append(node_address(value.strip().strip('"')))
+    return hops
+
+
+def node_address(node: str) -> str:
+    """A Forwarded node without brackets or port."""
+    if node.startswith("["):
+        return node[1:].split("]", 1)[0]
+    host, colon, port = node.partition(":")
+    return host if colon and port.isdigit() and ":" not in port else node
 
 
 #: Nobody's ``X-Forwarded-For`` is believed.

@@ -64,6 +64,14 @@ def check_seconds(name: str, value: object, *, optional: bool = False) -> None:
         raise ValueError(f"{name} is too large (at most 1e9 seconds): {value!r}")
 
 
+def check_rate(name: str, value: object) -> None:
+    """``value`` must be a finite number above 0 (a rate a second), or None: no limit."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a number above 0, a second (None: no limit): {value!r}")
+
+
 def check_count(name: str, value: object, *, minimum: int = 1, optional: bool = False) -> None:
     """``value`` must be a whole number of at least ``minimum`` (or None, if ``optional``)."""
     if value is None and optional:

@@ -1,0 +1,283 @@
+"""Limits per client address and per connection (wsthreads/limits.py), over real sockets.
+
+Two client addresses on one machine: 127.0.0.1 and 127.0.0.2 (all of 127/8 is loopback).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import websocket
+from helpers import wait_until
+
+import wsthreads
+from wsthreads.limits import SWEEP_AT, AddressLimits, InboundLimit, TokenBucket
+
+OTHER = "127.0.0.2"
+
+
+def handshake(
+    port: int, source: str = "127.0.0.1", headers: str = ""
+) -> tuple[str, dict[str, str], socket.socket]:
+    """A WebSocket handshake from ``source``: the status line, the headers (lower-case names), the socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(1)
+        assert chunk, answer
+        answer += chunk
+    status, *lines = answer.decode().split("\r\n\r\n")[0].split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return status, {name.lower(): value for name, value in fields.items()}, sock
+
+
+def refused_text(sock: socket.socket) -> str:
+    """The one-line body of a refusal, read to its end."""
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data.decode().strip()
+
+
+def test_sessions_per_address_get_429_with_retry_after_and_other_addresses_go_on(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(echo=True, max_sessions_per_address=2, metrics_path="/metrics")
+    opened = [handshake(server.port)[2] for _ in range(2)]
+    try:
+        status, headers, refused = handshake(server.port)
+        assert status == "HTTP/1.1 429 Too Many Requests"
+        assert headers["retry-after"] == "5"
+        assert refused_text(refused) == "too many sessions from your address (limit 2)"
+        refused.close()
+        status, _, other = handshake(server.port, OTHER)
+        assert status == "HTTP/1.1 101 Switching Protocols"
+        other.close()
+        opened.pop().close()  # one of the first address's sessions ends: room for another
+        assert wait_until(lambda: handshake_status(server.port) == "HTTP/1.1 101 Switching Protocols")
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def handshake_status(port: int) -> str:
+    status, _, sock = handshake(port)
+    sock.close()
+    return status
+
+
+@pytest.mark.timeout(60)
+def test_one_address_flooding_connections_does_not_keep_another_from_connecting_within_a_second(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(echo=True, max_connection_rate=5)
+    statuses: list[str] = []
+    retry_after: set[str] = set()
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            try:
+                status, headers, sock = handshake(server.port, OTHER)
+            except OSError:
+                continue
+            sock.close()
+            statuses.append(status)
+            if "retry-after" in headers:
+                retry_after.add(headers["retry-after"])
+
+    flooders = [threading.Thread(target=flood, name=f"flood-{i}") for i in range(8)]
+    for flooder in flooders:
+        flooder.start()
+    try:
+        assert wait_until(lambda: len(statuses) >= 200, timeout=30)
+        took = []
+        for _ in range(5):
+            started = time.monotonic()
+            client = websocket.create_connection(server.url, timeout=5)
+            took.append(time.monotonic() - started)
+            client.send("still here")
+            assert client.recv() == "still here"
+            client.close()
+    finally:
+        stop.set()
+        for flooder in flooders:
+            flooder.join(10)
+    assert max(took) < 1.0, took
+    refused = statuses.count("HTTP/1.1 429 Too Many Requests")
+    assert refused >= len(statuses) - 20, statuses[:20]  # 5 at once, then 5 a second
+    assert retry_after == {"1"}
+
+
+@pytest.mark.timeout(60)
+def test_a_client_flooding_messages_is_closed_with_1008_while_its_neighbours_round_trips_stay_fast(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(echo=True, max_message_rate=100)
+    neighbours = [websocket.create_connection(server.url, timeout=5) for _ in range(5)]
+    flooder = websocket.create_connection(server.url, timeout=5)
+    round_trips: list[float] = []
+    stop = threading.Event()
+
+    def measure() -> None:  # each neighbour well within its 100 a second: one round trip each 20 ms
+        while not stop.wait(0.02):
+            for client in neighbours:
+                started = time.perf_counter()
+                client.send("ping")
+                assert client.recv() == "ping"
+                round_trips.append(time.perf_counter() - started)
+
+    def flood() -> None:  # as fast as the socket takes them, until the server has closed
+        try:
+            while not stop.is_set():
+                flooder.send("x" * 100)
+        except (websocket.WebSocketConnectionClosedException, OSError):
+            pass
+
+    measurer = threading.Thread(target=measure, name="measure")
+    sender = threading.Thread(target=flood, name="flood")
+    measurer.start()
+    time.sleep(0.2)  # round trips before the flood, too
+    sender.start()
+    echoed, close = 0, None
+    try:
+        while close is None:  # what the flooder gets back: echoes, then the close saying why
+            opcode, data = flooder.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                close = (int.from_bytes(data[:2], "big"), data[2:].decode())
+            else:
+                echoed += 1
+        time.sleep(0.5)  # round trips after it, too
+    finally:
+        stop.set()
+        measurer.join(10)
+        sender.join(10)
+        flooder.close()
+    assert close == (1008, "too many messages (limit 100/s)")
+    assert 100 <= echoed <= 120  # the bucket's second, and what refilled while they came
+    assert len(round_trips) >= 50
+    assert statistics.median(round_trips) < 0.005, statistics.median(round_trips)
+    assert max(round_trips) < 0.1, max(round_trips)
+    for client in neighbours:
+        client.send("after")
+        assert client.recv() == "after"
+        client.close()
+
+
+def test_a_client_over_the_byte_rate_is_closed_with_1008(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(echo=True, max_byte_rate=10_000)
+    client = websocket.create_connection(server.url, timeout=5)
+    client.send("x" * 50_000)  # more than a second's worth, into a full bucket: it passes
+    assert len(client.recv()) == 50_000
+    client.send("y")  # the bucket is in debt for four seconds
+    opcode, data = client.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert (int.from_bytes(data[:2], "big"), data[2:].decode()) == (1008, "too many bytes (limit 10000/s)")
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["X-Forwarded-For: 203.0.113.5\r\n", "Forwarded: for=203.0.113.5\r\n"],
+    ids=["x-forwarded-for", "forwarded"],
+)
+def test_a_forged_forwarded_address_from_an_untrusted_peer_changes_nothing(
+    serve: Callable[..., wsthreads.RunningServer], header: str
+) -> None:
+    server = serve(echo=True, max_sessions_per_address=1)
+    first = handshake(server.port)[2]
+    try:
+        status, _, forged = handshake(server.port, headers=header)
+        forged.close()
+        assert status == "HTTP/1.1 429 Too Many Requests"  # still 127.0.0.1's second session
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["X-Forwarded-For: 203.0.113.5\r\n", 'Forwarded: for="203.0.113.5:4711"\r\n'],
+    ids=["x-forwarded-for", "forwarded"],
+)
+def test_behind_a_trusted_proxy_the_limit_is_the_forwarded_clients(
+    serve: Callable[..., wsthreads.RunningServer], header: str
+) -> None:
+    server = serve(echo=True, max_sessions_per_address=1, trusted_proxies=("127.0.0.1",))
+    first = handshake(server.port, headers=header)[2]
+    try:
+        status, _, other = handshake(server.port, headers="X-Forwarded-For: 198.51.100.7\r\n")
+        other.close()
+        assert status == "HTTP/1.1 101 Switching Protocols"  # another client behind the same proxy
+        status, _, again = handshake(server.port, headers=header)
+        again.close()
+        assert status == "HTTP/1.1 429 Too Many Requests"
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize(
+    "setting", ["max_sessions_per_address", "max_connection_rate", "max_message_rate", "max_byte_rate"]
+)
+@pytest.mark.parametrize("value", [0, -1, "10", True, float("nan"), float("inf")])
+def test_a_bad_limit_is_one_line(setting: str, value: object) -> None:
+    if setting == "max_sessions_per_address" and value == float("inf"):
+        value = 2.5  # not a whole number
+    with pytest.raises(ValueError, match=setting) as error:
+        wsthreads.create_app(**{setting: value})  # type: ignore[arg-type]
+    assert "\n" not in str(error.value)
+
+
+def test_a_token_bucket_holds_a_seconds_worth_and_a_full_one_lends() -> None:
+    bucket = TokenBucket(10, now=0.0)
+    assert all(bucket.take(1, 0.0) for _ in range(10))
+    assert not bucket.take(1, 0.0)
+    assert bucket.wait() == pytest.approx(0.1)
+    assert bucket.take(1, 0.1)  # refilled one
+    big = TokenBucket(10, now=0.0)
+    assert big.take(25, 0.0)  # full: it lends
+    assert not big.take(1, 1.0) and big.take(1, 1.6)  # in debt until 15 tokens came back
+
+
+def test_inbound_limit_says_which_limit() -> None:
+    limit = InboundLimit(messages_per_second=2, bytes_per_second=None)
+    assert limit.over(10) is None and limit.over(10) is None
+    assert limit.over(10) == "too many messages (limit 2/s)"
+    assert InboundLimit(None, 5).over(6) is None  # a full bucket lends
+
+
+def test_the_address_table_forgets_idle_addresses() -> None:
+    limits = AddressLimits(max_sessions=None, connection_rate=1000)
+    for i in range(SWEEP_AT * 3):
+        assert limits.admit(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}") is None
+        limits.leave(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    assert len(limits._buckets) < 2 * SWEEP_AT  # swept as it grew: those were full again
+    assert not limits._open  # every address left
+
+
+def test_a_flood_from_many_addresses_sweeps_the_table_rarely() -> None:
+    limits = AddressLimits(max_sessions=None, connection_rate=0.001)  # nobody's bucket refills
+    sweeps = 0
+    sweep = limits._sweep
+
+    def counted(now: float) -> None:
+        nonlocal sweeps
+        sweeps += 1
+        sweep(now)
+
+    limits._sweep = counted  # type: ignore[method-assign]
+    for i in range(SWEEP_AT * 8):
+        assert limits.admit(f"2001:db8::{i:x}") is None
+    assert sweeps <= 4  # at 4096, 8192, 16384 and 32768 addresses: not one per connection

@@ -237,7 +237,7 @@ def test_a_limit_per_address_applies_to_the_real_client_behind_nginx(tmp_path: P
                 with pytest.raises(websocket.WebSocketBadStatusException) as refused:
                     dial_from("127.0.0.5", proxy.url)
                 assert refused.value.status_code == 429
-                assert refused.value.resp_headers["retry-after"] == "5"
+                assert (refused.value.resp_headers or {}).get("retry-after") == "5"
                 second.send("still here")
                 assert second.recv() == "still here"
             finally:

@@ -9,13 +9,15 @@ import base64
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
 import websocket
-from helpers import wait_until
+from helpers import SERVER, wait_until
 
 import wsthreads
 from wsthreads.limits import SWEEP_AT, AddressLimits, InboundLimit, TokenBucket
@@ -281,3 +283,27 @@ def test_a_flood_from_many_addresses_sweeps_the_table_rarely() -> None:
     for i in range(SWEEP_AT * 8):
         assert limits.admit(f"2001:db8::{i:x}") is None
     assert sweeps <= 4  # at 4096, 8192, 16384 and 32768 addresses: not one per connection
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--max-sessions-per-address", "0", "must be 1 or more (leave the option out for no limit), got 0"),
+        ("--max-sessions-per-address", "1.5", "not a whole number: '1.5'"),
+        ("--max-connection-rate", "-2", "must be more than 0 (leave the option out for no limit), got -2"),
+        ("--max-message-rate", "lots", "not a number: 'lots'"),
+        ("--max-byte-rate", "0", "must be more than 0 (leave the option out for no limit), got 0"),
+        (
+            "--trusted-proxy",
+            "10.0.0.300",
+            "not an address, a network or 'unix' for trusted_proxies: '10.0.0.300'",
+        ),
+    ],
+)
+def test_a_bad_limit_option_is_one_line_at_start(option: str, value: str, says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, SERVER, "--port", "0", option, value], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2 or (option == "--trusted-proxy" and done.returncode != 0)
+    assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Program, free_port, open_client, require, wait_until
+from helpers import ROOT, Program, free_port, open_client, require, wait_until
 from helpers import websocket_client as connect
 from test_gunicorn import Gunicorn
 
@@ -152,3 +152,13 @@ def test_a_dead_workers_gauges_leave_and_its_counters_stay(served: tuple[Gunicor
 def workers(gunicorn: Gunicorn) -> set[str]:
     """The pids of the workers gunicorn has started so far."""
     return {line.split("pid: ")[1].strip() for line in gunicorn.stderr if "Booting worker with pid: " in line}
+
+
+def test_several_workers_without_a_shared_directory_say_so(tmp_path: Path) -> None:
+    """gunicorn.conf.py without its on_starting hook: each worker warns that a scrape shows only itself."""
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text(f"exec(open({str(ROOT / 'gunicorn.conf.py')!r}).read())\ndel on_starting\n")
+    with Gunicorn(APP, "-c", str(config), workers=2, threads=5) as gunicorn:
+        assert wait_until(
+            lambda: sum("a scrape shows one worker's" in line for line in gunicorn.stderr) == 2
+        ), gunicorn.output()

@@ -29,6 +29,7 @@ from wsthreads.connection import Connection, Message, log_message, message_log
 from wsthreads.handshake import is_token
 from wsthreads.lines import shown_path
 from wsthreads.logs import JsonFormatter
+from wsthreads.settings import RATES
 
 log = logging.getLogger("wsthreads.program")
 
@@ -189,14 +190,15 @@ def limit_arg(text: str) -> int:
 
 
 def rate_arg(text: str) -> float:
-    """argparse type: a finite number > 0, a second (leaving the option out means no limit)."""
+    """argparse type: a rate a second, within wsthreads.settings.RATES (left out: no limit)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
+    low, high = RATES
+    if not low <= value <= high:
         raise argparse.ArgumentTypeError(
-            f"must be more than 0 (leave the option out for no limit), got {text}"
+            f"must be from {low:g} to {high:g} (leave the option out for no limit), got {text[:40]}"
         )
     return value
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 import websocket
-from helpers import SERVER, wait_until
+from helpers import SERVER, encode_frame, wait_until
 
 import wsthreads
 from wsthreads.limits import SWEEP_AT, AddressLimits, InboundLimit, TokenBucket
@@ -183,9 +183,9 @@ def test_a_client_over_the_byte_rate_is_closed_with_1008(
 ) -> None:
     server = serve(echo=True, max_byte_rate=10_000)
     client = websocket.create_connection(server.url, timeout=5)
-    client.send("x" * 50_000)  # more than a second's worth, into a full bucket: it passes
-    assert len(client.recv()) == 50_000
-    client.send("y")  # the bucket is in debt for four seconds
+    client.send("x" * 8_000)  # 8,008 bytes on the wire, of the second's 10,000
+    assert len(client.recv()) == 8_000
+    client.send("y" * 8_000)  # the 2,000 or so left are not enough
     opcode, data = client.recv_data(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     assert (int.from_bytes(data[:2], "big"), data[2:].decode()) == (1008, "too many bytes (limit 10000/s)")
@@ -233,10 +233,10 @@ def test_behind_a_trusted_proxy_the_limit_is_the_forwarded_clients(
 @pytest.mark.parametrize(
     "setting", ["max_sessions_per_address", "max_connection_rate", "max_message_rate", "max_byte_rate"]
 )
-@pytest.mark.parametrize("value", [0, -1, "10", True, float("nan"), float("inf")])
+@pytest.mark.parametrize("value", [0, -1, "10", True, float("nan"), float("inf"), 1e-320, 10**400])
 def test_a_bad_limit_is_one_line(setting: str, value: object) -> None:
-    if setting == "max_sessions_per_address" and value == float("inf"):
-        value = 2.5  # not a whole number
+    if setting == "max_sessions_per_address" and value in (float("inf"), 10**400):
+        value = 2.5  # any whole number of sessions is a limit; a fraction is not
     with pytest.raises(ValueError, match=setting) as error:
         wsthreads.create_app(**{setting: value})  # type: ignore[arg-type]
     assert "\n" not in str(error.value)
@@ -255,9 +255,58 @@ def test_a_token_bucket_holds_a_seconds_worth_and_a_full_one_lends() -> None:
 
 def test_inbound_limit_says_which_limit() -> None:
     limit = InboundLimit(messages_per_second=2, bytes_per_second=None)
-    assert limit.over(10) is None and limit.over(10) is None
-    assert limit.over(10) == "too many messages (limit 2/s)"
-    assert InboundLimit(None, 5).over(6) is None  # a full bucket lends
+    assert limit.messages_over() is None and limit.messages_over() is None
+    assert limit.messages_over() == "too many messages (limit 2/s)"
+    assert limit.bytes_over(10**9) is None  # no byte limit
+    by_bytes = InboundLimit(None, 5)
+    assert by_bytes.bytes_over(6) is None  # a full bucket lends
+    assert by_bytes.bytes_over(1) == "too many bytes (limit 5/s)"
+
+
+def raw_session(port: int) -> socket.socket:
+    status, _, sock = handshake(port)
+    assert status == "HTTP/1.1 101 Switching Protocols"
+    return sock
+
+
+def close_of(sock: socket.socket) -> tuple[int, str]:
+    """Read to the server's close frame (unmasked, short): its code and reason."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, data[-200:]
+        data += chunk
+        at = data.find(b"\x88")
+        if at >= 0 and len(data) >= at + 2 and len(data) >= at + 2 + data[at + 1]:
+            payload = data[at + 2 : at + 2 + data[at + 1]]
+            return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+
+def test_a_ping_flood_counts_as_messages(serve: Callable[..., wsthreads.RunningServer]) -> None:
+    server = serve(echo=True, max_message_rate=10, ping_interval=None)
+    sock = raw_session(server.port)
+    try:
+        sock.sendall(b"".join(encode_frame(0x9, b"p" * 125) for _ in range(50)))
+        assert close_of(sock) == (1008, "too many messages (limit 10/s)")
+    finally:
+        sock.close()
+
+
+def test_an_unfinished_message_is_held_to_the_byte_rate(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(echo=True, max_byte_rate=100_000, max_message_size=None, ping_interval=None)
+    sock = raw_session(server.port)
+    try:
+        sock.sendall(encode_frame(0x2, b"x" * 60_000, fin=False))
+        try:
+            for _ in range(100):  # 6 MB of continuation that never ends the message
+                sock.sendall(encode_frame(0x0, b"x" * 60_000, fin=False))
+        except OSError:
+            pass  # the server has closed
+        assert close_of(sock) == (1008, "too many bytes (limit 100000/s)")
+    finally:
+        sock.close()
 
 
 def test_the_address_table_forgets_idle_addresses() -> None:
@@ -290,9 +339,22 @@ def test_a_flood_from_many_addresses_sweeps_the_table_rarely() -> None:
     [
         ("--max-sessions-per-address", "0", "must be 1 or more (leave the option out for no limit), got 0"),
         ("--max-sessions-per-address", "1.5", "not a whole number: '1.5'"),
-        ("--max-connection-rate", "-2", "must be more than 0 (leave the option out for no limit), got -2"),
+        (
+            "--max-connection-rate",
+            "-2",
+            "must be from 1e-06 to 1e+12 (leave the option out for no limit), got -2",
+        ),
+        (
+            "--max-connection-rate",
+            "1e-320",
+            "must be from 1e-06 to 1e+12 (leave the option out for no limit)",
+        ),
         ("--max-message-rate", "lots", "not a number: 'lots'"),
-        ("--max-byte-rate", "0", "must be more than 0 (leave the option out for no limit), got 0"),
+        (
+            "--max-byte-rate",
+            "1e400",
+            "must be from 1e-06 to 1e+12 (leave the option out for no limit), got 1e400",
+        ),
         (
             "--trusted-proxy",
             "10.0.0.300",
@@ -307,3 +369,24 @@ def test_a_bad_limit_option_is_one_line_at_start(option: str, value: str, says: 
     assert done.returncode == 2 or (option == "--trusted-proxy" and done.returncode != 0)
     assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("203.0.113.7:40000", "203.0.113.7:40001"),
+        ("[2001:DB8::1]:443", "2001:db8::1"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+    ],
+)
+def test_one_address_spelled_two_ways_is_one_address(
+    serve: Callable[..., wsthreads.RunningServer], first: str, second: str
+) -> None:
+    server = serve(echo=True, max_sessions_per_address=1, trusted_proxies=("127.0.0.1",))
+    opened = handshake(server.port, headers=f"X-Forwarded-For: {first}\r\n")[2]
+    try:
+        status, _, again = handshake(server.port, headers=f"X-Forwarded-For: {second}\r\n")
+        again.close()
+        assert status == "HTTP/1.1 429 Too Many Requests"
+    finally:
+        opened.close()

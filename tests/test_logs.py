@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -155,5 +156,63 @@ def test_under_gunicorn_the_log_format_variable_gives_json(monkeypatch: pytest.M
         raw = open_client(gunicorn.port)
         raw.close()
         line = gunicorn.wait_for(r'"message": "connection lost', stream="stderr").string
-    fields = json.loads(line[line.index("{") :])
+    fields = json.loads(line)
     assert fields.keys() >= SESSION_FIELDS and fields["remote"] == "127.0.0.1"
+    assert all(json.loads(line) for line in gunicorn.stderr + gunicorn.stdout)  # gunicorn's own lines too
+    assert sum("Booting worker" in line for line in gunicorn.stderr) == 1  # each line once
+
+
+class BadUser:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this user")
+
+
+class HugeUser:
+    def __str__(self) -> str:
+        return "u\n" * 1_000_000
+
+
+@pytest.mark.parametrize("user", [BadUser(), HugeUser()], ids=["str-raises", "str-huge"])
+def test_a_user_that_logs_badly_never_ends_a_session(
+    serve: Callable[..., wsthreads.RunningServer],
+    json_lines: Callable[[], list[dict[str, Any]]],
+    user: object,
+) -> None:
+    server = serve(echo=True, authenticate=lambda request: user)
+    client = websocket.create_connection(server.url, timeout=5)
+    for _ in range(3):
+        client.send("hello")
+        assert client.recv() == "hello"
+    client.close()
+    assert wait_until(lambda: any("peer closed" in line["message"] for line in json_lines()))
+    users = {line["user"] for line in json_lines() if "user" in line}
+    assert users in ({"<BadUser>"}, {"u\\n" * 50 + "..."}), users
+
+
+def test_a_refused_lines_fields_are_escaped(
+    serve: Callable[..., wsthreads.RunningServer], json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /x%0aFAKE%1b[31m HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 404")
+    (refused,) = (line for line in json_lines() if line["message"].startswith("refused"))
+    assert refused["path"] == "/x\\nFAKE\\x1b[31m"
+
+
+def test_session_logger_takes_extra_none_and_the_formatter_keeps_stack_info() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    mine = logging.getLogger("test_logs.stack")
+    mine.setLevel(logging.INFO)
+    mine.addHandler(handler)
+    mine.propagate = False
+    try:
+        SessionLogger(mine, {"session": "conn-3"}).info("here", extra=None, stack_info=True)
+    finally:
+        mine.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["session"] == "conn-3" and line["stack"].startswith("Stack (most recent call last)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import urllib.parse
@@ -162,3 +163,18 @@ def test_several_workers_without_a_shared_directory_say_so(tmp_path: Path) -> No
         assert wait_until(
             lambda: sum("a scrape shows one worker's" in line for line in gunicorn.stderr) == 2
         ), gunicorn.output()
+
+
+def test_with_preload_only_the_workers_report_gauges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app made in gunicorn's master (preload_app) leaves no gauges of the master's in the sums."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # preload_app: set before gunicorn starts
+    with Gunicorn(APP, "--preload", workers=2, threads=5) as gunicorn:
+        url = f"http://127.0.0.1:{gunicorn.port}/metrics"
+
+        def pids() -> set[str]:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            return set(re.findall(r'wsthreads_sessions_limit\{pid="(\d+)"\}', text))
+
+        assert wait_until(lambda: pids() == workers(gunicorn)), (pids(), workers(gunicorn))
+        assert str(gunicorn.proc.pid) not in pids()

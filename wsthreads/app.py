@@ -54,7 +54,7 @@ from .lines import printable
 from .metrics import Metrics, check_available, process_metrics
 from .netpoller import netpoller
 from .queues import OVERFLOW_CLOSE, check_policy
-from .request import Authenticate, Reject, Request, TrustedProxies, wsgi_text
+from .request import Authenticate, Reject, Request, TrustedProxies, normalized, wsgi_text
 from .session import Echo, SessionCode, park_session, run_session
 from .settings import check_count, check_rate, check_seconds
 
@@ -205,7 +205,11 @@ class ServerConfig:
                 f"the endpoint path must be '/' and letters, digits, -._~ (e.g. /live/updates): {self.path!r}"
             )
         if self.metrics_path is not None:
-            if not is_plain_path(self.metrics_path) or self.metrics_path in (self.path, PAGE_PATH):
+            if (
+                not isinstance(self.metrics_path, str)
+                or not is_plain_path(self.metrics_path)
+                or self.metrics_path in (self.path, PAGE_PATH)
+            ):
                 raise ValueError(
                     "the metrics path must be '/' and letters, digits, -._~ (e.g. /metrics), and neither"
                     f" the endpoint nor the page's /: {self.metrics_path!r}"
@@ -245,7 +249,7 @@ class ServerConfig:
 def describe_peer(request: Request, environ: dict[str, Any]) -> str:
     """Who is connected, for the log: ``127.0.0.1:52044``, ``203.0.113.7 (forwarded)``, ``a Unix socket``."""
     direct = environ.get("REMOTE_ADDR") or ""
-    if request.remote_addr != direct:
+    if request.remote_addr != normalized(direct):
         return f"{printable(request.remote_addr)} (forwarded)"
     if not direct:
         return "a Unix socket"
@@ -355,7 +359,6 @@ class WebSocketApp:
         self.metrics: Metrics | None = None
         if self.config.metrics_path is not None:
             self.metrics = process_metrics(lambda: [app for app in all_apps() if app.metrics is not None])
-            self.metrics.keep_sweeping()
         self._fanout = Fanout(self.broker, self.metrics)
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
         self._limits = AddressLimits(self.config.max_sessions_per_address, self.config.max_connection_rate)
@@ -384,7 +387,7 @@ class WebSocketApp:
         )
         if refusal is not None:
             path = wsgi_text(environ.get("PATH_INFO", ""))
-            fields = {"remote": address, "path": path}
+            fields = {"remote": printable(address), "path": printable(path)}
             log.info(
                 "refused %s: %s",
                 printable(f"{environ.get('REQUEST_METHOD')} {path}"),
@@ -552,7 +555,7 @@ class WebSocketApp:
                 user = self._authenticate(request)
             except Reject as rejected:
                 refusal = refusal_of(rejected)
-                fields = {"remote": request.remote_addr, "path": request.path}
+                fields = {"remote": printable(request.remote_addr), "path": printable(request.path)}
                 log.info(
                     "refused %s: %s %s", printable(request.path), refusal.status, refusal.text, extra=fields
                 )

@@ -174,6 +174,22 @@ def log_message(what: str, message: Message, fields: Mapping[str, str] | None = 
         message_log.handle(with_fields(record, fields or {}))
 
 
+#: Characters of a user, as a log line shows it.
+USER_TEXT = 100
+
+
+def user_text(user: object) -> str:
+    """What the ``authenticate`` hook returned, for a log line: ``str(user)``, escaped and cut short.
+
+    A ``__str__`` that fails gives the type's name instead: a log line must not end a session.
+    """
+    try:
+        text = str(user)
+    except Exception:
+        return f"<{type(user).__name__}>"
+    return printable(text[:USER_TEXT]) + ("..." if len(text) > USER_TEXT else "")
+
+
 def shut_down(sock: socket.socket | None) -> None:
     """Shut a socket down both ways: the peer sees EOF, and blocked reads and writes return."""
     if sock is None:
@@ -360,6 +376,8 @@ class Connection:
         self.wire_lock = threading.Lock()
         self._parser = frames.Parser(client=client, max_message_size=max_message_size)
         self._pending = pending
+        self.traffic.bytes_in += len(pending)  # read by the HTTP server, behind the handshake
+        self._log_fields: dict[str, str] | None = None
         # How the reader is woken when another thread asks for a close: its own
         # eventfd when it has a thread, its watch when it waits in the netpoller.
         self._wakeup: _Wakeup | None = None
@@ -434,13 +452,15 @@ class Connection:
         ``session`` (``conn-17``); on a server also ``remote`` (the client's
         address), ``path`` and, when the ``authenticate`` hook said, ``user``.
         """
-        fields = {"session": self.name.removesuffix("-reader")}
-        if self.request is not None:
-            fields["remote"] = self.request.remote_addr
-            fields["path"] = self.request.path
-        if self.user is not None:
-            fields["user"] = printable(str(self.user))
-        return fields
+        if self._log_fields is None:  # once: the request and the user never change
+            fields = {"session": self.name.removesuffix("-reader")}
+            if self.request is not None:
+                fields["remote"] = printable(self.request.remote_addr)
+                fields["path"] = printable(self.request.path)
+            if self.user is not None:
+                fields["user"] = user_text(self.user)
+            self._log_fields = fields
+        return self._log_fields
 
     @property
     def logger(self) -> SessionLogger:
@@ -914,19 +934,20 @@ class Connection:
 
     def _dispatch(self, data: bytes) -> Closed | None:
         """Feed bytes to the frame layer and act on what they complete; how the session ended, if it did."""
+        limit = self._inbound_limit if self._closing.state is State.OPEN else None
+        if limit is not None and (over := limit.bytes_over(len(data))) is not None:
+            raise _Fail(POLICY_VIOLATION, over)  # every byte counts: fragments and control frames too
         failure = None
         try:
             events = self._parser.receive(data)
         except frames.ProtocolError as error:  # what came before the broken rule still counts
             events, failure = error.events, _Fail(error.code, error.reason)
         for event in events:
+            if limit is not None and not isinstance(event, frames.Close):
+                over = limit.messages_over()  # a ping or a pong too: each costs us a turn (and a pong)
+                if over is not None:  # not delivered: the close says why
+                    raise _Fail(POLICY_VIOLATION, over)
             if isinstance(event, (str, bytes)):
-                if self._inbound_limit is not None:
-                    over = self._inbound_limit.over(
-                        len(event) if isinstance(event, bytes) else len(event.encode())
-                    )
-                    if over is not None:  # not delivered: the close says why
-                        raise _Fail(POLICY_VIOLATION, over)
                 self._deliver(event)
             elif isinstance(event, frames.Ping):
                 self._send_control(frames.PONG, event.payload)

@@ -99,7 +99,9 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         for app in all_apps():  # loaded by now
             warn_if_too_few_descriptors(app.config.max_connections)
             if app.metrics is not None:
-                app.metrics.keep_sweeping()  # an app preloaded in the master swept there, not here
+                app.metrics.keep_sweeping()
+                if app.metrics.shared:  # made in the master (preload_app): its zeros are no worker's
+                    forget_worker(os.getppid())
             if app.metrics is not None and self.cfg.workers > 1 and not app.metrics.shared:
                 log.warning(
                     "metrics: %d workers, but %s was not set when prometheus_client was imported:"
@@ -307,9 +309,14 @@ def process_alive(pid: int) -> bool:
 def child_exit(server: Any, worker: Any) -> None:
     """gunicorn hook, in the master once a worker has exited: its gauges leave the sums; its counters stay."""
     if multiprocess():
-        from prometheus_client import multiprocess as shared
+        forget_worker(worker.pid)
 
-        shared.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+def forget_worker(pid: int) -> None:
+    """Remove process ``pid``'s gauges from the shared metrics directory (its counters stay)."""
+    from prometheus_client import multiprocess as shared
+
+    shared.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def worker_int(worker: Any) -> None:

@@ -5,16 +5,19 @@
   the handshake is answered or a session's thread is spent: over either, the
   client gets 429 with ``Retry-After``.
 - :class:`InboundLimit`: messages and bytes per second one connection may
-  send. Its reader asks for every message; over either, the connection is
+  send. Its reader asks for every frame it completes (a ping or a pong is a
+  message here too) and for every read's bytes (fragments of an unfinished
+  message and control frames count); over either, the connection is
   closed with 1008 and a reason saying which limit (rather than paused: a
   pause would keep the flood's connection, its buffers and its reader, for a
   client that by the limit's own definition is misbehaving; a close frees all
   of that, and tells the client why).
 
-Each bucket holds one second's worth and refills at its rate; it may go into
-debt by one message, so a message larger than a second's bytes still passes
-when the bucket is full. The address table stays small: an address leaves it
-once it has no session open and its bucket is full again.
+Each bucket holds one second's worth and refills at its rate; a full one
+lends what one take asks (one read's bytes), and what comes next waits for
+the debt. The address table stays small: an address leaves it once it has
+no session open and its bucket is full again. The limits are the process's:
+under gunicorn, each worker counts its own.
 """
 
 from __future__ import annotations
@@ -139,11 +142,14 @@ class InboundLimit:
         self._messages = None if messages_per_second is None else TokenBucket(messages_per_second, now)
         self._bytes = None if bytes_per_second is None else TokenBucket(bytes_per_second, now)
 
-    def over(self, size: int) -> str | None:
-        """Count a message of ``size`` bytes; the close reason if it is over a limit, else None."""
-        now = time.monotonic()
-        if self._messages is not None and not self._messages.take(1, now):
+    def messages_over(self) -> str | None:
+        """Count one message (or control frame) in; the close reason if it is over the limit, else None."""
+        if self._messages is not None and not self._messages.take(1, time.monotonic()):
             return f"too many messages (limit {self._messages.rate:g}/s)"
-        if self._bytes is not None and not self._bytes.take(size, now):
+        return None
+
+    def bytes_over(self, size: int) -> str | None:
+        """Count ``size`` bytes read; the close reason if they are over the limit, else None."""
+        if self._bytes is not None and not self._bytes.take(size, time.monotonic()):
             return f"too many bytes (limit {self._bytes.rate:g}/s)"
         return None

@@ -34,7 +34,7 @@ class SessionLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         """Add the session's fields to the record's (Python 3.13's ``merge_extra``, on every version)."""
-        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
         return msg, kwargs
 
 
@@ -50,8 +50,9 @@ class JsonFormatter(logging.Formatter):
     ``{"time": "2026-12-07T04:01:02.345Z", "level": "INFO", "thread":
     "conn-1-reader", "logger": "wsthreads", "session": "conn-1", "remote":
     "127.0.0.1", "path": "/ws", "message": "received: hello"}``; an
-    exception's traceback goes in ``"exception"``. Text that came from a
-    peer is escaped as in the text format, and JSON escapes the rest. Use it
+    exception's traceback goes in ``"exception"``, ``stack_info`` in
+    ``"stack"``. Text that came from a peer is escaped as in the text
+    format (the fields too), and JSON escapes the rest. Use it
     from a logging config (``"()": "wsthreads.logs.JsonFormatter"``) or
     ``--log-format json``.
     """
@@ -72,4 +73,6 @@ class JsonFormatter(logging.Formatter):
         line["message"] = record.getMessage()
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line)  # ASCII: a lone surrogate from a peer cannot break the stream

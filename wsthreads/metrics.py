@@ -179,7 +179,7 @@ class Metrics:
         closed = conn.closed
         code = closed.code if closed is not None else ABNORMAL_CLOSURE
         by = "nobody" if code == ABNORMAL_CLOSURE else "client" if closed and closed.by_peer else "server"
-        self.sessions_ended.labels(str(code), by).inc()
+        self.sessions_ended.labels(code_label(code), by).inc()
         if conn.traffic.slow_client is not None:
             self.slow_clients.labels(conn.traffic.slow_client).inc()
 
@@ -235,8 +235,9 @@ class Metrics:
     def keep_sweeping(self) -> None:
         """Start this process's sweeper thread, once (again in a worker forked after it started).
 
-        Called when an app is made and when a session opens, and by our
-        gunicorn worker as it starts serving (an app preloaded in the master).
+        Called when a session opens, and by our gunicorn worker as it starts
+        serving (not when an app is made: gunicorn's master may make it, with
+        ``preload_app``, and must not sweep, or its gauges would count as a worker's).
         """
         if self._sweeper_pid == os.getpid():
             return
@@ -271,6 +272,14 @@ class Metrics:
         return encoder(registry), content_type
 
 
+def code_label(code: int) -> str:
+    """A close code as a label: RFC 6455's as they are, an application's (3000-4999) as ``3xxx`` or ``4xxx``.
+
+    A peer chooses the code: one series per application code would let it make thousands.
+    """
+    return f"{code // 1000}xxx" if code >= 3000 else str(code)
+
+
 _made: Metrics | None = None
 _making = threading.Lock()
 
@@ -281,5 +290,11 @@ def process_metrics(live: Callable[[], Iterable[Any]]) -> Metrics:
     check_available()
     with _making:
         if _made is None:
-            _made = Metrics(live)
+            try:
+                _made = Metrics(live)
+            except OSError as error:  # the workers' directory is gone, or not writable
+                where = os.environ.get(MULTIPROCESS_VARIABLE) or os.environ.get(MULTIPROCESS_VARIABLE.lower())
+                raise ValueError(
+                    f"cannot keep metrics in {MULTIPROCESS_VARIABLE}={where}: {error.strerror}"
+                ) from None
         return _made

@@ -119,13 +119,13 @@ class TrustedProxies:
 
     def client_address(self, environ: dict[str, Any]) -> str:
         """The client's address: the connection's, or the one trusted proxies forwarded."""
-        address = str(environ.get("REMOTE_ADDR") or "")
+        address = normalized(str(environ.get("REMOTE_ADDR") or ""))
         if not self.trusts(address):
             return address
         header = str(environ.get("HTTP_X_FORWARDED_FOR", ""))
-        forwarded = [hop.strip() for hop in header.split(",") if hop.strip()]
+        forwarded = [normalized(node_address(hop.strip())) for hop in header.split(",") if hop.strip()]
         if not forwarded:
-            forwarded = forwarded_for(str(environ.get("HTTP_FORWARDED", "")))
+            forwarded = [normalized(hop) for hop in forwarded_for(str(environ.get("HTTP_FORWARDED", "")))]
         for hop in reversed(forwarded):
             if not self.trusts(hop):
                 return hop
@@ -147,8 +147,20 @@ def forwarded_for(header: str) -> list[str]:
     return hops
 
 
+def normalized(address: str) -> str:
+    """An IP address in one spelling (``2001:DB8::1`` as ``2001:db8::1``, ``::ffff:10.0.0.1`` as
+    ``10.0.0.1``), so that a limit per address cannot be dodged by spelling it otherwise; else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def node_address(node: str) -> str:
-    """A Forwarded node without brackets or port."""
+    """A Forwarded node (or an X-Forwarded-For entry) without brackets or port."""
     if node.startswith("["):
         return node[1:].split("]", 1)[0]
     host, colon, port = node.partition(":")

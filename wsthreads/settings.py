@@ -64,12 +64,20 @@ def check_seconds(name: str, value: object, *, optional: bool = False) -> None:
         raise ValueError(f"{name} is too large (at most 1e9 seconds): {value!r}")
 
 
+#: The rates a limit may have, a second: beyond these a token bucket's arithmetic overflows.
+RATES = (1e-6, 1e12)
+
+
 def check_rate(name: str, value: object) -> None:
-    """``value`` must be a finite number above 0 (a rate a second), or None: no limit."""
+    """``value`` must be a number in :data:`RATES` (a rate a second), or None: no limit."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a number above 0, a second (None: no limit): {value!r}")
+    low, high = RATES
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        shown = repr(value)[:40]
+        raise ValueError(
+            f"{name} must be a number from {low:g} to {high:g}, a second (None: no limit): {shown}"
+        )
 
 
 def check_count(name: str, value: object, *, minimum: int = 1, optional: bool = False) -> None:

@@ -74,6 +74,12 @@ def test_trace_cost_bench_runs() -> None:
     assert "| off: the hooks alone |" in stdout and "| on |" in stdout
 
 
+def test_metrics_cost_bench_runs() -> None:
+    """bench/metrics_cost.py --quick prints echo throughput with metrics off, on, and with limits."""
+    stdout = run_script("metrics_cost.py", "--quick")
+    assert "off" in stdout and "(1.00x of off)" in stdout and "metrics+limits" in stdout
+
+
 def test_memory_bench_runs() -> None:
     """bench/memory.py 20: the Python objects per connection, with the lines that allocated them."""
     stdout = run_script("memory.py", "20")

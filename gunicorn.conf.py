@@ -34,23 +34,8 @@ control_socket_disable = True  # gunicorn 27+: no control socket needed here
 
 
 if os.environ.get("WSTHREADS_LOG_FORMAT") == "json":
-    # gunicorn's own lines (booting, stopping, "server full") in JSON too: every line one object.
-    logconfig_dict = {
-        "formatters": {"json": {"()": "wsthreads.logs.JsonFormatter"}},
-        "handlers": {
-            "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
-            "error_console": {
-                "class": "logging.StreamHandler",
-                "formatter": "json",
-                "stream": "ext://sys.stderr",
-            },
-        },
-        "root": {"level": "INFO", "handlers": ["error_console"]},  # our lines
-        "loggers": {  # gunicorn's, each once: on its own handler, not the root's too
-            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-        },
-    }
+    # gunicorn's own lines (booting, stopping, "server full") in JSON too, where its options send them.
+    logger_class = "wsthreads.gunicorn.JsonLogger"
 
 
 def on_starting(server: object) -> None:

@@ -252,3 +252,36 @@ def test_share_metrics_makes_a_directory_for_the_run_and_removes_a_killed_master
     (remove,) = at_exit
     remove()
     assert not ours.exists()
+
+
+def test_share_metrics_forgets_the_gauges_of_a_killed_run_in_a_directory_you_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsthreads import gunicorn as hooks
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        for kind in ("gauge_liveall", "counter"):
+            (tmp_path / f"{kind}_{pid}.db").write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    hooks.share_metrics()
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == sorted(
+        [f"counter_{dead.pid}.db", f"counter_{os.getpid()}.db", f"gauge_liveall_{os.getpid()}.db"]
+    )
+
+
+def test_the_json_logger_keeps_gunicorns_level_and_file(tmp_path: Path) -> None:
+    from gunicorn.config import Config  # type: ignore[import-untyped]
+
+    from wsthreads.gunicorn import JsonLogger
+
+    config = Config()
+    config.set("loglevel", "warning")
+    config.set("errorlog", str(tmp_path / "error.log"))
+    logger = JsonLogger(config)
+    logger.info("not at this level")
+    logger.warning("server full (%d sessions)", 10)
+    (line,) = (tmp_path / "error.log").read_text().splitlines()
+    assert json.loads(line)["message"] == "server full (10 sessions)"

@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 import pytest
 import websocket
-from helpers import SERVER, encode_frame, wait_until
+from helpers import SERVER, close_payload, encode_frame, wait_until
 
 import wsthreads
+from wsthreads.connection import DRAIN_LIMIT, READ_SIZE
 from wsthreads.limits import SWEEP_AT, AddressLimits, InboundLimit, TokenBucket
 
 OTHER = "127.0.0.2"
@@ -330,7 +331,7 @@ def test_a_flood_from_many_addresses_sweeps_the_table_rarely() -> None:
 
     limits._sweep = counted  # type: ignore[method-assign]
     for i in range(SWEEP_AT * 8):
-        assert limits.admit(f"2001:db8::{i:x}") is None
+        assert limits.admit(f"2001:db8:{i:x}::1") is None  # each its own /64
     assert sweeps <= 4  # at 4096, 8192, 16384 and 32768 addresses: not one per connection
 
 
@@ -390,3 +391,63 @@ def test_one_address_spelled_two_ways_is_one_address(
         assert status == "HTTP/1.1 429 Too Many Requests"
     finally:
         opened.close()
+
+
+def test_an_ipv6_client_is_counted_by_its_64(serve: Callable[..., wsthreads.RunningServer]) -> None:
+    server = serve(echo=True, max_sessions_per_address=1, trusted_proxies=("127.0.0.1",))
+    opened = handshake(server.port, headers="X-Forwarded-For: 2001:db8:1:2::1\r\n")[2]
+    try:
+        status, _, same = handshake(server.port, headers="X-Forwarded-For: 2001:db8:1:2:ffff::9\r\n")
+        same.close()
+        assert status == "HTTP/1.1 429 Too Many Requests"  # the same /64
+        status, _, other = handshake(server.port, headers="X-Forwarded-For: 2001:db8:1:3::1\r\n")
+        other.close()
+        assert status == "HTTP/1.1 101 Switching Protocols"  # another /64
+    finally:
+        opened.close()
+
+
+def test_a_close_in_the_read_that_goes_over_the_byte_rate_is_answered_not_failed(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(echo=True, max_byte_rate=1010, max_message_size=1000, ping_interval=None)
+    sock = raw_session(server.port)
+    try:
+        time.sleep(1.1)  # the bucket full: 1010 bytes
+        sock.sendall(
+            encode_frame(0x2, b"x" * 1000) + encode_frame(0x8, close_payload(1000))
+        )  # 1006 + 8 bytes
+        assert close_of(sock) == (1000, "")
+    finally:
+        sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_client_flooding_past_its_close_is_cut_not_read_for_the_close_timeout(
+    serve: Callable[..., wsthreads.RunningServer],
+) -> None:
+    server = serve(
+        echo=True, max_byte_rate=100_000, max_message_size=None, ping_interval=None, close_timeout=5.0
+    )
+    sock = raw_session(server.port)
+    (conn,) = server.app.connections()
+    stop = threading.Event()
+
+    def flood() -> None:
+        try:
+            sock.sendall(encode_frame(0x2, b"x" * 60_000, fin=False))
+            while not stop.is_set():
+                sock.sendall(encode_frame(0x0, b"x" * 60_000, fin=False))
+        except OSError:
+            pass  # cut
+
+    flooder = threading.Thread(target=flood, name="flood")
+    flooder.start()
+    try:
+        assert conn.done.wait(2.0)  # not the 5 s close_timeout
+        assert conn.closed is not None and conn.closed.code == 1008
+        assert conn.traffic.bytes_in <= 100_000 + DRAIN_LIMIT + 3 * READ_SIZE
+    finally:
+        stop.set()
+        flooder.join(10)
+        sock.close()

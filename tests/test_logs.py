@@ -216,3 +216,19 @@ def test_session_logger_takes_extra_none_and_the_formatter_keeps_stack_info() ->
         mine.removeHandler(handler)
     line = json.loads(stream.getvalue())
     assert line["session"] == "conn-3" and line["stack"].startswith("Stack (most recent call last)")
+
+
+def test_a_failing_may_subscribe_hook_is_logged_with_the_sessions_fields(
+    serve: Callable[..., wsthreads.RunningServer], json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    def may_subscribe(user: object, topic: str) -> bool:
+        raise RuntimeError("boom")
+
+    server = serve(may_subscribe=may_subscribe)
+    client = websocket.create_connection(server.url + "?topic=news", timeout=5)
+    try:
+        assert wait_until(lambda: any("may_subscribe" in line["message"] for line in json_lines()))
+    finally:
+        client.close()
+    (failed,) = (line for line in json_lines() if "may_subscribe" in line["message"])
+    assert failed.keys() >= SESSION_FIELDS and failed["level"] == "ERROR"

@@ -602,7 +602,7 @@ class WebSocketApp:
             )
             peer = describe_peer(request, environ)
             hold_thread = environ.get(HOLD_KEY, lambda: None)
-            subscription, ending = self._subscription(request, user)
+            subscription, ending = self._subscription(request, conn)
             parked = self._run(conn, held.data, peer, hold_thread, subscription, ending, started, address)
         finally:
             thread.name = server_thread_name
@@ -616,13 +616,14 @@ class WebSocketApp:
         except Reject:
             raise
         except BaseException as error:  # SystemExit too: it would end the request with no answer
-            log.error("the authenticate hook failed: %r", error)
+            fields = {"remote": printable(request.remote_addr), "path": printable(request.path)}
+            log.error("the authenticate hook failed: %r", error, extra=fields)
             raise Reject(500, "internal error while authenticating") from None
         if user is None:
             raise Reject(401, "authentication required")
         return user
 
-    def _subscription(self, request: Request, user: Any) -> tuple[Subscription | None, Ending | None]:
+    def _subscription(self, request: Request, conn: Connection) -> tuple[Subscription | None, Ending | None]:
         """The topics the client asked for, if it may read them; else how its session must close."""
         try:
             subscription = requested_subscription(request)
@@ -631,9 +632,9 @@ class WebSocketApp:
         may_subscribe = self.config.may_subscribe
         for topic in subscription.topics if subscription and may_subscribe else ():
             try:
-                allowed = may_subscribe(user, topic)  # type: ignore[misc]
+                allowed = may_subscribe(conn.user, topic)  # type: ignore[misc]
             except BaseException as error:  # SystemExit too: it would end the request with no answer
-                log.error("the may_subscribe hook failed: %r", error)
+                log.error("the may_subscribe hook failed: %r", error, extra=conn.log_fields)
                 return None, (INTERNAL_ERROR, "internal error while checking the topics")
             if not allowed:
                 return None, (POLICY_VIOLATION, f"not allowed to subscribe to {topic!r}")
@@ -733,7 +734,7 @@ class WebSocketApp:
             log.info("connected: %s", peer, extra=conn.log_fields)
             if ending is not None:
                 hold_thread()  # the close takes up to close_timeout
-                log.info("%s: closing: %s", conn.name, ending[1], extra=conn.log_fields)
+                log.info("closing: %s", ending[1], extra=conn.log_fields)
                 conn.start()
                 conn.close(*ending)
             elif self.config.netpoller and hasattr(handler, "on_message"):

@@ -753,7 +753,7 @@ class Client:
             if not self._closing.is_set():
                 self._conn = conn
                 chosen = f" (subprotocol {conn.subprotocol})" if conn.subprotocol else ""
-                log.info("connected to %s%s", self.url, chosen)
+                log.info("connected to %s%s", self.url, chosen, extra=conn.log_fields)
                 return conn
         # close() came during the dial: this connection is ours to end, cleanly.
         conn.start()
@@ -806,7 +806,7 @@ class Client:
 
     def _redial(self, delays: Iterator[float]) -> Connection | None:
         for delay in delays:
-            log.info("reconnecting to %s in %.1f s", self.url, delay)
+            log.info("reconnecting to %s in %.1f s", self.url, delay, extra={"session": self.reader_name})
             with trace.span("backoff", seconds=round(delay, 3)):
                 closing = self._closing.wait(delay)
             if closing:
@@ -818,7 +818,7 @@ class Client:
             except ConnectError as error:
                 if self._closing.is_set():
                     return None
-                log.warning("reconnect failed: %s", error)
+                log.warning("reconnect failed: %s", error, extra={"session": self.reader_name})
                 if not error.retryable:
                     self.gave_up = error
                     return None

@@ -99,6 +99,9 @@ READ_SIZE = 65536
 SMALL_FRAME = 16384
 #: Reads one turn of the reader does at most before it lets other connections' turns go first.
 READS_PER_TURN = 16
+#: Bytes a peer may still send after the close frames, read and discarded so that closing
+#: does not reset the connection under our close frame; more, and it is cut.
+DRAIN_LIMIT = 1 << 20
 #: Seconds between a netpoller worker's looks at a requested close while a write waits for the peer.
 WRITE_LOOK = 0.1
 
@@ -378,6 +381,7 @@ class Connection:
         self._pending = pending
         self.traffic.bytes_in += len(pending)  # read by the HTTP server, behind the handshake
         self._log_fields: dict[str, str] | None = None
+        self._drained_bytes = 0  # discarded after the close frames (see _wind_down)
         # How the reader is woken when another thread asks for a close: its own
         # eventfd when it has a thread, its watch when it waits in the netpoller.
         self._wakeup: _Wakeup | None = None
@@ -935,13 +939,17 @@ class Connection:
     def _dispatch(self, data: bytes) -> Closed | None:
         """Feed bytes to the frame layer and act on what they complete; how the session ended, if it did."""
         limit = self._inbound_limit if self._closing.state is State.OPEN else None
-        if limit is not None and (over := limit.bytes_over(len(data))) is not None:
-            raise _Fail(POLICY_VIOLATION, over)  # every byte counts: fragments and control frames too
         failure = None
         try:
             events = self._parser.receive(data)
         except frames.ProtocolError as error:  # what came before the broken rule still counts
             events, failure = error.events, _Fail(error.code, error.reason)
+        # Every byte counts, fragments and control frames too; but a read that brings the
+        # peer's close ends the session anyway: it is answered, not failed.
+        if limit is not None and not any(isinstance(event, frames.Close) for event in events):
+            over = limit.bytes_over(len(data))
+            if over is not None:  # none of it delivered: the close says why
+                raise _Fail(POLICY_VIOLATION, over)
         for event in events:
             if limit is not None and not isinstance(event, frames.Close):
                 over = limit.messages_over()  # a ping or a pong too: each costs us a turn (and a pong)
@@ -1006,17 +1014,31 @@ class Connection:
                 self._closing.end()  # the connection is gone already: nothing to wait for
 
     def _wind_down(self) -> float | None:
-        """Discard what comes until the peer's EOF; the close deadline to run again by, or over."""
+        """Discard what comes until the peer's EOF; when to run again (the close deadline), or over.
+
+        At most :data:`READS_PER_TURN` reads a turn, like any turn, and at most
+        :data:`DRAIN_LIMIT` bytes in all: a peer still flooding after the close
+        frames is cut, not read for the rest of the close deadline.
+        """
         closing = self._closing
-        while closing.state is State.ENDING and time.monotonic() < (deadline := closing.deadline or 0.0):
+        for _ in range(READS_PER_TURN):
+            if closing.state is not State.ENDING or time.monotonic() >= (deadline := closing.deadline or 0.0):
+                break
             try:
                 with self._tls_lock:
-                    if not self.sock.recv(READ_SIZE):
-                        break
+                    data = self.sock.recv(READ_SIZE)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return deadline
             except OSError:
                 break
+            if not data:
+                break
+            self.traffic.bytes_in += len(data)
+            self._drained_bytes += len(data)
+            if self._drained_bytes > DRAIN_LIMIT:
+                break
+        else:
+            return time.monotonic()  # more may have come: the next turn goes on, after the others'
         closing.end()
         return None
 

@@ -27,11 +27,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from gunicorn import glogging  # type: ignore[import-untyped]
 from gunicorn.workers import gthread  # type: ignore[import-untyped]
 
 from . import trace
 from .app import SHUTDOWN_TIMEOUT, all_apps, session_owns
 from .connection import wait_for
+from .logs import JsonFormatter
 from .metrics import MULTIPROCESS_VARIABLE, multiprocess
 from .settings import SWITCH_INTERVAL, raise_descriptor_limit, warn_if_too_few_descriptors
 
@@ -260,6 +262,17 @@ def worker_exit(server: Any, worker: Any) -> None:
         log.info("%s", written.summary())
 
 
+class JsonLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger with JSON lines (``logger_class``); levels, files and syslog as its options say."""
+
+    def setup(self, cfg: Any) -> None:
+        """gunicorn's setup; then each of its handlers formats JSON (wsthreads.logs.JsonFormatter)."""
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.setFormatter(JsonFormatter())
+
+
 def share_metrics(server: Any = None) -> None:
     """gunicorn's ``on_starting`` hook: every worker's metrics in each scrape (multiprocess mode).
 
@@ -271,7 +284,10 @@ def share_metrics(server: Any = None) -> None:
     prometheus_client is imported, which reads the variable once: with
     ``preload_app``, set the variable before starting gunicorn instead.
     """
-    if multiprocess():
+    if multiprocess():  # set by you (preload_app): gauges of a run that was killed may be left in it
+        forget_dead_workers(
+            os.environ.get(MULTIPROCESS_VARIABLE) or os.environ[MULTIPROCESS_VARIABLE.lower()]
+        )
         return
     remove_orphaned_metrics()
     master = os.getpid()
@@ -295,6 +311,14 @@ def remove_orphaned_metrics() -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def forget_dead_workers(directory: str) -> None:
+    """Remove the gauges of processes that are gone from a metrics ``directory`` (their counters stay)."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            forget_worker(int(pid), directory)
+
+
 def process_alive(pid: int) -> bool:
     """True if a process ``pid`` exists (it may be another user's)."""
     try:
@@ -312,11 +336,11 @@ def child_exit(server: Any, worker: Any) -> None:
         forget_worker(worker.pid)
 
 
-def forget_worker(pid: int) -> None:
-    """Remove process ``pid``'s gauges from the shared metrics directory (its counters stay)."""
+def forget_worker(pid: int, directory: str | None = None) -> None:
+    """Remove process ``pid``'s gauges from a metrics ``directory`` (default: the shared one)."""
     from prometheus_client import multiprocess as shared
 
-    shared.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    shared.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def worker_int(worker: Any) -> None:

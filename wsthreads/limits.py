@@ -22,6 +22,7 @@ under gunicorn, each worker counts its own.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -86,6 +87,7 @@ class AddressLimits:
 
     def admit(self, address: str) -> Refusal | None:
         """Count a new connection from ``address`` in, or the 429 it gets instead."""
+        address = client_key(address)
         now = time.monotonic()
         with self._lock:
             if self.connection_rate is not None:
@@ -112,6 +114,7 @@ class AddressLimits:
 
     def leave(self, address: str) -> None:
         """A connection :meth:`admit` let in is over."""
+        address = client_key(address)
         with self._lock:
             left = self._open.get(address, 0) - 1
             if left > 0:
@@ -124,6 +127,21 @@ class AddressLimits:
         for address in [a for a, bucket in self._buckets.items() if bucket.full(now)]:
             del self._buckets[address]
         self._sweep_at = max(SWEEP_AT, 2 * len(self._buckets))
+
+
+def client_key(address: str) -> str:
+    """What a limit per address counts by: an IPv4 address, or an IPv6 address's /64.
+
+    One IPv6 client usually holds a whole /64 (2**64 addresses); counted
+    per address, it could open as many connections as it likes.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
 
 
 def too_many(text: str, retry_after: float, cause: str) -> Refusal:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from wsthreads import trace
-from wsthreads.client import check_header
+from wsthreads.client import RESERVED_HEADERS
 from wsthreads.closing import Closed
 from wsthreads.connection import Connection, Message, log_message, message_log
-from wsthreads.handshake import is_token
+from wsthreads.handshake import check_header, is_token
 from wsthreads.lines import shown_path
 from wsthreads.logs import JsonFormatter
 from wsthreads.settings import RATES
@@ -217,7 +217,7 @@ def header_arg(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"not a header 'Name: value': {text!r}")
     value = value.strip(" \t")  # the optional white space around a field value (RFC 7230 3.2)
     try:
-        check_header(name, value)
+        check_header(name, value, RESERVED_HEADERS)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return name, value

@@ -37,7 +37,7 @@ from .certificates import load_certificate, trusting
 from .closing import ABNORMAL_CLOSURE, NORMAL_CLOSURE, RETRYABLE_CODES, Closed
 from .connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT, Connection, Message, shut_down
 from .deadlines import deadlines
-from .handshake import LAST_ID_HEADER, check_header_field, check_response, new_key, subprotocol_names
+from .handshake import LAST_ID_HEADER, check_header, check_response, new_key, subprotocol_names
 from .lines import printable, shown_path
 from .proxy import Proxy, ProxyError, open_tunnel, proxy_for
 from .queues import Inbox
@@ -58,8 +58,8 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Received messages that may wait to be taken (see ``ClientConfig.max_queue``).
 CLIENT_MAX_QUEUE = 1024
 #: Headers the opening handshake sets itself (lower case): ``ClientConfig.headers`` may not.
-RESERVED_HEADERS = frozenset(
-    {
+RESERVED_HEADERS = dict.fromkeys(
+    (
         "host",
         "upgrade",
         "connection",
@@ -67,7 +67,8 @@ RESERVED_HEADERS = frozenset(
         "sec-websocket-version",
         "sec-websocket-protocol",
         "sec-websocket-extensions",
-    }
+    ),
+    "the WebSocket handshake itself",
 )
 #: Headers websocket-client writes itself (Origin always, Cookie from its cookie jar).
 #: Given in ``ClientConfig.headers`` they go in as its options of the same name, so that
@@ -210,24 +211,11 @@ def tls_context(config: ClientConfig) -> ssl.SSLContext:
     return config.ssl_context or config._files_context or trusting(None)
 
 
-def check_header(name: str, value: str) -> None:
-    """Whether ``name: value`` may go in our opening handshake; ValueError if not.
-
-    Raises:
-        ValueError: ``not a valid header name (an RFC 7230 token): 'X Token'``,
-            ``the value of header 'X-Token' must be printable ASCII: '1\\r\\n'``, or
-            ``header 'Upgrade' is set by the WebSocket handshake itself``.
-    """
-    check_header_field(name, value)
-    if name.lower() in RESERVED_HEADERS:
-        raise ValueError(f"header {name!r} is set by the WebSocket handshake itself")
-
-
 def header_pairs(headers: HeaderSettings) -> tuple[tuple[str, str], ...]:
-    """``headers`` as a tuple of checked (name, value) pairs (:func:`check_header`).
+    """``headers`` as a tuple of checked (name, value) pairs (:func:`~wsthreads.handshake.check_header`).
 
     Raises:
-        ValueError: a header that may not be sent (see :func:`check_header`),
+        ValueError: a header that may not be sent (see :func:`~wsthreads.handshake.check_header`),
             or one given twice: ``header 'Accept' is given twice (join its
             values with ', ')``.
         TypeError: anything but a mapping or pairs of strings, e.g.
@@ -241,7 +229,7 @@ def header_pairs(headers: HeaderSettings) -> tuple[tuple[str, str], ...]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise TypeError(f"a header is a (name, value) pair of strings: {pair!r}")
         name, value = pair
-        check_header(name, value)
+        check_header(name, value, RESERVED_HEADERS)
         if name.lower() in (known.lower() for known, _ in pairs):
             raise ValueError(f"header {name!r} is given twice (join its values with ', ')")
         pairs.append((name, value))

@@ -44,15 +44,24 @@ def is_token(text: str) -> bool:
     return bool(text) and set(text) <= TOKEN_CHARS
 
 
-def check_header_field(name: str, value: str) -> None:
-    """A header we send must be ``token: printable ASCII`` (tabs too); ValueError with one line if not.
+def check_header(name: str, value: str, reserved: Mapping[str, str] | None = None) -> None:
+    """A header we send must be ``token: printable ASCII`` (tabs too), and not one we set ourselves.
 
     No CR, LF or other control character can reach the wire: no header injection.
+    ``reserved``: the (lower-case) names we set ourselves, each with who sets it.
+
+    Raises:
+        ValueError: one line: ``not a valid header name (an RFC 7230 token): 'X Token'``,
+            ``the value of header 'X-Token' must be printable ASCII: '1\\r\\n'``, or
+            ``header 'Upgrade' is set by the WebSocket handshake itself``.
     """
     if not is_token(name):
         raise ValueError(f"not a valid header name (an RFC 7230 token): {name!r}")
     if not isinstance(value, str) or not all(c == "\t" or " " <= c <= "~" for c in value):
         raise ValueError(f"the value of header {name!r} must be printable ASCII: {value!r}")
+    setter = (reserved or {}).get(name.lower())
+    if setter is not None:
+        raise ValueError(f"header {name!r} is set by {setter}")
 
 
 def subprotocol_names(names: Iterable[str]) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 from werkzeug.datastructures import EnvironHeaders, MultiDict
 from werkzeug.http import parse_cookie
 
-from .handshake import check_header_field
+from .handshake import check_header
 
 #: ``authenticate(request)``: who the client is (anything but None), or None to refuse with 401.
 Authenticate = Callable[["Request"], Any]
@@ -196,23 +196,20 @@ def url_query(text: str) -> MultiDict[str, str]:
 
 
 #: Headers of a refusal that the server sets itself.
-OWN_HEADERS = frozenset(
-    {"content-length", "content-type", "transfer-encoding", "connection", "date", "server"}
+OWN_HEADERS = dict.fromkeys(
+    ("content-length", "content-type", "transfer-encoding", "connection", "date", "server"),
+    "the server, in a refusal",
 )
 
 
-def check_header(name: str, value: str) -> None:
-    """Whether ``name: value`` may go in a refusal; ValueError with one line if not (no injection)."""
-    check_header_field(name, value)
-    if name.lower() in OWN_HEADERS:
-        raise ValueError(f"header {name!r} of a refusal is set by the server")
-
-
 def checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """``headers``, each checked (:func:`check_header`), no name twice in any case; ValueError if not."""
+    """``headers``, each checked (:func:`~wsthreads.handshake.check_header`), no name twice in any case.
+
+    Raises ValueError, one line, if one is not.
+    """
     seen: set[str] = set()
     for name, value in headers.items():
-        check_header(name, value)
+        check_header(name, value, OWN_HEADERS)
         if name.lower() in seen:
             raise ValueError(f"header {name!r} is given twice")
         seen.add(name.lower())

@@ -13,8 +13,12 @@ The layers, one module each:
 * :mod:`wsthreads.request` — the handshake's request, and how authentication refuses one;
 * :mod:`wsthreads.handshake` — the opening handshake's checks, both sides;
 * :mod:`wsthreads.app` — the WSGI application (Werkzeug or gunicorn);
+* :mod:`wsthreads.limits` — limits per client address and per connection (token buckets);
+* :mod:`wsthreads.metrics` — Prometheus metrics of the sessions, summed over gunicorn's workers;
+* :mod:`wsthreads.logs` — log lines with their session's fields, and the JSON format;
 * :mod:`wsthreads.serving` — serving it on Werkzeug: deadlines, TLS, shutdown;
 * :mod:`wsthreads.client` — dialing, reconnecting, :class:`WebSocketClient`;
+* :mod:`wsthreads.proxy` — the client through an HTTP proxy (CONNECT), and which proxy;
 * :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
 * :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines;
 * :mod:`wsthreads.frames` — the frame layer, both ways, without I/O;
@@ -23,7 +27,9 @@ The layers, one module each:
 * :mod:`wsthreads.lines` — text from outside as one bounded log line;
 * :mod:`wsthreads.trace` — the timeline of every thread (``--trace``);
 * :mod:`wsthreads.settings` — the checks of the settings both sides share;
-* :mod:`wsthreads.signals` — waiting in the main thread for the end, or for Ctrl+C and SIGTERM.
+* :mod:`wsthreads.signals` — waiting in the main thread for the end, or for Ctrl+C and SIGTERM;
+* :mod:`wsthreads.testing` — the test kit: the ``ws_serve`` pytest fixture, TestServer, expect;
+* :mod:`wsthreads.django` — Django: the session's user, database connections, ``runwsserver``.
 """
 
 from __future__ import annotations

@@ -346,9 +346,12 @@ class RawServer:
     does to the socket is what the client under test meets.
     """
 
-    def __init__(self, script: Callable[[socket.socket], None], answer: bytes | None = None) -> None:
-        """``answer``: send these bytes instead of the correct 101 response."""
+    def __init__(
+        self, script: Callable[[socket.socket], None], answer: bytes | None = None, behind: bytes = b""
+    ) -> None:
+        """``answer``: send these bytes instead of the correct 101 response; ``behind``: in its write."""
         self.answer = answer
+        self.behind = behind
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.url = f"ws://127.0.0.1:{self.port}/ws"
@@ -368,6 +371,7 @@ class RawServer:
                 self.answer
                 or b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 + f"Sec-WebSocket-Accept: {accept_key(key.group(1).decode())}\r\n\r\n".encode()
+                + self.behind
             )
             self.script(conn)
 

@@ -10,6 +10,7 @@ import time
 import pytest
 from helpers import OP_CLOSE, OP_PING, OP_PONG, RawServer, accept_key, decode_frames, encode_frame, run_client
 
+import wsthreads
 from wsthreads.connection import Connection
 
 
@@ -135,3 +136,24 @@ def test_close_never_sends_1005_or_1006_and_cuts_long_reasons(code: int, sent: i
     payload = frames[0][1]
     assert struct.unpack("!H", payload[:2])[0] == sent
     assert len(payload) <= 125
+
+
+def test_a_frame_in_the_same_write_as_the_101_is_not_lost() -> None:
+    """Guards a dependency's private behaviour: websocket-client reads the 101 one byte at a time.
+
+    So nothing of what follows the response is left in its buffers, and our
+    reader, which takes the socket over after the dial, sees every frame. If
+    this fails after an upgrade of websocket-client, it has begun to read
+    ahead: hand what it buffered to the Connection as ``pending`` (as the
+    server side does with the HTTP server's read-ahead), or pin the version.
+    """
+    server = RawServer(lambda sock: time.sleep(0.5), behind=bytes([0x81, 5]) + b"first")
+    try:
+        conn = wsthreads.dial(server.url)
+        conn.start()
+        try:
+            assert conn.recv(timeout=5) == "first"
+        finally:
+            conn.abort()
+    finally:
+        server.close()

@@ -57,8 +57,8 @@ def accelerated_masking() -> Masking | None:
 apply_mask = accelerated_masking()
 #: One XOR table per key byte: ``bytes.translate`` with table k XORs every byte with k.
 _XOR_TABLES = [bytes(byte ^ k for byte in range(256)) for k in range(256)]
-#: From this size on, four strided translates beat one big-integer XOR (``bench/masking.py``:
-#: 129 against 192 µs at 64 KiB, 402 against 278 µs at 96 KiB).
+#: From this size on, four strided translates beat one big-integer XOR (measured by
+#: ``bench/masking.py``; the figures: docs/performance.md, "Where the constants come from").
 _TRANSLATE_FROM = 80 * 1024
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA

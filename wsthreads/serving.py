@@ -37,8 +37,8 @@ HANDSHAKE_TIMEOUT = 10.0
 #: Pending connections we ask the kernel to queue when it does not say its
 #: own limit (Werkzeug's default, 128, overflows when many clients connect at once).
 LISTEN_BACKLOG = 1024
-#: Request threads serving requests at once, besides those held by sessions
-#: (bench/scale.py, busy at 9,000: 8, 16 and 64 all take about 13 s).
+#: Request threads serving requests at once, besides those held by sessions (as fast as
+#: more, measured: docs/performance.md, "Where the constants come from").
 REQUEST_THREADS = 16
 #: Seconds with connections waiting and none taken before every waiting one gets a thread:
 #: well above the switch interval the programs set (0.05 s), for which one thread may hold the
@@ -227,9 +227,9 @@ class RequestThreads:
     connects, thousands of handshakes then share one GIL, and the acceptor
     waits in each ``Thread.start()`` for a new thread to get it. Here at most
     :data:`REQUEST_THREADS` threads serve requests at once; the other
-    connections wait, accepted, for the next free one (bench/scale.py, busy at
-    9,000: 13-15 s instead of 15-16 s, at most a few hundred threads instead
-    of 2,600). A thread whose request becomes a session that keeps it
+    connections wait, accepted, for the next free one (faster, and a few
+    hundred threads at the peak instead of thousands: docs/performance.md).
+    A thread whose request becomes a session that keeps it
     (:meth:`hold`: a handler function's) no longer counts, and one more starts
     for the connections waiting. When a connection has waited
     :data:`REQUEST_STALL` seconds (clients that say nothing or drip their

@@ -11,8 +11,8 @@ import resource
 #: the library never sets it; the programs (``sync_server.py``) and our gunicorn
 #: worker, which own their process, do. With thousands of runnable threads each
 #: waiting one asks the running one to let go every interval, and the cores go
-#: to switching: 5,000 connections x 20 round trips took 75 s at 5 ms, 11 s at
-#: 50 ms, 13 s at 20 ms, 14 s at 100 ms (docs/deployment.md says how it was measured).
+#: to switching (measured at 5,000 connections: docs/performance.md, "Where the
+#: constants come from").
 SWITCH_INTERVAL = 0.05
 #: Descriptors a server process keeps for itself besides one per session: its
 #: listening socket, logs, the netpoller's epoll, a client's dial to a broker...

@@ -99,8 +99,10 @@ READ_SIZE = 65536
 SMALL_FRAME = 16384
 #: Reads one turn of the reader does at most before it lets other connections' turns go first.
 READS_PER_TURN = 16
-#: Bytes a peer may still send after the close frames, read and discarded so that closing
-#: does not reset the connection under our close frame; more, and it is cut.
+#: Bytes a peer closed for going over a rate limit may still send after the close frames,
+#: read and discarded so that closing does not reset the connection under our close frame;
+#: more, and it is cut. (Any other peer is read until the close deadline: it may be
+#: finishing a message it began, and must still see our close code.)
 DRAIN_LIMIT = 1 << 20
 #: Seconds between a netpoller worker's looks at a requested close while a write waits for the peer.
 WRITE_LOOK = 0.1
@@ -381,7 +383,7 @@ class Connection:
         self._pending = pending
         self.traffic.bytes_in += len(pending)  # read by the HTTP server, behind the handshake
         self._log_fields: dict[str, str] | None = None
-        self._drained_bytes = 0  # discarded after the close frames (see _wind_down)
+        self._drain_left: int | None = None  # bytes still read after a limit's close (see _wind_down)
         # How the reader is woken when another thread asks for a close: its own
         # eventfd when it has a thread, its watch when it waits in the netpoller.
         self._wakeup: _Wakeup | None = None
@@ -949,11 +951,13 @@ class Connection:
         if limit is not None and not any(isinstance(event, frames.Close) for event in events):
             over = limit.bytes_over(len(data))
             if over is not None:  # none of it delivered: the close says why
+                self._drain_left = DRAIN_LIMIT
                 raise _Fail(POLICY_VIOLATION, over)
         for event in events:
             if limit is not None and not isinstance(event, frames.Close):
                 over = limit.messages_over()  # a ping or a pong too: each costs us a turn (and a pong)
                 if over is not None:  # not delivered: the close says why
+                    self._drain_left = DRAIN_LIMIT
                     raise _Fail(POLICY_VIOLATION, over)
             if isinstance(event, (str, bytes)):
                 self._deliver(event)
@@ -1016,9 +1020,10 @@ class Connection:
     def _wind_down(self) -> float | None:
         """Discard what comes until the peer's EOF; when to run again (the close deadline), or over.
 
-        At most :data:`READS_PER_TURN` reads a turn, like any turn, and at most
-        :data:`DRAIN_LIMIT` bytes in all: a peer still flooding after the close
-        frames is cut, not read for the rest of the close deadline.
+        At most :data:`READS_PER_TURN` reads a turn, like any turn; and from a
+        peer closed for going over a rate limit, at most :data:`DRAIN_LIMIT`
+        bytes in all: still flooding, it is cut, not read for the rest of the
+        close deadline.
         """
         closing = self._closing
         for _ in range(READS_PER_TURN):
@@ -1034,9 +1039,10 @@ class Connection:
             if not data:
                 break
             self.traffic.bytes_in += len(data)
-            self._drained_bytes += len(data)
-            if self._drained_bytes > DRAIN_LIMIT:
-                break
+            if self._drain_left is not None:
+                self._drain_left -= len(data)
+                if self._drain_left < 0:
+                    break
         else:
             return time.monotonic()  # more may have come: the next turn goes on, after the others'
         closing.end()

@@ -19,6 +19,8 @@ from helpers import (
     run_client,
 )
 
+import wsthreads
+
 
 def test_server_vanishing_mid_session_is_one_line_and_exit_1() -> None:
     """The server resets the connection after one message: one line on stderr, exit 1."""
@@ -186,3 +188,23 @@ def test_server_pings_are_answered() -> None:
     server.close()
     assert result.returncode == 0, result.stderr
     assert pongs == [b"one", b"two"]
+
+
+def test_a_redirect_is_one_line_and_final() -> None:
+    """Guards a dependency's words: websocket-client reports a redirect only as 'Redirect limit exhausted'.
+
+    ``describe_dial_error`` and ``is_retryable`` sort websocket-client's
+    errors by the words "Redirect" and "Header" in them. If this fails after
+    an upgrade, it words them otherwise: find the new words (or an exception
+    class, if it has gained one) and sort by those.
+    """
+    server = RawServer(
+        lambda sock: None, answer=b"HTTP/1.1 301 Moved Permanently\r\nLocation: ws://127.0.0.1:1/ws\r\n\r\n"
+    )
+    try:
+        with pytest.raises(wsthreads.ConnectError) as failed:
+            wsthreads.dial(server.url)
+    finally:
+        server.close()
+    assert str(failed.value) == f"{server.url} answered with a redirect, which is not followed"
+    assert not failed.value.retryable

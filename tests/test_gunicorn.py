@@ -285,3 +285,27 @@ def test_the_json_logger_keeps_gunicorns_level_and_file(tmp_path: Path) -> None:
     logger.warning("server full (%d sessions)", 10)
     (line,) = (tmp_path / "error.log").read_text().splitlines()
     assert json.loads(line)["message"] == "server full (10 sessions)"
+
+
+def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
+    """Guards gunicorn's private behaviour: what wsthreads.gunicorn.ThreadWorker overrides and reads.
+
+    pyproject.toml pins gunicorn 27. If this fails after an upgrade, gthread
+    has renamed or reshaped one of these: read its new gthread.py and move the
+    override (ThreadWorker's docstring says what each one is for).
+    """
+    import inspect
+
+    from gunicorn.workers import gthread  # type: ignore[import-untyped]
+
+    source = inspect.getsource(gthread.ThreadWorker)
+    for method in (
+        "set_accept_enabled",
+        "finish_request",
+        "wait_for_and_dispatch_events",
+        "init_process",
+        "run",
+    ):
+        assert callable(getattr(gthread.ThreadWorker, method, None)), method
+    for attribute in ("self._accepting", "self.nr_conns", "self.worker_connections", "self.max_keepalived"):
+        assert attribute in source, attribute

@@ -288,3 +288,15 @@ def test_ended_sessions_are_freed_without_the_garbage_collector() -> None:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+def test_a_script_that_fails_before_shutdown_exits_instead_of_hanging(tmp_path: Path) -> None:
+    """The acceptor is a daemon: nothing keeps a failed script's process alive."""
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "import wsthreads\n"
+        "server = wsthreads.start_server(wsthreads.create_app(echo=True), '127.0.0.1', 0)\n"
+        "raise SystemExit('the script failed before shutdown()')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20, cwd=ROOT)
+    assert done.returncode == 1 and "the script failed before shutdown()" in done.stderr

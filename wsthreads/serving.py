@@ -408,7 +408,9 @@ class RunningServer:
         )
         #: Set when the acceptor has stopped (after :meth:`shutdown`).
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._accept, name="acceptor")
+        # A daemon: the server serves while the main thread waits on it (serve_until_signal, a
+        # with block); a script that fails, or ends, before shutdown() exits instead of hanging.
+        self.thread = threading.Thread(target=self._accept, name="acceptor", daemon=True)
         self._shutdown_lock = threading.Lock()
 
     def _accept(self) -> None:
@@ -471,6 +473,9 @@ def start_server(
     With ``tls_context`` the server speaks ``wss://``. A client gets
     ``handshake_timeout`` seconds for its whole request (and TLS handshake).
     Returns once the socket is listening, so clients may connect at once.
+    It serves for as long as the program's main thread runs: wait in
+    :meth:`RunningServer.serve_until_signal` or serve in a ``with`` block; a
+    program that ends without :meth:`RunningServer.shutdown` cuts its sessions.
     Raises OSError if the address cannot be used (port in use, bad host). An
     app that was shut down accepts sessions again (:meth:`WebSocketApp.reopen`).
     """

@@ -151,7 +151,9 @@ class Metrics:
         # messages in and out, bytes in and out, messages dropped.
         self._counted: dict[Connection, tuple[int, int, int, int, int]] = {}
         self._sweeper_pid: int | None = None
-        self._stop = threading.Event()
+        # Never set: the sweeper lasts as long as the process (a daemon, holding nothing that
+        # must be released); it waits on this, not in a sleep, like every wait here.
+        self._never = threading.Event()
 
     # --- events, from the app ------------------------------------------------------------------
 
@@ -248,7 +250,7 @@ class Metrics:
             threading.Thread(target=self._sweep_loop, name="metrics", daemon=True).start()
 
     def _sweep_loop(self) -> None:
-        while not self._stop.wait(SWEEP_INTERVAL):
+        while not self._never.wait(SWEEP_INTERVAL):
             self.sweep()
 
     # --- the scrape ----------------------------------------------------------------------------

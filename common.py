@@ -18,9 +18,9 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from wsthreads import trace
 from wsthreads.client import RESERVED_HEADERS
@@ -146,12 +146,20 @@ class OneLineParser(argparse.ArgumentParser):
         fail(self.prog, f"{message} (see --help)", status=2)
 
 
+Number = TypeVar("Number", int, float)
+
+
+def parsed(text: str, kind: Callable[[str], Number], what: str) -> Number:
+    """``kind(text)``, or the option's one-line error: ``not a whole number: 'x'``."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
 def count_arg(text: str) -> int:
     """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    value = parsed(text, int, "a whole number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -159,10 +167,7 @@ def count_arg(text: str) -> int:
 
 def seconds_arg(text: str) -> float:
     """argparse type: a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    value = parsed(text, float, "a number of seconds")
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
     return value
@@ -178,10 +183,7 @@ def positive_seconds_arg(text: str) -> float:
 
 def limit_arg(text: str) -> int:
     """argparse type: a whole number >= 1 (a limit; leaving the option out means none)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    value = parsed(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(
             f"must be 1 or more (leave the option out for no limit), got {value}"
@@ -191,10 +193,7 @@ def limit_arg(text: str) -> int:
 
 def rate_arg(text: str) -> float:
     """argparse type: a rate a second, within wsthreads.settings.RATES (left out: no limit)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = parsed(text, float, "a number")
     low, high = RATES
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(

@@ -516,21 +516,43 @@ class RedisServer:
             return "(no log)"
 
 
-def open_client(port: int, receive_buffer: int | None = None, path: str = "/ws") -> socket.socket:
-    """A raw WebSocket client of ``path``, handshake done (its frames are read by the caller)."""
+def upgrade(
+    port: int,
+    *,
+    path: str = "/ws",
+    source: str = "127.0.0.1",
+    headers: str = "",
+    receive_buffer: int | None = None,
+) -> tuple[str, dict[str, str], socket.socket]:
+    """A raw upgrade request from ``source`` (``headers``: more lines, each ending in CRLF).
+
+    Returns the answer's status line, its headers (lower-case names) and the
+    socket, blocking, with nothing after the answer's head read from it.
+    """
     sock = socket.socket()
     if receive_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(WAIT)
+    sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n".encode()
     )
     answer = b""
     while b"\r\n\r\n" not in answer:
         chunk = sock.recv(1)  # byte by byte: nothing of the first frames is read here
-        assert chunk, "server closed during the handshake"
+        assert chunk, f"server closed during the handshake: {answer!r}"
         answer += chunk
-    assert answer.startswith(b"HTTP/1.1 101"), answer
+    sock.settimeout(None)
+    status, *lines = answer.decode().split("\r\n\r\n")[0].split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return status, {name.lower(): value for name, value in fields.items()}, sock
+
+
+def open_client(port: int, receive_buffer: int | None = None, path: str = "/ws") -> socket.socket:
+    """A raw WebSocket client of ``path``, handshake done (its frames are read by the caller)."""
+    status, _, sock = upgrade(port, path=path, receive_buffer=receive_buffer)
+    assert status == "HTTP/1.1 101 Switching Protocols", status
     return sock

@@ -5,8 +5,6 @@ Two client addresses on one machine: 127.0.0.1 and 127.0.0.2 (all of 127/8 is lo
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
 import statistics
 import subprocess
@@ -17,33 +15,13 @@ from collections.abc import Callable
 
 import pytest
 import websocket
-from helpers import SERVER, close_payload, encode_frame, wait_until
+from helpers import SERVER, close_payload, encode_frame, upgrade, wait_until
 
 import wsthreads
 from wsthreads.connection import DRAIN_LIMIT, READ_SIZE
 from wsthreads.limits import SWEEP_AT, AddressLimits, InboundLimit, TokenBucket
 
 OTHER = "127.0.0.2"
-
-
-def handshake(
-    port: int, source: str = "127.0.0.1", headers: str = ""
-) -> tuple[str, dict[str, str], socket.socket]:
-    """A WebSocket handshake from ``source``: the status line, the headers (lower-case names), the socket."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n".encode()
-    )
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(1)
-        assert chunk, answer
-        answer += chunk
-    status, *lines = answer.decode().split("\r\n\r\n")[0].split("\r\n")
-    fields = dict(line.split(": ", 1) for line in lines)
-    return status, {name.lower(): value for name, value in fields.items()}, sock
 
 
 def refused_text(sock: socket.socket) -> str:
@@ -58,14 +36,14 @@ def test_sessions_per_address_get_429_with_retry_after_and_other_addresses_go_on
     serve: Callable[..., wsthreads.RunningServer],
 ) -> None:
     server = serve(echo=True, max_sessions_per_address=2, metrics_path="/metrics")
-    opened = [handshake(server.port)[2] for _ in range(2)]
+    opened = [upgrade(server.port)[2] for _ in range(2)]
     try:
-        status, headers, refused = handshake(server.port)
+        status, headers, refused = upgrade(server.port)
         assert status == "HTTP/1.1 429 Too Many Requests"
         assert headers["retry-after"] == "5"
         assert refused_text(refused) == "too many sessions from your address (limit 2)"
         refused.close()
-        status, _, other = handshake(server.port, OTHER)
+        status, _, other = upgrade(server.port, source=OTHER)
         assert status == "HTTP/1.1 101 Switching Protocols"
         other.close()
         opened.pop().close()  # one of the first address's sessions ends: room for another
@@ -76,7 +54,7 @@ def test_sessions_per_address_get_429_with_retry_after_and_other_addresses_go_on
 
 
 def handshake_status(port: int) -> str:
-    status, _, sock = handshake(port)
+    status, _, sock = upgrade(port)
     sock.close()
     return status
 
@@ -93,7 +71,7 @@ def test_one_address_flooding_connections_does_not_keep_another_from_connecting_
     def flood() -> None:
         while not stop.is_set():
             try:
-                status, headers, sock = handshake(server.port, OTHER)
+                status, headers, sock = upgrade(server.port, source=OTHER)
             except OSError:
                 continue
             sock.close()
@@ -201,9 +179,9 @@ def test_a_forged_forwarded_address_from_an_untrusted_peer_changes_nothing(
     serve: Callable[..., wsthreads.RunningServer], header: str
 ) -> None:
     server = serve(echo=True, max_sessions_per_address=1)
-    first = handshake(server.port)[2]
+    first = upgrade(server.port)[2]
     try:
-        status, _, forged = handshake(server.port, headers=header)
+        status, _, forged = upgrade(server.port, headers=header)
         forged.close()
         assert status == "HTTP/1.1 429 Too Many Requests"  # still 127.0.0.1's second session
     finally:
@@ -219,12 +197,12 @@ def test_behind_a_trusted_proxy_the_limit_is_the_forwarded_clients(
     serve: Callable[..., wsthreads.RunningServer], header: str
 ) -> None:
     server = serve(echo=True, max_sessions_per_address=1, trusted_proxies=("127.0.0.1",))
-    first = handshake(server.port, headers=header)[2]
+    first = upgrade(server.port, headers=header)[2]
     try:
-        status, _, other = handshake(server.port, headers="X-Forwarded-For: 198.51.100.7\r\n")
+        status, _, other = upgrade(server.port, headers="X-Forwarded-For: 198.51.100.7\r\n")
         other.close()
         assert status == "HTTP/1.1 101 Switching Protocols"  # another client behind the same proxy
-        status, _, again = handshake(server.port, headers=header)
+        status, _, again = upgrade(server.port, headers=header)
         again.close()
         assert status == "HTTP/1.1 429 Too Many Requests"
     finally:
@@ -265,7 +243,7 @@ def test_inbound_limit_says_which_limit() -> None:
 
 
 def raw_session(port: int) -> socket.socket:
-    status, _, sock = handshake(port)
+    status, _, sock = upgrade(port)
     assert status == "HTTP/1.1 101 Switching Protocols"
     return sock
 
@@ -384,9 +362,9 @@ def test_one_address_spelled_two_ways_is_one_address(
     serve: Callable[..., wsthreads.RunningServer], first: str, second: str
 ) -> None:
     server = serve(echo=True, max_sessions_per_address=1, trusted_proxies=("127.0.0.1",))
-    opened = handshake(server.port, headers=f"X-Forwarded-For: {first}\r\n")[2]
+    opened = upgrade(server.port, headers=f"X-Forwarded-For: {first}\r\n")[2]
     try:
-        status, _, again = handshake(server.port, headers=f"X-Forwarded-For: {second}\r\n")
+        status, _, again = upgrade(server.port, headers=f"X-Forwarded-For: {second}\r\n")
         again.close()
         assert status == "HTTP/1.1 429 Too Many Requests"
     finally:
@@ -395,12 +373,12 @@ def test_one_address_spelled_two_ways_is_one_address(
 
 def test_an_ipv6_client_is_counted_by_its_64(serve: Callable[..., wsthreads.RunningServer]) -> None:
     server = serve(echo=True, max_sessions_per_address=1, trusted_proxies=("127.0.0.1",))
-    opened = handshake(server.port, headers="X-Forwarded-For: 2001:db8:1:2::1\r\n")[2]
+    opened = upgrade(server.port, headers="X-Forwarded-For: 2001:db8:1:2::1\r\n")[2]
     try:
-        status, _, same = handshake(server.port, headers="X-Forwarded-For: 2001:db8:1:2:ffff::9\r\n")
+        status, _, same = upgrade(server.port, headers="X-Forwarded-For: 2001:db8:1:2:ffff::9\r\n")
         same.close()
         assert status == "HTTP/1.1 429 Too Many Requests"  # the same /64
-        status, _, other = handshake(server.port, headers="X-Forwarded-For: 2001:db8:1:3::1\r\n")
+        status, _, other = upgrade(server.port, headers="X-Forwarded-For: 2001:db8:1:3::1\r\n")
         other.close()
         assert status == "HTTP/1.1 101 Switching Protocols"  # another /64
     finally:

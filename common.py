@@ -255,6 +255,13 @@ def add_common_options(parser: argparse.ArgumentParser, max_message_size: int, w
         help=f"time one write may take; a peer that stops reading is dropped (default {write_timeout:g})",
     )
     parser.add_argument(
+        "--compression",
+        action="store_const",
+        const="deflate",
+        help="compress messages with permessage-deflate (RFC 7692) when the other side agrees;"
+        " the 'connected' line says if it did (default: off)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default=LOG_FORMATS[0],

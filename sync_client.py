@@ -122,6 +122,7 @@ def client_config(args: argparse.Namespace) -> wsthreads.ClientConfig:
         ping_interval=args.ping_interval or None,
         unix_socket=args.unix_socket,
         proxy=True if args.proxy is None else None if args.proxy.lower() == "off" else args.proxy,
+        compression=args.compression,
     )
 
 

@@ -166,6 +166,7 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         max_connection_rate=args.max_connection_rate,
         max_message_rate=args.max_message_rate,
         max_byte_rate=args.max_byte_rate,
+        compression=args.compression,
     )
 
 

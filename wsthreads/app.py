@@ -40,6 +40,8 @@ from .connection import (
     broadcast,
     wait_for,
 )
+from .deflate import Agreement, Deflate, compression_setting
+from .deflate import answer as compression_answer
 from .fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
 from .handshake import (
     LAST_ID_HEADER,
@@ -173,6 +175,10 @@ class ServerConfig:
             (``"/metrics"``; see :mod:`wsthreads.metrics`), which needs
             ``pip install "wsthreads[metrics]"``. None (the default): no
             metrics are kept or served.
+        compression: permessage-deflate for the clients that offer it:
+            ``"deflate"``, or a :class:`~wsthreads.deflate.Deflate` with its
+            window, memory level and context takeover. None (the default):
+            declined; every message goes as it is (see docs/compression.md).
     """
 
     handler: SessionCode | None = None
@@ -198,6 +204,7 @@ class ServerConfig:
     max_message_rate: float | None = None
     max_byte_rate: float | None = None
     metrics_path: str | None = None
+    compression: Deflate | str | None = None
 
     def __post_init__(self) -> None:
         if not is_plain_path(self.path):
@@ -238,6 +245,7 @@ class ServerConfig:
             check_allowed_origin(origin)
         TrustedProxies.parse(self.trusted_proxies)  # a bad entry is a ValueError here
         object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        object.__setattr__(self, "compression", compression_setting(self.compression))
 
     def session_handler(self) -> SessionCode:
         """What each session does."""
@@ -579,6 +587,7 @@ class WebSocketApp:
             # environ) are done with: only these two facts outlive it.
             mode, subprotocol = ws.mode, ws.subprotocol
             del ws
+            response, compression = self._with_compression(held.data, environ)
             sock = hijacked_socket(environ)
             sock.settimeout(None)  # the request deadline no longer applies
             config = self.config
@@ -599,14 +608,27 @@ class WebSocketApp:
                 subprotocol=subprotocol,
                 key=environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(),
                 inbound_limit=inbound_limit(config),
+                compression=compression,
             )
             peer = describe_peer(request, environ)
             hold_thread = environ.get(HOLD_KEY, lambda: None)
             subscription, ending = self._subscription(request, conn)
-            parked = self._run(conn, held.data, peer, hold_thread, subscription, ending, started, address)
+            parked = self._run(conn, response, peer, hold_thread, subscription, ending, started, address)
         finally:
             thread.name = server_thread_name
         return Hijacked(mode, parked)
+
+    def _with_compression(self, response: bytes, environ: dict[str, Any]) -> tuple[bytes, Agreement | None]:
+        """The 101 with our answer to the client's permessage-deflate offer, and what it agrees, if any."""
+        setting = self.config.compression
+        offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
+        if not isinstance(setting, Deflate) or not offers:
+            return response, None
+        answered = compression_answer(offers, setting)
+        if answered is None:
+            return response, None
+        extension, agreement = answered
+        return with_header(response, "Sec-WebSocket-Extensions", extension), agreement
 
     def _authenticate(self, request: Request) -> Any:
         """Who the client is, says the hook; Reject if it refuses (or fails: 500, logged)."""
@@ -731,7 +753,8 @@ class WebSocketApp:
         catch_up = None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
         parked = False
         try:
-            log.info("connected: %s", peer, extra=conn.log_fields)
+            compressed = " (permessage-deflate)" if conn.compression else ""
+            log.info("connected: %s%s", peer, compressed, extra=conn.log_fields)
             if ending is not None:
                 hold_thread()  # the close takes up to close_timeout
                 log.info("closing: %s", ending[1], extra=conn.log_fields)
@@ -847,10 +870,10 @@ class Mounted:
 def without_compression(environ: dict[str, Any]) -> dict[str, Any]:
     """The request as simple-websocket should see it: offering no extensions.
 
-    simple-websocket accepts permessage-deflate whenever a client offers it;
-    declining it (RFC 7692 lets a server) avoids wsproto 1.3.2 delivering
-    fragments still compressed when a ping arrives between them, and
-    inflation with no output limit.
+    simple-websocket accepts permessage-deflate whenever a client offers it,
+    through wsproto, which would then expect to compress and inflate; our
+    frame layer does that (:mod:`wsthreads.deflate`), and the app answers the
+    offer itself (:meth:`WebSocketApp._with_compression`).
     """
     return {k: v for k, v in environ.items() if k != "HTTP_SEC_WEBSOCKET_EXTENSIONS"}
 

@@ -37,6 +37,9 @@ from .certificates import load_certificate, trusting
 from .closing import ABNORMAL_CLOSURE, NORMAL_CLOSURE, RETRYABLE_CODES, Closed
 from .connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT, Connection, Message, shut_down
 from .deadlines import deadlines
+from .deflate import Agreement, Deflate, compression_setting
+from .deflate import accept as accept_compression
+from .deflate import offer as compression_offer
 from .handshake import LAST_ID_HEADER, check_header, check_response, new_key, subprotocol_names
 from .lines import printable, shown_path
 from .proxy import Proxy, ProxyError, open_tunnel, proxy_for
@@ -144,6 +147,10 @@ class ClientConfig:
             URL's host and port (a server behind nginx, gunicorn bound to
             ``unix:PATH``); the URL still gives the ``Host`` header, the
             path and the query, and ``wss://`` still means TLS.
+        compression: offer permessage-deflate: ``"deflate"``, or a
+            :class:`~wsthreads.deflate.Deflate`. None (the default): no
+            offer, and a server that compresses anyway fails the dial. What
+            was agreed is ``conn.compression`` (None if the server declined).
 
     Raises:
         ValueError: a setting that cannot work, with a one-line message:
@@ -170,6 +177,7 @@ class ClientConfig:
     max_queue: int = CLIENT_MAX_QUEUE
     unix_socket: str | None = None
     proxy: str | bool | None = dataclasses.field(default=True, repr=False)  # it may hold a password
+    compression: Deflate | str | None = None
     # The context made of cafile, certfile and keyfile: their files are read once, here.
     _files_context: ssl.SSLContext | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
@@ -179,6 +187,7 @@ class ClientConfig:
         # Frozen, but a dict or a list is fine too: stored as tuples.
         object.__setattr__(self, "headers", header_pairs(self.headers))
         object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
+        object.__setattr__(self, "compression", compression_setting(self.compression))
         check_seconds("ping_interval", self.ping_interval, optional=True)
         check_count("max_queue", self.max_queue)
         check_count("max_message_size", self.max_message_size, optional=True)
@@ -341,6 +350,7 @@ def dial(
         )
         subprotocol = accepted_subprotocol(url, ws, key, config.subprotocols)
         response_headers = dict(ws.getheaders() or {})
+        compression = accepted_compression(url, response_headers, config)
     except ConnectError:
         sock.close()
         raise
@@ -364,6 +374,7 @@ def dial(
         subprotocol=subprotocol,
         key=key,
         response_headers=response_headers,
+        compression=compression,
     )
 
 
@@ -379,6 +390,8 @@ def handshake_options(key: str, config: ClientConfig) -> dict[str, Any]:
     fields = {"Sec-WebSocket-Key": key}
     if config.subprotocols:
         fields["Sec-WebSocket-Protocol"] = ", ".join(config.subprotocols)
+    if isinstance(config.compression, Deflate):
+        fields["Sec-WebSocket-Extensions"] = compression_offer(config.compression)
     options: dict[str, Any] = {"header": fields}
     for name, value in config.headers:
         if name.lower() in HEADER_OPTIONS:
@@ -405,6 +418,21 @@ def accepted_subprotocol(url: str, ws: websocket.WebSocket, key: str, offered: S
     if problem is not None:
         raise ConnectError(f"{url} answered the handshake wrongly: {problem}", retryable=False)
     return headers.get("sec-websocket-protocol", "").strip() or None
+
+
+def accepted_compression(url: str, headers: Mapping[str, str], config: ClientConfig) -> Agreement | None:
+    """What the server's 101 agreed for permessage-deflate; None if nothing was offered or it declined.
+
+    Raises:
+        ConnectError: (``retryable`` False) an extension never offered, or an
+            answer the offer does not allow: ``ws://localhost:8080/ws answered
+            the handshake wrongly: extension 'permessage-deflate' was never offered``.
+    """
+    setting = config.compression if isinstance(config.compression, Deflate) else None
+    try:
+        return accept_compression(headers.get("sec-websocket-extensions", ""), setting)
+    except ValueError as error:
+        raise ConnectError(f"{url} answered the handshake wrongly: {error}", retryable=False) from None
 
 
 def open_tcp(
@@ -745,7 +773,9 @@ class Client:
         with self._lock:
             if not self._closing.is_set():
                 self._conn = conn
-                chosen = f" (subprotocol {conn.subprotocol})" if conn.subprotocol else ""
+                agreed = [f"subprotocol {conn.subprotocol}"] if conn.subprotocol else []
+                agreed += ["permessage-deflate"] if conn.compression else []
+                chosen = f" ({', '.join(agreed)})" if agreed else ""
                 log.info("connected to %s%s", self.url, chosen, extra=conn.log_fields)
                 return conn
         # close() came during the dial: this connection is ours to end, cleanly.

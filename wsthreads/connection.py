@@ -64,6 +64,7 @@ from .logs import SessionLogger, handler_log, with_fields
 from .queues import OVERFLOW_CLOSE, Inbox, Outbox, check_policy
 
 if TYPE_CHECKING:
+    from .deflate import Agreement, Compressor
     from .limits import InboundLimit
     from .netpoller import Netpoller, Watch
     from .request import Request
@@ -144,13 +145,37 @@ def message_size(message: Message) -> int:
 
 
 def frame_text(data: bytes) -> str | bytes:
-    """What a frame we built holds, for a trace: its text, or its payload (unmasked)."""
+    """What a frame we built holds, for a trace: its text, or its payload (unmasked; compressed as sent)."""
     length = data[1] & 0x7F
     start = 2 + {126: 2, 127: 8}.get(length, 0)
     payload = data[start:]
     if data[1] & 0x80:
         payload = frames.mask(data[start : start + 4], data[start + 4 :])
-    return payload.decode(errors="replace") if data[0] & 0x0F == frames.TEXT else payload
+    plain_text = data[0] & 0x0F == frames.TEXT and not data[0] & frames.RSV1
+    return payload.decode(errors="replace") if plain_text else payload
+
+
+class Deferred:
+    """A message queued as it is, to be compressed only as it goes on the wire.
+
+    With context takeover the peer inflates our messages in the order they
+    arrive, through one history: each must be compressed in that same order,
+    so under the wire lock, by whoever writes it (:meth:`Connection._on_wire`).
+    Its length is what the outbox counts (the uncompressed size: an upper bound).
+    """
+
+    __slots__ = ("opcode", "payload")
+
+    def __init__(self, opcode: int, payload: bytes) -> None:
+        self.opcode = opcode
+        self.payload = payload
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+
+#: What waits in a connection's outbox: a whole frame, or a message whose compression waits for the wire.
+Queued = bytes | Deferred
 
 
 def wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
@@ -326,6 +351,8 @@ class Connection:
             (names in lower case).
         inbound_limit: messages and bytes a second the peer may send; a
             peer over it is closed with 1008 (see :mod:`wsthreads.limits`).
+        compression: what the handshake agreed for permessage-deflate (see
+            :mod:`wsthreads.deflate`), or None: no message is compressed.
     """
 
     def __init__(
@@ -348,6 +375,7 @@ class Connection:
         key: str = "",
         response_headers: dict[str, str] | None = None,
         inbound_limit: InboundLimit | None = None,
+        compression: Agreement | None = None,
     ) -> None:
         self.sock = sock
         self._inbound_limit = inbound_limit
@@ -379,7 +407,14 @@ class Connection:
         self.last_received = time.monotonic()
         #: Serialises every write to the socket (only the reader touches the frame layer).
         self.wire_lock = threading.Lock()
-        self._parser = frames.Parser(client=client, max_message_size=max_message_size)
+        #: What the handshake agreed for permessage-deflate, or None (see :mod:`wsthreads.deflate`).
+        self.compression = compression
+        self._compressor: Compressor | None = compression.compressor() if compression else None
+        self._parser = frames.Parser(
+            client=client,
+            max_message_size=max_message_size,
+            decompressor=compression.decompressor(max_message_size) if compression else None,
+        )
         self._pending = pending
         self.traffic.bytes_in += len(pending)  # read by the HTTP server, behind the handshake
         self._log_fields: dict[str, str] | None = None
@@ -403,7 +438,7 @@ class Connection:
         self._inbox: Inbox[Message] | None = None
         self._inbox_end: BaseException | None = None  # what recv() raises once the reader is over
         self._max_queue = max_queue
-        self._outbox: Outbox | None = None
+        self._outbox: Outbox[Queued] | None = None
         check_policy(on_overflow)
         self._outbound_limit = outbound_limit
         self._on_overflow = on_overflow
@@ -521,16 +556,23 @@ class Connection:
         """``for message in conn``: every message until the session ends (then the loop ends)."""
         return self.inbox.until(Closed)
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, *, compress: bool = True) -> None:
         """Send text (str) or binary (bytes); thread-safe; bounded by ``write_timeout``.
 
         Raises Closed once the session is closing or over. A small message
         goes out in one write with its header; a large one after it, uncopied
-        (on a client: masked, one copy).
+        (on a client: masked, one copy). What :meth:`send_nowait` queued
+        before goes out first. With compression agreed, ``compress=False``
+        sends this message as it is: a secret never shares a compressed
+        history with text an attacker chose (see docs/compression.md).
         """
-        self._send_wire(*self._framed(message), data=message)
+        framed = self._framed(message, compress)
+        if isinstance(framed, Deferred):
+            self._send_wire(framed, data=message)
+        else:
+            self._send_wire(*framed, data=message)
 
-    def send_nowait(self, message: Message) -> bool:
+    def send_nowait(self, message: Message, *, compress: bool = True) -> bool:
         """Send a message without waiting for the peer, and return at once; thread-safe.
 
         If nothing waits and the socket's buffer has room, it is written from
@@ -539,16 +581,17 @@ class Connection:
         the session is closing, or the peer is so far behind that the
         ``on_overflow`` policy closed it. Under ``drop-oldest`` the oldest
         waiting messages make room instead. A peer that stops reading is
-        dropped after ``write_timeout``, as with :meth:`send`.
+        dropped after ``write_timeout``, as with :meth:`send`. ``compress``: as for :meth:`send`.
         """
-        return self._queue_frame(b"".join(self._framed(message)))
+        framed = self._framed(message, compress)
+        return self._queue_frame(framed if isinstance(framed, Deferred) else b"".join(framed))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until what :meth:`send_nowait` queued is written (default: ``write_timeout``)."""
         outbox = self._outbox
         return outbox is None or outbox.flush(self.write_timeout if timeout is None else timeout)
 
-    def _queue_frame(self, frame: bytes) -> bool:
+    def _queue_frame(self, frame: Queued) -> bool:
         """Send a framed message without waiting: at once if the socket takes it, else by the writer.
 
         gorilla's write pump, without a wake-up per message: when nobody is
@@ -564,7 +607,7 @@ class Connection:
                 if self._closing.write_refusal(queued=False) is None and (
                     self._outbox is None or self._outbox.empty
                 ):
-                    return self._write_at_once(frame)
+                    return self._write_at_once(self._on_wire(frame))
             finally:
                 self.wire_lock.release()
         return self._outbox_for_put().put(frame)
@@ -576,7 +619,9 @@ class Connection:
             with self._tls_lock:
                 sent = self.sock.send(frame)
         except BlockingIOError:
-            return self._outbox_for_put().put(frame)  # nothing of it left: an ordinary queued frame
+            if not self._in_wire_order(frame):
+                return self._outbox_for_put().put(frame)  # nothing of it left: an ordinary queued frame
+            sent = 0  # compressed into the history already: it must go next, and no policy may drop it
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
             # OpenSSL may hold part of it already, and its next write must start
             # with the same bytes: the whole frame is the rest of a cut frame.
@@ -591,7 +636,7 @@ class Connection:
             self._outbox_for_put().put_rest(memoryview(frame)[sent:])
         return True
 
-    def _outbox_for_put(self) -> Outbox:
+    def _outbox_for_put(self) -> Outbox[Queued]:
         """The outbox, made on the first frame queued; one made once the session is closing takes none."""
         outbox = self._outbox
         if outbox is None:
@@ -619,9 +664,52 @@ class Connection:
         self.traffic.slow_client = "close"
         self.close(TRY_AGAIN_LATER, "too slow: too many messages waiting")
 
-    def _framed(self, message: Message) -> tuple[bytes, bytes]:
-        """A data frame's header and payload, masked on the client."""
-        return frames.frame(*opcode_and_payload(message), masked=self.client)
+    def _framed(self, message: Message, compress: bool = True) -> tuple[bytes, bytes] | Deferred:
+        """A data frame's header and payload, masked on the client, compressed if agreed and ``compress``.
+
+        With context takeover, the message as it is, to be compressed as it goes on the wire.
+        """
+        opcode, payload = opcode_and_payload(message)
+        compressor = self._compressor if compress else None
+        if compressor is None:
+            return frames.frame(opcode, payload, masked=self.client)
+        if compressor.in_wire_order:
+            return Deferred(opcode, payload)
+        return self._compressed_frame(compressor, opcode, payload)
+
+    def _compressed_frame(self, compressor: Compressor, opcode: int, payload: bytes) -> tuple[bytes, bytes]:
+        data = compressor.compress(payload)
+        if data is None:  # it would not shrink: it goes as it is
+            return frames.frame(opcode, payload, masked=self.client)
+        return frames.frame(opcode, data, masked=self.client, compressed=True)
+
+    def _on_wire(self, queued: Queued) -> bytes:
+        """A queued message as the frame that goes on the wire now (under wire_lock: in wire order)."""
+        return b"".join(self._framed_now(queued)) if isinstance(queued, Deferred) else queued
+
+    def _framed_now(self, deferred: Deferred) -> tuple[bytes, bytes]:
+        """A deferred message compressed and framed (under wire_lock: in wire order)."""
+        assert self._compressor is not None
+        return self._compressed_frame(self._compressor, deferred.opcode, deferred.payload)
+
+    def _in_wire_order(self, frame: bytes) -> bool:
+        """True for a frame compressed through our history (context takeover): it may not be dropped."""
+        compressor = self._compressor
+        return compressor is not None and compressor.in_wire_order and bool(frame[0] & frames.RSV1)
+
+    def _broadcast_frame(self, opcode: int, payload: bytes, plain: bytes, shared: dict[Any, bytes]) -> Queued:
+        """What a broadcast queues here: the one plain frame, or one compressed frame for every
+        connection compressing alike without context takeover (``shared``), or with it, its own."""
+        compressor, agreement = self._compressor, self.compression
+        if compressor is None or agreement is None:
+            return plain
+        if compressor.in_wire_order:
+            return Deferred(opcode, payload)
+        key = (agreement.send_window_bits, agreement.memory_level)
+        frame = shared.get(key)
+        if frame is None:
+            frame = shared[key] = b"".join(self._compressed_frame(compressor, opcode, payload))
+        return frame
 
     def _write_queued(self) -> None:
         """The writer thread's write: everything queued, taken under the wire lock, bounded like :meth:`send`.
@@ -633,7 +721,7 @@ class Connection:
 
     def _send_wire(
         self,
-        header: bytes,
+        header: bytes | Deferred,
         payload: bytes = b"",
         *,
         queued: bool = False,
@@ -649,20 +737,31 @@ class Connection:
             error = self._closing.write_refusal(queued)
             if error is not None:
                 raise error
-            if queued and self._outbox is not None:
-                frames = self._outbox.drain()
-                if not frames and self._outbox.empty:
+            # What send_nowait queued goes first: the wire keeps the order in which
+            # messages were compressed (context takeover) and sent.
+            outbox = self._outbox
+            if outbox is not None and not (outbox.empty and not queued):
+                frames = [self._on_wire(frame) for frame in outbox.drain()]
+                if queued and not frames and outbox.empty:
                     return  # the reader took them for its close, or they were discarded
-                header = b"".join(frames)
+            if isinstance(header, Deferred):
+                header, payload = self._framed_now(header)
+            if frames:
+                header = b"".join([*frames, header])
             sent_at = trace.begin()  # before the write: the peer may see the message before it returns
-            if len(payload) <= SMALL_FRAME:
-                self._write(header + payload, deadline)  # one segment for small messages
-            else:
-                self._write(header, deadline)
-                self._write(payload, deadline)
-            if frames is not None:
+            try:
+                if len(payload) <= SMALL_FRAME:
+                    self._write(header + payload, deadline)  # one segment for small messages
+                else:
+                    self._write(header, deadline)
+                    self._write(payload, deadline)
+            except Closed:
+                if frames and outbox is not None:
+                    outbox.lost()  # what send_nowait queued did not get through: flush() says so
+                raise
+            if frames:
                 self._count_sent(frames, sent_at, framed=True)
-            elif data is not None:
+            if data is not None:
                 self._count_sent([data], sent_at, framed=False)
         finally:
             self.wire_lock.release()
@@ -1068,7 +1167,7 @@ class Connection:
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
             outbox = self._outbox  # None: nothing was ever queued (stop is set: none will be)
             rest = b"" if outbox is None else outbox.take_rest()  # a cut frame's end: always first
-            queued = [] if by_peer or outbox is None else outbox.drain()
+            queued = [] if by_peer or outbox is None else [self._on_wire(frame) for frame in outbox.drain()]
             count = len(queued) + bool(rest)
             close = frames.frame(frames.CLOSE, frames.close_payload(code, reason), self.client)
             data = b"".join([rest, *queued, *close])
@@ -1162,8 +1261,13 @@ def broadcast(connections: Iterable[Connection], message: Message) -> int:
     queued for its writer thread. Returns how many connections took it.
     """
     # Framed before the loop: a wrong type raises even with nobody connected.
-    frame = b"".join(frames.frame(*opcode_and_payload(message), masked=False))
+    opcode, payload = opcode_and_payload(message)
+    plain = b"".join(frames.frame(opcode, payload, masked=False))
+    shared: dict[Any, bytes] = {}  # compressed once for every connection compressing alike
     queued = 0
     for conn in connections:
-        queued += conn.send_nowait(message) if conn.client else conn._queue_frame(frame)
+        if conn.client:
+            queued += conn.send_nowait(message)
+        else:
+            queued += conn._queue_frame(conn._broadcast_frame(opcode, payload, plain, shared))
     return queued

@@ -13,7 +13,9 @@ wsproto spends most of a small message's time in per-event objects and
 generators; see docs/performance.md. Masking is pure Python (a few ms per
 MiB), or websockets' C ``apply_mask`` (a few hundredths of one) where it is
 installed (``pip install "wsthreads[speedups]"``); ``bench/masking.py``.
-Compression is never negotiated, so no frame may have a reserved bit set.
+A message may be compressed (RSV1, RFC 7692) only when the handshake agreed
+to permessage-deflate: the parser then inflates it through the
+:class:`wsthreads.deflate.Decompressor` it was given, bounded as it inflates.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ import struct
 import sysconfig
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .closing import INVALID_DATA, MESSAGE_TOO_BIG, NO_STATUS, PROTOCOL_ERROR, VALID_CLOSE_CODES
+
+if TYPE_CHECKING:
+    from .deflate import Decompressor
 
 #: The C masking function, if any (:func:`accelerated_masking`).
 Masking = Callable[[bytes, bytes], bytes]
@@ -62,6 +68,8 @@ _XOR_TABLES = [bytes(byte ^ k for byte in range(256)) for k in range(256)]
 _TRANSLATE_FROM = 80 * 1024
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+#: The first header byte's RSV1 bit: "this message is compressed" (RFC 7692 6).
+RSV1 = 0x40
 #: The most a control frame may carry (RFC 6455 5.5).
 MAX_CONTROL_PAYLOAD = 125
 # A message piece this big is kept as it is; smaller ones are copied into a shared buffer.
@@ -177,19 +185,23 @@ class _MaskingKeys:
 _masking_keys = _MaskingKeys()
 
 
-def frame_header(opcode: int, length: int, masked: bool) -> bytes:
+def frame_header(opcode: int, length: int, masked: bool, compressed: bool = False) -> bytes:
     """The header of a final frame (RFC 6455, section 5.2), without the masking key."""
     mask_bit = 0x80 if masked else 0
+    first = 0x80 | opcode | (RSV1 if compressed else 0)
     if length < 126:
-        return struct.pack("!BB", 0x80 | opcode, mask_bit | length)
+        return struct.pack("!BB", first, mask_bit | length)
     if length < 1 << 16:
-        return struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
-    return struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
+        return struct.pack("!BBH", first, mask_bit | 126, length)
+    return struct.pack("!BBQ", first, mask_bit | 127, length)
 
 
-def frame(opcode: int, payload: bytes, masked: bool) -> tuple[bytes, bytes]:
-    """A final frame as its header and its payload (masked with a fresh key for a client)."""
-    header = frame_header(opcode, len(payload), masked)
+def frame(opcode: int, payload: bytes, masked: bool, compressed: bool = False) -> tuple[bytes, bytes]:
+    """A final frame as its header and its payload (masked with a fresh key for a client).
+
+    ``compressed``: the payload is a compressed message's (RSV1 set).
+    """
+    header = frame_header(opcode, len(payload), masked, compressed)
     if masked:
         key = _masking_keys.next()
         return header + key, mask(key, payload)
@@ -224,12 +236,18 @@ class Parser:
             masked; on the server side every frame must be.
         max_message_size: the largest message in bytes; a frame header that
             announces more (with what the message already holds) raises 1009
-            before its payload is read. None: no limit.
+            before its payload is read (a compressed message: as it
+            inflates). None: no limit.
+        decompressor: inflates compressed messages, when the handshake
+            agreed to permessage-deflate; None: a set RSV1 bit is an error.
     """
 
-    def __init__(self, *, client: bool, max_message_size: int | None) -> None:
+    def __init__(
+        self, *, client: bool, max_message_size: int | None, decompressor: Decompressor | None = None
+    ) -> None:
         self._masked = not client
         self._limit = max_message_size
+        self._decompressor = decompressor
         self._unparsed = b""  # the start of a frame header
         # The frame being read, once its header is in: None between frames.
         self._left: int | None = None
@@ -239,6 +257,7 @@ class Parser:
         self._control: list[bytes] = []  # a control frame's payload so far
         # The data message being assembled: its opcode (0: none), its pieces, its size in bytes.
         self._message = 0
+        self._compressed = False  # the message being assembled came with RSV1: inflate it
         self._parts: list[bytes | bytearray] = []
         self._size = 0
         self._decoder: codecs.IncrementalDecoder | None = None  # checks text piece by piece
@@ -297,7 +316,7 @@ class Parser:
         size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if second & 0x80 else 0)
         if end - at < size:
             return 0
-        if first & 0x70:
+        if first & 0x70 and (first & 0x70 != RSV1 or self._decompressor is None):
             raise ProtocolError(PROTOCOL_ERROR, "reserved bits set: no extension was agreed")
         if bool(second & 0x80) is not self._masked:
             side = "client sent an unmasked" if self._masked else "server sent a masked"
@@ -317,34 +336,40 @@ class Parser:
             if length < 1 << 16:
                 raise ProtocolError(PROTOCOL_ERROR, "frame length not in its shortest form")
         if opcode & 0x08:
-            self._check_control(opcode, fin, length)
+            self._check_control(opcode, fin, length, first & RSV1)
         else:
-            self._check_data(opcode, length)
+            self._check_data(opcode, length, first & RSV1)
         self._opcode, self._fin, self._left = opcode, fin, length
         self._unmasker = Unmasker(data[offset : offset + 4]) if self._masked else None
         return size
 
     @staticmethod
-    def _check_control(opcode: int, fin: bool, length: int) -> None:
+    def _check_control(opcode: int, fin: bool, length: int, rsv1: int) -> None:
         if opcode not in (CLOSE, PING, PONG):
             raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if rsv1:
+            raise ProtocolError(PROTOCOL_ERROR, "compressed control frame (RSV1 set)")
         if not fin:
             raise ProtocolError(PROTOCOL_ERROR, "fragmented control frame")
         if length > MAX_CONTROL_PAYLOAD:
             raise ProtocolError(PROTOCOL_ERROR, f"control frame of {length} bytes (at most 125)")
 
-    def _check_data(self, opcode: int, length: int) -> None:
+    def _check_data(self, opcode: int, length: int, rsv1: int) -> None:
         if opcode == CONTINUATION:
             if not self._message:
                 raise ProtocolError(PROTOCOL_ERROR, "continuation frame without a message to continue")
+            if rsv1:  # RFC 7692 6.1: only a message's first frame says it is compressed
+                raise ProtocolError(PROTOCOL_ERROR, "continuation frame with RSV1 set")
         elif opcode in (TEXT, BINARY):
             if self._message:
                 raise ProtocolError(PROTOCOL_ERROR, "new message before the last one was finished")
             self._message = opcode
+            self._compressed = bool(rsv1)
         else:
             raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
         limit = self._limit
-        if limit is not None and self._size + length > limit:
+        # A compressed message's limit is on what it inflates to (the decompressor's).
+        if limit is not None and not self._compressed and self._size + length > limit:
             raise ProtocolError(MESSAGE_TOO_BIG, f"message over {limit} bytes")  # the header alone tells
         self._size += length
 
@@ -364,6 +389,9 @@ class Parser:
         whole = finished and self._fin
         if finished:
             self._left = None
+        if self._compressed:
+            assert self._decompressor is not None
+            chunk = self._decompressor.inflate(chunk, end=whole)
         if whole and not self._parts:
             data = chunk  # the common case: a message in one piece, not copied
         else:
@@ -375,6 +403,7 @@ class Parser:
             data = b"".join(self._parts)
             self._parts = []
         opcode, self._size, self._message, self._decoder = self._message, 0, 0, None
+        self._compressed = False
         if opcode == BINARY:
             return data
         try:

@@ -206,13 +206,12 @@ def check_response(headers: Mapping[str, str], key: str, subprotocols: Sequence[
 
     ``headers`` have lower-case names. Stricter than websocket-client, which
     compares the accept value ignoring case (base64 is case-sensitive) and
-    lets through an extension or subprotocol the client never offered; RFC
-    6455, 4.1 says the client must fail the connection on each of those.
+    lets through a subprotocol the client never offered; RFC 6455, 4.1 says
+    the client must fail the connection on each of those. The extensions
+    are :func:`wsthreads.deflate.accept`'s to check.
     """
     if headers.get("sec-websocket-accept", "").strip() != accept_value(key):
         return "wrong Sec-WebSocket-Accept"
-    if headers.get("sec-websocket-extensions", "").strip():
-        return f"extension {headers['sec-websocket-extensions'].strip()!r} was never offered"
     protocol = headers.get("sec-websocket-protocol", "").strip()
     if protocol and protocol not in subprotocols:
         return f"subprotocol {protocol!r} was never offered"

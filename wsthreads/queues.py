@@ -19,10 +19,12 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+#: What an outbox holds: anything with a length in bytes (a frame, or a message to frame later).
+F = TypeVar("F", bound=Sized)
 
 #: Overflow policy: close the connection with 1013 (the client may come back later).
 OVERFLOW_CLOSE = "close"
@@ -120,12 +122,12 @@ _alive = [0]
 _alive_lock = threading.Lock()
 
 
-class Outbox:
+class Outbox(Generic[F]):
     """Frames waiting for one connection's writer thread, at most ``limit`` bytes of them.
 
     Frames leave only through :meth:`drain`, which whoever writes calls with
-    the connection's wire lock held: the writer thread, or the reader before
-    its close frame. So a frame is never taken by one and written after the
+    the connection's wire lock held: the writer thread, a ``send()`` (what
+    waits goes before its message), or the reader before its close frame. So a frame is never taken by one and written after the
     other's close frame. The writer writes everything waiting at once, then
     pauses (it "corks", see :data:`CORK_PER_WRITER`), so that what comes
     meanwhile goes out in its next write. Under the GIL, hundreds of threads
@@ -163,7 +165,7 @@ class Outbox:
         self.name = name
         #: Messages dropped under "drop-oldest", in all.
         self.dropped = 0
-        self._frames: collections.deque[bytes] = collections.deque()
+        self._frames: collections.deque[F] = collections.deque()
         # The unwritten end of a frame whose start is on the wire: it goes out
         # before any other byte, and no policy may drop it (see put_rest).
         self._rest: bytes | memoryview = b""
@@ -188,7 +190,7 @@ class Outbox:
         """Nothing waits: a frame written now does not overtake a queued one."""
         return not self._waiting and not self._frames and not self._rest
 
-    def put(self, frame: bytes) -> bool:
+    def put(self, frame: F) -> bool:
         """Queue one frame; never blocks. False if not queued (closed, or over the limit under "close")."""
         with self._putting:
             if self._stopped or self._sealed:
@@ -245,7 +247,7 @@ class Outbox:
         with self._putting:
             self._sealed = True
 
-    def drain(self) -> list[bytes]:
+    def drain(self) -> list[F]:
         """Take every frame that waits: for whoever holds the wire lock to write."""
         with self._putting:
             if self._stopped:

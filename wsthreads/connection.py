@@ -678,10 +678,7 @@ class Connection:
         return self._compressed_frame(compressor, opcode, payload)
 
     def _compressed_frame(self, compressor: Compressor, opcode: int, payload: bytes) -> tuple[bytes, bytes]:
-        data = compressor.compress(payload)
-        if data is None:  # it would not shrink: it goes as it is
-            return frames.frame(opcode, payload, masked=self.client)
-        return frames.frame(opcode, data, masked=self.client, compressed=True)
+        return frames.frame(opcode, compressor.compress(payload), masked=self.client, compressed=True)
 
     def _on_wire(self, queued: Queued) -> bytes:
         """A queued message as the frame that goes on the wire now (under wire_lock: in wire order)."""

@@ -42,6 +42,8 @@ WINDOW_BITS = range(8, 16)
 #: docs/compression.md (a 12-bit window costs little ratio and a quarter of the memory).
 DEFAULT_WINDOW_BITS = 12
 DEFAULT_MEMORY_LEVEL = 5
+#: The most zlib inflates at a time: a message over its limit costs at most the limit and one step.
+INFLATE_STEP = 1 << 16
 
 #: One extension in a Sec-WebSocket-Extensions header: its name, and each parameter with its value (or None).
 Extension = tuple[str, dict[str, str | None]]
@@ -301,12 +303,12 @@ class Compressor:
         self.in_wire_order = agreement.send_context_takeover
         self._stream: zlib._Compress | None = None  # the history, with context takeover: made at first use
 
-    def compress(self, payload: bytes) -> bytes | None:
-        """``payload`` compressed for one message's frame; None if better sent as it is.
+    def compress(self, payload: bytes) -> bytes:
+        """``payload`` compressed for one message's frame (RFC 7692 7.2.1).
 
-        Without context takeover a message that would not shrink goes as it
-        is (RSV1 clear, RFC 7692 6); with it, never: the peer's history must
-        hold every message ours does.
+        Even a message that does not shrink: peers such as Autobahn's expect
+        every message of a compressed session compressed (a few bytes more
+        for the smallest).
         """
         stream = self._stream
         if stream is None:
@@ -314,10 +316,7 @@ class Compressor:
             if self.in_wire_order:
                 self._stream = stream
         data = stream.compress(payload) + stream.flush(zlib.Z_SYNC_FLUSH)
-        data = data[:-4] if data.endswith(TAIL) else data
-        if not self.in_wire_order and len(data) >= len(payload):
-            return None
-        return data
+        return data[:-4] if data.endswith(TAIL) else data
 
 
 class Decompressor:
@@ -337,8 +336,11 @@ class Decompressor:
         self._left = max_message_size  # what the current message may still inflate to
         self._stream: zlib._Decompress | None = None
 
-    def inflate(self, data: bytes, end: bool) -> bytes:
-        """One piece of a compressed message, inflated; ``end`` for its last.
+    def inflate(self, data: bytes, end: bool) -> list[bytes]:
+        """One piece of a compressed message, inflated, in pieces of at most :data:`INFLATE_STEP` bytes.
+
+        ``end`` for the message's last piece. Pieces, not one joined buffer:
+        what the message holds so far is never copied on the way.
 
         Raises:
             ProtocolError: 1009 past the limit; 1002 for data that is not deflate.
@@ -346,10 +348,11 @@ class Decompressor:
         stream = self._stream
         if stream is None:
             stream = self._stream = zlib.decompressobj(-self._window_bits)
+        out: list[bytes] = []
         try:
-            out = self._inflate(stream, data)
+            self._inflate(stream, data, out)
             if end:
-                out += self._inflate(stream, TAIL)
+                self._inflate(stream, TAIL, out)
         except zlib.error as error:
             self._stream = None
             raise ProtocolError(PROTOCOL_ERROR, f"compressed message is not deflate data: {error}") from None
@@ -359,13 +362,18 @@ class Decompressor:
                 self._stream = None
         return out
 
-    def _inflate(self, stream: zlib._Decompress, data: bytes) -> bytes:
-        left = self._left
-        if left is None:
-            return stream.decompress(data)
-        out = stream.decompress(data, left + 1)  # one byte more than allowed tells it is over
-        if len(out) > left:
-            self._stream = None
-            raise ProtocolError(MESSAGE_TOO_BIG, f"message over {self._limit} bytes once inflated")
-        self._left = left - len(out)
-        return out
+    def _inflate(self, stream: zlib._Decompress, data: bytes, out: list[bytes]) -> None:
+        while True:
+            left = self._left
+            want = INFLATE_STEP if left is None else min(left + 1, INFLATE_STEP)  # one more: over the limit
+            piece = stream.decompress(data, want)
+            if left is not None:
+                if len(piece) > left:
+                    self._stream = None
+                    raise ProtocolError(MESSAGE_TOO_BIG, f"message over {self._limit} bytes once inflated")
+                self._left = left - len(piece)
+            if piece:
+                out.append(piece)
+            data = stream.unconsumed_tail
+            if not data and len(piece) < want:  # a full piece may leave more to come from zlib's state
+                return

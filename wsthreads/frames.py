@@ -391,13 +391,17 @@ class Parser:
             self._left = None
         if self._compressed:
             assert self._decompressor is not None
-            chunk = self._decompressor.inflate(chunk, end=whole)
-        if whole and not self._parts:
-            data = chunk  # the common case: a message in one piece, not copied
+            pieces = self._decompressor.inflate(chunk, end=whole)
         else:
-            if self._message == TEXT:
-                self._check_text(chunk, whole)
-            self._keep(chunk)
+            pieces = [chunk]
+        if whole and not self._parts and len(pieces) == 1:
+            data = pieces[0]  # the common case: a message in one piece, not copied
+        else:
+            last = len(pieces) - 1
+            for n, piece in enumerate(pieces):
+                if self._message == TEXT:
+                    self._check_text(piece, whole and n == last)
+                self._keep(piece)
             if not whole:
                 return None
             data = b"".join(self._parts)

@@ -127,8 +127,9 @@ class Outbox(Generic[F]):
 
     Frames leave only through :meth:`drain`, which whoever writes calls with
     the connection's wire lock held: the writer thread, a ``send()`` (what
-    waits goes before its message), or the reader before its close frame. So a frame is never taken by one and written after the
-    other's close frame. The writer writes everything waiting at once, then
+    waits goes before its message), or the reader before its close frame.
+    So a frame is never taken by one and written after the other's close
+    frame. The writer writes everything waiting at once, then
     pauses (it "corks", see :data:`CORK_PER_WRITER`), so that what comes
     meanwhile goes out in its next write. Under the GIL, hundreds of threads
     that each wake once per message spend the time handing the interpreter

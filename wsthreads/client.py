@@ -980,8 +980,17 @@ class WebSocketClient:
         conn = self._client.connection
         return None if conn is None else conn.subprotocol
 
-    def send(self, message: Message) -> None:
+    @property
+    def compression(self) -> Agreement | None:
+        """What the open connection agreed for permessage-deflate (None: none, or no connection)."""
+        conn = self._client.connection
+        return None if conn is None else conn.compression
+
+    def send(self, message: Message, *, compress: bool = True) -> None:
         """Send text (str) or binary (bytes) from any thread, bounded by ``write_timeout``.
+
+        ``compress=False``: with compression agreed, this message goes as it
+        is (keep secrets out of a history attacker-chosen text shares).
 
         Raises:
             NotConnected: there is no open connection: ``not connected to
@@ -993,7 +1002,7 @@ class WebSocketClient:
         if conn is None:
             raise NotConnected(f"not connected to {self.url}")
         try:
-            conn.send(message)
+            conn.send(message, compress=compress)
         except Closed as closed:
             raise NotConnected(f"connection to {self.url} closed: {closed}") from None
 

@@ -109,3 +109,35 @@ def test_go_client_sees_1001_when_our_server_shuts_down(
     assert server.wait() == 0
     assert client.wait() == 0
     client.wait_for(r"closed: 1001 server shutting down")
+
+
+def test_go_client_and_our_server_compress_both_ways(
+    go_programs: dict[str, str], start_server: Callable[..., ServerProgram]
+) -> None:
+    """gorilla with EnableCompression: our answer suits it (it needs both no_context_takeover
+    parameters), and 1 MiB and three messages go both ways compressed."""
+    server = start_server("--echo", "--compression", "--max-message-size", str(2 * BIG))
+    client = Program(
+        go_programs["client"],
+        *("-url", server.url, "-compression", "-count", "3", "-interval", "50ms"),
+        *("-big", str(BIG), "-linger", "500ms"),
+    )
+    assert client.wait() == 0, client.output()
+    client.wait_for("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    digest = hashlib.sha256(bytes(i % 251 for i in range(BIG))).hexdigest()
+    client.wait_for(re.escape(f"received: <binary message, {BIG} bytes, sha256 {digest}>"))
+    texts = [text for text in received(client.stdout) if not text.startswith("<binary")]
+    assert texts == [f"go client message {i} of 3" for i in range(1, 4)]
+    server.wait_for(r"connected: .* \(permessage-deflate\)")
+
+
+def test_our_client_and_the_go_server_compress_both_ways(go_server: Callable[..., GoServer]) -> None:
+    server = go_server("-compression", "-count", "3", "-interval", "50ms")
+    client = run_client(
+        *("--url", server.url, "--compression", "--count", "3", "--interval", "0.05", "--linger", "0.5")
+    )
+    assert client.returncode == 0, client.stderr
+    assert re.search(r"connected to \S+ \(permessage-deflate\)", client.stdout), client.stdout
+    assert received(client.stdout) == [f"go server message {i} of 3" for i in range(1, 4)]
+    server.wait_for(r"closed: 1000")
+    assert received(server.stdout) == [f"client message {i} of 3" for i in range(1, 4)]

@@ -29,6 +29,7 @@ var (
 	echo     = flag.Bool("echo", false, "send every message received back, and nothing of our own")
 	big      = flag.Int("big", 0, "also send one binary message of this many bytes")
 	linger   = flag.Duration("linger", 3*time.Second, "close after this long without a message")
+	compress = flag.Bool("compression", false, "offer permessage-deflate")
 )
 
 // describe renders a message as the Python programs print it.
@@ -84,12 +85,14 @@ func main() {
 	interrupt := make(chan os.Signal, 1)
 	signal.Notify(interrupt, os.Interrupt, syscall.SIGTERM)
 
-	conn, _, err := websocket.DefaultDialer.Dial(*url, nil)
+	dialer := *websocket.DefaultDialer
+	dialer.EnableCompression = *compress
+	conn, resp, err := dialer.Dial(*url, nil)
 	if err != nil {
 		log.Fatal("dial:", err)
 	}
 	defer conn.Close()
-	log.Printf("connected to %s", *url)
+	log.Printf("connected to %s %s", *url, resp.Header.Get("Sec-WebSocket-Extensions"))
 
 	done := make(chan struct{})
 	activity := make(chan struct{}, 1)

@@ -28,6 +28,7 @@ var (
 	interval = flag.Duration("interval", time.Second, "pause between two messages")
 	echo     = flag.Bool("echo", false, "send every message back instead of sending our own")
 	quiet    = flag.Bool("quiet", false, "do not print every message (for benchmarks)")
+	compress = flag.Bool("compression", false, "accept permessage-deflate when a client offers it")
 )
 
 // The default CheckOrigin accepts requests without Origin and same-origin ones.
@@ -68,6 +69,7 @@ func reader(conn *websocket.Conn, done chan struct{}) {
 }
 
 func serveWs(w http.ResponseWriter, r *http.Request) {
+	upgrader.EnableCompression = *compress
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		log.Println("upgrade:", err)

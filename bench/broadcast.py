@@ -15,6 +15,7 @@ would wait for its write deadline).
 
 Printed per N and per way: messages delivered per second (N x M over the
 time to the last delivery), the p50 and the slowest delivery.
+``bench/compression.py`` runs the same measure with compression (:data:`COMPRESSION`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import wsthreads  # noqa: E402
 from wsthreads import Connection  # noqa: E402
+from wsthreads.deflate import Deflate  # noqa: E402
+
+#: The server's compression in a run: off; deflate with context takeover (each connection
+#: compresses each broadcast through its own history); deflate without (compressed once for all).
+COMPRESSION = {"off": None, "deflate": Deflate(), "no-takeover": Deflate(context_takeover=False)}
+#: What the clients offer when the server compresses: a browser's offer.
+OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 
 
 def broadcast(app: wsthreads.WebSocketApp, message: str) -> None:
@@ -53,12 +62,17 @@ def send_loop(app: wsthreads.WebSocketApp, message: str) -> None:
 WAYS = {"broadcast": broadcast, "send loop": send_loop}
 
 
-def run_clients(port: int, count: int, messages: int) -> None:
-    """The client process: connect ``count`` times, read everything, print one JSON line."""
-    from helpers import open_client
+def run_clients(port: int, count: int, messages: int, compression: str = "off") -> None:
+    """The client process: connect ``count`` times, read everything, print one JSON line.
+
+    With ``compression``, each offers permessage-deflate and inflates what comes.
+    """
+    from helpers import upgrade
     from test_broadcast import split_frames
 
-    socks = [open_client(port) for _ in range(count)]
+    headers = "" if compression == "off" else OFFER
+    socks = [upgrade(port, headers=headers)[2] for _ in range(count)]
+    inflaters = {sock: zlib.decompressobj(-15) for sock in socks}
     selector = selectors.DefaultSelector()
     buffers: dict[socket.socket, bytes] = {}
     received: dict[socket.socket, int] = {}
@@ -81,6 +95,10 @@ def run_clients(port: int, count: int, messages: int) -> None:
             now = time.monotonic()
             frames, buffers[sock] = split_frames(buffers[sock] + data)
             for _, payload in frames:
+                if compression == "deflate":  # one history per connection
+                    payload = inflaters[sock].decompress(payload + b"\x00\x00\xff\xff")
+                elif compression == "no-takeover":  # each message on its own
+                    payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
                 number, sent = payload.split()
                 if int(number) != received[sock]:
                     raise SystemExit(f"message {int(number)} arrived as message {received[sock]}")
@@ -92,12 +110,12 @@ def run_clients(port: int, count: int, messages: int) -> None:
     print(json.dumps({"last": time.monotonic(), "p50": latencies[len(latencies) // 2], "max": latencies[-1]}))
 
 
-def measure(way: str, count: int, messages: int) -> dict[str, float]:
-    """One run: N connections, M messages; the figures."""
-    app = wsthreads.create_app(ping_interval=None)
+def measure(way: str, count: int, messages: int, compression: str = "off") -> dict[str, float]:
+    """One run: N connections, M messages, the server's ``compression`` (:data:`COMPRESSION`); the figures."""
+    app = wsthreads.create_app(ping_interval=None, compression=COMPRESSION[compression])
     server = wsthreads.start_server(app, "127.0.0.1", 0)
     clients = subprocess.Popen(
-        [sys.executable, __file__, "--clients", str(server.port), str(count), str(messages)],
+        [sys.executable, __file__, "--clients", str(server.port), str(count), str(messages), compression],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -141,10 +159,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 100, 500; M = 200; one run")
     parser.add_argument("--smoke", action="store_true", help="N = 10, M = 20: checks the script only")
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--clients", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--clients", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients:
-        run_clients(*args.clients)
+        port, count, messages, compression = args.clients
+        run_clients(int(port), int(count), int(messages), compression)
         return
     import logging
 

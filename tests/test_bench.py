@@ -68,6 +68,20 @@ def test_broadcast_bench_smoke_run(tmp_path: Path) -> None:
     assert figures["broadcast"]["msgs_per_s"] > 0 and figures["send loop"]["max_ms"] > 0
 
 
+@pytest.mark.slow
+def test_compression_bench_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
+    """bench/compression.py --smoke: every table, every stack with and without, and its JSON."""
+    out = tmp_path / "compression.json"
+    stdout = run_script("compression.py", "--smoke", "--json", str(out), timeout=200)
+    results = json.loads(out.read_text())
+    assert set(results["servers"]) == {"ours", "websockets", "gorilla"}
+    assert set(results["clients"]) == {"ours", "websockets"}
+    assert set(results["broadcast"]) == {"off", "deflate", "no-takeover"}
+    wire = results["wire"]["1000 pushes of ~110 B"]
+    assert wire["deflate"] * 3 < wire["off"]  # context takeover: JSON pushes shrink several times
+    assert "KiB per idle connection" in stdout
+
+
 def test_trace_cost_bench_runs() -> None:
     """bench/trace_cost.py --quick prints the cost of the hooks off and of tracing on."""
     stdout = run_script("trace_cost.py", "--quick")

@@ -38,6 +38,7 @@ var (
 	large      = flag.Int("large", 50, "large: 1 MiB binary messages, one at a time")
 	conns      = flag.Int("conns", 100, "conns: connections open at once, 20 round trips of 32 bytes on each")
 	serveTCP   = flag.String("serve-tcp", "", "serve a plain TCP echo on this address instead (port 0: any free port)")
+	compress   = flag.Bool("compression", false, "offer permessage-deflate, and fail if the server does not agree")
 )
 
 // Nothing may take longer than this: a stuck server fails the run instead of hanging it.
@@ -104,10 +105,16 @@ func dial() (echoConn, error) {
 		conn.SetDeadline(until)
 		return tcpConn{conn}, nil
 	}
-	dialer := websocket.Dialer{ReadBufferSize: 65536, WriteBufferSize: 65536, HandshakeTimeout: deadline}
-	conn, _, err := dialer.Dial(*url, nil)
+	dialer := websocket.Dialer{
+		ReadBufferSize: 65536, WriteBufferSize: 65536, HandshakeTimeout: deadline, EnableCompression: *compress,
+	}
+	conn, resp, err := dialer.Dial(*url, nil)
 	if err != nil {
 		return nil, err
+	}
+	if *compress && resp.Header.Get("Sec-WebSocket-Extensions") == "" {
+		conn.Close()
+		return nil, fmt.Errorf("%s did not agree to permessage-deflate", *url)
 	}
 	conn.SetReadDeadline(until)
 	conn.SetWriteDeadline(until)

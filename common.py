@@ -259,7 +259,7 @@ def add_common_options(parser: argparse.ArgumentParser, max_message_size: int, w
         action="store_const",
         const="deflate",
         help="compress messages with permessage-deflate (RFC 7692) when the other side agrees;"
-        " the 'connected' line says if it did (default: off)",
+        " the 'connected' line says if it did",
     )
     parser.add_argument(
         "--log-format",

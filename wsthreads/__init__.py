@@ -22,6 +22,7 @@ The layers, one module each:
 * :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
 * :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines;
 * :mod:`wsthreads.frames` — the frame layer, both ways, without I/O;
+* :mod:`wsthreads.deflate` — permessage-deflate without I/O: the negotiation, zlib bounded;
 * :mod:`wsthreads.closing` — the closing handshake without I/O: close codes, its state machine;
 * :mod:`wsthreads.certificates` — PEM files for TLS, each problem one line naming the file;
 * :mod:`wsthreads.lines` — text from outside as one bounded log line;
@@ -39,6 +40,7 @@ from .broker import Broker, BrokerError, MemoryBroker, open_broker, publish
 from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
 from .closing import Closed, describe_close
 from .connection import Connection, Message
+from .deflate import Deflate
 from .request import Reject, Request
 from .serving import RunningServer, start_server, tls_context
 from .session import Echo, Handler, SessionCode, run_session
@@ -53,6 +55,7 @@ __all__ = [
     "Closed",
     "ConnectError",
     "Connection",
+    "Deflate",
     "Echo",
     "Handler",
     "MemoryBroker",

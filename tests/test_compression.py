@@ -53,8 +53,8 @@ def rss_kib(server: ServerProgram) -> int:
 def bomb(size: int) -> bytes:
     """A compressed message payload that inflates to ``size`` zero bytes, made a MiB at a time."""
     deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-    chunk = bytes(1 << 20)
-    data = b"".join(deflate.compress(chunk) for _ in range(size >> 20))
+    chunk = bytes(min(size, 1 << 20))
+    data = b"".join(deflate.compress(chunk) for _ in range(size // len(chunk)))
     return (data + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
@@ -309,3 +309,16 @@ def test_drop_oldest_under_context_takeover_drops_only_what_was_never_compressed
         server.shutdown()
     assert dropped[0] > 0 and len(numbers) == 3000 - dropped[0]
     assert numbers == sorted(numbers)
+
+
+def test_a_byte_rate_counts_what_compressed_messages_inflate_to(
+    start_server: Callable[..., ServerProgram],
+) -> None:
+    """100 KB messages that take 100 bytes on the wire: by the third, 200 KB/s is crossed: 1008."""
+    server = start_server("--echo", "--quiet", "--compression", "--max-byte-rate", "200000")
+    peer = RawPeer(server.port, headers=OFFER)
+    for _ in range(3):
+        peer.send(OP_BINARY, bomb(100_000), rsv=4)
+    received, close = peer.read_until_close()
+    assert int.from_bytes(close[:2], "big") == 1008 and b"too many bytes" in close
+    assert len(received) <= 3  # at most two echoes (a full bucket lends what one read takes), the close

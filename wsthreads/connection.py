@@ -1042,10 +1042,12 @@ class Connection:
             events = self._parser.receive(data)
         except frames.ProtocolError as error:  # what came before the broken rule still counts
             events, failure = error.events, _Fail(error.code, error.reason)
-        # Every byte counts, fragments and control frames too; but a read that brings the
-        # peer's close ends the session anyway: it is answered, not failed.
+        # Every byte counts, fragments and control frames too, and a compressed message what it
+        # inflates to; but a read that brings the peer's close ends the session anyway: it is
+        # answered, not failed.
+        growth = self._parser.take_growth()
         if limit is not None and not any(isinstance(event, frames.Close) for event in events):
-            over = limit.bytes_over(len(data))
+            over = limit.bytes_over(len(data) + max(growth, 0))
             if over is not None:  # none of it delivered: the close says why
                 self._drain_left = DRAIN_LIMIT
                 raise _Fail(POLICY_VIOLATION, over)

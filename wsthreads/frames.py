@@ -258,6 +258,7 @@ class Parser:
         # The data message being assembled: its opcode (0: none), its pieces, its size in bytes.
         self._message = 0
         self._compressed = False  # the message being assembled came with RSV1: inflate it
+        self._growth = 0  # what inflating added to the bytes received (see take_growth)
         self._parts: list[bytes | bytearray] = []
         self._size = 0
         self._decoder: codecs.IncrementalDecoder | None = None  # checks text piece by piece
@@ -278,6 +279,14 @@ class Parser:
             error.events = events
             raise
         return events
+
+    def take_growth(self) -> int:
+        """Bytes inflating added to those received since the last call (0 without compression).
+
+        For a limit on bytes a second: a compressed message costs what it inflates to.
+        """
+        growth, self._growth = self._growth, 0
+        return growth
 
     def _parse(self, data: bytes, events: list[Event]) -> None:
         if self._closed:
@@ -392,6 +401,7 @@ class Parser:
         if self._compressed:
             assert self._decompressor is not None
             pieces = self._decompressor.inflate(chunk, end=whole)
+            self._growth += sum(len(piece) for piece in pieces) - len(chunk)
         else:
             pieces = [chunk]
         if whole and not self._parts and len(pieces) == 1:

@@ -13,7 +13,9 @@
    of 32 bytes, pipelined 64-byte messages a second, 1 MiB of random bytes (the
    worst case: nothing to gain) a second; then 1000 connections x 20 round trips at
    once: KiB per active connection (peak minus idle RSS, over N).
-3. **Idle memory**: 1000 connections that offer what a browser offers (context
+3. **Memory**: what one zlib compressor and decompressor hold, by window and memory
+   level (2000 of each, used once, in this process: RssAnon after minus before);
+   then 1000 connections that offer what a browser offers (context
    takeover both ways) and make one round trip each, held: the server's RssAnon
    held minus idle, over N (``bench/idle_rss.py``'s figure).
 4. **Clients**, in this process on core 0: ours (``wsthreads.dial``) and websockets
@@ -42,6 +44,7 @@ import tempfile
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +62,7 @@ from bench import (
     pipelined,
     rtt,
     serving,
+    status_kib,
 )
 from wsthreads.connection import Connection
 from wsthreads.deflate import Agreement
@@ -202,6 +206,32 @@ def idle_kib(server: Server, count: int, offer: bool, logs: Path) -> float:
             return (process.memory_kib("RssAnon") - idle) / count
 
 
+ZLIB_SETTINGS = ((12, 5), (15, 8), (9, 1))  # our default, zlib's, the least
+
+
+def zlib_kib(count: int = 2000) -> dict[str, dict[str, float]]:
+    """KiB one compressor and one decompressor hold once used, by (window bits, memory level)."""
+    sizes = {}
+    message = PUSH.encode()
+    for bits, level in ZLIB_SETTINGS:
+        before = status_kib("self", "RssAnon")
+        compressors = [zlib.compressobj(6, zlib.DEFLATED, -bits, level) for _ in range(count)]
+        data = b""
+        for compressor in compressors:
+            data = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        middle = status_kib("self", "RssAnon")
+        decompressors = [zlib.decompressobj(-bits) for _ in range(count)]
+        for decompressor in decompressors:
+            decompressor.decompress(data)
+        after = status_kib("self", "RssAnon")
+        sizes[f"{bits}-bit window, memory level {level}"] = {
+            "compressor": (middle - before) / count,
+            "decompressor": (after - middle) / count,
+        }
+        del compressors, decompressors
+    return sizes
+
+
 # --- 4. clients -------------------------------------------------------------------------
 
 
@@ -284,7 +314,7 @@ def progress(what: str) -> None:
 
 
 def run(plan: Plan) -> dict[str, Any]:
-    results: dict[str, Any] = {"wire": wire_table()}
+    results: dict[str, Any] = {"wire": wire_table(), "zlib_kib": zlib_kib()}
     with tempfile.TemporaryDirectory(prefix="wsthreads-compression-") as directory:
         logs = Path(directory)
         go = build_go(logs, ("server", "bench"))
@@ -358,6 +388,11 @@ def report(results: dict[str, Any], plan: Plan) -> str:
         ]
         lines.append(f"| {name} | {row['message bytes']:,.0f} | " + " | ".join(cells) + " |")
     lines += ["", stack_table("Servers, by the Go load client (gorilla):", results["servers"]), ""]
+    lines += ["What one zlib object holds once used:", "", "| zlib | compressor (KiB) | decompressor (KiB) |"]
+    lines += ["|---|---|---|"]
+    for setting, row in results["zlib_kib"].items():
+        lines.append(f"| {setting} | {row['compressor']:.1f} | {row['decompressor']:.1f} |")
+    lines.append("")
     idle = results["idle_kib"]
     lines += [
         f"Ours, KiB per idle connection ({plan.conns}, offering a browser's compression):"

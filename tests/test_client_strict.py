@@ -67,6 +67,71 @@ def test_a_wrong_handshake_answer_fails_the_dial(answer: object, problem: str) -
     server.close()
 
 
+@pytest.mark.parametrize(
+    ("lines", "compression", "problem"),
+    [
+        (
+            ["Sec-WebSocket-Extensions: x-never-offered", "Sec-WebSocket-Extensions: permessage-deflate"],
+            "deflate",
+            "extension 'x-never-offered' was never offered",
+        ),
+        (
+            [
+                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover",
+                "Sec-WebSocket-Extensions: permessage-deflate",
+            ],
+            "deflate",
+            "permessage-deflate more than once",
+        ),
+        (
+            ["Sec-WebSocket-Extensions: x-never-offered", "Sec-WebSocket-Extensions: "],
+            None,
+            "extension 'x-never-offered' was never offered",
+        ),
+        (["Sec-WebSocket-Extensions: ,"], None, "malformed Sec-WebSocket-Extensions"),
+        (["Sec-WebSocket-Extensions: ,"], "deflate", "malformed Sec-WebSocket-Extensions"),
+        (
+            ["Sec-WebSocket-Protocol: chat", "Sec-WebSocket-Protocol: chat"],
+            None,
+            "header 'sec-websocket-protocol' came more than once",
+        ),
+    ],
+    ids=[
+        "unoffered-first",
+        "deflate-twice",
+        "unoffered-then-empty",
+        "empty-list",
+        "empty-list-offered",
+        "protocol-twice",
+    ],
+)
+def test_every_line_of_a_header_the_server_sends_twice_is_checked(
+    lines: list[str], compression: str | None, problem: str
+) -> None:
+    """websocket-client keeps the last line of a repeated header; the check sees them all."""
+    server = HandshakeServer(lambda key: switching(accept_key(key), "".join(f"{line}\r\n" for line in lines)))
+    config = wsthreads.ClientConfig(compression=compression, subprotocols=("chat",), timeout=5)
+    with pytest.raises(wsthreads.ConnectError) as raised:
+        wsthreads.dial(server.url, config)
+    assert problem in str(raised.value) and "answered the handshake wrongly" in str(raised.value)
+    assert not raised.value.retryable
+    server.close()
+
+
+def test_an_agreement_on_two_lines_is_read_as_one_list() -> None:
+    """RFC 6455 9.1: a header's lines are one list; permessage-deflate's parameters on its own line."""
+    line = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n"
+    server = HandshakeServer(lambda key: switching(accept_key(key), line))
+    conn = wsthreads.dial(server.url, wsthreads.ClientConfig(compression="deflate", timeout=5))
+    try:
+        assert conn.compression is not None and conn.compression.receive_window_bits == 10
+    finally:
+        conn.abort()
+        conn.start()
+        conn.wait_closed()
+        server.close()
+
+
 def frames_until_eof(conn: socket.socket) -> list[tuple[int, bytes]]:
     conn.settimeout(5)
     data = b""

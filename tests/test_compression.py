@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -322,3 +323,33 @@ def test_a_byte_rate_counts_what_compressed_messages_inflate_to(
     received, close = peer.read_until_close()
     assert int.from_bytes(close[:2], "big") == 1008 and b"too many bytes" in close
     assert len(received) <= 3  # at most two echoes (a full bucket lends what one read takes), the close
+
+
+def test_compressing_a_big_message_does_not_count_as_a_peer_that_does_not_read() -> None:
+    """With context takeover a message is compressed under the write lock: a second of it, with
+    write_timeout 0.5 s, neither drops the fast peer nor the send waiting behind it."""
+    big = os.urandom(16 << 20).hex()  # 32 MiB of text that halves: about a second of zlib here
+    outcome: list[str] = []
+
+    def handler(conn: Connection) -> None:
+        def later() -> None:
+            time.sleep(0.1)  # once the big one holds the lock, compressing
+            conn.send("after")
+            outcome.append("after sent")
+
+        behind = threading.Thread(target=later, name="behind")
+        behind.start()
+        conn.send(big)
+        outcome.append("big sent")
+        behind.join()
+        conn.stop.wait(10)
+
+    app = wsthreads.create_app(handler=handler, compression="deflate", write_timeout=0.5)
+    server = wsthreads.start_server(app, port=0)
+    try:
+        with ws_connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
+            assert ws.recv(timeout=30) == big
+            assert ws.recv(timeout=10) == "after"
+    finally:
+        server.shutdown()
+    assert sorted(outcome) == ["after sent", "big sent"]

@@ -7,6 +7,7 @@ gorilla (both ``no_context_takeover`` parameters), Autobahn (all of them).
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 import zlib
 from typing import Any
@@ -123,9 +124,21 @@ def test_a_malformed_header_declines_compression_without_an_error(header: str) -
 
 def test_the_header_parser_reads_lists_quotes_and_case() -> None:
     assert parse(' Permessage-Deflate ; Client_Max_Window_Bits="1\\0" ,, foo') == [
-        ("permessage-deflate", {"client_max_window_bits": "10"}),
-        ("foo", {}),
+        ("permessage-deflate", [("client_max_window_bits", "10")]),
+        ("foo", []),
     ]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "x-foo; a; a, permessage-deflate",
+        "permessage-deflate; client_max_window_bits; client_max_window_bits, permessage-deflate",
+    ],
+)
+def test_a_parameter_given_twice_declines_its_own_offer_only(header: str) -> None:
+    extension, _ = agreed(header)
+    assert extension == "permessage-deflate; server_max_window_bits=12"
 
 
 # --- the client's offer and its check of the answer --------------------------------
@@ -169,6 +182,9 @@ def test_no_extension_in_the_answer_means_no_compression() -> None:
         ("permessage-deflate; server_max_window_bits=20", Deflate(), "must be 8 to 15, not '20'"),
         ("permessage-deflate; client_max_window_bits", Deflate(), "must be 8 to 15, not None"),
         ("permessage-deflate;", Deflate(), "malformed Sec-WebSocket-Extensions"),
+        (",", Deflate(), "malformed Sec-WebSocket-Extensions ',': no extension in the list"),
+        (" , ", None, "malformed Sec-WebSocket-Extensions"),
+        ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", Deflate(), "twice"),
         ("permessage-deflate", Deflate(context_takeover=False), "server_no_context_takeover was asked for"),
     ],
 )
@@ -290,6 +306,18 @@ def test_data_that_is_not_deflate_is_a_protocol_error() -> None:
     assert raised.value.code == 1002
 
 
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_data_after_a_final_block_is_1002_not_kept(pieces: int) -> None:
+    """zlib keeps what follows the end of a deflate stream, unread: 32 MiB would be 32 MiB held."""
+    decompressor = Agreement(15, True, 15, True).decompressor(1 << 20)
+    data = b"\x03\x00" + bytes(3 << 20)  # an empty final block, then 3 MiB
+    step = len(data) // pieces + 1
+    with pytest.raises(frames.ProtocolError, match="goes on after its final block") as raised:
+        for at in range(0, len(data), step):
+            decompressor.inflate(data[at : at + step], end=at + step >= len(data))
+    assert raised.value.code == 1002
+
+
 def test_a_message_ending_its_stream_with_a_final_block_is_read_and_the_next_starts_anew() -> None:
     decompressor = Agreement(15, True, 15, True).decompressor(None)
     final = zlib.compressobj(6, zlib.DEFLATED, -15)
@@ -365,6 +393,22 @@ def test_compressed_text_that_is_not_utf8_is_1007_and_a_big_one_1009() -> None:
     assert raised.value.code == 1007
     with pytest.raises(frames.ProtocolError) as raised:
         client_parser(max_message_size=1000).receive(b"".join(compressed_frames(bytes(1001), pieces=1)))
+    assert raised.value.code == 1009
+
+
+def test_a_compressed_message_may_take_a_little_more_than_its_limit_on_the_wire_and_no_more() -> None:
+    """Random bytes do not shrink: deflate adds a few bytes. Empty blocks inflate to nothing: without
+    a bound on the wire they could be sent without end."""
+    parser = client_parser(max_message_size=1 << 16)
+    random = zlib.compressobj(6, zlib.DEFLATED, -15)
+    data = random.compress(os.urandom(1 << 16)) + random.flush(zlib.Z_SYNC_FLUSH)
+    assert len(data) > 1 << 16
+    first = bytes([0x80 | frames.RSV1 | frames.BINARY, 127]) + len(data[:-4]).to_bytes(8, "big")
+    assert len(parser.receive(first + data[:-4])[0]) == 1 << 16  # type: ignore[arg-type]
+    empty_blocks = b"\x00\x00\x00\xff\xff" * 20_000  # 100,000 bytes that inflate to nothing
+    header = bytes([0x80 | frames.RSV1 | frames.BINARY, 127]) + len(empty_blocks).to_bytes(8, "big")
+    with pytest.raises(frames.ProtocolError, match="on the wire") as raised:
+        parser.receive(header)
     assert raised.value.code == 1009
 
 

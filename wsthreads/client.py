@@ -40,7 +40,15 @@ from .deadlines import deadlines
 from .deflate import Agreement, Deflate, compression_setting
 from .deflate import accept as accept_compression
 from .deflate import offer as compression_offer
-from .handshake import LAST_ID_HEADER, check_header, check_response, new_key, subprotocol_names
+from .handshake import (
+    LAST_ID_HEADER,
+    check_header,
+    check_response,
+    new_key,
+    repeated_header,
+    response_fields,
+    subprotocol_names,
+)
 from .lines import printable, shown_path
 from .proxy import Proxy, ProxyError, open_tunnel, proxy_for
 from .queues import Inbox
@@ -345,12 +353,14 @@ def dial(
             sock.do_handshake()
         key = new_key()
         options = handshake_options(key, config)
+        recorder = ResponseRecorder(sock)
         ws = websocket.create_connection(
-            wire_url(url), socket=sock, redirect_limit=0, enable_multithread=False, **options
+            wire_url(url), socket=recorder, redirect_limit=0, enable_multithread=False, **options
         )
-        subprotocol = accepted_subprotocol(url, ws, key, config.subprotocols)
+        fields = response_fields(bytes(recorder.received))
+        subprotocol = accepted_subprotocol(url, ws, key, config.subprotocols, fields)
         response_headers = dict(ws.getheaders() or {})
-        compression = accepted_compression(url, response_headers, config)
+        compression = accepted_compression(url, fields, config)
     except ConnectError:
         sock.close()
         raise
@@ -401,7 +411,31 @@ def handshake_options(key: str, config: ClientConfig) -> dict[str, Any]:
     return options
 
 
-def accepted_subprotocol(url: str, ws: websocket.WebSocket, key: str, offered: Sequence[str]) -> str | None:
+class ResponseRecorder:
+    """The dial's socket, as websocket-client reads the server's 101 through it: what it read is kept.
+
+    websocket-client keeps one line of a header the server sends on several (its headers
+    are a dict, the last line wins): the extensions, which may come on several lines, and
+    the headers that must come once are checked on every line (:func:`response_fields`).
+    It reads the head a byte at a time, and nothing after it (tests/test_client_strict.py).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.received = bytearray()
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        self.received += data
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def accepted_subprotocol(
+    url: str, ws: websocket.WebSocket, key: str, offered: Sequence[str], fields: Sequence[tuple[str, str]]
+) -> str | None:
     """The subprotocol the server's 101 picked, or None.
 
     Raises:
@@ -411,8 +445,11 @@ def accepted_subprotocol(url: str, ws: websocket.WebSocket, key: str, offered: S
             101 (redirects are not followed)``, ``subprotocol 'x' was never offered``).
     """
     headers = ws.getheaders() or {}
+    twice = repeated_header(fields)
     if ws.getstatus() != 101:
         problem: str | None = f"HTTP {ws.getstatus()} instead of 101 (redirects are not followed)"
+    elif twice is not None:
+        problem = f"header {twice!r} came more than once"
     else:
         problem = check_response(headers, key, offered)
     if problem is not None:
@@ -420,7 +457,9 @@ def accepted_subprotocol(url: str, ws: websocket.WebSocket, key: str, offered: S
     return headers.get("sec-websocket-protocol", "").strip() or None
 
 
-def accepted_compression(url: str, headers: Mapping[str, str], config: ClientConfig) -> Agreement | None:
+def accepted_compression(
+    url: str, fields: Sequence[tuple[str, str]], config: ClientConfig
+) -> Agreement | None:
     """What the server's 101 agreed for permessage-deflate; None if nothing was offered or it declined.
 
     Raises:
@@ -429,8 +468,10 @@ def accepted_compression(url: str, headers: Mapping[str, str], config: ClientCon
             the handshake wrongly: extension 'permessage-deflate' was never offered``.
     """
     setting = config.compression if isinstance(config.compression, Deflate) else None
+    # Several lines of it are one list (RFC 6455 9.1).
+    extensions = ", ".join(value for name, value in fields if name == "sec-websocket-extensions" and value)
     try:
-        return accept_compression(headers.get("sec-websocket-extensions", ""), setting)
+        return accept_compression(extensions, setting)
     except ValueError as error:
         raise ConnectError(f"{url} answered the handshake wrongly: {error}", retryable=False) from None
 

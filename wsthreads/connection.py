@@ -419,6 +419,9 @@ class Connection:
         self.traffic.bytes_in += len(pending)  # read by the HTTP server, behind the handshake
         self._log_fields: dict[str, str] | None = None
         self._drain_left: int | None = None  # bytes still read after a limit's close (see _wind_down)
+        # Compressing under wire_lock (context takeover): whether now, and for how long in this write.
+        self._compressing = False
+        self._compressed_for = 0.0
         # How the reader is woken when another thread asks for a close: its own
         # eventfd when it has a thread, its watch when it waits in the netpoller.
         self._wakeup: _Wakeup | None = None
@@ -685,9 +688,30 @@ class Connection:
         return b"".join(self._framed_now(queued)) if isinstance(queued, Deferred) else queued
 
     def _framed_now(self, deferred: Deferred) -> tuple[bytes, bytes]:
-        """A deferred message compressed and framed (under wire_lock: in wire order)."""
+        """A deferred message compressed and framed (under wire_lock: in wire order).
+
+        The time it takes is the CPU's, not the peer's: it is added to :attr:`_compressed_for`,
+        by which the write's deadline moves, and writers waiting for the lock meanwhile keep waiting.
+        """
         assert self._compressor is not None
-        return self._compressed_frame(self._compressor, deferred.opcode, deferred.payload)
+        started = time.monotonic()
+        self._compressing = True
+        try:
+            return self._compressed_frame(self._compressor, deferred.opcode, deferred.payload)
+        finally:
+            self._compressing = False
+            self._compressed_for += time.monotonic() - started
+
+    def _acquire_wire(self) -> bool:
+        """The wire lock, waiting at most ``write_timeout`` for the peer to take the write before ours.
+
+        While the holder compresses (under the lock, with context takeover) the wait goes
+        on: that is CPU, and a fast peer must not be dropped as one that does not read.
+        """
+        while not self.wire_lock.acquire(timeout=self.write_timeout):
+            if not self._compressing:
+                return False
+        return True
 
     def _in_wire_order(self, frame: bytes) -> bool:
         """True for a frame compressed through our history (context takeover): it may not be dropped."""
@@ -727,10 +751,11 @@ class Connection:
         started = trace.begin()
         frames: list[bytes] | None = None
         deadline = time.monotonic() + self.write_timeout
-        if not self.wire_lock.acquire(timeout=self.write_timeout):
+        if not self._acquire_wire():
             self._give_up("a write waited too long for the one before it")
             raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
         try:
+            self._compressed_for = 0.0
             error = self._closing.write_refusal(queued)
             if error is not None:
                 raise error
@@ -745,6 +770,7 @@ class Connection:
                 header, payload = self._framed_now(header)
             if frames:
                 header = b"".join([*frames, header])
+            deadline += self._compressed_for  # the write's time is the peer's, not the compression's
             sent_at = trace.begin()  # before the write: the peer may see the message before it returns
             try:
                 if len(payload) <= SMALL_FRAME:

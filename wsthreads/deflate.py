@@ -45,8 +45,10 @@ DEFAULT_MEMORY_LEVEL = 5
 #: The most zlib inflates at a time: a message over its limit costs at most the limit and one step.
 INFLATE_STEP = 1 << 16
 
-#: One extension in a Sec-WebSocket-Extensions header: its name, and each parameter with its value (or None).
-Extension = tuple[str, dict[str, str | None]]
+#: One extension in a Sec-WebSocket-Extensions header: its name, and its parameters with their
+#: values (None: no value), in order, as given (one may be given twice: see :func:`parameters_of`).
+Extension = tuple[str, list[tuple[str, str | None]]]
+Parameters = dict[str, str | None]
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -124,7 +126,7 @@ def parse(header: str) -> list[Extension]:
     """A Sec-WebSocket-Extensions header (RFC 6455 9.1), its extensions in order; values unquoted.
 
     Raises:
-        ValueError: the header is malformed, or names a parameter twice in one extension.
+        ValueError: the header is malformed, or lists no extension at all.
     """
     extensions: list[Extension] = []
     at, end = 0, len(header)
@@ -137,24 +139,38 @@ def parse(header: str) -> list[Extension]:
         if name is None:
             raise ValueError(f"malformed extension at {header[at : at + 20]!r}")
         at = name.end()
-        parameters: dict[str, str | None] = {}
+        parameters: list[tuple[str, str | None]] = []
         while (parameter := _PARAMETER.match(header, at)) is not None:
-            key, value = parameter.group(1).lower(), parameter.group(2)
-            if key in parameters:
-                raise ValueError(f"parameter {key!r} given twice")
+            value = parameter.group(2)
             if value is not None and value.startswith('"'):
                 value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            parameters[key] = value
+            parameters.append((parameter.group(1).lower(), value))
             at = parameter.end()
         separator = _SEPARATOR.match(header, at)
         if separator is None:
             raise ValueError(f"malformed extension at {header[at : at + 20]!r}")
         extensions.append((name.group(1).lower(), parameters))
         at = separator.end()
+    if not extensions:
+        raise ValueError("no extension in the list")
     return extensions
 
 
-def window_bits(parameters: dict[str, str | None], name: str, *, required: bool) -> int | None:
+def parameters_of(given: list[tuple[str, str | None]]) -> Parameters:
+    """An extension's parameters by name.
+
+    Raises:
+        ValueError: a parameter given twice.
+    """
+    parameters: Parameters = {}
+    for key, value in given:
+        if key in parameters:
+            raise ValueError(f"parameter {key!r} given twice")
+        parameters[key] = value
+    return parameters
+
+
+def window_bits(parameters: Parameters, name: str, *, required: bool) -> int | None:
     """A ``*_max_window_bits`` parameter's value: None if it has none (allowed unless ``required``).
 
     Raises:
@@ -176,7 +192,7 @@ _KNOWN = {
 }
 
 
-def check_parameters(parameters: dict[str, str | None], *, in_offer: bool) -> None:
+def check_parameters(parameters: Parameters, *, in_offer: bool) -> None:
     """Raise ValueError (one line) for a parameter RFC 7692 does not define or a value it does not allow."""
     for key, value in parameters.items():
         if key not in _KNOWN:
@@ -197,19 +213,20 @@ def answer(header: str, setting: Deflate) -> tuple[str, Agreement] | None:
     on uncompressed.
     """
     try:
-        offers = [parameters for name, parameters in parse(header) if name == NAME]
+        offers = [given for name, given in parse(header) if name == NAME]
     except ValueError:
         return None
-    for parameters in offers:
+    for given in offers:
         try:
+            parameters = parameters_of(given)
             check_parameters(parameters, in_offer=True)
         except ValueError:
-            continue
+            continue  # this offer only: the next may do
         return _accepted(parameters, setting)
     return None
 
 
-def _accepted(offer: dict[str, str | None], setting: Deflate) -> tuple[str, Agreement]:
+def _accepted(offer: Parameters, setting: Deflate) -> tuple[str, Agreement]:
     """The answer to one valid offer (RFC 7692 7.1): it honours every limit the client asks for."""
     send_bits = setting.window_bits
     if "server_max_window_bits" in offer:
@@ -268,8 +285,8 @@ def accept(header: str, setting: Deflate | None) -> Agreement | None:
     if len(names) > 1:
         raise ValueError(f"the server agreed to {NAME} more than once")
     assert setting is not None
-    parameters = extensions[0][1]
     try:
+        parameters = parameters_of(extensions[0][1])
         check_parameters(parameters, in_offer=False)
     except ValueError as error:
         raise ValueError(f"{NAME}: {error}") from None
@@ -351,7 +368,7 @@ class Decompressor:
         out: list[bytes] = []
         try:
             self._inflate(stream, data, out)
-            if end:
+            if end and not stream.eof:  # after a final block the stream is complete without it
                 self._inflate(stream, TAIL, out)
         except zlib.error as error:
             self._stream = None
@@ -363,6 +380,10 @@ class Decompressor:
         return out
 
     def _inflate(self, stream: zlib._Decompress, data: bytes, out: list[bytes]) -> None:
+        if stream.eof and data:
+            # A final block (BFINAL) ended the message's deflate data: zlib would keep what
+            # follows, unread, without limit.
+            raise ProtocolError(PROTOCOL_ERROR, "compressed message goes on after its final block")
         while True:
             left = self._left
             want = INFLATE_STEP if left is None else min(left + 1, INFLATE_STEP)  # one more: over the limit
@@ -375,5 +396,7 @@ class Decompressor:
             if piece:
                 out.append(piece)
             data = stream.unconsumed_tail
+            if stream.eof and stream.unused_data:
+                raise ProtocolError(PROTOCOL_ERROR, "compressed message goes on after its final block")
             if not data and len(piece) < want:  # a full piece may leave more to come from zlib's state
                 return

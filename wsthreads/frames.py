@@ -72,6 +72,8 @@ CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 RSV1 = 0x40
 #: The most a control frame may carry (RFC 6455 5.5).
 MAX_CONTROL_PAYLOAD = 125
+#: Bytes a compressed message may take on the wire beyond its limit and a sixteenth.
+COMPRESSED_SLACK = 1024
 # A message piece this big is kept as it is; smaller ones are copied into a shared buffer.
 _OWN_PIECE = 4096
 
@@ -377,9 +379,14 @@ class Parser:
         else:
             raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
         limit = self._limit
-        # A compressed message's limit is on what it inflates to (the decompressor's).
-        if limit is not None and not self._compressed and self._size + length > limit:
-            raise ProtocolError(MESSAGE_TOO_BIG, f"message over {limit} bytes")  # the header alone tells
+        if limit is not None and self._size + length > limit:
+            # A compressed message's limit is on what it inflates to (the decompressor's); on the
+            # wire it may take a little more (deflate adds 5 bytes per 64 KiB it cannot shrink),
+            # and no more: bytes that inflate to nothing are not read without end.
+            if not self._compressed:
+                raise ProtocolError(MESSAGE_TOO_BIG, f"message over {limit} bytes")  # the header alone tells
+            if self._size + length > limit + (limit >> 4) + COMPRESSED_SLACK:
+                raise ProtocolError(MESSAGE_TOO_BIG, f"compressed message over {limit} bytes on the wire")
         self._size += length
 
     def _payload(self, chunk: bytes, finished: bool) -> Event | None:

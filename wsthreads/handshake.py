@@ -201,6 +201,26 @@ def check_request(
     return None
 
 
+def response_fields(head: bytes) -> list[tuple[str, str]]:
+    """Every header line of a response head, in order: lower-case names, values stripped.
+
+    A header may come on several lines; a dict of them keeps only the last.
+    """
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    fields = (line.partition(":") for line in lines)
+    return [(name.strip().lower(), value.strip()) for name, _, value in fields]
+
+
+#: Headers of a 101 that must come once (RFC 6455 4.1, 11.3.3): a second one is a wrong answer.
+SINGLE_RESPONSE_HEADERS = ("sec-websocket-accept", "sec-websocket-protocol")
+
+
+def repeated_header(fields: Sequence[tuple[str, str]]) -> str | None:
+    """The first of :data:`SINGLE_RESPONSE_HEADERS` that ``fields`` hold more than once, if any."""
+    names = [name for name, _ in fields]
+    return next((name for name in SINGLE_RESPONSE_HEADERS if names.count(name) > 1), None)
+
+
 def check_response(headers: Mapping[str, str], key: str, subprotocols: Sequence[str] = ()) -> str | None:
     """What is wrong with a server's 101 response to our ``key``, or None if nothing.
 

@@ -38,29 +38,27 @@ import logging
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from memory import held_connections
 
 import wsthreads
 from bench import (
     CLIENT_CPU,
-    ROOT,
+    SMOKE,
+    Plan,
     Server,
     build_go,
     go_client,
-    large,
+    measure_client,
     pin,
-    pipelined,
-    rtt,
     serving,
     status_kib,
 )
@@ -102,18 +100,27 @@ def wire_bytes(messages: list[str], agreement: Agreement | None) -> int:
         theirs.close()
 
 
+#: What the wire table compares: off, our default, zlib's own window and memory level, the
+#: least memory, and no context takeover.
+WIRE_WAYS = {
+    "off": None,
+    "deflate (12-bit window, memory level 5: the default)": Agreement(12, True, 12, True, 5),
+    "15-bit window, memory level 8 (zlib's default)": Agreement(15, True, 15, True, 8),
+    "9-bit window, memory level 1": Agreement(9, True, 9, True, 1),
+    "no context takeover (12-bit, level 5)": Agreement(12, False, 12, False, 5),
+}
+
+
 def wire_table() -> dict[str, dict[str, float]]:
+    """Bytes on the wire for each of :data:`WIRE_WAYS`: 1000 small pushes, and 100 of 60 quotes each."""
     small = pushes(1000)
-    big = [json.dumps([json.loads(m) for m in small[i : i + 60]]) for i in range(0, 6000, 60)][:100]
-    ways = {
-        "off": None,
-        "deflate": Agreement(12, True, 12, True),
-        "no context takeover": Agreement(12, False, 12, False),
-    }
-    table: dict[str, dict[str, float]] = {}
-    for name, messages in (("1000 pushes of ~110 B", small), ("100 pushes of ~7 KB", big)):
-        raw = float(sum(len(m) for m in messages))
-        table[name] = {"message bytes": raw} | {way: wire_bytes(messages, a) for way, a in ways.items()}
+    quotes = [json.loads(m) for m in pushes(6000)]
+    big = [json.dumps(quotes[i : i + 60]) for i in range(0, 6000, 60)]
+    kinds = {"1000 pushes of ~110 B": small, "100 pushes of ~7 KB": big}
+    sizes = {kind: float(sum(map(len, messages))) for kind, messages in kinds.items()}
+    table: dict[str, dict[str, float]] = {"message bytes": sizes}
+    for way, agreement in WIRE_WAYS.items():
+        table[way] = {kind: float(wire_bytes(messages, agreement)) for kind, messages in kinds.items()}
     return table
 
 
@@ -151,57 +158,13 @@ def measure_server(server: Server, go: dict[str, str], compressed: bool, plan: P
 
 # --- 3. idle memory ---------------------------------------------------------------------
 
-HOLDER = """
-import socket, sys, zlib
-sys.path.insert(0, sys.argv[4])
-from helpers import upgrade
-offer = sys.argv[3] == "1"
-headers = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\\r\\n" if offer else ""
-socks = [upgrade(int(sys.argv[1]), headers=headers)[2] for _ in range(int(sys.argv[2]))]
-payload = b"x" * 32
-if offer:
-    deflate = zlib.compressobj(6, zlib.DEFLATED, -12)
-    payload = (deflate.compress(payload) + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]
-frame = bytes([0xC1 if offer else 0x81, 0x80 | len(payload)]) + bytes(4) + payload  # zero mask key
-for sock in socks:
-    sock.sendall(frame)
-for sock in socks:
-    head = sock.recv(2, socket.MSG_WAITALL)
-    sock.recv(head[1] & 0x7F, socket.MSG_WAITALL)
-print("ready", flush=True)
-sys.stdin.readline()
-"""
-
-
-@contextmanager
-def held(port: int, count: int, offer: bool) -> Iterator[None]:
-    """``count`` connections, one round trip each (compressed if ``offer``), held by another process."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(port), str(count), "1" if offer else "0", str(ROOT / "tests")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        if holder.stdout.readline().strip() != "ready":
-            raise SystemExit("the connections did not open")
-        yield
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-    finally:
-        try:
-            holder.wait(30)
-        except subprocess.TimeoutExpired:
-            holder.kill()
-
 
 def idle_kib(server: Server, count: int, offer: bool, logs: Path) -> float:
     with serving(server, logs) as process:
         time.sleep(0.5)
         idle = process.memory_kib("RssAnon")
         port = int(process.url.rsplit(":", 1)[1].split("/")[0])
-        with held(port, count, offer):
+        with held_connections(port, count, compressed=offer):
             time.sleep(1)
             return (process.memory_kib("RssAnon") - idle) / count
 
@@ -270,32 +233,14 @@ class WebsocketsClient:
         self.ws.close()
 
 
-def measure_client(make: Callable[[str], Any], url: str, plan: Plan) -> Figures:
-    figures: Figures = {}
-    for workload, count in ((rtt, plan.rounds), (pipelined, plan.messages), (large, plan.large)):
-        client = make(url)
-        try:
-            figures |= workload(client, count)
-        finally:
-            client.close()
-    return figures
-
-
 # --- runs and tables ----------------------------------------------------------------------
 
 
-class Plan:
-    def __init__(
-        self, runs: int, rounds: int, messages: int, large: int, conns: int, broadcasts: int
-    ) -> None:
-        self.runs, self.rounds, self.messages, self.large = runs, rounds, messages, large
-        self.conns, self.broadcasts = conns, broadcasts
-
-
+#: bench.py's plans, each run (servers, clients, connections) as many times.
 PLANS = {
-    "full": Plan(3, 2000, 20000, 50, 1000, 1000),
-    "quick": Plan(1, 500, 5000, 10, 1000, 200),
-    "smoke": Plan(1, 20, 200, 2, 10, 10),  # checks the script only (tests/test_bench.py)
+    "full": Plan(2000, 200, 20000, 50, 1000, conns_runs=3, server_runs=3, client_runs=3, broadcasts=1000),
+    "quick": Plan(500, 100, 5000, 10, 1000, conns_runs=1, server_runs=1, client_runs=1, broadcasts=200),
+    "smoke": SMOKE,  # checks the script only (tests/test_bench.py)
 }
 METRICS = {  # name, unit, higher is better
     "rtt_p50_us": ("round trip p50", "µs", False),
@@ -319,10 +264,10 @@ def run(plan: Plan) -> dict[str, Any]:
         logs = Path(directory)
         go = build_go(logs, ("server", "bench"))
         server_runs: dict[str, dict[str, list[Figures]]] = {}
-        for n in range(plan.runs):
+        for n in range(plan.server_runs):
             for plain, compressed in servers(go):
                 for way, server in (("off", plain), ("deflate", compressed)):
-                    progress(f"server {server.name} ({way}), run {n + 1} of {plan.runs}")
+                    progress(f"server {server.name} ({way}), run {n + 1} of {plan.server_runs}")
                     figures = measure_server(server, go, way == "deflate", plan, logs)
                     server_runs.setdefault(server.name, {}).setdefault(way, []).append(figures)
         results["servers"] = {
@@ -330,19 +275,19 @@ def run(plan: Plan) -> dict[str, Any]:
         }
         ours = servers(go)[0]
         idle: dict[str, list[float]] = {}
-        for n in range(plan.runs):
+        for n in range(plan.server_runs):
             for way, server, offer in (("off", ours[0], False), ("deflate", ours[1], True)):
-                progress(f"idle memory ({way}), run {n + 1} of {plan.runs}")
+                progress(f"idle memory ({way}), run {n + 1} of {plan.server_runs}")
                 idle.setdefault(way, []).append(idle_kib(server, plan.conns, offer, logs))
         results["idle_kib"] = {way: statistics.median(values) for way, values in idle.items()}
         gorilla = Server("gorilla", [go["server"], "-addr", "127.0.0.1:0", "-echo", "-quiet", "-compression"])
         client_runs: dict[str, dict[str, list[Figures]]] = {}
         pin(os.getpid(), CLIENT_CPU)
         with serving(gorilla, logs) as echo:
-            for n in range(plan.runs):
+            for n in range(plan.server_runs):
                 for name, kind in (("ours", OurClient), ("websockets", WebsocketsClient)):
                     for way, compression in (("off", None), ("deflate", "deflate")):
-                        progress(f"client {name} ({way}), run {n + 1} of {plan.runs}")
+                        progress(f"client {name} ({way}), run {n + 1} of {plan.server_runs}")
                         make = lambda url, kind=kind, compression=compression: kind(url, compression)  # noqa: E731
                         figures = measure_client(make, echo.url, plan)
                         client_runs.setdefault(name, {}).setdefault(way, []).append(figures)
@@ -353,9 +298,9 @@ def run(plan: Plan) -> dict[str, Any]:
 
     logging.getLogger().setLevel(logging.ERROR)
     broadcasts: dict[str, list[Figures]] = {}
-    for n in range(plan.runs):
+    for n in range(plan.server_runs):
         for way in ("off", "deflate", "no-takeover"):
-            progress(f"broadcast to {plan.conns} ({way}), run {n + 1} of {plan.runs}")
+            progress(f"broadcast to {plan.conns} ({way}), run {n + 1} of {plan.server_runs}")
             broadcasts.setdefault(way, []).append(measure("broadcast", plan.conns, plan.broadcasts, way))
     results["broadcast"] = {way: median(s) for way, s in broadcasts.items()}
     return results
@@ -376,17 +321,17 @@ def stack_table(title: str, stacks: dict[str, dict[str, Figures]]) -> str:
 
 def report(results: dict[str, Any], plan: Plan) -> str:
     lines = [
-        f"Medians of {plan.runs} run(s); ratio: deflate / off (for times and KiB, above 1 costs more).",
+        f"Medians of {plan.server_runs} run(s); ratio: deflate / off (times and KiB: above 1 costs more).",
         "",
     ]
-    lines += ["Bytes on the wire (frames included), sent by our server:", ""]
-    lines += ["| messages | message bytes | off | deflate | no context takeover |", "|---|---|---|---|---|"]
-    for name, row in results["wire"].items():
-        cells = [
-            f"{row[way]:,.0f} ({row['message bytes'] / row[way]:.2f}x)"
-            for way in ("off", "deflate", "no context takeover")
-        ]
-        lines.append(f"| {name} | {row['message bytes']:,.0f} | " + " | ".join(cells) + " |")
+    lines += ["Bytes on the wire (frames included), sent by our server (message bytes / wire bytes):", ""]
+    kinds = list(results["wire"]["message bytes"])
+    lines += ["| way | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for way, row in results["wire"].items():
+        if way != "message bytes":
+            sizes = results["wire"]["message bytes"]
+            cells = [f"{row[kind]:,.0f} ({sizes[kind] / row[kind]:.2f}x)" for kind in kinds]
+            lines.append(f"| {way} | " + " | ".join(cells) + " |")
     lines += ["", stack_table("Servers, by the Go load client (gorilla):", results["servers"]), ""]
     lines += ["What one zlib object holds once used:", "", "| zlib | compressor (KiB) | decompressor (KiB) |"]
     lines += ["|---|---|---|"]

@@ -24,26 +24,36 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 HOLDER = """
-import sys
+import socket, sys, zlib
 sys.path.insert(0, sys.argv[3])
-from helpers import open_client
-socks = [open_client(int(sys.argv[1])) for _ in range(int(sys.argv[2]))]
+from helpers import upgrade
+offer = sys.argv[4] == "compressed"
+headers = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\\r\\n" if offer else ""
+socks = [upgrade(int(sys.argv[1]), headers=headers)[2] for _ in range(int(sys.argv[2]))]
+payload = b"x" * 32
+if offer:
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -12)
+    payload = (deflate.compress(payload) + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]
+frame = bytes([0xC1 if offer else 0x81, 0x80 | len(payload)]) + bytes(4) + payload  # masked, zero key
 for sock in socks:
-    sock.sendall(b"\\x81\\xa0" + bytes(4) + b"x" * 32)  # a masked 32-byte text frame (zero key)
+    sock.sendall(frame)
 for sock in socks:
-    echo = b""
-    while len(echo) < 34:
-        echo += sock.recv(100)
+    head = sock.recv(2, socket.MSG_WAITALL)
+    sock.recv(head[1] & 0x7F, socket.MSG_WAITALL)
 print("ready", flush=True)
 sys.stdin.readline()
 """
 
 
 @contextmanager
-def held_connections(port: int, count: int) -> Iterator[None]:
-    """``count`` connections to ``port``, one round trip each, held by another process until the end."""
+def held_connections(port: int, count: int, compressed: bool = False) -> Iterator[None]:
+    """``count`` connections to ``port``, one round trip each, held by another process until the end.
+
+    ``compressed``: each offers permessage-deflate as a browser does, and its message goes compressed.
+    """
+    kind = "compressed" if compressed else "plain"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(port), str(count), str(ROOT / "tests")],
+        [sys.executable, "-c", HOLDER, str(port), str(count), str(ROOT / "tests"), kind],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -19,7 +19,11 @@ The concurrency contract (gorilla's ``doc.go``, in threads):
   peer that stops reading is dropped instead of holding a thread.
   :meth:`Connection.send_nowait` and broadcasts never wait for the lock or
   the peer: they write at once what the socket takes, and leave the rest to
-  the connection's writer thread (gorilla's write pump), started only then.
+  the connection's writer thread (gorilla's write pump), started only then;
+  a :meth:`Connection.send` writes what waits before its own message. With
+  permessage-deflate and context takeover, a message is compressed as it
+  goes on the wire, under the same lock: the peer's history is the wire's
+  order (:class:`Deferred`).
 * **Any thread may close, and close never blocks.** :meth:`Connection.close`
   records the request and wakes the reader, which sends the close frame and
   waits for the answer for at most ``close_timeout``; :meth:`Connection.wait_closed`

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -122,6 +123,23 @@ def test_frames_pipelined_behind_the_handshake_are_not_lost_under_gunicorn(
         server.port, pipelined=encode_frame(OP_TEXT, b"early bird") + encode_frame(OP_TEXT, b"second")
     )
     assert [peer.read_frame(), peer.read_frame()] == [(OP_TEXT, b"early bird"), (OP_TEXT, b"second")]
+    assert server.problems() == []
+
+
+def test_compression_under_gunicorn_inflates_a_frame_it_read_ahead(
+    gunicorn: Callable[[str], Gunicorn],
+) -> None:
+    """permessage-deflate agreed under gunicorn; a compressed frame in the request's write is inflated."""
+    server = gunicorn("sync_server:create_app(echo=True, compression='deflate')")
+    text = b"early bird " * 50
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -12)
+    payload = (deflate.compress(text) + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+    peer = RawPeer(server.port, headers=offer, pipelined=encode_frame(OP_TEXT, payload, rsv=4))
+    assert b"permessage-deflate; server_max_window_bits=12; client_max_window_bits=12" in peer.response_head
+    opcode, echoed = peer.read_frame()
+    assert opcode == OP_TEXT and zlib.decompressobj(-12).decompress(echoed + b"\x00\x00\xff\xff") == text
+    assert len(echoed) < len(text) // 5
     assert server.problems() == []
 
 

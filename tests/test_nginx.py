@@ -9,6 +9,7 @@ directory, not daemonized, stopped at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import websocket
 from helpers import ROOT, WAIT, Program, accepting, free_port, require, run_client, wait_until
+from websockets.sync.client import connect as ws_connect
 
 import wsthreads
 
@@ -247,3 +249,23 @@ def test_a_limit_per_address_applies_to_the_real_client_behind_nginx(tmp_path: P
             proxy.stop()
     finally:
         app.kill()
+
+
+def test_compression_is_agreed_through_nginx(tmp_path: Path) -> None:
+    """nginx passes the offer and the answer through: a websockets client and our server compress."""
+    require(os.path.exists(NGINX), "nginx", "apt-get install nginx")
+    app = UnixGunicorn(tmp_path, "echo=True, compression='deflate'")
+    try:
+        proxy = Nginx(tmp_path, app.socket_path)
+        try:
+            with ws_connect(proxy.url, compression="deflate") as ws:
+                assert ws.response is not None
+                assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+                message = json.dumps({"quotes": [{"symbol": "ACME", "bid": n} for n in range(300)]})
+                ws.send(message)
+                assert ws.recv(timeout=WAIT) == message
+        finally:
+            proxy.stop()
+    finally:
+        app.kill()
+    app.wait_for(r"connected: .* \(permessage-deflate\)", stream="stderr")

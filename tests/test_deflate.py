@@ -415,3 +415,26 @@ def test_a_compressed_message_may_take_a_little_more_than_its_limit_on_the_wire_
 def test_a_plain_message_in_a_compressed_session_is_read_as_it_is() -> None:
     """RFC 7692 lets a side send any message uncompressed (``send(..., compress=False)``)."""
     assert client_parser().receive(b"\x81\x05hello") == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [
+        (bytes.fromhex("f248cdc9c90700"), "7.2.3.1, a sync flush"),
+        (bytes.fromhex("0005 00fa ff48 656c 6c6f 00"), "7.2.3.3, a stored block"),
+        (bytes.fromhex("f348cdc9c9070000"), "7.2.3.4, a final block and a 0x00"),
+        (bytes.fromhex("f24805000000ffffcac9c90700"), "7.2.3.5, two blocks"),
+    ],
+)
+@pytest.mark.parametrize("split", [False, True])
+def test_rfc_7692s_examples_of_hello_inflate(payload: bytes, name: str, split: bool) -> None:
+    """Each of the RFC's compressed forms of "Hello", in one frame's piece or with its last byte apart."""
+    decompressor = Agreement(15, True, 15, True).decompressor(None)
+    pieces = [payload[:-1], payload[-1:]] if split else [payload]
+    inflated = b"".join(
+        b"".join(decompressor.inflate(p, end=i == len(pieces) - 1)) for i, p in enumerate(pieces)
+    )
+    assert inflated == b"Hello", name
+    compressor = Agreement(15, True, 15, True).compressor()
+    assert compressor is not None
+    assert decompressor.inflate(compressor.compress(b"next"), end=True) == [b"next"]  # and the next message

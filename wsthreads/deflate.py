@@ -352,6 +352,7 @@ class Decompressor:
         self._limit = max_message_size
         self._left = max_message_size  # what the current message may still inflate to
         self._stream: zlib._Decompress | None = None
+        self._after_final = b""  # what followed a final block in this message (see _ended)
 
     def inflate(self, data: bytes, end: bool) -> list[bytes]:
         """One piece of a compressed message, inflated, in pieces of at most :data:`INFLATE_STEP` bytes.
@@ -375,15 +376,26 @@ class Decompressor:
             raise ProtocolError(PROTOCOL_ERROR, f"compressed message is not deflate data: {error}") from None
         if end:
             self._left = self._limit
+            self._after_final = b""
             if not self._keep or stream.eof:  # a final block ends the stream: the next message starts anew
                 self._stream = None
         return out
 
-    def _inflate(self, stream: zlib._Decompress, data: bytes, out: list[bytes]) -> None:
-        if stream.eof and data:
-            # A final block (BFINAL) ended the message's deflate data: zlib would keep what
-            # follows, unread, without limit.
+    def _ended(self, data: bytes) -> None:
+        """Bytes after a final block (BFINAL) ended the message's deflate data.
+
+        RFC 7692 7.2.3.4 has the sender add one 0x00 byte there (the start of the empty
+        block the receiver's 00 00 FF FF completes); anything more is an error, which zlib
+        would otherwise keep, unread, without limit.
+        """
+        self._after_final += data
+        if self._after_final not in (b"", b"\x00"):
             raise ProtocolError(PROTOCOL_ERROR, "compressed message goes on after its final block")
+
+    def _inflate(self, stream: zlib._Decompress, data: bytes, out: list[bytes]) -> None:
+        if stream.eof:
+            self._ended(data)
+            return
         while True:
             left = self._left
             want = INFLATE_STEP if left is None else min(left + 1, INFLATE_STEP)  # one more: over the limit
@@ -396,7 +408,8 @@ class Decompressor:
             if piece:
                 out.append(piece)
             data = stream.unconsumed_tail
-            if stream.eof and stream.unused_data:
-                raise ProtocolError(PROTOCOL_ERROR, "compressed message goes on after its final block")
+            if stream.eof:
+                self._ended(stream.unused_data)
+                return
             if not data and len(piece) < want:  # a full piece may leave more to come from zlib's state
                 return

@@ -427,6 +427,7 @@ def assert_close_cuts_the_dial_short(client: Any, after: float) -> None:
     dialer.join(2.0)
     assert not dialer.is_alive() and errors
     assert time.monotonic() - started < 1.0
+    assert str(errors[0]).startswith("the client was closed while dialing") and not errors[0].retryable
 
 
 # --- Redis, for the broker tests -----------------------------------------

@@ -118,6 +118,52 @@ def test_every_line_of_a_header_the_server_sends_twice_is_checked(
     server.close()
 
 
+def lf_switching(accept: str, *lines: str) -> bytes:
+    """A 101 whose lines end in a bare LF, which websocket-client reads as lines too."""
+    head = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"]
+    return "\n".join([*head, f"Sec-WebSocket-Accept: {accept}", *lines, "", ""]).encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (
+            lambda key: lf_switching(accept_key(key), "Sec-WebSocket-Extensions: x-never-offered"),
+            "extension 'x-never-offered' was never offered",
+        ),
+        (
+            lambda key: lf_switching("garbage", f"Sec-WebSocket-Accept: {accept_key(key)}"),
+            "header 'sec-websocket-accept' came more than once",
+        ),
+        (
+            lambda key: switching(accept_key(key), "Sec-WebSocket-Protocol : chat\r\n"),
+            "malformed header line 'Sec-WebSocket-Protocol : chat'",
+        ),
+    ],
+    ids=["lf-unoffered-extension", "lf-accept-twice", "space-before-colon"],
+)
+def test_the_checks_read_the_lines_websocket_client_read(answer: object, problem: str) -> None:
+    server = HandshakeServer(answer)
+    config = wsthreads.ClientConfig(compression="deflate", subprotocols=("chat",), timeout=5)
+    with pytest.raises(wsthreads.ConnectError) as raised:
+        wsthreads.dial(server.url, config)
+    assert problem in str(raised.value) and not raised.value.retryable
+    server.close()
+
+
+def test_a_101_with_bare_lf_lines_agrees_compression_as_it_says() -> None:
+    extension = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=11"
+    server = HandshakeServer(lambda key: lf_switching(accept_key(key), extension))
+    conn = wsthreads.dial(server.url, wsthreads.ClientConfig(compression="deflate", timeout=5))
+    try:
+        assert conn.compression is not None and conn.compression.receive_window_bits == 11
+    finally:
+        conn.abort()
+        conn.start()
+        conn.wait_closed()
+        server.close()
+
+
 def test_an_agreement_on_two_lines_is_read_as_one_list() -> None:
     """RFC 6455 9.1: a header's lines are one list; permessage-deflate's parameters on its own line."""
     line = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n"

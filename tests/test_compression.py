@@ -327,14 +327,16 @@ def test_a_byte_rate_counts_what_compressed_messages_inflate_to(
 
 def test_compressing_a_big_message_does_not_count_as_a_peer_that_does_not_read() -> None:
     """With context takeover a message is compressed under the write lock: a second of it, with
-    write_timeout 0.5 s, neither drops the fast peer nor the send waiting behind it."""
+    write_timeout 0.5 s, neither drops the fast peer nor the send waiting behind it, whose own
+    8 MB write then still has its full write_timeout."""
     big = os.urandom(16 << 20).hex()  # 32 MiB of text that halves: about a second of zlib here
+    after = os.urandom(8 << 20)
     outcome: list[str] = []
 
     def handler(conn: Connection) -> None:
         def later() -> None:
             time.sleep(0.1)  # once the big one holds the lock, compressing
-            conn.send("after")
+            conn.send(after, compress=False)
             outcome.append("after sent")
 
         behind = threading.Thread(target=later, name="behind")
@@ -349,7 +351,7 @@ def test_compressing_a_big_message_does_not_count_as_a_peer_that_does_not_read()
     try:
         with ws_connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
             assert ws.recv(timeout=30) == big
-            assert ws.recv(timeout=10) == "after"
+            assert ws.recv(timeout=10) == after
     finally:
         server.shutdown()
     assert sorted(outcome) == ["after sent", "big sent"]

@@ -10,7 +10,7 @@ import pytest
 
 import wsthreads
 from wsthreads.closing import Closed
-from wsthreads.queues import Inbox
+from wsthreads.queues import Inbox, Outbox
 
 
 def test_what_is_queued_comes_first_then_the_end_at_once_through_get_and_recv() -> None:
@@ -48,3 +48,16 @@ def test_a_clients_messages_queue_raises_closed_at_the_end(serve: object) -> Non
         with pytest.raises(Closed, match="4000"):
             client.messages.get(timeout=5)
         assert time.monotonic() - started < 2
+
+
+def test_flush_waits_for_frames_another_writer_took_until_they_are_settled() -> None:
+    """A send() drains what send_nowait queued and may compress its own message before writing
+    them: flush() must not say "written" meanwhile, nor after they failed."""
+    outbox: Outbox[bytes] = Outbox(lambda: None, limit=1 << 20, policy="close", overflow=print, name="w")
+    for written in (True, False):
+        assert outbox.put(b"queued")
+        taken = outbox.drain()  # what a send() does under the wire lock
+        assert taken == [b"queued"] and outbox.empty
+        assert not outbox.flush(0.2)  # in flight: not written yet
+        outbox.settled(taken, written)
+        assert outbox.flush(1.0) is written

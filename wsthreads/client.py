@@ -357,9 +357,9 @@ def dial(
         ws = websocket.create_connection(
             wire_url(url), socket=recorder, redirect_limit=0, enable_multithread=False, **options
         )
-        fields = response_fields(bytes(recorder.received))
+        fields = answer_fields(url, bytes(recorder.received))
         subprotocol = accepted_subprotocol(url, ws, key, config.subprotocols, fields)
-        response_headers = dict(ws.getheaders() or {})
+        response_headers = dict(fields)
         compression = accepted_compression(url, fields, config)
     except ConnectError:
         sock.close()
@@ -433,6 +433,19 @@ class ResponseRecorder:
         return getattr(self._sock, name)
 
 
+def answer_fields(url: str, head: bytes) -> list[tuple[str, str]]:
+    """The header lines of the server's 101 (see :func:`~wsthreads.handshake.response_fields`).
+
+    Raises:
+        ConnectError: (``retryable`` False) a malformed line: ``ws://localhost:8080/ws
+            answered the handshake wrongly: malformed header line 'X-Y : z'``.
+    """
+    try:
+        return response_fields(head)
+    except ValueError as error:
+        raise ConnectError(f"{url} answered the handshake wrongly: {error}", retryable=False) from None
+
+
 def accepted_subprotocol(
     url: str, ws: websocket.WebSocket, key: str, offered: Sequence[str], fields: Sequence[tuple[str, str]]
 ) -> str | None:
@@ -444,7 +457,7 @@ def accepted_subprotocol(
             wrongly: wrong Sec-WebSocket-Accept`` (or ``HTTP 301 instead of
             101 (redirects are not followed)``, ``subprotocol 'x' was never offered``).
     """
-    headers = ws.getheaders() or {}
+    headers = dict(fields)
     twice = repeated_header(fields)
     if ws.getstatus() != 101:
         problem: str | None = f"HTTP {ws.getstatus()} instead of 101 (redirects are not followed)"
@@ -806,6 +819,11 @@ class Client:
         try:
             with trace.span("dial", url=self.url):
                 conn = dial(self.url, self.config, track=self._track, name=self.reader_name)
+        except ConnectError as error:
+            if self._closing.is_set():  # the dial failed because close() cut it short: say that
+                closed = f"the client was closed while dialing {self.url}"
+                raise ConnectError(closed, retryable=False) from error
+            raise
         finally:
             with self._lock:
                 self._dialing = None

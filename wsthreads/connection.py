@@ -426,6 +426,7 @@ class Connection:
         # Compressing under wire_lock (context takeover): whether now, and for how long in this write.
         self._compressing = False
         self._compressed_for = 0.0
+        self._holder_deadline = 0.0  # the wire lock's holder's write deadline (see _acquire_wire)
         # How the reader is woken when another thread asks for a close: its own
         # eventfd when it has a thread, its watch when it waits in the netpoller.
         self._wakeup: _Wakeup | None = None
@@ -707,14 +708,22 @@ class Connection:
             self._compressed_for += time.monotonic() - started
 
     def _acquire_wire(self) -> bool:
-        """The wire lock, waiting at most ``write_timeout`` for the peer to take the write before ours.
+        """The wire lock, once the write before ours is done; False if it outlasts its own bound.
 
-        While the holder compresses (under the lock, with context takeover) the wait goes
-        on: that is CPU, and a fast peer must not be dropped as one that does not read.
+        Every holder is bounded: while it compresses (under the lock, with context
+        takeover) by the CPU, and while it writes by its write's deadline (moved by what it
+        compressed). So the wait goes on while the holder compresses or its deadline has not
+        passed, and ends in False only past that: a fast peer is never dropped as one that
+        does not read because another thread had much to compress.
         """
-        while not self.wire_lock.acquire(timeout=self.write_timeout):
-            if not self._compressing:
+        timeout = self.write_timeout
+        while not self.wire_lock.acquire(timeout=timeout):
+            if self._compressing:
+                continue
+            left = self._holder_deadline - time.monotonic()
+            if left <= 0:
                 return False
+            timeout = left + WRITE_LOOK  # the holder gives up at its deadline: a moment for that
         return True
 
     def _in_wire_order(self, frame: bytes) -> bool:
@@ -754,20 +763,23 @@ class Connection:
     ) -> None:
         started = trace.begin()
         frames: list[bytes] | None = None
-        deadline = time.monotonic() + self.write_timeout
+        taken: list[Queued] = []  # what send_nowait queued, written first: settled at the end
+        written = False
         if not self._acquire_wire():
             self._give_up("a write waited too long for the one before it")
             raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
+        outbox = self._outbox
         try:
+            deadline = time.monotonic() + self.write_timeout
             self._compressed_for = 0.0
             error = self._closing.write_refusal(queued)
             if error is not None:
                 raise error
             # What send_nowait queued goes first: the wire keeps the order in which
             # messages were compressed (context takeover) and sent.
-            outbox = self._outbox
             if outbox is not None and not (outbox.empty and not queued):
-                frames = [self._on_wire(frame) for frame in outbox.drain()]
+                taken = outbox.drain()
+                frames = [self._on_wire(frame) for frame in taken]
                 if queued and not frames and outbox.empty:
                     return  # the reader took them for its close, or they were discarded
             if isinstance(header, Deferred):
@@ -776,21 +788,19 @@ class Connection:
                 header = b"".join([*frames, header])
             deadline += self._compressed_for  # the write's time is the peer's, not the compression's
             sent_at = trace.begin()  # before the write: the peer may see the message before it returns
-            try:
-                if len(payload) <= SMALL_FRAME:
-                    self._write(header + payload, deadline)  # one segment for small messages
-                else:
-                    self._write(header, deadline)
-                    self._write(payload, deadline)
-            except Closed:
-                if frames and outbox is not None:
-                    outbox.lost()  # what send_nowait queued did not get through: flush() says so
-                raise
+            if len(payload) <= SMALL_FRAME:
+                self._write(header + payload, deadline)  # one segment for small messages
+            else:
+                self._write(header, deadline)
+                self._write(payload, deadline)
+            written = True
             if frames:
                 self._count_sent(frames, sent_at, framed=True)
             if data is not None:
                 self._count_sent([data], sent_at, framed=False)
         finally:
+            if taken and outbox is not None:
+                outbox.settled(taken, written)  # flush() waited for them, and now knows
             self.wire_lock.release()
             trace.end(started, "send (under the wire lock)", messages=len(frames) if frames else 1)
 
@@ -1196,7 +1206,8 @@ class Connection:
             # Our own close: the frames send_nowait queued before it go first (by the close deadline).
             outbox = self._outbox  # None: nothing was ever queued (stop is set: none will be)
             rest = b"" if outbox is None else outbox.take_rest()  # a cut frame's end: always first
-            queued = [] if by_peer or outbox is None else [self._on_wire(frame) for frame in outbox.drain()]
+            taken = [] if by_peer or outbox is None else outbox.drain()
+            queued = [self._on_wire(frame) for frame in taken]
             count = len(queued) + bool(rest)
             close = frames.frame(frames.CLOSE, frames.close_payload(code, reason), self.client)
             data = b"".join([rest, *queued, *close])
@@ -1206,8 +1217,10 @@ class Connection:
                 self._write(data, deadline)
             except Closed as failed:
                 if count and outbox is not None:
-                    outbox.lost()  # what send_nowait queued did not get through
+                    outbox.settled(taken, written=False)  # what send_nowait queued did not get through
                 raise _Lost(failed.reason) from None
+            if outbox is not None:
+                outbox.settled(taken, written=True)
             self._count_sent(queued, trace.begin(), framed=True)
         finally:
             self.wire_lock.release()
@@ -1236,6 +1249,7 @@ class Connection:
     def _write_all(self, view: memoryview, deadline: float) -> None:
         """Write all of ``view`` by ``deadline`` (see :meth:`_write`)."""
         in_reader = threading.current_thread() is self._in_turn
+        self._holder_deadline = deadline
         while view:
             try:
                 with self._tls_lock:

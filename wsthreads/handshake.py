@@ -204,11 +204,24 @@ def check_request(
 def response_fields(head: bytes) -> list[tuple[str, str]]:
     """Every header line of a response head, in order: lower-case names, values stripped.
 
-    A header may come on several lines; a dict of them keeps only the last.
+    Lines are read as websocket-client reads them (a line ends at LF, whitespace around it
+    dropped, the head ends at the first empty one), so that what it accepted is what is
+    checked. A header may come on several lines, where a dict of them keeps only the last.
+
+    Raises:
+        ValueError: a line that is not ``name: value`` with a token for its name (RFC 7230
+            allows no space before the colon): ``malformed header line 'X-Y : z'``.
     """
-    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
-    fields = (line.partition(":") for line in lines)
-    return [(name.strip().lower(), value.strip()) for name, _, value in fields]
+    fields = []
+    for line in head.decode("latin-1").split("\n")[1:]:  # after the status line
+        line = line.strip()
+        if not line:
+            break
+        name, colon, value = line.partition(":")
+        if not colon or not is_token(name):
+            raise ValueError(f"malformed header line {line[:60]!r}")
+        fields.append((name.lower(), value.strip()))
+    return fields
 
 
 #: Headers of a 101 that must come once (RFC 6455 4.1, 11.3.3): a second one is a wrong answer.

@@ -172,6 +172,7 @@ class Outbox(Generic[F]):
         self._rest: bytes | memoryview = b""
         self._putting = threading.Lock()  # guards the fields below
         self._waiting = 0  # bytes in _frames
+        self._in_flight = 0  # bytes drained and not yet settled: being written (see settled)
         self._writer: threading.Thread | None = None
         self._sealed = False  # no more frames: the connection is closing
         self._stopped = False
@@ -249,17 +250,26 @@ class Outbox(Generic[F]):
             self._sealed = True
 
     def drain(self) -> list[F]:
-        """Take every frame that waits: for whoever holds the wire lock to write."""
+        """Take every frame that waits: for whoever holds the wire lock to write, then :meth:`settled`."""
         with self._putting:
             if self._stopped:
                 return []
             frames, self._frames = self._frames, collections.deque()
+            self._in_flight += self._waiting - len(self._rest)
             self._waiting = len(self._rest)
         return list(frames)
 
-    def lost(self) -> None:
-        """What was drained could not be written: flush() says so."""
-        self._lost = True
+    def settled(self, frames: list[F], written: bool) -> None:
+        """What :meth:`drain` gave is written (or, not ``written``, never will be): flush() may now say so.
+
+        Until then flush() waits for them, whoever writes them: the writer thread, a
+        ``send()`` that compresses its own message first, or the close.
+        """
+        with self._putting:
+            self._in_flight -= sum(map(len, frames))
+            self._lost = self._lost or not written
+        with self._drained:
+            self._drained.notify_all()
 
     def stop(self) -> None:
         """Discard the frames that wait and end the writer (it finishes the write it is in, bounded).
@@ -277,7 +287,9 @@ class Outbox(Generic[F]):
         Messages dropped under ``drop-oldest`` are counted in :attr:`dropped`.
         """
         with self._drained:
-            done = self._drained.wait_for(lambda: not (self._waiting or self._busy) or self._stopped, timeout)
+            done = self._drained.wait_for(
+                lambda: not (self._waiting or self._busy or self._in_flight) or self._stopped, timeout
+            )
             return done and not self._lost
 
     def _drop_oldest_locked(self) -> None:

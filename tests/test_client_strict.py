@@ -151,6 +151,24 @@ def test_the_checks_read_the_lines_websocket_client_read(answer: object, problem
     server.close()
 
 
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (lambda key: switching(accept_key(key), "X-A: a\r\n continued\r\n"), "Invalid header"),  # obs-fold
+        (lambda key: switching(accept_key(key)).replace(b"\r\n\r\n", b"\r\nX-A: \xff\xfe\r\n\r\n"), "header"),
+        (lambda key: b"\r\n" + switching(accept_key(key)), "no HTTP status line"),
+    ],
+    ids=["obs-fold", "not-utf8", "empty-first-line"],
+)
+def test_an_answer_websocket_client_cannot_read_is_one_line_and_final(answer: object, problem: str) -> None:
+    server = HandshakeServer(answer)
+    with pytest.raises(wsthreads.ConnectError) as raised:
+        wsthreads.dial(server.url, wsthreads.ClientConfig(timeout=5))
+    assert problem in str(raised.value) and "answered the handshake wrongly" in str(raised.value)
+    assert not raised.value.retryable and "\n" not in str(raised.value)
+    server.close()
+
+
 def test_a_101_with_bare_lf_lines_agrees_compression_as_it_says() -> None:
     extension = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=11"
     server = HandshakeServer(lambda key: lf_switching(accept_key(key), extension))

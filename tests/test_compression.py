@@ -355,3 +355,57 @@ def test_compressing_a_big_message_does_not_count_as_a_peer_that_does_not_read()
     finally:
         server.shutdown()
     assert sorted(outcome) == ["after sent", "big sent"]
+
+
+def test_a_send_waits_as_long_as_the_holder_of_the_wire_prepares_its_write() -> None:
+    """A holder compressing (or joining what it drained) is CPU, not the peer: a send waiting for it,
+    here three times its write_timeout, is not dropped as one to a peer that does not read."""
+    ours, theirs = socket.socketpair()
+    conn = Connection(ours, client=False, compression=Agreement(12, True, 12, True), write_timeout=0.2)
+    conn.start(lambda message: None)
+    theirs.settimeout(5)
+    try:
+        assert conn.wire_lock.acquire()
+        conn._writing_until = None  # what a holder says while it prepares its write
+        sender = threading.Thread(target=conn.send, args=("after",), name="waiting-sender")
+        sender.start()
+        time.sleep(0.6)
+        conn.wire_lock.release()
+        sender.join(5)
+        assert not sender.is_alive() and conn.closed is None
+        assert raw_frames(theirs, 1)[0][0] == 0x80 | frames.RSV1 | frames.TEXT
+    finally:
+        conn.abort()
+        conn.wait_closed()
+        theirs.close()
+
+
+def test_flush_says_false_when_what_it_waited_for_was_cut_mid_write() -> None:
+    """send_nowait 20 MB to a peer that never reads, then send(): flush() must not say True."""
+    from helpers import upgrade
+
+    flushed: list[bool] = []
+
+    def handler(conn: Connection) -> None:
+        conn.send_nowait(b"x" * 20_000_000)
+        flusher = threading.Thread(target=lambda: flushed.append(conn.flush(5)), name="flusher")
+        flusher.start()
+        try:
+            conn.send(b"y")
+        except wsthreads.Closed:
+            pass
+        flusher.join(10)
+
+    app = wsthreads.create_app(
+        handler=handler, write_timeout=1.0, outbound_limit=100_000_000, ping_interval=None
+    )
+    server = wsthreads.start_server(app, port=0)
+    try:
+        _, _, sock = upgrade(server.port, receive_buffer=4096)  # and never read
+        try:
+            assert wait_until(lambda: bool(flushed), timeout=15)
+        finally:
+            sock.close()
+    finally:
+        server.shutdown()
+    assert flushed == [False]

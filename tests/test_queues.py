@@ -59,5 +59,20 @@ def test_flush_waits_for_frames_another_writer_took_until_they_are_settled() -> 
         taken = outbox.drain()  # what a send() does under the wire lock
         assert taken == [b"queued"] and outbox.empty
         assert not outbox.flush(0.2)  # in flight: not written yet
-        outbox.settled(taken, written)
+        outbox.settled(len(b"queued"), written)
         assert outbox.flush(1.0) is written
+
+
+@pytest.mark.parametrize("written", [True, False])
+def test_flush_waits_for_a_cut_frames_end_and_for_the_close_after_a_stop(written: bool) -> None:
+    """The end of a cut frame someone took, and frames the close took before stopping the outbox,
+    are in flight too: a stop does not make flush() answer before they are settled."""
+    outbox: Outbox[bytes] = Outbox(lambda: None, limit=1 << 20, policy="close", overflow=print, name="w")
+    outbox.put_rest(b"end of a frame")
+    rest = outbox.take_rest()
+    assert outbox.put(b"queued")
+    taken = outbox.drain()
+    outbox.stop()  # what the close does before writing them
+    assert not outbox.flush(0.2)
+    outbox.settled(len(rest) + sum(map(len, taken)), written)
+    assert outbox.flush(1.0) is written

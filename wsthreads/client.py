@@ -579,6 +579,8 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
             return f"no answer from the proxy {error.proxy} within {config.timeout:g} s"
         return str(error)
     if isinstance(error, websocket.WebSocketBadStatusException):
+        if not isinstance(error.status_code, int):  # no status line it could read
+            return f"{url} answered the handshake wrongly (no HTTP status line)"
         if 200 <= error.status_code < 300:
             return (
                 f"{url} answered like a plain web server (HTTP {describe_status(error)}) and did not"
@@ -614,7 +616,7 @@ def describe_dial_error(url: str, config: ClientConfig, error: BaseException, de
         return f"cannot connect to {url}: connection refused (is the server running?)"
     if isinstance(error, websocket.WebSocketException) and "Redirect" in str(error):
         return f"{url} answered with a redirect, which is not followed"
-    if isinstance(error, websocket.WebSocketException) and "Header" in str(error):
+    if isinstance(error, websocket.WebSocketException) and "header" in str(error).lower():
         return f"{url} answered the handshake wrongly ({error})"
     if isinstance(error, (websocket.WebSocketConnectionClosedException, ConnectionResetError)):
         # TLS 1.3 ends the client's handshake before the server checks its certificate:
@@ -660,12 +662,11 @@ def is_retryable(error: BaseException) -> bool:
         return False
     if isinstance(error, ssl.SSLError) and error.reason in CLIENT_CERTIFICATE_REFUSED:
         return False
-    # websocket-client says what went wrong only in its words ("Header", "Redirect"):
+    # websocket-client says what went wrong only in its words ("Invalid header", "Redirect"):
     # tests/test_client_faults.py fails if they change.
-    return not (
-        isinstance(error, websocket.WebSocketException)
-        and ("Header" in str(error) or "Redirect" in str(error))
-    )
+    words = str(error).lower()
+    wrong_answer = "header" in words or "redirect" in words
+    return not (isinstance(error, websocket.WebSocketException) and wrong_answer)
 
 
 def describe_status(error: websocket.WebSocketBadStatusException) -> str:

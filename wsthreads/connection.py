@@ -423,10 +423,10 @@ class Connection:
         self.traffic.bytes_in += len(pending)  # read by the HTTP server, behind the handshake
         self._log_fields: dict[str, str] | None = None
         self._drain_left: int | None = None  # bytes still read after a limit's close (see _wind_down)
-        # Compressing under wire_lock (context takeover): whether now, and for how long in this write.
-        self._compressing = False
+        # The wire lock's holder: None while it prepares its write (compressing: CPU), then
+        # its write's deadline (see _acquire_wire); and how long it compressed in this write.
+        self._writing_until: float | None = None
         self._compressed_for = 0.0
-        self._holder_deadline = 0.0  # the wire lock's holder's write deadline (see _acquire_wire)
         # How the reader is woken when another thread asks for a close: its own
         # eventfd when it has a thread, its watch when it waits in the netpoller.
         self._wakeup: _Wakeup | None = None
@@ -565,11 +565,12 @@ class Connection:
         return self.inbox.until(Closed)
 
     def send(self, message: Message, *, compress: bool = True) -> None:
-        """Send text (str) or binary (bytes); thread-safe; bounded by ``write_timeout``.
+        """Send text (str) or binary (bytes); thread-safe; its write bounded by ``write_timeout``.
 
-        Raises Closed once the session is closing or over. A small message
-        goes out in one write with its header; a large one after it, uncopied
-        (on a client: masked, one copy). What :meth:`send_nowait` queued
+        A write already under way goes first, within its own bound. Raises
+        Closed once the session is closing or over. A small message goes out
+        in one write with its header; a large one after it, uncopied (on a
+        client: masked, one copy). What :meth:`send_nowait` queued
         before goes out first. With compression agreed, ``compress=False``
         sends this message as it is: a secret never shares a compressed
         history with text an attacker chose (see docs/compression.md).
@@ -611,6 +612,7 @@ class Connection:
         if self.stop.is_set():
             return False
         if self.wire_lock.acquire(blocking=False):
+            self._writing_until = None  # ours: preparing (see _acquire_wire)
             try:
                 if self._closing.write_refusal(queued=False) is None and (
                     self._outbox is None or self._outbox.empty
@@ -700,30 +702,30 @@ class Connection:
         """
         assert self._compressor is not None
         started = time.monotonic()
-        self._compressing = True
         try:
             return self._compressed_frame(self._compressor, deferred.opcode, deferred.payload)
         finally:
-            self._compressing = False
             self._compressed_for += time.monotonic() - started
 
     def _acquire_wire(self) -> bool:
         """The wire lock, once the write before ours is done; False if it outlasts its own bound.
 
-        Every holder is bounded: while it compresses (under the lock, with context
-        takeover) by the CPU, and while it writes by its write's deadline (moved by what it
-        compressed). So the wait goes on while the holder compresses or its deadline has not
-        passed, and ends in False only past that: a fast peer is never dropped as one that
-        does not read because another thread had much to compress.
+        Every holder is bounded: while it prepares its write (compressing, under the lock
+        with context takeover) by the CPU, and while it writes by its write's deadline (moved
+        by what it compressed). So the wait goes on while the holder prepares or its deadline
+        has not passed, and ends in False only past that: a fast peer is never dropped as one
+        that does not read because another thread had much to compress.
         """
         timeout = self.write_timeout
         while not self.wire_lock.acquire(timeout=timeout):
-            if self._compressing:
+            until = self._writing_until
+            if until is None:  # preparing: CPU, not the peer
                 continue
-            left = self._holder_deadline - time.monotonic()
+            left = until - time.monotonic()
             if left <= 0:
                 return False
             timeout = left + WRITE_LOOK  # the holder gives up at its deadline: a moment for that
+        self._writing_until = None
         return True
 
     def _in_wire_order(self, frame: bytes) -> bool:
@@ -800,7 +802,7 @@ class Connection:
                 self._count_sent([data], sent_at, framed=False)
         finally:
             if taken and outbox is not None:
-                outbox.settled(taken, written)  # flush() waited for them, and now knows
+                outbox.settled(sum(map(len, taken)), written)  # flush() waited for them, and now knows
             self.wire_lock.release()
             trace.end(started, "send (under the wire lock)", messages=len(frames) if frames else 1)
 
@@ -944,6 +946,7 @@ class Connection:
             # A writer may still be inside a write; after the shutdown it fails at
             # once, and only then may the socket be closed under it.
             locked = self.wire_lock.acquire(timeout=self.write_timeout)
+            self._writing_until = None  # closing the socket, quickly: see _acquire_wire
             self.sock.close()
             if locked:
                 self.wire_lock.release()
@@ -1199,6 +1202,7 @@ class Connection:
         if not self.wire_lock.acquire(timeout=max(deadline - now, 0)):
             self._give_up("a write held the connection past the close deadline")
             raise _CloseTimeout
+        self._writing_until = None  # ours: preparing (see _acquire_wire)
         try:
             by_peer = self._closing.peers is not None
             if not self._closing.frame_out(code, reason):
@@ -1208,7 +1212,7 @@ class Connection:
             rest = b"" if outbox is None else outbox.take_rest()  # a cut frame's end: always first
             taken = [] if by_peer or outbox is None else outbox.drain()
             queued = [self._on_wire(frame) for frame in taken]
-            count = len(queued) + bool(rest)
+            size = len(rest) + sum(map(len, taken))  # in flight until settled: flush() waits
             close = frames.frame(frames.CLOSE, frames.close_payload(code, reason), self.client)
             data = b"".join([rest, *queued, *close])
             if outbox is not None:
@@ -1216,11 +1220,11 @@ class Connection:
             try:
                 self._write(data, deadline)
             except Closed as failed:
-                if count and outbox is not None:
-                    outbox.settled(taken, written=False)  # what send_nowait queued did not get through
+                if outbox is not None:
+                    outbox.settled(size, written=False)  # what send_nowait queued did not get through
                 raise _Lost(failed.reason) from None
             if outbox is not None:
-                outbox.settled(taken, written=True)
+                outbox.settled(size, written=True)
             self._count_sent(queued, trace.begin(), framed=True)
         finally:
             self.wire_lock.release()
@@ -1228,6 +1232,7 @@ class Connection:
     def _send_control(self, opcode: int, payload: bytes) -> None:
         """A ping or a pong, unless a close frame has gone out (nothing may follow it)."""
         with self.wire_lock:
+            self._writing_until = None  # ours: preparing (see _acquire_wire)
             if self._closing.state is State.OPEN:
                 try:
                     data = b"".join(frames.frame(opcode, payload, self.client))
@@ -1242,14 +1247,22 @@ class Connection:
         a requested close also shortens the wait to the close deadline: nobody
         else is there to cut the connection.
         """
-        rest = self._outbox.take_rest() if self._outbox is not None else b""
-        for part in (rest, data):  # the end of a cut frame goes first (not joined: it may be big)
-            self._write_all(memoryview(part), deadline)
+        outbox = self._outbox
+        if outbox is not None:
+            rest = outbox.take_rest()  # the end of a cut frame goes first (not joined: it may be big)
+            if rest:
+                try:
+                    self._write_all(memoryview(rest), deadline)
+                except Closed:
+                    outbox.settled(len(rest), written=False)
+                    raise
+                outbox.settled(len(rest), written=True)
+        self._write_all(memoryview(data), deadline)
 
     def _write_all(self, view: memoryview, deadline: float) -> None:
         """Write all of ``view`` by ``deadline`` (see :meth:`_write`)."""
         in_reader = threading.current_thread() is self._in_turn
-        self._holder_deadline = deadline
+        self._writing_until = deadline
         while view:
             try:
                 with self._tls_lock:

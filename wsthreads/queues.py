@@ -238,10 +238,12 @@ class Outbox(Generic[F]):
                 self._writer.start()
 
     def take_rest(self) -> bytes | memoryview:
-        """The end of a cut frame, if one waits, for whoever holds the wire lock to write first."""
+        """The end of a cut frame, if one waits, for whoever holds the wire lock to write first,
+        then :meth:`settled`."""
         with self._putting:
             rest, self._rest = self._rest, b""
             self._waiting -= len(rest)
+            self._in_flight += len(rest)
         return rest
 
     def seal(self) -> None:
@@ -259,14 +261,16 @@ class Outbox(Generic[F]):
             self._waiting = len(self._rest)
         return list(frames)
 
-    def settled(self, frames: list[F], written: bool) -> None:
-        """What :meth:`drain` gave is written (or, not ``written``, never will be): flush() may now say so.
+    def settled(self, size: int, written: bool) -> None:
+        """``size`` bytes that :meth:`drain` or :meth:`take_rest` gave are written (or, not
+        ``written``, never will be): flush() may now say so.
 
-        Until then flush() waits for them, whoever writes them: the writer thread, a
-        ``send()`` that compresses its own message first, or the close.
+        Until then flush() waits for them, whoever writes them (the writer thread, a
+        ``send()`` that compresses its own message first, the close), stopped or not:
+        each is bounded by its deadline.
         """
         with self._putting:
-            self._in_flight -= sum(map(len, frames))
+            self._in_flight -= size
             self._lost = self._lost or not written
         with self._drained:
             self._drained.notify_all()
@@ -288,7 +292,7 @@ class Outbox(Generic[F]):
         """
         with self._drained:
             done = self._drained.wait_for(
-                lambda: not (self._waiting or self._busy or self._in_flight) or self._stopped, timeout
+                lambda: not self._in_flight and (not (self._waiting or self._busy) or self._stopped), timeout
             )
             return done and not self._lost
 

@@ -213,7 +213,7 @@ def response_fields(head: bytes) -> list[tuple[str, str]]:
             allows no space before the colon): ``malformed header line 'X-Y : z'``.
     """
     fields = []
-    for line in head.decode("latin-1").split("\n")[1:]:  # after the status line
+    for line in head.decode("utf-8", "replace").split("\n")[1:]:  # after the status line (UTF-8, as it reads)
         line = line.strip()
         if not line:
             break

@@ -42,6 +42,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
     try:
         yield ours, peer
     finally:
+        end_connections()  # before closing ours: a connection may still own it
         peer.close()
         ours.close()
 
@@ -74,10 +75,32 @@ def tls_pair(ours: socket.socket, peer: socket.socket) -> tuple[ssl.SSLSocket, s
     return wrapped[0], client
 
 
+#: The connections a test made (see end_connections).
+made: list[Connection] = []
+
+
 def connection(sock: socket.socket, **settings: object) -> Connection:
     conn = Connection(sock, client=False, name="conn-test-reader", **settings)  # type: ignore[arg-type]
     conn.start(lambda message: None)
+    made.append(conn)
     return conn
+
+
+def end_connections() -> None:
+    """Cut what a test left running (a close still waiting for its answer) and wait until each has
+    let go of its socket. Closing the socket under it instead would free its descriptor for the next
+    test's socket, which the old reader would then read and shut down."""
+    while made:
+        conn = made.pop()
+        conn.abort()
+        assert conn.wait_closed()
+
+
+@pytest.fixture(autouse=True)
+def ended() -> Iterator[None]:
+    """Every connection a test made is over before the next test begins."""
+    yield
+    end_connections()
 
 
 def read_events(peer: socket.socket, enough: Callable[[list[frames.Event]], bool]) -> list[frames.Event]:

@@ -169,26 +169,23 @@ def test_an_answer_websocket_client_cannot_read_is_one_line_and_final(answer: ob
     server.close()
 
 
-def test_a_101_with_bare_lf_lines_agrees_compression_as_it_says() -> None:
-    extension = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=11"
-    server = HandshakeServer(lambda key: lf_switching(accept_key(key), extension))
-    conn = wsthreads.dial(server.url, wsthreads.ClientConfig(compression="deflate", timeout=5))
-    try:
-        assert conn.compression is not None and conn.compression.receive_window_bits == 11
-    finally:
-        conn.abort()
-        conn.start()
-        conn.wait_closed()
-        server.close()
+EXTENSION = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits="
 
 
-def test_an_agreement_on_two_lines_is_read_as_one_list() -> None:
-    """RFC 6455 9.1: a header's lines are one list; permessage-deflate's parameters on its own line."""
-    line = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n"
-    server = HandshakeServer(lambda key: switching(accept_key(key), line))
+@pytest.mark.parametrize(
+    ("answer", "bits"),
+    [
+        (lambda key: lf_switching(accept_key(key), f"{EXTENSION}11"), 11),
+        # RFC 6455 9.1: a header's lines are one list (here an empty one, then the extension).
+        (lambda key: switching(accept_key(key), f"Sec-WebSocket-Extensions: \r\n{EXTENSION}10\r\n"), 10),
+    ],
+    ids=["bare-lf-lines", "two-lines"],
+)
+def test_the_agreement_is_read_from_the_lines_websocket_client_read(answer: object, bits: int) -> None:
+    server = HandshakeServer(answer)
     conn = wsthreads.dial(server.url, wsthreads.ClientConfig(compression="deflate", timeout=5))
     try:
-        assert conn.compression is not None and conn.compression.receive_window_bits == 10
+        assert conn.compression is not None and conn.compression.receive_window_bits == bits
     finally:
         conn.abort()
         conn.start()

@@ -221,6 +221,27 @@ def test_a_burst_of_handshakes_is_served_by_a_few_threads_reused(monkeypatch: Mo
     assert len(threads) < 150, len(threads)
 
 
+def test_one_client_after_another_is_served_by_the_same_idle_thread() -> None:
+    """An idle request thread waits for the next connection (up to 5 s); it does not end with its queue.
+
+    Werkzeug's ``__init__`` calls ``server_close``; when that closed the request
+    threads, every connection that found the queue empty got a new thread.
+    """
+    threads: set[threading.Thread] = set()
+
+    def authenticate(request: wsthreads.Request) -> str:
+        threads.add(threading.current_thread())
+        return "anyone"
+
+    app = wsthreads.create_app(echo=True, authenticate=authenticate)
+    with wsthreads.start_server(app, port=0) as server:
+        for _ in range(10):
+            client = websocket.create_connection(server.url, timeout=WAIT)
+            client.close()
+            time.sleep(0.05)  # the thread is back waiting before the next one comes
+    assert len(threads) <= 2, threads
+
+
 def test_clients_that_drip_their_requests_do_not_keep_others_out() -> None:
     """Twice as many dripping clients as request threads: a client behind them still gets in at once."""
     app = wsthreads.create_app(echo=True)

@@ -374,10 +374,17 @@ class WebSocketServer(ThreadedWSGIServer):
         """After each look of the acceptor (at most ``poll_interval`` apart): a stalled request."""
         self.request_threads.start_if_stalled()
 
-    def server_close(self) -> None:
-        super().server_close()
-        for request in self.request_threads.close():
-            self.shutdown_request(request)
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept until :meth:`shutdown`; then idle request threads end, and waiting connections close.
+
+        Not in ``server_close``: Werkzeug calls that in its ``__init__`` too, for
+        the socket socketserver opened before it takes ours.
+        """
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            for request in self.request_threads.close():
+                self.shutdown_request(request)
 
     def shutdown_request(self, request: Any) -> None:
         """socketserver's end of a request: shut the socket down and close it, unless a session owns it.

@@ -256,12 +256,17 @@ def test_tls_clients_that_reset_at_once_get_one_line_each_and_no_traceback(
     start_server: Callable[..., ServerProgram], pki: tuple[str, str]
 ) -> None:
     """A reset before or during the ClientHello: wrapping the socket already fails; that is one
-    warning line, never socketserver's traceback, and the request's deadline is disarmed."""
+    warning line, never socketserver's traceback, and the request's deadline is disarmed.
+
+    The threads come back to what they were once the idle request threads end
+    (5 s), well before an armed deadline (30 s) would have let go."""
     import struct
 
     from helpers import wait_until
 
-    server = start_server("--certfile", pki[0], "--handshake-timeout", "10")
+    from wsthreads.serving import REQUEST_THREAD_IDLE
+
+    server = start_server("--certfile", pki[0], "--handshake-timeout", "30")
     threads = server.threads()
     for i in range(40):
         sock = socket.create_connection(("127.0.0.1", server.port))
@@ -269,7 +274,10 @@ def test_tls_clients_that_reset_at_once_get_one_line_each_and_no_traceback(
             sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 39)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-    assert wait_until(lambda: server.threads() == threads, timeout=3), (server.threads(), threads)
+    assert wait_until(lambda: server.threads() == threads, timeout=REQUEST_THREAD_IDLE + 5), (
+        server.threads(),
+        threads,
+    )
     assert "Traceback" not in server.output()
 
 

@@ -83,12 +83,14 @@ def test_one_close_frame_at_most() -> None:
 def test_writes_are_refused_by_state() -> None:
     closing = Closing(TIMEOUT)
     assert closing.write_refusal(queued=False) is None
-    closing.request(NORMAL_CLOSURE, "", now=0.0)
-    # A new message may not go; one queued before the request still may, up to the close frame.
-    assert closed(closing.write_refusal(queued=False)) == (GOING_AWAY, "the connection is closing", False)
+    closing.request(NORMAL_CLOSURE, "done", now=0.0)
+    # A new message may not go (it raises our close); one queued before the request still may,
+    # up to the close frame.
+    assert closed(closing.write_refusal(queued=False)) == (NORMAL_CLOSURE, "done", False)
     assert closing.write_refusal(queued=True) is None
-    closing.frame_out(NORMAL_CLOSURE, "")
-    assert closed(closing.write_refusal(queued=True)) == (GOING_AWAY, "the connection is closing", False)
+    closing.frame_out(PROTOCOL_ERROR, "bad frame")  # the reader's close went first: it is the one out
+    assert closed(closing.write_refusal(queued=True)) == (PROTOCOL_ERROR, "bad frame", False)
+    assert closed(closing.write_refusal(queued=False)) == (PROTOCOL_ERROR, "bad frame", False)
 
 
 def test_writes_after_the_peers_close_raise_the_peers_code() -> None:

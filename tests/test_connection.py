@@ -274,3 +274,22 @@ def test_a_frame_we_built_is_traced_as_its_message(masked: bool, message: str | 
     )
     header, body = frames.frame(opcode, payload, masked)
     assert frame_text(header + body) == message
+
+
+def test_send_after_our_own_close_raises_our_close_while_closing_and_once_over(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """close(1000, "done"), the peer slow to answer: send() raises 1000 'done' throughout."""
+    from wsthreads import Closed
+
+    ours, peer = pair
+    conn = connection(ours, close_timeout=0.5)
+    conn.close(1000, "done")
+    assert a_close(read_events(peer, a_close))  # ours is out; the peer does not answer
+    with pytest.raises(Closed) as closing:
+        conn.send("too late")
+    assert (closing.value.code, closing.value.reason, closing.value.by_peer) == (1000, "done", False)
+    assert conn.wait_closed(WAIT)
+    with pytest.raises(Closed) as over:
+        conn.send("later still")
+    assert (over.value.code, over.value.reason) == (1000, "done")  # unanswered, our close still stands

@@ -169,8 +169,10 @@ class Closing:
             return self.peers
         if self.is_cut:
             return Closed(ABNORMAL_CLOSURE, self.why_cut or "the connection was cut", by_peer=False)
-        if self.state is not State.OPEN or (self.requested is not None and not queued):
-            return Closed(GOING_AWAY, "the connection is closing", by_peer=False)
+        if self.state is not State.OPEN:  # our close frame went out, or the session's end is known
+            return self.ours or self.outcome
+        if self.requested is not None and not queued:
+            return Closed(*self.requested, by_peer=False)
         return None
 
     # --- moved by the reader ----------------------------------------------------------

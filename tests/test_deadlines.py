@@ -127,3 +127,19 @@ def test_a_burst_of_handshakes_wakes_the_thread_once_not_twice_per_connection(
         deadlines.disarm(entry)
     assert counting.notified <= 2  # was 200: one per arm and one per disarm
     assert wait_until(lambda: not running(deadlines))
+
+
+def test_a_deadline_cut_short_cuts_at_once_and_only_if_still_armed(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    deadlines = Deadlines()
+    ours, peer = pair(pairs)
+    deadlines.cut_now(deadlines.arm(ours, 60))
+    took = cut(peer, WAIT)
+    assert took is not None and took < 2.0
+    assert wait_until(lambda: not running(deadlines))  # nothing else armed: the thread ends now, not in 60 s
+    kept, kept_peer = pair(pairs)
+    armed = deadlines.arm(kept, 60)
+    deadlines.disarm(armed)
+    deadlines.cut_now(armed)  # disarmed first: the socket is left alone
+    assert cut(kept_peer, 0.3) is None

@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -240,6 +241,42 @@ def test_one_client_after_another_is_served_by_the_same_idle_thread() -> None:
             client.close()
             time.sleep(0.05)  # the thread is back waiting before the next one comes
     assert len(threads) <= 2, threads
+
+
+def test_shutdown_ends_the_requests_still_being_read_at_once() -> None:
+    """Clients halfway through their request (plain and TLS) hold no thread past shutdown:
+    their sockets are cut then, not at the handshake deadline (30 s here)."""
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    before = set(threading.enumerate())
+    servers = [
+        wsthreads.start_server(wsthreads.create_app(), port=0, handshake_timeout=30),
+        wsthreads.start_server(wsthreads.create_app(), port=0, handshake_timeout=30, tls_context=context),
+    ]
+    halfway = []
+    # The start of a request, and of a ClientHello (a record of 512 bytes, 43 of them sent).
+    starts = [b"GET /ws HTTP/1.1\r\nHost: x\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)]
+    for server, start in zip(servers, starts, strict=True):
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(start)  # and nothing more
+            halfway.append(sock)
+    try:
+        assert wait_until(lambda: len(request_threads(before)) == 6), request_threads(before)
+        for server in servers:
+            assert server.shutdown()
+        assert wait_until(lambda: not request_threads(before), timeout=3), request_threads(before)
+    finally:
+        for sock in halfway:
+            sock.close()
+
+
+def request_threads(before: set[threading.Thread]) -> list[str]:
+    """The request threads started since ``before`` that still run (named request-PORT while serving)."""
+    return [t.name for t in threading.enumerate() if t not in before and t.name.startswith("request-")]
 
 
 def test_clients_that_drip_their_requests_do_not_keep_others_out() -> None:

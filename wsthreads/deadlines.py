@@ -66,11 +66,22 @@ class Deadlines:
         leave the heap as they reach its top.
         """
         with self._changed:
-            armed.cancelled = True
-            while self._heap and self._heap[0][2].cancelled:
-                heapq.heappop(self._heap)
-            if not self._heap:
-                self._changed.notify()
+            self._cancel_locked(armed)
+
+    def cut_now(self, armed: Armed) -> None:
+        """Shut the socket down now rather than at its deadline, unless it was disarmed first."""
+        with self._changed:
+            if not armed.cancelled:
+                trace.instant("deadline cut short: socket shut down")
+                shut_down(armed.sock)
+                self._cancel_locked(armed)
+
+    def _cancel_locked(self, armed: Armed) -> None:
+        armed.cancelled = True
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        if not self._heap:
+            self._changed.notify()
 
     def _run(self) -> None:
         with trace.span("enforcing request deadlines"), self._changed:

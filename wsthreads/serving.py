@@ -119,6 +119,7 @@ class RequestHandler(WSGIRequestHandler):
         threading.current_thread().name = f"request-{self.client_address[1]}"
         self.request.settimeout(self.server.handshake_timeout)  # the session clears it
         self.deadline: Armed | None = deadlines.arm(self.request, self.server.handshake_timeout)
+        self.server.reading.add(self.deadline)
         self.tls_failed = False
         context = self.server.tls_context
         if context is not None:
@@ -143,6 +144,7 @@ class RequestHandler(WSGIRequestHandler):
         """Read and serve one request; the deadline runs until the request is in."""
         if self.deadline is None:  # a further request on a kept-alive connection
             self.deadline = deadlines.arm(self.connection, self.server.handshake_timeout)
+            self.server.reading.add(self.deadline)
         try:
             super().handle_one_request()
         finally:
@@ -158,6 +160,7 @@ class RequestHandler(WSGIRequestHandler):
         that percent-encodes, as ours does, is served by both.)
         """
         parsed = super().parse_request()
+        self.server.reading.discard(self.deadline)  # the request is in: a shutdown lets it finish
         if parsed and not self.path.isascii():
             self.path = quote(self.path.encode("latin-1"), safe=PRINTABLE_ASCII)
         return parsed
@@ -216,6 +219,7 @@ class RequestHandler(WSGIRequestHandler):
 
     def _disarm(self) -> None:
         if self.deadline is not None:
+            self.server.reading.discard(self.deadline)
             deadlines.disarm(self.deadline)
             self.deadline = None
 
@@ -358,6 +362,8 @@ class WebSocketServer(ThreadedWSGIServer):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.request_threads = RequestThreads(self.process_request_thread)
+        #: The deadlines of requests still being read, which a shutdown cuts short.
+        self.reading: set[Armed] = set()
         host, port = sock.getsockname()[:2]
         # Werkzeug duplicates the descriptor of a socket it is handed.
         super().__init__(host, port, app, handler=RequestHandler, fd=sock.fileno())
@@ -375,7 +381,8 @@ class WebSocketServer(ThreadedWSGIServer):
         self.request_threads.start_if_stalled()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Accept until :meth:`shutdown`; then idle request threads end, and waiting connections close.
+        """Accept until :meth:`shutdown`; then idle request threads end, waiting connections close,
+        and requests still being read end at once, not at their deadline (those that are in finish).
 
         Not in ``server_close``: Werkzeug calls that in its ``__init__`` too, for
         the socket socketserver opened before it takes ours.
@@ -385,6 +392,8 @@ class WebSocketServer(ThreadedWSGIServer):
         finally:
             for request in self.request_threads.close():
                 self.shutdown_request(request)
+            for armed in list(self.reading):  # copied at once: request threads add and discard meanwhile
+                deadlines.cut_now(armed)
 
     def shutdown_request(self, request: Any) -> None:
         """socketserver's end of a request: shut the socket down and close it, unless a session owns it.
@@ -429,6 +438,9 @@ class RunningServer:
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
         """Close every session with 1001 at once, stop accepting; all within ``timeout`` s.
+
+        Connections still sending their request (or TLS handshake) are cut, so
+        their threads end now rather than at the handshake deadline.
 
         The sessions are told first, and the acceptor is stopped while they
         close, under the same deadline. Returns True if everything ended in

@@ -143,3 +143,19 @@ def test_a_deadline_cut_short_cuts_at_once_and_only_if_still_armed(
     deadlines.disarm(armed)
     deadlines.cut_now(armed)  # disarmed first: the socket is left alone
     assert cut(kept_peer, 0.3) is None
+
+
+def test_a_deadline_cut_before_its_socket_was_retargeted_cuts_the_new_one(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    """TLS wrapping moves the descriptor to a new object: a cut that came just before the
+    retarget hit the old object, so the retarget cuts the new one."""
+    deadlines = Deadlines()
+    old, _ = pair(pairs)
+    new, peer = pair(pairs)
+    armed = deadlines.arm(old, 60)
+    deadlines.cut_now(armed)
+    assert armed.cut
+    deadlines.retarget(armed, new)
+    took = cut(peer, WAIT)
+    assert took is not None and took < 2.0

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,59 @@ def test_shutdown_ends_the_requests_still_being_read_at_once() -> None:
     finally:
         for sock in halfway:
             sock.close()
+
+
+def test_a_request_cut_halfway_by_shutdown_never_reaches_the_app() -> None:
+    """Its headers ended at the cut, not with a blank line: the mounted app must not run it."""
+    calls: list[str] = []
+
+    def page(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+        calls.append(str(environ["PATH_INFO"]))
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = wsthreads.start_server(wsthreads.create_app().mount(page), port=0, handshake_timeout=30)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        sock.sendall(b"DELETE /account HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc\r\n")  # no blank line
+        time.sleep(0.3)  # a request thread is reading it
+        assert server.shutdown()
+        sock.settimeout(WAIT)
+        assert sock.recv(100) == b""  # cut, not answered
+        assert calls == []
+    finally:
+        sock.close()
+
+
+def test_reading_cuts_what_is_read_at_close_and_what_begins_after() -> None:
+    """A request that finished reading first is left alone; one still being read, or taken by a
+    request thread only after the close (it raced the shutdown), is cut."""
+    from wsthreads.deadlines import deadlines
+    from wsthreads.serving import Reading
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        reading = Reading()
+        finished, pending = (deadlines.arm(ours, 60) for ours, _ in pairs[:2])
+        reading.add(finished)
+        reading.add(pending)
+        assert reading.done(finished)  # in before the close
+        reading.close()
+        late = deadlines.arm(pairs[2][0], 60)
+        reading.add(late)
+        assert not reading.done(pending) and not reading.done(late)  # partial: not to be served
+        for (_, peer), expected in zip(pairs, (None, b"", b""), strict=True):
+            peer.settimeout(0.3)
+            try:
+                got: bytes | None = peer.recv(1)
+            except TimeoutError:
+                got = None
+            assert got == expected
+        deadlines.disarm(finished)
+    finally:
+        for ours, peer in pairs:
+            ours.close()
+            peer.close()
 
 
 def request_threads(before: set[threading.Thread]) -> list[str]:

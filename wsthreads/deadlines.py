@@ -22,12 +22,14 @@ from .connection import shut_down
 class Armed:
     """One armed deadline; pass it to :meth:`Deadlines.disarm`."""
 
-    __slots__ = ("cancelled", "sock", "when")
+    __slots__ = ("cancelled", "cut", "sock", "when")
 
     def __init__(self, when: float, sock: socket.socket) -> None:
         self.when = when
         self.sock = sock
         self.cancelled = False
+        #: Its socket was shut down (the deadline passed, or was cut short): what was read may be partial.
+        self.cut = False
 
 
 class Deadlines:
@@ -53,9 +55,15 @@ class Deadlines:
         return armed
 
     def retarget(self, armed: Armed, sock: socket.socket) -> None:
-        """Let a deadline cut ``sock`` instead (TLS wrapping moves the descriptor to a new object)."""
+        """Let a deadline cut ``sock`` instead (TLS wrapping moves the descriptor to a new object).
+
+        If it was cut meanwhile (on the old object, which no longer had the
+        descriptor), ``sock`` is shut down now.
+        """
         with self._changed:
             armed.sock = sock
+            if armed.cut:
+                shut_down(sock)
 
     def disarm(self, armed: Armed) -> None:
         """Cancel a deadline; once this returns, the socket will not be shut down by us.
@@ -73,8 +81,12 @@ class Deadlines:
         with self._changed:
             if not armed.cancelled:
                 trace.instant("deadline cut short: socket shut down")
-                shut_down(armed.sock)
+                self._cut_locked(armed)
                 self._cancel_locked(armed)
+
+    def _cut_locked(self, armed: Armed) -> None:
+        armed.cut = True
+        shut_down(armed.sock)
 
     def _cancel_locked(self, armed: Armed) -> None:
         armed.cancelled = True
@@ -94,7 +106,7 @@ class Deadlines:
                 else:
                     heapq.heappop(self._heap)
                     trace.instant("deadline passed: socket shut down")
-                    shut_down(armed.sock)
+                    self._cut_locked(armed)
             self._thread = None
 
 

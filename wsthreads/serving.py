@@ -119,7 +119,7 @@ class RequestHandler(WSGIRequestHandler):
         threading.current_thread().name = f"request-{self.client_address[1]}"
         self.request.settimeout(self.server.handshake_timeout)  # the session clears it
         self.deadline: Armed | None = deadlines.arm(self.request, self.server.handshake_timeout)
-        self.server.reading.add(self.deadline)
+        self.server.reading.add(self.deadline)  # until the request is in
         self.tls_failed = False
         context = self.server.tls_context
         if context is not None:
@@ -160,7 +160,10 @@ class RequestHandler(WSGIRequestHandler):
         that percent-encodes, as ours does, is served by both.)
         """
         parsed = super().parse_request()
-        self.server.reading.discard(self.deadline)  # the request is in: a shutdown lets it finish
+        if self.deadline is not None and not self.server.reading.done(self.deadline):
+            # Cut while being read: the headers ended at the cut, not with the client's blank line.
+            self.close_connection = True
+            return False
         if parsed and not self.path.isascii():
             self.path = quote(self.path.encode("latin-1"), safe=PRINTABLE_ASCII)
         return parsed
@@ -219,7 +222,7 @@ class RequestHandler(WSGIRequestHandler):
 
     def _disarm(self) -> None:
         if self.deadline is not None:
-            self.server.reading.discard(self.deadline)
+            self.server.reading.done(self.deadline)
             deadlines.disarm(self.deadline)
             self.deadline = None
 
@@ -350,6 +353,37 @@ class RequestThreads:
                 self._threads -= 1
 
 
+class Reading:
+    """The deadlines of the requests still being read, which the server's shutdown cuts short."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: set[Armed] = set()
+        self._closed = False
+
+    def add(self, armed: Armed) -> None:
+        """A request begins to be read (cut at once if the server is closing already)."""
+        with self._lock:
+            if self._closed:
+                deadlines.cut_now(armed)
+            else:
+                self._armed.add(armed)
+
+    def done(self, armed: Armed) -> bool:
+        """Its request is in (or over); False if its socket was cut first, the request partial."""
+        with self._lock:
+            self._armed.discard(armed)
+            return not armed.cut
+
+    def close(self) -> None:
+        """The server is closing: cut what is still being read, and anything that begins later."""
+        with self._lock:  # a request either finished reading before, or is cut
+            self._closed = True
+            for armed in self._armed:
+                deadlines.cut_now(armed)
+            self._armed.clear()
+
+
 class WebSocketServer(ThreadedWSGIServer):
     """Werkzeug's threaded server with our request handler and its settings."""
 
@@ -362,8 +396,7 @@ class WebSocketServer(ThreadedWSGIServer):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.request_threads = RequestThreads(self.process_request_thread)
-        #: The deadlines of requests still being read, which a shutdown cuts short.
-        self.reading: set[Armed] = set()
+        self.reading = Reading()
         host, port = sock.getsockname()[:2]
         # Werkzeug duplicates the descriptor of a socket it is handed.
         super().__init__(host, port, app, handler=RequestHandler, fd=sock.fileno())
@@ -392,8 +425,7 @@ class WebSocketServer(ThreadedWSGIServer):
         finally:
             for request in self.request_threads.close():
                 self.shutdown_request(request)
-            for armed in list(self.reading):  # copied at once: request threads add and discard meanwhile
-                deadlines.cut_now(armed)
+            self.reading.close()
 
     def shutdown_request(self, request: Any) -> None:
         """socketserver's end of a request: shut the socket down and close it, unless a session owns it.

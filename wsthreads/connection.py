@@ -182,9 +182,11 @@ class Deferred:
 Queued = bytes | Deferred
 
 
-def wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
+def wait_for(sock: socket.socket, events: int, timeout: float | None, wakeup: _Wakeup | None = None) -> bool:
     """Wait until ``sock`` is ready for ``events`` (POLLIN/POLLOUT); False on timeout.
 
+    With ``wakeup``, a ring ends the wait too (False, unless the socket is
+    ready as well), and is cleared: the caller looks at what changed.
     A fresh poll object per wait: it holds no descriptor, so there is
     nothing to close and nothing another thread could close under us.
     """
@@ -192,7 +194,12 @@ def wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
         return True  # bytes already decrypted, waiting in the TLS layer
     poller = select.poll()
     poller.register(sock, events)
-    return bool(poller.poll(None if timeout is None else max(timeout, 0) * 1000))
+    if wakeup is not None:
+        poller.register(wakeup.fd, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(None if timeout is None else max(timeout, 0) * 1000)}
+    if wakeup is not None and wakeup.fd in ready:
+        wakeup.clear()
+    return sock.fileno() in ready
 
 
 def log_message(what: str, message: Message, fields: Mapping[str, str] | None = None) -> None:
@@ -1047,14 +1054,9 @@ class Connection:
     def _wait_readable(self, due: float | None) -> None:
         """The reader thread's wait: for bytes, the ``due`` time, or a wake-up (a close was asked for)."""
         assert self._wakeup is not None
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        poller.register(self._wakeup.fd, select.POLLIN)
         started = trace.begin()
-        events = poller.poll(None if due is None else max(due - time.monotonic(), 0) * 1000)
+        wait_for(self.sock, select.POLLIN, None if due is None else due - time.monotonic(), self._wakeup)
         trace.end(started, "recv (blocked)")
-        if any(fd == self._wakeup.fd for fd, _ in events):
-            self._wakeup.clear()
 
     def _do_what_is_due(self) -> float | None:
         """Do what is due (send a requested close, a ping; give up on a close); when the next is due."""
@@ -1290,17 +1292,11 @@ class Connection:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            poller = select.poll()
-            poller.register(self.sock, select.POLLOUT)
-            if in_reader and self._wakeup is not None:
-                poller.register(self._wakeup.fd, select.POLLIN)
-            elif in_reader:  # a netpoller worker has no wake-up: it looks at the close now and then
+            wakeup = self._wakeup if in_reader else None  # a ring: a close was requested, by when?
+            if in_reader and wakeup is None:  # a netpoller worker has no wake-up: it looks now and then
                 left = min(left, WRITE_LOOK)
-            events = poller.poll(left * 1000)
-            if any(fd == self.sock.fileno() for fd, _ in events):
+            if wait_for(self.sock, select.POLLOUT, left, wakeup):
                 return True
-            if events and self._wakeup is not None:
-                self._wakeup.clear()  # a close was requested: the loop shortens the deadline
 
     def _give_up(self, why: str) -> None:
         """Drop a peer that does not read; the reader reports ``why``."""

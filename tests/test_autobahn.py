@@ -42,6 +42,8 @@ from helpers import Program, ServerProgram, require, websocket_client
 from wsthreads import Client, ClientConfig, Closed, ConnectError, Echo
 from wsthreads.deflate import Deflate
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 #: The compression cases: 90 of 12.* and 126 of 13.*.
 COMPRESSION = ("12.*", "13.*")
 #: The 13.* groups whose server accepts only an offer of client_no_context_takeover.
@@ -132,7 +134,6 @@ def test_our_server_passes_autobahn(start_server: Callable[..., ServerProgram], 
     run_against_server(start_server(*ECHO_SERVER), tmp_path, PLAIN_RUN, RUN_TIMEOUT)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(COMPRESSED_RUN_TIMEOUT + 30)
 def test_our_server_passes_autobahn_compressed(
     start_server: Callable[..., ServerProgram], tmp_path: Path
@@ -195,7 +196,6 @@ def test_our_client_passes_autobahn(tmp_path: Path) -> None:
     run_client(tmp_path, PLAIN_RUN, None, RUN_TIMEOUT)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(2 * COMPRESSED_RUN_TIMEOUT + 30)
 def test_our_client_passes_autobahn_compressed(tmp_path: Path) -> None:
     """Our client with compression through 12.* and 13.*: every case passes.

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 
 def run_script(script: str, *args: str, timeout: float = 120) -> str:
     """Run a bench script to completion; its standard output (it must exit 0)."""
@@ -68,7 +70,6 @@ def test_broadcast_bench_smoke_run(tmp_path: Path) -> None:
     assert figures["broadcast"]["msgs_per_s"] > 0 and figures["send loop"]["max_ms"] > 0
 
 
-@pytest.mark.slow
 def test_compression_bench_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
     """bench/compression.py --smoke: every table, every stack with and without, and its JSON."""
     out = tmp_path / "compression.json"
@@ -129,7 +130,6 @@ def test_fanout_bench_quick_run(redis_base_url: str, tmp_path: Path) -> None:
     assert len(spread) == 2 and sum(spread) == 50, spread
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_scale_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
     """bench/scale.py --smoke: both workloads on every server, every delivery checked, the JSON."""

@@ -32,6 +32,7 @@ def small_buffers(peer: RawPeer) -> None:
     peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
 
+@pytest.mark.slow
 def test_a_client_that_pings_and_never_reads_is_dropped_by_the_write_deadline(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -59,6 +60,7 @@ def test_a_client_that_pings_and_never_reads_is_dropped_by_the_write_deadline(
     assert len(server.stderr) == 1, server.output()
 
 
+@pytest.mark.slow
 def test_an_echo_client_that_never_reads_is_dropped_and_others_go_on(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -98,6 +100,7 @@ def pair() -> Iterator[tuple[Connection, socket.socket]]:
     theirs.close()
 
 
+@pytest.mark.slow
 def test_close_returns_at_once_and_the_connection_ends_within_its_bound_while_a_send_is_stuck(
     pair: tuple[Connection, socket.socket],
 ) -> None:
@@ -124,6 +127,7 @@ def test_close_returns_at_once_and_the_connection_ends_within_its_bound_while_a_
     assert conn.closed is not None and conn.closed.code == 1006
 
 
+@pytest.mark.slow
 def test_shutdown_ends_within_2_s_however_many_peers_are_stuck() -> None:
     """30 sessions whose clients read nothing and never answer a close: shutdown() closes them
     all at once and returns within 2 s (it used to take up to 1 s each, one after another)."""
@@ -167,6 +171,7 @@ class SlowReader:
         pass
 
 
+@pytest.mark.slow
 def test_a_reader_inside_a_slow_on_message_when_the_session_ends_does_not_spin() -> None:
     """The peer vanishes while on_message runs; afterwards the reader ends instead of spinning."""
     with wsthreads.start_server(wsthreads.create_app(handler=SlowReader()), "127.0.0.1", 0) as server:
@@ -214,6 +219,7 @@ def test_an_exception_in_per_connection_code_closes_with_1011(where: str, error:
             peer.close()
 
 
+@pytest.mark.slow
 def test_a_request_that_drips_a_byte_every_300_ms_is_cut_at_the_handshake_deadline(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -260,6 +266,7 @@ def test_sigterm_and_sigint_together_end_the_server_cleanly(
 
 
 @pytest.mark.parametrize("program", ["server", "client"])
+@pytest.mark.slow
 def test_a_storm_of_signals_cannot_hang_either_program(
     start_server: Callable[..., ServerProgram], program: str
 ) -> None:
@@ -290,6 +297,7 @@ def test_sigterm_and_sigint_together_end_the_client_cleanly(
     server.wait_for(r"peer closed the connection: 1000")
 
 
+@pytest.mark.slow
 def test_shutdown_under_load_ends_within_2_s(start_server: Callable[..., ServerProgram]) -> None:
     """100 echo sessions whose clients flood and never read, plus handshakes never finished:
     SIGTERM, SIGINT, SIGTERM; the server exits 0 within 2 s of the first (plus process exit)."""
@@ -322,6 +330,7 @@ def test_shutdown_under_load_ends_within_2_s(start_server: Callable[..., ServerP
             sock.close()
 
 
+@pytest.mark.slow
 def test_a_request_body_that_drips_is_cut_at_the_handshake_deadline(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -352,6 +361,7 @@ class EchoToStuckPeer:
         pass
 
 
+@pytest.mark.slow
 def test_close_bounds_a_reader_stuck_in_its_own_write() -> None:
     """The reader itself is blocked replying (write deadline 30 s): close() still ends the
     connection within close_timeout."""

@@ -124,6 +124,7 @@ def stuck_connection(
 # 500 x 1000 deliveries, read back by this process: 10-30 s on the 2-core machine, and a
 # CI machine may take twice that; the waits inside are bounded on their own.
 @pytest.mark.timeout(READ_FOR + 60)
+@pytest.mark.slow
 def test_500_clients_get_1000_broadcasts_complete_and_in_order_while_a_stuck_one_is_dropped(
     server: wsthreads.RunningServer,
 ) -> None:
@@ -159,6 +160,7 @@ def test_500_clients_get_1000_broadcasts_complete_and_in_order_while_a_stuck_one
             sock.close()
 
 
+@pytest.mark.slow
 def test_a_client_too_far_behind_is_closed_with_1013_and_loses_what_waited() -> None:
     app = wsthreads.create_app(outbound_limit=64 * 1024, ping_interval=None)
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:
@@ -175,6 +177,7 @@ def test_a_client_too_far_behind_is_closed_with_1013_and_loses_what_waited() -> 
             stuck.close()
 
 
+@pytest.mark.slow
 def test_under_drop_oldest_a_slow_client_keeps_its_newest_messages() -> None:
     app = wsthreads.create_app(outbound_limit=10 * 1024, on_overflow="drop-oldest", ping_interval=None)
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:
@@ -205,6 +208,7 @@ def test_under_drop_oldest_a_slow_client_keeps_its_newest_messages() -> None:
             slow.close()
 
 
+@pytest.mark.slow
 def test_broadcast_can_select_connections_and_comes_from_any_thread() -> None:
     app = wsthreads.create_app(ping_interval=None)
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:
@@ -325,6 +329,7 @@ def test_nothing_accepted_before_close_is_lost_while_another_thread_sends(attemp
     assert got == accepted
 
 
+@pytest.mark.slow
 def test_flush_says_false_when_a_close_could_not_deliver_what_was_queued() -> None:
     app = wsthreads.create_app(ping_interval=None)
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:

@@ -13,7 +13,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers import ServerProgram
+
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 
 
 def test_page_in_chromium(

@@ -159,6 +159,7 @@ def test_without_the_token_or_the_subprotocol_the_dial_fails_with_a_one_line_401
     assert not failed.value.retryable
 
 
+@pytest.mark.slow
 def test_cli_sends_the_header_offers_the_subprotocols_and_names_the_one_chosen(guarded: str) -> None:
     result = run_client(
         *("--url", guarded, "--header", f"Authorization: {TOKEN}"),
@@ -296,6 +297,7 @@ def test_settings_of_the_wrong_shape_raise_type_error(settings: dict[str, Any]) 
     ],
     ids=["no-colon", "bad-name", "reserved", "twice", "bad-subprotocol", "negative-ping"],
 )
+@pytest.mark.slow
 def test_cli_bad_header_or_subprotocol_is_a_one_line_usage_error(args: list[str], message: str) -> None:
     result = run_client("--url", "ws://127.0.0.1:9/ws", *args, timeout=WAIT)
     assert result.returncode == 2
@@ -314,6 +316,7 @@ class Recorder(RawServer):
         super().__init__(lambda conn: self.frames.extend(frames_until_eof(conn)))
 
 
+@pytest.mark.slow
 def test_keepalive_pings_drop_a_server_that_never_answers_them() -> None:
     """A ping after ``interval``, no pong by the next: 1011 "keepalive ping timeout", every thread gone."""
     before = set(threading.enumerate())
@@ -333,6 +336,7 @@ def test_keepalive_pings_drop_a_server_that_never_answers_them() -> None:
     assert server.frames[1][1][:2] == (1011).to_bytes(2, "big")
 
 
+@pytest.mark.slow
 def test_cli_ping_interval_drops_a_server_that_never_answers() -> None:
     server = Recorder()
     started = time.monotonic()
@@ -358,6 +362,7 @@ def run_object_client(url: str) -> None:
     ],
     ids=["cli-default", "cli-zero", "object-default"],
 )
+@pytest.mark.slow
 def test_no_ping_is_sent_when_pings_are_off(run: Callable[[str], object]) -> None:
     server = Recorder()
     run(server.url)
@@ -421,6 +426,7 @@ def test_iteration_yields_every_message_then_ends_with_the_close_code(peer: Call
     client.close()
 
 
+@pytest.mark.slow
 def test_recv_keeps_waiting_across_a_reconnect(start_server: Callable[..., ServerProgram]) -> None:
     """The server goes away (1001) while recv() waits; it comes back, and recv() returns its echo."""
     first = start_server("--echo", "--quiet")
@@ -471,6 +477,7 @@ def flooding(conn: socket.socket) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_a_full_queue_holds_the_reader_and_close_still_ends_everything_in_time() -> None:
     """Nobody reads: the queue fills to max_queue and the reader waits (TCP pushes back). close()
     still ends the reader, the supervisor and the socket within close_timeout plus a second,

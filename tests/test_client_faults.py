@@ -67,6 +67,7 @@ def nothing(conn: socket.socket) -> None:
 
 
 @pytest.mark.parametrize("status", [b"403 Forbidden", b"404 Not Found", b"500 Internal Server Error"])
+@pytest.mark.slow
 def test_http_error_instead_of_101_names_the_status(status: bytes) -> None:
     server = RawServer(nothing, answer=b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
     result = run_client("--url", server.url)
@@ -142,6 +143,7 @@ def close_code_sent(data: bytes) -> int:
         (encode_frame(0x3, b"", mask=False), 1002, "unknown opcode 0x3"),
     ],
 )
+@pytest.mark.slow
 def test_broken_frames_from_the_server_get_the_right_close_code(
     frames: bytes, code: int, message: str
 ) -> None:
@@ -155,6 +157,7 @@ def test_broken_frames_from_the_server_get_the_right_close_code(
     assert close_code_sent(script.replies[0]) == code  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_server_that_never_closes_is_left_in_bounded_time() -> None:
     """No close reply ever comes: the client closes, waits a bounded time, and exits."""
 

@@ -39,6 +39,7 @@ def never_answering(conn: socket.socket) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_close_against_a_server_that_never_answers_ends_everything_within_2_s() -> None:
     """close() returns within close_timeout plus a margin, with reader, supervisor and socket gone."""
     before = set(threading.enumerate())
@@ -88,6 +89,7 @@ def test_close_during_a_pending_dial_wins() -> None:
     silent.close()
 
 
+@pytest.mark.slow
 def test_close_during_the_backoff_before_a_redial_wins() -> None:
     """The server goes away (1001); close() during the backoff: no dial follows, the client ends."""
     before = set(threading.enumerate())
@@ -152,6 +154,7 @@ class CountingServer:
 
 
 @pytest.mark.parametrize("code", [1008, 1002, 1000])
+@pytest.mark.slow
 def test_reconnect_does_not_redial_after_a_final_close_code(code: int) -> None:
     """--reconnect against a server that refuses with 1008 (or 1002, 1000): one dial, then exit."""
     server = CountingServer(code)
@@ -162,6 +165,7 @@ def test_reconnect_does_not_redial_after_a_final_close_code(code: int) -> None:
     server.close()
 
 
+@pytest.mark.slow
 def test_backoff_keeps_growing_across_sessions_that_end_at_once() -> None:
     """A server that says 1001 right after every handshake: the delays double from 0.5 s,
     they do not start over with every short session."""
@@ -175,6 +179,7 @@ def test_backoff_keeps_growing_across_sessions_that_end_at_once() -> None:
     server.close()
 
 
+@pytest.mark.slow
 def test_the_first_dial_is_bounded_by_a_deadline_against_a_dripping_server() -> None:
     """--timeout is a deadline for the whole dial: a 101 answer dripped one byte every 300 ms fails."""
 
@@ -278,6 +283,7 @@ def answer_the_close(conn: socket.socket) -> None:
 
 
 @pytest.mark.parametrize("code", [1012, 1013, 1014])
+@pytest.mark.slow
 def test_reconnect_redials_after_a_try_again_close_code(code: int) -> None:
     """1012-1014 mean "come back later": --reconnect dials again (1014 too: our frame layer knows it)."""
     server = CountingServer(code)

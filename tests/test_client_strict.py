@@ -59,6 +59,7 @@ def one_line(stderr: str, fragment: str) -> None:
     ],
     ids=["accept-case", "subprotocol", "extension", "redirect"],
 )
+@pytest.mark.slow
 def test_a_wrong_handshake_answer_fails_the_dial(answer: object, problem: str) -> None:
     server = HandshakeServer(answer)
     result = run_client("--url", server.url, "--count", "0", "--timeout", "3")
@@ -212,6 +213,7 @@ def frames_until_eof(conn: socket.socket) -> list[tuple[int, bytes]]:
     ],
     ids=["ping-126-bytes", "fragmented-close"],
 )
+@pytest.mark.slow
 def test_an_illegal_control_frame_gets_1002_and_no_answer(frame: bytes) -> None:
     seen: list[list[tuple[int, bytes]]] = []
 
@@ -231,6 +233,7 @@ def test_an_illegal_control_frame_gets_1002_and_no_answer(frame: bytes) -> None:
 
 
 @pytest.mark.parametrize("payload", [b"x" * 1000, b""], ids=["with-payload", "header-alone"])
+@pytest.mark.slow
 def test_a_frame_announcing_a_huge_message_gets_1009_before_its_payload(payload: bytes) -> None:
     """A header announcing 2**40 bytes (with or without payload after it): 1009 at once, nothing buffered."""
     seen: list[list[tuple[int, bytes]]] = []
@@ -250,6 +253,7 @@ def test_a_frame_announcing_a_huge_message_gets_1009_before_its_payload(payload:
 
 
 @pytest.mark.parametrize("code, sent", [(1005, 1000), (1006, 1000), (4000, 4000)])
+@pytest.mark.slow
 def test_close_never_sends_1005_or_1006_and_cuts_long_reasons(code: int, sent: int) -> None:
     ours, theirs = socket.socketpair()
     conn = Connection(ours, client=True, close_timeout=0.3)
@@ -264,6 +268,7 @@ def test_close_never_sends_1005_or_1006_and_cuts_long_reasons(code: int, sent: i
     assert len(payload) <= 125
 
 
+@pytest.mark.slow
 def test_a_frame_in_the_same_write_as_the_101_is_not_lost() -> None:
     """Guards a dependency's private behaviour: websocket-client reads the 101 one byte at a time.
 

@@ -129,6 +129,7 @@ def test_an_echo_session_makes_neither_queue() -> None:
             sock.close()
 
 
+@pytest.mark.slow
 def test_queues_made_after_the_end_behave_as_if_made_before(pair: tuple[Connection, socket.socket]) -> None:
     """The first recv() after the session ended raises how it ended; the first send_nowait()
     after a close is refused, and flush() has nothing to wait for."""

@@ -159,6 +159,7 @@ def test_a_server_that_declines_leaves_our_client_uncompressed(websockets_echo: 
         conn.wait_closed()
 
 
+@pytest.mark.slow
 def test_both_programs_say_compression_was_agreed(start_server: Callable[..., ServerProgram]) -> None:
     server = start_server("--compression", "--count", "2", "--interval", "0.05")
     result = run_client("--url", server.url, "--compression", "--count", "2", "--interval", "0.05")
@@ -168,6 +169,7 @@ def test_both_programs_say_compression_was_agreed(start_server: Callable[..., Se
     assert wait_until(lambda: server.count_lines("received: client message") == 2)
 
 
+@pytest.mark.slow
 def test_a_bomb_closes_with_1009_having_inflated_no_more_than_the_limit(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -325,6 +327,7 @@ def test_a_byte_rate_counts_what_compressed_messages_inflate_to(
     assert len(received) <= 3  # at most two echoes (a full bucket lends what one read takes), the close
 
 
+@pytest.mark.slow
 def test_compressing_a_big_message_does_not_count_as_a_peer_that_does_not_read() -> None:
     """With context takeover a message is compressed under the write lock: a second of it, with
     write_timeout 0.5 s, neither drops the fast peer nor the send waiting behind it, whose own
@@ -357,6 +360,7 @@ def test_compressing_a_big_message_does_not_count_as_a_peer_that_does_not_read()
     assert sorted(outcome) == ["after sent", "big sent"]
 
 
+@pytest.mark.slow
 def test_a_send_waits_as_long_as_the_holder_of_the_wire_prepares_its_write() -> None:
     """A holder compressing (or joining what it drained) is CPU, not the peer: a send waiting for it,
     here three times its write_timeout, is not dropped as one to a peer that does not read."""
@@ -380,6 +384,7 @@ def test_a_send_waits_as_long_as_the_holder_of_the_wire_prepares_its_write() -> 
         theirs.close()
 
 
+@pytest.mark.slow
 def test_flush_says_false_when_what_it_waited_for_was_cut_mid_write() -> None:
     """send_nowait 20 MB to a peer that never reads, then send(): flush() must not say True."""
     from helpers import upgrade

@@ -6,6 +6,7 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from helpers import OP_TEXT, RawPeer, ServerProgram, wait_until
 
 from common import Sender
@@ -27,6 +28,7 @@ def run_clients(url: str, how_many: int, count: int = 3) -> list[int]:
         return [future.result().code for future in results]
 
 
+@pytest.mark.slow
 def test_fifty_clients_at_once_all_complete(start_server: Callable[..., ServerProgram]) -> None:
     """50 simultaneous sessions: every client closes cleanly, the server saw all messages."""
     server = start_server("--count", "3", "--interval", "0.02")
@@ -38,6 +40,7 @@ def test_fifty_clients_at_once_all_complete(start_server: Callable[..., ServerPr
     assert server.stderr == []
 
 
+@pytest.mark.slow
 def test_stalled_and_unread_connections_do_not_delay_others(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -53,6 +56,7 @@ def test_stalled_and_unread_connections_do_not_delay_others(
         deaf.close()
 
 
+@pytest.mark.slow
 def test_threads_and_fds_return_to_baseline_after_100_clients(
     start_server: Callable[..., ServerProgram],
 ) -> None:

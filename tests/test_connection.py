@@ -128,6 +128,7 @@ def writers() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.endswith("-writer")]
 
 
+@pytest.mark.slow
 def test_a_message_that_fits_leaves_from_the_sending_thread_and_wakes_no_writer(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
@@ -143,6 +144,7 @@ def test_a_message_that_fits_leaves_from_the_sending_thread_and_wakes_no_writer(
     assert conn.wait_closed()
 
 
+@pytest.mark.slow
 def test_a_frame_cut_by_a_full_socket_is_finished_before_anything_else(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
@@ -168,6 +170,7 @@ def test_a_frame_cut_by_a_full_socket_is_finished_before_anything_else(
     assert conn.wait_closed()
 
 
+@pytest.mark.slow
 def test_a_send_racing_a_cut_frame_does_not_break_into_it(pair: tuple[socket.socket, socket.socket]) -> None:
     """A send() from another thread that asks for the wire as a send_nowait() is cut.
 
@@ -203,6 +206,7 @@ def test_a_close_frame_waits_for_the_end_of_a_cut_frame(pair: tuple[socket.socke
     assert isinstance(events[-1], frames.Close) and events[-1].code == 1000
 
 
+@pytest.mark.slow
 def test_drop_oldest_never_drops_the_end_of_a_cut_frame(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
     conn = connection(ours, outbound_limit=64 * 1024, on_overflow=OVERFLOW_DROP_OLDEST)
@@ -276,6 +280,7 @@ def test_a_frame_we_built_is_traced_as_its_message(masked: bool, message: str | 
     assert frame_text(header + body) == message
 
 
+@pytest.mark.slow
 def test_send_after_our_own_close_raises_our_close_while_closing_and_once_over(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:

@@ -68,6 +68,7 @@ def test_an_earlier_deadline_armed_later_is_not_held_up_by_a_later_one(
     assert took is not None and took < 2.0
 
 
+@pytest.mark.slow
 def test_a_disarmed_deadline_cuts_nothing_and_the_thread_ends_with_the_last(
     pairs: list[tuple[socket.socket, socket.socket]],
 ) -> None:
@@ -84,6 +85,7 @@ def test_a_disarmed_deadline_cuts_nothing_and_the_thread_ends_with_the_last(
     assert readable == []  # no EOF: nothing was cut
 
 
+@pytest.mark.slow
 def test_arming_from_many_threads_at_once(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
     """A burst of handshakes: arms and disarms from many threads; only the ones left armed cut."""
     deadlines = Deadlines()

@@ -272,6 +272,7 @@ def bomb(size: int) -> bytes:
 
 
 @pytest.mark.parametrize("piece", [1 << 20, 1000, 1])
+@pytest.mark.slow
 def test_a_bomb_stops_at_the_limit_having_cost_no_more_than_it(piece: int) -> None:
     """100 KiB that would inflate to 100 MiB: 1009 after at most the 1 MiB limit, in memory too."""
     data = bomb(100 << 20)

@@ -159,6 +159,7 @@ def logged_in(port: int, name: str) -> str:
         page.close()
 
 
+@pytest.mark.slow
 def test_chromium_logs_in_and_receives_a_push(served: Served, browser: object) -> None:
     """Django's login form, the page's WebSocket on the user's topic, the notify view publishing to it."""
     from selenium.webdriver.common.by import By
@@ -189,6 +190,7 @@ def test_chromium_logs_in_and_receives_a_push(served: Served, browser: object) -
     )
 
 
+@pytest.mark.slow
 def test_who_is_not_logged_in_gets_401_and_the_database_is_left_alone(
     served: Served, project: dict[str, str]
 ) -> None:
@@ -217,6 +219,7 @@ def test_who_is_not_logged_in_gets_401_and_the_database_is_left_alone(
     assert gone.value.status_code == 401
 
 
+@pytest.mark.slow
 def test_runserver_gets_a_501_that_says_what_to_use_instead(project: dict[str, str]) -> None:
     """Django's own runserver cannot hand a connection over: not simple-websocket's words, ours."""
     with running(project, "runserver", "127.0.0.1:0", "--noreload") as server:
@@ -243,6 +246,7 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return get_user_model()
 
 
+@pytest.mark.slow
 def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, in_process: Any) -> None:
     """Django's test client logs in; ws_serve serves the project's application; the kit checks for leaks."""
     from django.test import Client
@@ -288,6 +292,7 @@ def test_the_handshake_leaves_the_session_as_it_is_and_reads_cookies_as_django(i
     assert closing_db(lambda user, topic: topic == "news")("dave", "news") is True  # any function
 
 
+@pytest.mark.slow
 def test_runwsserver_reloads_when_the_code_changes(project: dict[str, str]) -> None:
     """Django's reloader drives it, as it drives runserver: a changed file, a server anew."""
     with running(project, "runwsserver", "127.0.0.1:0") as server:
@@ -302,6 +307,7 @@ def test_runwsserver_reloads_when_the_code_changes(project: dict[str, str]) -> N
         assert first > 0
 
 
+@pytest.mark.slow
 def test_runwsserver_under_the_reloader_says_1001_and_fails_in_one_line(project: dict[str, str]) -> None:
     """SIGTERM to the serving process: sessions get 1001. A busy port: one line, exit 1, no hang."""
     import wsthreads

@@ -110,6 +110,7 @@ def test_without_reconnect_a_server_shutdown_ends_the_client(
     client.close()
 
 
+@pytest.mark.slow
 def test_reconnects_to_a_server_that_restarts(
     start_server: Callable[..., ServerProgram], client_threads: Callable[[], set[str]]
 ) -> None:
@@ -142,6 +143,7 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=False))
 
 
+@pytest.mark.slow
 def test_cli_reconnect_follows_a_restarting_server(start_server: Callable[..., ServerProgram]) -> None:
     """sync_client.py --reconnect: after the server's 1001 it dials again and starts a new session."""
     first = start_server("--count", "1000", "--interval", "5")
@@ -174,6 +176,7 @@ class ReplyingHandler:
         session.send(f"got {message!r}")
 
 
+@pytest.mark.slow
 def test_messages_arriving_with_the_close_frame_are_all_delivered() -> None:
     """Messages and the close frame in one write: every message reaches the handler even though
     its replies can no longer be sent, and the close is answered with 1000."""

@@ -31,6 +31,7 @@ def assert_one_line_error(stderr: str, *fragments: str) -> None:
         (["--nonsense"], "--nonsense"),
     ],
 )
+@pytest.mark.slow
 def test_client_bad_options(args: list[str], fragment: str) -> None:
     """Bad client options: one line, exit 2."""
     result = run_client(*args)
@@ -42,6 +43,7 @@ def test_client_bad_options(args: list[str], fragment: str) -> None:
     "args, fragment",
     [(["--port", "70000"], "--port"), (["--port", "http"], "--port"), (["--count", "x"], "--count")],
 )
+@pytest.mark.slow
 def test_server_bad_options(args: list[str], fragment: str) -> None:
     """Bad server options: one line, exit 2."""
     server = Program(SERVER, *args)
@@ -119,6 +121,7 @@ def silent_server() -> Iterator[int]:
     listener.close()
 
 
+@pytest.mark.slow
 def test_client_handshake_timeout(silent_server: int) -> None:
     """TCP accepted but no handshake answer: one line after --timeout, exit 1."""
     result = run_client("--url", f"ws://127.0.0.1:{silent_server}/ws", "--timeout", "0.5")
@@ -127,6 +130,7 @@ def test_client_handshake_timeout(silent_server: int) -> None:
 
 
 @pytest.mark.parametrize("url", ["not a url", "http://127.0.0.1:1/ws", "ws://", "ws://127.0.0.1:notaport/ws"])
+@pytest.mark.slow
 def test_client_malformed_url(url: str) -> None:
     """A URL that is not ws:// or wss://: one line naming it, exit 1."""
     result = run_client("--url", url)
@@ -142,6 +146,7 @@ def test_client_unknown_host() -> None:
 
 
 @pytest.mark.parametrize("path", ["", "/", "/nowhere"])
+@pytest.mark.slow
 def test_an_upgrade_on_another_path_gets_404_naming_the_endpoint(
     start_server: Callable[..., ServerProgram], path: str
 ) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT, Program
+
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 
 
 def test_progress_client_against_shout_server() -> None:

@@ -164,6 +164,7 @@ def listening(port: int, user: str) -> Iterator[ClientConnection]:
 # --- Under Werkzeug and under gunicorn ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flask_pages_still_work(server: FlaskExample) -> None:
     """Flask serves its own pages and login on the mounted app; only /ws is the endpoint's."""
     assert http_request(server.port, "GET", "/login").status == 200
@@ -230,6 +231,7 @@ def test_a_broadcast_reaches_everyone(server: FlaskExample) -> None:
         pytest.param("gunicorn", signal.SIGINT, 5.0, id="gunicorn-SIGINT"),
     ],
 )
+@pytest.mark.slow
 def test_a_stop_closes_sessions_with_1001(kind: str, signum: int, within: float) -> None:
     """Ctrl+C (or gunicorn's graceful SIGTERM) with a session open: 1001 for it, exit status 0."""
     example = SERVERS[kind]()
@@ -250,6 +252,7 @@ def test_a_stop_closes_sessions_with_1001(kind: str, signum: int, within: float)
 # --- In Chromium ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_notifications_in_chromium(server: FlaskExample, browser: WebDriver) -> None:
     """Log in through the form; the page's WebSocket shows a notification and its own broadcast."""
     from selenium.webdriver.common.by import By

@@ -197,6 +197,7 @@ def test_nothing_after_a_close_frame_is_parsed() -> None:
 
 
 @pytest.mark.parametrize("piece", [b"", b"x"])
+@pytest.mark.slow
 def test_a_message_cut_into_tiny_frames_costs_its_bytes_not_its_frames(piece: bytes) -> None:
     """50,000 empty or 1-byte continuations hold about the message's own bytes, not 40 per frame."""
     import tracemalloc

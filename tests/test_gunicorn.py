@@ -92,6 +92,7 @@ def gunicorn() -> Iterator[Callable[[str], Gunicorn]]:
         server.kill()
 
 
+@pytest.mark.slow
 def test_demo_session_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
     """Our client and the app under gunicorn: all messages, 1000, no error logged."""
     server = gunicorn("sync_server:create_app(count=3, interval=0.05)")
@@ -102,6 +103,7 @@ def test_demo_session_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> Non
     assert server.problems() == []
 
 
+@pytest.mark.slow
 def test_no_bytes_after_the_close_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
     """gunicorn writes no HTTP response behind the close frame, and closes the connection."""
     server = gunicorn("sync_server:create_app(count=1)")
@@ -114,6 +116,7 @@ def test_no_bytes_after_the_close_under_gunicorn(gunicorn: Callable[[str], Gunic
     assert server.problems() == []
 
 
+@pytest.mark.slow
 def test_frames_pipelined_behind_the_handshake_are_not_lost_under_gunicorn(
     gunicorn: Callable[[str], Gunicorn],
 ) -> None:
@@ -126,6 +129,7 @@ def test_frames_pipelined_behind_the_handshake_are_not_lost_under_gunicorn(
     assert server.problems() == []
 
 
+@pytest.mark.slow
 def test_compression_under_gunicorn_inflates_a_frame_it_read_ahead(
     gunicorn: Callable[[str], Gunicorn],
 ) -> None:
@@ -143,6 +147,7 @@ def test_compression_under_gunicorn_inflates_a_frame_it_read_ahead(
     assert server.problems() == []
 
 
+@pytest.mark.slow
 def test_an_upgrade_with_a_body_is_refused_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
     """gunicorn's read-ahead holds the body too: it is refused (400), never read as frames."""
     server = gunicorn("sync_server:create_app(echo=True)")
@@ -161,6 +166,7 @@ def test_an_upgrade_with_a_body_is_refused_under_gunicorn(gunicorn: Callable[[st
     assert server.problems() == []
 
 
+@pytest.mark.slow
 def test_16_mib_message_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> None:
     server = gunicorn("sync_server:create_app(echo=True, max_message_size=33554432)")
     data = os.urandom(16 << 20)
@@ -174,6 +180,7 @@ def test_16_mib_message_under_gunicorn(gunicorn: Callable[[str], Gunicorn]) -> N
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_gunicorn_stop_closes_sessions_with_1001(gunicorn: Callable[[str], Gunicorn], signum: int) -> None:
     """A graceful (SIGTERM) or quick (Ctrl+C) stop of gunicorn: clients see 1001, gunicorn exits 0."""
     server = gunicorn("sync_server:create_app(count=1000, interval=5)")
@@ -181,6 +188,7 @@ def test_gunicorn_stop_closes_sessions_with_1001(gunicorn: Callable[[str], Gunic
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_gunicorn_stop_closes_parked_sessions_with_1001(
     gunicorn: Callable[[str], Gunicorn], signum: int
 ) -> None:
@@ -190,6 +198,7 @@ def test_gunicorn_stop_closes_parked_sessions_with_1001(
     assert_stop_closes_sessions(server, server.url, signum, within=5.0, first="server message 1 of 1")
 
 
+@pytest.mark.slow
 def test_workers_trace_with_the_environment_variable(
     gunicorn: Callable[[str], Gunicorn], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,6 +233,7 @@ def test_our_worker_sets_the_switch_interval_for_its_process(tmp_path: Path) -> 
             client.close()
 
 
+@pytest.mark.slow
 def test_our_worker_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
     """A descriptor per session: the worker, owning its process, lifts the soft limit as Go does."""
     (tmp_path / "limit_app.py").write_text(

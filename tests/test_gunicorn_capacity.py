@@ -29,6 +29,8 @@ import pytest
 from helpers import wait_until
 from test_gunicorn import SHIPPED, Gunicorn
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 #: The app under load: an echo server whose sessions last until the client closes, each holding
 #: its thread (the article's reader thread, not the netpoller).
 APP = "sync_server:create_app(echo=True)"

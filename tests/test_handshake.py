@@ -52,6 +52,7 @@ def request(port: int, method: str = "GET", version: str = "HTTP/1.1", **changes
         ("GET", "HTTP/1.1", {"Origin": "http://["}, b"403"),  # not a URL: refused, not a 500
     ],
 )
+@pytest.mark.slow
 def test_bad_handshakes_get_a_clean_4xx(
     start_server: Callable[..., ServerProgram],
     method: str,
@@ -78,6 +79,7 @@ def test_bad_handshakes_get_a_clean_4xx(
         ("Transfer-Encoding: chunked\r\n", b"4\r\nBODY\r\n0\r\n\r\n"),
     ],
 )
+@pytest.mark.slow
 def test_an_upgrade_with_a_body_is_refused(
     start_server: Callable[..., ServerProgram], framing: str, body: bytes
 ) -> None:
@@ -161,6 +163,7 @@ def _can_connect(port: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_client_that_never_finishes_its_request_is_dropped(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -176,6 +179,7 @@ def test_client_that_never_finishes_its_request_is_dropped(
     assert wait_until(lambda: server.threads() == threads)
 
 
+@pytest.mark.slow
 def test_request_timeout_does_not_apply_to_the_session(start_server: Callable[..., ServerProgram]) -> None:
     """A session stays open longer than --handshake-timeout, quiet or not."""
     server = start_server("--handshake-timeout", "0.2", "--echo", "--ping-interval", "0")
@@ -194,6 +198,7 @@ def test_request_timeout_does_not_apply_to_the_session(start_server: Callable[..
         ("http://[", "https://example.com"),
     ],
 )
+@pytest.mark.slow
 def test_an_allowed_origin_no_browser_can_send_is_refused_at_start(origin: str, example: str) -> None:
     """Without its scheme (or with a path) an allowed origin never matches: every page would get 403."""
     line = (

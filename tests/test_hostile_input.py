@@ -54,6 +54,7 @@ def assert_still_serving(server: ServerProgram) -> None:
 
 
 @pytest.mark.parametrize("case", list(BAD_FRAMES))
+@pytest.mark.slow
 def test_bad_frame_gets_the_right_close_code(start_server: Callable[..., ServerProgram], case: str) -> None:
     """Each malformed frame ends that connection with its RFC code; the next client is served."""
     frame, code = BAD_FRAMES[case]
@@ -146,6 +147,7 @@ def test_pings_are_answered_with_the_same_payload(start_server: Callable[..., Se
     assert peer.read_frame() == (0xA, b"are you there")
 
 
+@pytest.mark.slow
 def test_silent_client_is_dropped_after_missing_a_pong(start_server: Callable[..., ServerProgram]) -> None:
     """--ping-interval: a client that never answers pings is closed with 1011 and its threads freed."""
     server = start_server("--echo", "--ping-interval", "0.2")

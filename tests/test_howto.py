@@ -29,6 +29,8 @@ from typing import NamedTuple
 import pytest
 from helpers import ROOT
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 HOWTO = ROOT / "docs" / "howto"
 README = ROOT / "README.md"
 #: Seconds one snippet may take; they are written to take one or two.

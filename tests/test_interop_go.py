@@ -17,6 +17,8 @@ import pytest
 from helpers import OP_BINARY, Program, ServerProgram, run_client
 from helpers import websocket_client as connect
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 BIG = 1 << 20
 
 

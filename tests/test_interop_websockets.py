@@ -15,6 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import Server, ServerConnection, serve
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 BIG = 1 << 20
 
 

@@ -10,7 +10,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from helpers import CLIENT, ROOT, Program, ServerProgram, wait_until, websocket_client
+
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 
 LESSON = ROOT / "docs" / "threads-vs-goroutines.md"
 

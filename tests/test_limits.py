@@ -60,6 +60,7 @@ def handshake_status(port: int) -> str:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_one_address_flooding_connections_does_not_keep_another_from_connecting_within_a_second(
     serve: Callable[..., wsthreads.RunningServer],
 ) -> None:
@@ -103,6 +104,7 @@ def test_one_address_flooding_connections_does_not_keep_another_from_connecting_
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_a_client_flooding_messages_is_closed_with_1008_while_its_neighbours_round_trips_stay_fast(
     serve: Callable[..., wsthreads.RunningServer],
 ) -> None:
@@ -157,6 +159,7 @@ def test_a_client_flooding_messages_is_closed_with_1008_while_its_neighbours_rou
         client.close()
 
 
+@pytest.mark.slow
 def test_a_client_over_the_byte_rate_is_closed_with_1008(
     serve: Callable[..., wsthreads.RunningServer],
 ) -> None:
@@ -297,6 +300,7 @@ def test_the_address_table_forgets_idle_addresses() -> None:
     assert not limits._open  # every address left
 
 
+@pytest.mark.slow
 def test_a_flood_from_many_addresses_sweeps_the_table_rarely() -> None:
     limits = AddressLimits(max_sessions=None, connection_rate=0.001)  # nobody's bucket refills
     sweeps = 0
@@ -341,6 +345,7 @@ def test_a_flood_from_many_addresses_sweeps_the_table_rarely() -> None:
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_limit_option_is_one_line_at_start(option: str, value: str, says: str) -> None:
     done = subprocess.run(
         [sys.executable, SERVER, "--port", "0", option, value], capture_output=True, text=True, timeout=30
@@ -385,6 +390,7 @@ def test_an_ipv6_client_is_counted_by_its_64(serve: Callable[..., wsthreads.Runn
         opened.close()
 
 
+@pytest.mark.slow
 def test_a_close_in_the_read_that_goes_over_the_byte_rate_is_answered_not_failed(
     serve: Callable[..., wsthreads.RunningServer],
 ) -> None:
@@ -401,6 +407,7 @@ def test_a_close_in_the_read_that_goes_over_the_byte_rate_is_answered_not_failed
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.slow
 def test_a_client_flooding_past_its_close_is_cut_not_read_for_the_close_timeout(
     serve: Callable[..., wsthreads.RunningServer],
 ) -> None:

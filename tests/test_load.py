@@ -7,8 +7,11 @@ import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import websocket
 from helpers import OP_TEXT, RawPeer, ServerProgram, encode_frame, wait_until
+
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 
 CLIENTS, MESSAGES = 200, 100
 

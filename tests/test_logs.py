@@ -133,6 +133,7 @@ def test_an_exception_goes_in_its_own_field(json_lines: Callable[[], list[dict[s
     assert line["message"] == "it failed" and "ValueError: boom" in line["exception"]
 
 
+@pytest.mark.slow
 def test_the_programs_log_json_lines_with_the_session_fields(
     start_server: Callable[..., ServerProgram],
 ) -> None:

@@ -71,6 +71,7 @@ def clients() -> Iterator[list[Any]]:
         client.close()
 
 
+@pytest.mark.slow
 def test_sessions_open_and_how_they_ended_by_code_and_closer(
     metered: Callable[..., wsthreads.RunningServer], clients: list[Any]
 ) -> None:
@@ -140,6 +141,7 @@ def test_messages_and_bytes_each_way(
     assert scrapes.change("wsthreads_messages_total", direction="in") == 10  # nothing counted twice
 
 
+@pytest.mark.slow
 def test_broadcast_and_publish_deliveries_and_their_latency(
     metered: Callable[..., wsthreads.RunningServer], clients: list[Any]
 ) -> None:
@@ -161,6 +163,7 @@ def test_broadcast_and_publish_deliveries_and_their_latency(
     assert scrapes.change("wsthreads_publish_delivery_seconds_bucket", le="+Inf") == 1
 
 
+@pytest.mark.slow
 def test_slow_clients_dropped_by_policy() -> None:
     app = wsthreads.create_app(outbound_limit=64 * 1024, ping_interval=None, metrics_path="/metrics")
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:
@@ -179,6 +182,7 @@ def test_slow_clients_dropped_by_policy() -> None:
             stuck.close()
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_counts_as_a_write_deadline_drop() -> None:
     app = wsthreads.create_app(write_timeout=0.5, ping_interval=None, metrics_path="/metrics")
     with wsthreads.start_server(app, "127.0.0.1", 0) as server:
@@ -378,6 +382,7 @@ class FlakyBroker(wsthreads.MemoryBroker):
         return super().read(after, count, timeout)
 
 
+@pytest.mark.slow
 def test_a_broker_that_answers_again_counts_as_a_reconnect(
     metered: Callable[..., wsthreads.RunningServer], clients: list[Any]
 ) -> None:

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT, WAIT, Program, free_port
+
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 
 SERVER = str(ROOT / "examples" / "minimal_server.py")
 CLIENT = str(ROOT / "examples" / "minimal_client.py")

@@ -71,6 +71,7 @@ def close_all(*socks: socket.socket) -> None:
         sock.close()
 
 
+@pytest.mark.slow
 def test_a_parked_socket_runs_a_turn_when_bytes_come_and_none_while_idle(poller: Netpoller) -> None:
     ours, theirs = socket.socketpair()
     counter = Counter(ours)
@@ -172,6 +173,7 @@ def test_the_netpoller_thread_runs_only_while_something_is_watched(poller: Netpo
     close_all(ours, theirs)
 
 
+@pytest.mark.slow
 def test_bytes_and_a_deadline_at_once_make_one_turn_not_two(poller: Netpoller) -> None:
     """A socket readable when its deadline passes is ready twice in one look: still one turn at a time."""
     ours, theirs = socket.socketpair()
@@ -188,6 +190,7 @@ def test_bytes_and_a_deadline_at_once_make_one_turn_not_two(poller: Netpoller) -
 
 
 @pytest.mark.parametrize("first_turn", [True, False], ids=["in-its-first-turn", "in-a-later-turn"])
+@pytest.mark.slow
 def test_a_peer_that_hangs_up_during_a_long_turn_does_not_make_the_netpoller_spin(
     poller: Netpoller, first_turn: bool
 ) -> None:

@@ -28,6 +28,8 @@ from websockets.sync.client import connect as ws_connect
 
 import wsthreads
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
 #: nginx's read timeout in the test, and the server's ping interval below it.
 READ_TIMEOUT, PING_INTERVAL = 1.5, 0.5

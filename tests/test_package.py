@@ -8,9 +8,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from helpers import ROOT
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_the_package_and_nothing_else(tmp_path: Path) -> None:
     """No common.py, no demo script in site-packages; the page and py.typed are inside."""
     subprocess.run(

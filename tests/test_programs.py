@@ -21,6 +21,8 @@ from helpers import (
     websocket_client,
 )
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 
 def test_server_and_client_see_all_of_each_others_messages_in_order(
     start_server: Callable[..., ServerProgram],

@@ -22,6 +22,8 @@ from helpers import ROOT, Program, free_port, open_client, require, wait_until
 from helpers import websocket_client as connect
 from test_gunicorn import Gunicorn
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 #: Between two scrapes (in Prometheus's duration syntax): a value changes within about this long.
 SCRAPE_INTERVAL = "500ms"

@@ -56,6 +56,7 @@ def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
         proxy.kill()
 
 
+@pytest.mark.slow
 def test_a_session_through_the_proxy(
     start_server: Callable[..., ServerProgram], tinyproxy: Tinyproxy
 ) -> None:
@@ -66,6 +67,7 @@ def test_a_session_through_the_proxy(
     assert wait_until(lambda: tinyproxy.tunnels() == 1), tinyproxy.output()
 
 
+@pytest.mark.slow
 def test_wss_through_the_proxy_checks_the_servers_certificate(
     start_server: Callable[..., ServerProgram], tinyproxy: Tinyproxy, tmp_path: Path
 ) -> None:
@@ -85,6 +87,7 @@ def test_wss_through_the_proxy_checks_the_servers_certificate(
     assert "is not trusted" in wrong_name.stderr and "127.0.0.1" in wrong_name.stderr
 
 
+@pytest.mark.slow
 def test_the_proxy_comes_from_the_environment_unless_no_proxy_names_the_host(
     start_server: Callable[..., ServerProgram], tinyproxy: Tinyproxy
 ) -> None:
@@ -154,6 +157,7 @@ class HostileProxy:
 
 
 @pytest.mark.parametrize("drip", [True, False], ids=["drips", "silent"])
+@pytest.mark.slow
 def test_a_proxy_that_drips_or_never_answers_is_cut_at_the_dial_deadline(drip: bool) -> None:
     proxy = HostileProxy(drip)
     try:
@@ -189,6 +193,7 @@ def test_a_proxy_that_drips_or_never_answers_is_cut_at_the_dial_deadline(drip: b
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_proxy_url_is_one_line_before_any_dial(setting: str, message: str) -> None:
     result = run_client("--proxy", setting)
     assert (result.returncode, result.stderr.splitlines()) == (
@@ -305,6 +310,7 @@ def test_the_tunnel_asks_for_a_non_ascii_host_in_its_ascii_form() -> None:
         "user:hunter2@127.0.0.1:9",
     ],
 )
+@pytest.mark.slow
 def test_a_proxys_credentials_are_never_shown(url: str) -> None:
     """Passwords with '/', '?', '@' or no scheme at all: not in the error, not in a repr."""
     result = run_client("--url", "ws://example.com/ws", "--proxy", url, "--timeout", "2")

@@ -42,6 +42,8 @@ from helpers import websocket_client as connect
 import wsthreads
 from wsthreads import Message, WebSocketClient, open_broker
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 #: Bound for a message that crosses Redis and a follower that may be backing off (up to 5 s).
 LONG = 30.0
 #: One published message as a subscriber sees it: (topic, id, data).

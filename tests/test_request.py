@@ -44,6 +44,7 @@ def test_wsgi_strings_become_the_text_the_client_meant() -> None:
     assert wsgi_text("ok ✓") == "ok ✓"  # not a WSGI string: left as it is
 
 
+@pytest.mark.slow
 def test_non_ascii_in_the_url_arrives_as_it_was_written(
     serve: Callable[..., wsthreads.RunningServer], caplog: pytest.LogCaptureFixture
 ) -> None:

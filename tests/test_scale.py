@@ -18,6 +18,8 @@ import time
 import pytest
 from helpers import ROOT, Program, open_client
 
+pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
+
 SUBSCRIBERS = 2000
 MESSAGES = 40
 SIZE = 2048
@@ -30,7 +32,6 @@ WRITE_TIMEOUT = 2.0
 EXIT_WITHIN = 3.0
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_2000_subscribers_every_delivery_in_order_a_stuck_one_dropped_and_sigint_within_3_s(
     go_programs: dict[str, str],

@@ -300,6 +300,7 @@ def test_a_401_keeps_the_hooks_own_challenge() -> None:
     assert Reject(401, "log in", {"www-authenticate": "Basic"}).headers == {"www-authenticate": "Basic"}
 
 
+@pytest.mark.slow
 def test_a_hook_slower_than_the_handshake_deadline_starts_no_session() -> None:
     started: list[Connection] = []
 
@@ -435,6 +436,7 @@ class LongRun:
 
 
 @pytest.mark.parametrize("handler", [LongRun, wsthreads.Echo], ids=["run-still-running", "parked"])
+@pytest.mark.slow
 def test_max_connections_counts_each_open_session_once(serve: Serve, handler: type) -> None:
     """max_connections=2: two sessions open, whether their run() still runs or they wait parked;
     the third gets 503; once one ends, a new one is admitted."""

@@ -39,6 +39,7 @@ def test_other_paths_get_404(start_server: Callable[..., ServerProgram]) -> None
 
 
 @pytest.mark.parametrize("payload", ["hello", "", "x" * 70_000])
+@pytest.mark.slow
 def test_echo_keeps_text_as_text(start_server: Callable[..., ServerProgram], payload: str) -> None:
     """--echo sends text back as a text frame, unchanged."""
     server = start_server("--echo")
@@ -90,6 +91,7 @@ def test_no_bytes_after_the_close_handshake_when_client_closes(
     peer.close()
 
 
+@pytest.mark.slow
 def test_no_bytes_after_the_close_handshake_when_server_shuts_down(
     start_server: Callable[..., ServerProgram],
 ) -> None:
@@ -105,6 +107,7 @@ def test_no_bytes_after_the_close_handshake_when_server_shuts_down(
     assert server.wait() == 0
 
 
+@pytest.mark.slow
 def test_peer_that_never_answers_the_close_is_dropped(start_server: Callable[..., ServerProgram]) -> None:
     """Shutdown is bounded even if a client never answers the close frame."""
     server = start_server("--count", "1", "--interval", "0")

@@ -68,6 +68,7 @@ def sync_server_says(setup: str, said: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.slow
 def test_the_server_program_sets_the_switch_interval_for_its_process() -> None:
     """sync_server.py owns its process: it sets the interval measured for thousands of threads."""
     interval = sync_server_says("pass", "sys.getswitchinterval()")
@@ -81,6 +82,7 @@ def test_the_library_leaves_the_open_file_limit_alone() -> None:
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == before
 
 
+@pytest.mark.slow
 def test_the_server_program_raises_its_open_file_limit_to_the_hard_one() -> None:
     """sync_server.py owns its process: a descriptor per session needs more than the usual 1,024."""
     lower = "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))"
@@ -223,6 +225,7 @@ def test_a_burst_of_handshakes_is_served_by_a_few_threads_reused(monkeypatch: Mo
     assert len(threads) < 150, len(threads)
 
 
+@pytest.mark.slow
 def test_one_client_after_another_is_served_by_the_same_idle_thread() -> None:
     """An idle request thread waits for the next connection (up to 5 s); it does not end with its queue.
 
@@ -333,6 +336,7 @@ def request_threads(before: set[threading.Thread]) -> list[str]:
     return [t.name for t in threading.enumerate() if t not in before and t.name.startswith("request-")]
 
 
+@pytest.mark.slow
 def test_clients_that_drip_their_requests_do_not_keep_others_out() -> None:
     """Twice as many dripping clients as request threads: a client behind them still gets in at once."""
     app = wsthreads.create_app(echo=True)
@@ -354,6 +358,7 @@ def test_clients_that_drip_their_requests_do_not_keep_others_out() -> None:
                 sock.close()
 
 
+@pytest.mark.slow
 def test_clients_that_connect_and_say_nothing_delay_others_by_a_stall_at_most() -> None:
     """300 silent clients hold request threads until their deadline; a client behind them waits a stall."""
     app = wsthreads.create_app(echo=True)

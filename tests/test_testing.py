@@ -27,6 +27,7 @@ def run(pytester: pytest.Pytester, tests: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
 
 
+@pytest.mark.slow
 def test_a_clean_test_passes_and_its_failures_say_what_came(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
@@ -61,6 +62,7 @@ def test_closed(ws_serve):
     )
 
 
+@pytest.mark.slow
 def test_a_thread_or_a_socket_the_test_left_behind_fails_it(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
@@ -83,6 +85,7 @@ def test_an_open_socket(ws_serve):
     )
 
 
+@pytest.mark.slow
 def test_a_module_level_app_serves_test_after_test_topics_too() -> None:
     """Each test's server shuts the app down; the next one serves it anew, its fan-out too."""
     app = wsthreads.create_app()

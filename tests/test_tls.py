@@ -28,6 +28,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(certfile), str(cafile)
 
 
+@pytest.mark.slow
 def test_wss_session_with_a_private_ca(
     start_server: Callable[..., ServerProgram], pki: tuple[str, str]
 ) -> None:
@@ -52,6 +53,7 @@ def test_untrusted_certificate_is_one_line(
     assert len(lines) == 1 and "not trusted" in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_plain_ws_client_on_the_tls_port(
     start_server: Callable[..., ServerProgram], pki: tuple[str, str]
 ) -> None:
@@ -67,6 +69,7 @@ def test_plain_ws_client_on_the_tls_port(
     assert good.returncode == 0, good.stderr
 
 
+@pytest.mark.slow
 def test_silent_tls_client_does_not_stall_the_acceptor(
     start_server: Callable[..., ServerProgram], pki: tuple[str, str]
 ) -> None:
@@ -131,6 +134,7 @@ def pem_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     ],
 )
+@pytest.mark.slow
 def test_an_unusable_certificate_is_one_line_naming_the_file(
     pem_files: Path, files: tuple[str, ...], problem: str
 ) -> None:
@@ -153,6 +157,7 @@ def test_an_unusable_certificate_is_one_line_naming_the_file(
         ("damaged.pem", "a certificate in it is damaged"),
     ],
 )
+@pytest.mark.slow
 def test_unusable_cafile_is_named_before_any_dial(pem_files: Path, name: str, problem: str) -> None:
     """A --cafile that cannot be used is named at start, not taken for a network error.
 
@@ -194,6 +199,7 @@ def test_the_files_are_read_once_when_the_config_is_made(
     assert conn.wait_closed(5) is not None
 
 
+@pytest.mark.slow
 def test_eight_threads_sending_over_wss_while_the_reader_receives(
     start_server: Callable[..., ServerProgram], pki: tuple[str, str]
 ) -> None:
@@ -234,6 +240,7 @@ def test_eight_threads_sending_over_wss_while_the_reader_receives(
     assert client.closed is not None and client.closed.code == 1000
 
 
+@pytest.mark.slow
 def test_close_cuts_a_tls_handshake_short() -> None:
     """close() while the TLS handshake waits on a server that never answers: the dial ends at once."""
     import threading
@@ -252,6 +259,7 @@ def test_close_cuts_a_tls_handshake_short() -> None:
         sock.close()
 
 
+@pytest.mark.slow
 def test_tls_clients_that_reset_at_once_get_one_line_each_and_no_traceback(
     start_server: Callable[..., ServerProgram], pki: tuple[str, str]
 ) -> None:
@@ -303,6 +311,7 @@ def mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_mutual_tls_from_the_command_line(mutual_tls: tuple[str, Path]) -> None:
     """--certfile shows our certificate: a whole session; none, or one from a stranger: one line, exit 1."""
     url, folder = mutual_tls

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import ROOT, Program, ServerProgram, run_client, wait_until
 from websockets.sync.client import connect
 
@@ -48,6 +49,7 @@ def flows(events: list[dict[str, Any]], phase: str) -> set[int]:
     return {e["id"] for e in events if e["ph"] == phase}
 
 
+@pytest.mark.slow
 def test_a_traced_demo_names_every_thread_and_links_every_message(
     start_server: Callable[..., ServerProgram], tmp_path: Path
 ) -> None:
@@ -90,6 +92,7 @@ def test_a_traced_demo_names_every_thread_and_links_every_message(
     assert in_lane(ours, "MainThread", "shutdown")
 
 
+@pytest.mark.slow
 def test_the_file_is_valid_after_ctrl_c_in_the_middle_of_a_session(
     start_server: Callable[..., ServerProgram], tmp_path: Path
 ) -> None:
@@ -162,6 +165,7 @@ def test_the_ring_keeps_the_newest_events_and_takes_any_thread(tmp_path: Path) -
     assert {names[e["pid"], e["tid"]] for e in kept} <= {f"worker-{i}" for i in range(4)}  # every lane named
 
 
+@pytest.mark.slow
 def test_tracing_off_makes_no_file_and_no_thread(
     start_server: Callable[..., ServerProgram], tmp_path: Path
 ) -> None:
@@ -185,6 +189,7 @@ def test_an_unwritable_trace_file_is_one_line_before_anything_runs(tmp_path: Pat
     assert result.stderr.strip().count("\n") == 0 and "cannot write the trace" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_lessons_picture_is_made_from_a_recorded_run(tmp_path: Path) -> None:
     """bench/trace_png.py records the demo (Ctrl+C on the server included) and draws it."""
     recorded, png = tmp_path / "demo.json", tmp_path / "demo.png"
@@ -249,6 +254,7 @@ def test_queued_messages_carry_their_text_and_a_reused_thread_gets_a_lane_per_na
     assert lanes == {"conn-7", "conn-8"}
 
 
+@pytest.mark.slow
 def test_a_trace_that_cannot_be_written_at_the_end_is_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "gone"
     folder.mkdir()
@@ -304,6 +310,7 @@ def test_a_ring_just_full_has_dropped_nothing(tmp_path: Path) -> None:
     assert "dropped" not in written.summary()
 
 
+@pytest.mark.slow
 def test_merge_and_trace_mistakes_are_one_line(tmp_path: Path) -> None:
     """A file nested too deep for the JSON parser, one input, an empty --trace: a line each."""
     (tmp_path / "a.json").write_text('{"traceEvents": []}')

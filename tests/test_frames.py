@@ -99,8 +99,14 @@ BROKEN = {
     ),
     "invalid UTF-8": (raw_frame(TEXT, b"\xff"), 1007, "not valid UTF-8"),
     "invalid UTF-8 in a first fragment": (raw_frame(TEXT, b"ok\xc0\xaf", fin=False), 1007, "UTF-8"),
+    "UTF-8 broken across fragments": (
+        raw_frame(TEXT, b"ok \xe2\x82", fin=False) + raw_frame(CONTINUATION, b"\x28"),
+        1007,
+        "UTF-8",
+    ),
     "close with 1 byte": (raw_frame(CLOSE, b"\x03"), 1002, "1-byte"),
     "close code 1005": (raw_frame(CLOSE, struct.pack("!H", 1005)), 1002, "invalid code 1005"),
+    "close code 1006": (raw_frame(CLOSE, struct.pack("!H", 1006)), 1002, "invalid code 1006"),
     "close code 999": (raw_frame(CLOSE, struct.pack("!H", 999)), 1002, "invalid code 999"),
     "close code 2999": (raw_frame(CLOSE, struct.pack("!H", 2999)), 1002, "invalid code 2999"),
     "close reason not UTF-8": (raw_frame(CLOSE, struct.pack("!H", 1000) + b"\xff"), 1007, "reason"),
@@ -126,6 +132,20 @@ def test_a_masked_server_frame_is_refused_by_the_client() -> None:
         events_of(raw_frame(TEXT, b"x"), client=True)
 
 
+@pytest.mark.parametrize(
+    "data, code, reason",
+    [
+        (raw_frame(TEXT, b"\xff\xfe", masked=False), 1007, "not valid UTF-8"),
+        (raw_frame(0x3, b"", masked=False), 1002, "unknown opcode 0x3"),
+    ],
+    ids=["invalid UTF-8", "unknown opcode"],
+)
+def test_the_client_parser_keeps_the_same_rules(data: bytes, code: int, reason: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        events_of(data, client=True, step=1)
+    assert raised.value.code == code and reason in raised.value.reason
+
+
 def test_registered_and_application_codes_are_accepted() -> None:
     for code in (1000, 1003, 1007, 1011, 1014, 3000, 4999):
         close = events_of(raw_frame(CLOSE, struct.pack("!H", code)))[0]
@@ -141,6 +161,9 @@ def test_too_big_is_refused_on_the_header_alone() -> None:
     with pytest.raises(ProtocolError, match="message over 100 bytes"):
         events_of(fragments, limit=100)
     assert events_of(raw_frame(TEXT, b"x" * 100), limit=100) == ["x" * 100]
+    huge = b"\x82\xff" + struct.pack("!Q", 1 << 62) + os.urandom(4)  # a header announcing 2**62 bytes
+    with pytest.raises(ProtocolError, match="message over 1048576 bytes"):
+        events_of(huge, limit=1 << 20)
 
 
 def test_the_limit_counts_each_message_afresh() -> None:

@@ -22,7 +22,7 @@ from helpers import (
 )
 from helpers import websocket_client as connect
 
-PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
+PROTOCOL_ERROR, MESSAGE_TOO_BIG = 1002, 1009
 
 
 def assert_still_serving(server: ServerProgram) -> None:

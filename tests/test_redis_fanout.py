@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -30,7 +29,6 @@ from helpers import (
     SERVER,
     WAIT,
     Program,
-    RawPeer,
     RedisServer,
     ServerProgram,
     free_port,
@@ -144,13 +142,6 @@ def receive_until(receive: Receive, last_id: str, timeout: float = LONG) -> list
 def assert_ids_increase(published: Sequence[Published]) -> None:
     ids = [id_pair(entry_id) for _, entry_id, _ in published]
     assert ids == sorted(set(ids)), published
-
-
-def close_of(peer: RawPeer) -> tuple[int, str]:
-    """Read up to the server's close frame: its code and reason."""
-    _, payload = peer.read_until_close()
-    code: int = struct.unpack("!H", payload[:2])[0]
-    return code, payload[2:].decode()
 
 
 # --- gunicorn, and its workers as /proc shows them ---------------------------
@@ -466,36 +457,6 @@ def test_broker_restart_keeps_sessions_and_loses_nothing(
     assert "Traceback" not in server.output()
 
 
-def test_resume_after_last_id_gets_exactly_the_missed_then_live(
-    redis_url: str, start_server: Callable[..., ServerProgram]
-) -> None:
-    """Subscribe, get some, go away; more is published; a new connection with ``&last_id=`` gets
-    exactly the messages of its topic it missed, then the live ones."""
-    server = start_server("--broker", redis_url, "--echo", "--quiet")
-    ws = subscribe_raw(f"{server.url}?topic=news")
-    try:
-        first = [publish_here(redis_url, "news", f"news {i}") for i in range(1, 4)]
-        publish_here(redis_url, "sport", "not for news")
-        assert entries(receive_until(raw_receive(ws), first[-1][1])) == first
-    finally:
-        ws.close()
-    missed = []
-    for i in range(4, 8):
-        missed.append(publish_here(redis_url, "news", f"news {i}"))
-        publish_here(redis_url, "sport", f"sport {i}")
-    ws = subscribe_raw(f"{server.url}?topic=news&last_id={first[-1][1]}")
-    try:
-        got = receive_until(raw_receive(ws), missed[-1][1])
-        assert entries(got) == missed and notes(got) == []  # within what is kept: no note
-        live = [publish_here(redis_url, "sport", "sport"), publish_here(redis_url, "news", "live")]
-        assert entries(receive_until(raw_receive(ws), live[-1][1])) == live[1:]
-    finally:
-        ws.close()
-    # The WebSocketClient way: a URL with last_id resumes there too.
-    with WebSocketClient(f"{server.url}?topic=news&last_id={missed[1][1]}") as client:
-        assert entries(receive_until(client.recv, live[-1][1])) == [*missed[2:], live[1]]
-
-
 def test_a_trimmed_or_future_last_id_gets_a_note(
     redis_url: str, start_server: Callable[..., ServerProgram]
 ) -> None:
@@ -529,28 +490,6 @@ def test_a_trimmed_or_future_last_id_gets_a_note(
         assert entries(receive_until(raw_receive(ws), live[1])) == [live]
     finally:
         ws.close()
-
-
-@pytest.mark.parametrize(
-    ("query", "reason"),
-    [
-        ("topic=news&last_id=yesterday", "malformed last_id"),
-        ("topic=news&last_id=1-2-3", "malformed last_id"),
-        ("topic=bad%20topic!", "bad topic name"),
-        ("topic=", "bad topic name"),
-    ],
-)
-def test_a_bad_subscription_closes_with_1008(
-    redis_url: str, start_server: Callable[..., ServerProgram], query: str, reason: str
-) -> None:
-    """A malformed last_id or topic name: the session opens and closes at once with 1008 and why."""
-    server = start_server("--broker", redis_url, "--echo", "--quiet")
-    peer = RawPeer(server.port, f"/ws?{query}")
-    try:
-        code, text = close_of(peer)
-    finally:
-        peer.close()
-    assert code == 1008 and reason in text, (code, text)
 
 
 def test_an_unreachable_broker_at_start_is_one_line() -> None:

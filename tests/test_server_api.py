@@ -460,3 +460,36 @@ def test_max_connections_counts_each_open_session_once(serve: Serve, handler: ty
 def test_create_app_given_a_handler_in_place_of_a_config_says_how_to_pass_it() -> None:
     with pytest.raises(TypeError, match=r"create_app takes a ServerConfig .* create_app\(handler=\.\.\.\)"):
         wsthreads.create_app(wsthreads.Echo)  # type: ignore[arg-type]
+
+
+def test_a_handshake_whose_authenticate_outlasts_the_start_of_shutdown_gets_a_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Shutdown began while the hook ran: the client hears why (503), and nothing is logged as lost."""
+    import websocket
+
+    hook_running = threading.Event()
+
+    def authenticate(request: Request) -> str:
+        hook_running.set()
+        time.sleep(0.5)
+        return "late"
+
+    server = wsthreads.start_server(wsthreads.create_app(authenticate=authenticate), port=0)
+    answers: list[object] = []
+
+    def dial() -> None:
+        try:
+            websocket.create_connection(server.url, timeout=5).close()
+            answers.append("opened")
+        except websocket.WebSocketBadStatusException as error:
+            answers.append((error.status_code, error.resp_body))
+
+    client = threading.Thread(target=dial)
+    with caplog.at_level("INFO", logger="wsthreads"):
+        client.start()
+        assert hook_running.wait(5)
+        assert server.shutdown()
+        client.join(5)
+    assert answers == [(503, b"the server is shutting down\n")]
+    assert not [r for r in caplog.records if "connection lost" in r.getMessage()]

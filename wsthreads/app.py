@@ -88,6 +88,8 @@ DISARM_KEY = "wsthreads.disarm_deadline"
 #: The environ key of a callable our Werkzeug server puts there: calling it says
 #: the request's thread now runs a session, which may hold it for long.
 HOLD_KEY = "wsthreads.hold_thread"
+#: The answer to a request that comes, or is authenticated, once shutdown has begun.
+SHUTTING_DOWN = Refusal("503 Service Unavailable", "the server is shutting down", cause="shutting-down")
 
 
 class Listen:
@@ -538,9 +540,7 @@ class WebSocketApp:
         """Count a request from ``address`` in, or the 503 or 429 it gets instead."""
         with self._changed:
             if not self._accepting:
-                return Refusal(
-                    "503 Service Unavailable", "the server is shutting down", cause="shutting-down"
-                )
+                return SHUTTING_DOWN
             if self._admitted >= self.config.max_connections:
                 limit = self.config.max_connections
                 return Refusal(
@@ -568,6 +568,8 @@ class WebSocketApp:
                     "refused %s: %s %s", printable(request.path), refusal.status, refusal.text, extra=fields
                 )
                 return self._refusal_response(start_response, refusal)
+            if not self._accepting:  # shutdown began while the hook ran: a 503, not a 101 cut short
+                return self._refusal_response(start_response, SHUTTING_DOWN)
         name = f"conn-{next(self._numbers)}"
         thread = threading.current_thread()
         server_thread_name, thread.name = thread.name, name

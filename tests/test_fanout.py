@@ -107,7 +107,6 @@ def test_each_subscriber_gets_its_topics_once_in_order_with_the_broker_id(serve:
         client.close()
 
 
-@pytest.mark.slow
 def test_a_message_published_once_the_client_has_the_101_reaches_it(serve: Any) -> None:
     """The subscription is registered before the 101 goes out: no window in which a publish is missed."""
     server = serve()
@@ -117,7 +116,6 @@ def test_a_message_published_once_the_client_has_the_101_reaches_it(serve: Any) 
             assert json.loads(client.recv(timeout=WAIT))["id"] == entry_id
 
 
-@pytest.mark.slow
 def test_resume_delivers_what_was_missed_then_live_none_twice_none_missing(
     serve: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,7 +149,6 @@ def test_resume_delivers_what_was_missed_then_live_none_twice_none_missing(
         publisher.join(WAIT)
 
 
-@pytest.mark.slow
 def test_a_last_id_older_than_what_is_kept_gets_a_note_then_everything_kept(serve: Any) -> None:
     server = serve(broker=MemoryBroker(Retention(count=10)))
     ids = [server.app.publish("kept", str(i)) for i in range(30)]
@@ -164,7 +161,6 @@ def test_a_last_id_older_than_what_is_kept_gets_a_note_then_everything_kept(serv
     assert [m["id"] for m in replayed] == ids[20:]
 
 
-@pytest.mark.slow
 def test_a_last_id_within_what_is_kept_gets_no_note(serve: Any) -> None:
     server = serve(broker=MemoryBroker(Retention(count=10)))
     ids = [server.app.publish("kept", str(i)) for i in range(30)]
@@ -173,7 +169,6 @@ def test_a_last_id_within_what_is_kept_gets_no_note(serve: Any) -> None:
         assert_nothing_more(client)
 
 
-@pytest.mark.slow
 def test_a_last_id_ahead_of_every_message_gets_a_note_and_then_new_messages(serve: Any) -> None:
     server = serve()
     server.app.publish("ahead", "before")
@@ -187,7 +182,6 @@ def test_a_last_id_ahead_of_every_message_gets_a_note_and_then_new_messages(serv
         assert json.loads(client.recv(timeout=WAIT)) == {"topic": "ahead", "id": entry_id, "data": "after"}
 
 
-@pytest.mark.slow
 def test_last_id_zero_replays_everything_kept(serve: Any) -> None:
     server = serve()
     ids = [server.app.publish("all", str(i)) for i in range(5)]
@@ -231,7 +225,6 @@ def test_a_topic_not_in_composed_form_is_refused_with_a_reason() -> None:
         check_topic(unicodedata.normalize("NFD", "nöws"))
 
 
-@pytest.mark.slow
 def test_a_topic_in_any_script_goes_through_the_url(serve: Any) -> None:
     """``?topic=nöws``: our client percent-encodes it, the server reads it back, the topic works."""
     server = serve()
@@ -242,7 +235,6 @@ def test_a_topic_in_any_script_goes_through_the_url(serve: Any) -> None:
         assert published == {"topic": "nöws", "id": entry_id, "data": "hällo"}
 
 
-@pytest.mark.slow
 def test_the_same_topic_twice_is_one_subscription(serve: Any) -> None:
     server = serve()
     with subscribed(server, "topic=twice&topic=twice") as client:
@@ -251,7 +243,6 @@ def test_the_same_topic_twice_is_one_subscription(serve: Any) -> None:
         assert_nothing_more(client)
 
 
-@pytest.mark.slow
 def test_per_user_topics_are_readable_only_by_their_user(serve: Any) -> None:
     """``authenticate`` says who; ``may_subscribe`` says which topics that user may read."""
     tokens = {"token-alice": "alice", "token-bob": "bob"}
@@ -360,7 +351,6 @@ def test_websocketclient_resumes_across_drops_and_restarts_nothing_lost(serve: A
         client.close()
 
 
-@pytest.mark.slow
 def test_the_subscribed_note_is_where_a_client_that_got_nothing_resumes(serve: Any) -> None:
     server = serve()
     with subscribe(server, "topic=hole") as client:
@@ -375,7 +365,6 @@ def test_the_subscribed_note_is_where_a_client_that_got_nothing_resumes(serve: A
         assert_nothing_more(client)
 
 
-@pytest.mark.slow
 def test_publish_without_a_broker_reaches_the_apps_of_this_process(serve: Any) -> None:
     server = serve(broker=None)
     with subscribed(server, "topic=in-process.test") as client:
@@ -387,7 +376,6 @@ def test_publish_without_a_broker_reaches_the_apps_of_this_process(serve: Any) -
         }
 
 
-@pytest.mark.slow
 def test_the_article_server_keeps_its_demo_messages_plain_and_away_from_subscribers(serve: Any) -> None:
     """On the article's server a subscriber gets its topic only; a plain client, the plain demo messages."""
     sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -449,16 +437,21 @@ def test_the_publish_command_refuses_bad_input_with_one_line_and_status_1() -> N
         assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
 
 
-@pytest.mark.slow
-def test_shutdown_stops_the_fanout_thread(serve: Any) -> None:
+def test_shutdown_stops_the_fanout_thread_without_waiting_out_its_read(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process broker wakes the follower's read: shutdown does not wait out FOLLOW_WAIT."""
+    monkeypatch.setattr(fanout, "FOLLOW_WAIT", 30.0)
     server = serve()
     with subscribe(server, "topic=stopping"):
         assert any(t.name == "fanout" for t in threading.enumerate())
     followers = [t for t in threading.enumerate() if t.name == "fanout"]
+    started = time.monotonic()
     server.shutdown()
     for follower in followers:
-        follower.join(fanout.FOLLOW_WAIT + 1.5)
+        follower.join(WAIT)
     assert not any(f.is_alive() for f in followers)
+    assert time.monotonic() - started < 5  # not the 30 s of its read
 
 
 @pytest.mark.parametrize(
@@ -505,7 +498,6 @@ def test_ids_keep_their_order_when_the_clock_stands_still(monkeypatch: pytest.Mo
     assert ids == ["1700000000000-0", "1700000000000-1", "1700000000000-2"]
 
 
-@pytest.mark.slow
 def test_fresh_subscribers_on_a_busy_topic_get_everything_after_their_start(
     serve: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -552,7 +544,6 @@ class OvertakenBroker(MemoryBroker):
         return entries
 
 
-@pytest.mark.slow
 def test_retention_overtaking_a_replay_gets_a_gap_note(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fanout, "REPLAY_BATCH", 5)
     broker = OvertakenBroker()

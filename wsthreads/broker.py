@@ -193,6 +193,7 @@ class MemoryBroker:
         self._newest = (0, 0)
         self._changed = threading.Condition()
         self._closed = False
+        self._wakes = 0  # how many times waiting reads were told to return
 
     def publish(self, topic: str, data: str) -> str:
         """Append a message; its id."""
@@ -213,7 +214,10 @@ class MemoryBroker:
         """Up to ``count`` entries after ``after``; waits up to ``timeout`` s for the first."""
         position = parse_id(after)
         with self._changed:
-            self._changed.wait_for(lambda: self._closed or self._newest > position, timeout)
+            wakes = self._wakes
+            self._changed.wait_for(
+                lambda: self._closed or self._newest > position or self._wakes != wakes, timeout
+            )
             if self._closed:
                 raise BrokerError("the in-process broker is closed")
             start = self._index_after(position)
@@ -221,6 +225,12 @@ class MemoryBroker:
 
     def trim(self) -> None:
         """Nothing: publishing trims."""
+
+    def wake_readers(self) -> None:
+        """End the reads waiting now, with what they have (a follower that stops need not wait)."""
+        with self._changed:
+            self._wakes += 1
+            self._changed.notify_all()
 
     def bounds(self) -> Bounds:
         """The oldest id kept and the newest given."""

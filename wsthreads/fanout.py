@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .broker import Bounds, Broker, BrokerError, Entry, check_topic, format_id, parse_id
+from .broker import Bounds, Broker, BrokerError, Entry, MemoryBroker, check_topic, format_id, parse_id
 from .client import backoff_delays
 
 if TYPE_CHECKING:
@@ -233,11 +233,14 @@ class Fanout:
     def close(self) -> None:
         """Stop the follower, and subscriptions waiting for it.
 
-        It ends within :data:`FOLLOW_WAIT` s, or, with a broker that hangs,
-        once its read times out (for Redis, ``MAX_WAIT + REDIS_TIMEOUT``).
+        The in-process broker's read is woken at once; a Redis read ends within
+        :data:`FOLLOW_WAIT` s or, with a broker that hangs, once it times out
+        (``MAX_WAIT + REDIS_TIMEOUT``).
         """
         self._stop.set()
         self._ready.set()
+        if isinstance(self.broker, MemoryBroker):
+            self.broker.wake_readers()
         with self._lock:
             follower = self._follower
         if follower is not None and follower is not threading.current_thread():

@@ -20,7 +20,7 @@ import pytest
 import trustme
 from helpers import WAIT, wait_until
 
-from wsthreads import frames
+from wsthreads import Closed, frames
 from wsthreads.connection import Connection, broadcast
 from wsthreads.queues import OVERFLOW_DROP_OLDEST
 
@@ -285,7 +285,6 @@ def test_send_after_our_own_close_raises_our_close_while_closing_and_once_over(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     """close(1000, "done"), the peer slow to answer: send() raises 1000 'done' throughout."""
-    from wsthreads import Closed
 
     ours, peer = pair
     conn = connection(ours, close_timeout=0.5)
@@ -298,3 +297,36 @@ def test_send_after_our_own_close_raises_our_close_while_closing_and_once_over(
     with pytest.raises(Closed) as over:
         conn.send("later still")
     assert (over.value.code, over.value.reason) == (1000, "done")  # unanswered, our close still stands
+
+
+@pytest.mark.parametrize("reader_waits_for", ["nothing", "the wire lock, to answer a ping"])
+def test_a_close_is_over_by_its_deadline_while_another_thread_writes_to_a_peer_that_does_not_read(
+    pair: tuple[socket.socket, socket.socket], reader_waits_for: str
+) -> None:
+    """The other thread's write (its own deadline 8 s) gives up at the close deadline (1 s): the
+    close frame, and the reader's pong, wait for its lock, so the close was bounded by the write."""
+    from helpers import OP_PING, encode_frame
+
+    ours, peer = pair
+    conn = connection(ours, write_timeout=8.0, close_timeout=1.0)
+    failed: list[Exception] = []
+
+    def send_what_is_never_read() -> None:
+        try:
+            conn.send(b"x" * (1 << 20))
+        except Closed as error:
+            failed.append(error)
+
+    writer = threading.Thread(target=send_what_is_never_read, daemon=True)
+    writer.start()
+    assert wait_until(lambda: conn.traffic.bytes_out > 0)
+    if reader_waits_for != "nothing":
+        peer.sendall(encode_frame(OP_PING, b"p"))
+        time.sleep(0.3)  # the reader now waits for the writer's lock
+    started = time.monotonic()
+    conn.close()
+    assert conn.wait_closed(WAIT)
+    assert time.monotonic() - started < 3  # the close's 1 s and a look or two, not the write's 8 s
+    assert conn.closed is not None and "close deadline" in conn.closed.reason, conn.closed
+    writer.join(WAIT)
+    assert len(failed) == 1  # the send that never went out says so

@@ -109,7 +109,8 @@ READS_PER_TURN = 16
 #: more, and it is cut. (Any other peer is read until the close deadline: it may be
 #: finishing a message it began, and must still see our close code.)
 DRAIN_LIMIT = 1 << 20
-#: Seconds between a netpoller worker's looks at a requested close while a write waits for the peer.
+#: Seconds between looks at a requested close while a write waits for the peer (but the reader's,
+#: which its wake-up tells).
 WRITE_LOOK = 0.1
 
 
@@ -1245,9 +1246,9 @@ class Connection:
     def _write(self, data: bytes, deadline: float) -> None:
         """Write all of ``data`` by ``deadline``, or drop the peer (the caller holds wire_lock).
 
-        In the reader (a pong, a close frame, or your ``on_message`` replying)
-        a requested close also shortens the wait to the close deadline: nobody
-        else is there to cut the connection.
+        A requested close shortens the wait to the close deadline, in any
+        thread: the close frame (and the reader, for a pong) waits for this
+        write's lock, and the close must be over by then.
         """
         outbox = self._outbox
         if outbox is not None:
@@ -1287,13 +1288,13 @@ class Connection:
         """Wait for room in the socket's buffer until ``deadline``; False if none came."""
         while True:
             requested_by = self._closing.requested_by
-            if in_reader and requested_by is not None:
+            if requested_by is not None:  # no write may hold the wire (and the close frame) past it
                 deadline = min(deadline, requested_by)
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             wakeup = self._wakeup if in_reader else None  # a ring: a close was requested, by when?
-            if in_reader and wakeup is None:  # a netpoller worker has no wake-up: it looks now and then
+            if wakeup is None:  # another thread's write, or a netpoller worker: it looks now and then
                 left = min(left, WRITE_LOOK)
             if wait_for(self.sock, select.POLLOUT, left, wakeup):
                 return True

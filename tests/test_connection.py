@@ -299,6 +299,7 @@ def test_send_after_our_own_close_raises_our_close_while_closing_and_once_over(
     assert (over.value.code, over.value.reason) == (1000, "done")  # unanswered, our close still stands
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reader_waits_for", ["nothing", "the wire lock, to answer a ping"])
 def test_a_close_is_over_by_its_deadline_while_another_thread_writes_to_a_peer_that_does_not_read(
     pair: tuple[socket.socket, socket.socket], reader_waits_for: str

@@ -190,9 +190,10 @@ def wait_for(sock: socket.socket, events: int, timeout: float | None, wakeup: _W
     ready as well), and is cleared: the caller looks at what changed.
     A fresh poll object per wait: it holds no descriptor, so there is
     nothing to close and nothing another thread could close under us.
+    For TLS the kernel's readiness is not all: bytes OpenSSL decrypted
+    already wait in ``pending()``, which the reader looks at (under its TLS
+    lock) before it waits here.
     """
-    if isinstance(sock, ssl.SSLSocket) and events & select.POLLIN and sock.pending():
-        return True  # bytes already decrypted, waiting in the TLS layer
     poller = select.poll()
     poller.register(sock, events)
     if wakeup is not None:

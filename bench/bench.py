@@ -385,11 +385,12 @@ def measure_server(process: ServerProcess, binary: str, plan: Plan) -> dict[str,
     )
 
 
-def measure_connections(process: ServerProcess, binary: str, conns: int) -> dict[str, float]:
+def measure_connections(process: ServerProcess, binary: str, conns: int, settle: float) -> dict[str, float]:
     """``conns`` connections at once, 20 round trips each, on a server that has served nothing yet.
 
     Memory per connection: peak RSS (VmHWM) minus idle RSS, over ``conns``;
-    threads: the most seen (sampled every 20 ms), and how many remain once all have closed.
+    threads: the most seen (sampled every 20 ms), and how many remain once all have closed
+    (waiting up to ``settle`` seconds for them to end).
     """
     idle_kib, idle_threads = process.memory_kib("VmRSS"), process.threads()
     peak_threads = idle_threads
@@ -407,7 +408,7 @@ def measure_connections(process: ServerProcess, binary: str, conns: int) -> dict
     finally:
         sampled.set()
         sampler.join()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + settle
     while process.threads() > idle_threads and time.monotonic() < deadline:
         time.sleep(0.05)
     prefix = f"c{conns}_"
@@ -480,12 +481,14 @@ class Plan:
     server_runs: int
     client_runs: int
     broadcasts: int
+    #: Seconds to wait for the threads to come back to their idle count after a connections run.
+    settle: float = 20.0
 
 
 FULL = Plan(2000, 200, 20000, 50, conns=1000, conns_runs=3, server_runs=5, client_runs=3, broadcasts=1000)
 QUICK = Plan(500, 100, 5000, 10, conns=1000, conns_runs=1, server_runs=3, client_runs=3, broadcasts=200)
 #: Only checks that the script still works (tests/test_bench.py); its figures mean nothing.
-SMOKE = Plan(20, 5, 200, 2, conns=10, conns_runs=1, server_runs=1, client_runs=1, broadcasts=10)
+SMOKE = Plan(20, 5, 200, 2, conns=10, conns_runs=1, server_runs=1, client_runs=1, broadcasts=10, settle=0.5)
 
 
 def add(figures: dict[str, Figures], name: str, results: dict[str, float]) -> None:
@@ -506,7 +509,7 @@ def run_servers(chosen: list[Server], go: dict[str, str], plan: Plan, logs: Path
         for server in chosen:
             progress(f"server {server.name}, {plan.conns} connections, run {run + 1} of {plan.conns_runs}")
             with serving(server, logs) as process:
-                add(figures, server.name, measure_connections(process, go["bench"], plan.conns))
+                add(figures, server.name, measure_connections(process, go["bench"], plan.conns, plan.settle))
     return figures
 
 

@@ -32,6 +32,7 @@ ours/gorilla. One run per cell, not a median: nothing here is asserted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -54,8 +55,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from wsthreads.settings import SWITCH_INTERVAL
 
 SIZES = (1000, 3000, 6000, 9000)
+#: The push workload's broadcasts and the time between two: (20, 0.5 s); --smoke: (3, 0.1 s).
 MESSAGES = 20
 INTERVAL = 0.5
+SMOKE_PUSH = (3, 0.1)
 #: Seconds the Go peer may take for its part of one run.
 PEER_TIMEOUT = 180
 
@@ -133,11 +136,14 @@ def one_worker(n: int) -> list[str]:
     return ["-w", "1", "--threads", room, "--worker-connections", room]
 
 
-def push_servers(go: dict[str, str], n: int) -> list[Server]:
+def push_servers(go: dict[str, str], n: int, messages: int, interval: float) -> list[Server]:
     python = sys.executable
-    push = [python, "bench/push_server.py", "--wait-for", str(n + 1), "--messages", str(MESSAGES)]
+    push = [
+        python, "bench/push_server.py", "--wait-for", str(n + 1),
+        "--messages", str(messages), "--interval", str(interval),
+    ]  # fmt: skip
     gunicorn = [str(Path(python).parent / "gunicorn"), "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0"]
-    app = f"push_server:gunicorn_app({n + 1}, {MESSAGES}, {INTERVAL})"
+    app = f"push_server:gunicorn_app({n + 1}, {messages}, {interval})"
     return [
         Server("ours", [*push, "--stack", "ours"]),
         Server(
@@ -147,7 +153,20 @@ def push_servers(go: dict[str, str], n: int) -> list[Server]:
             processes=2,
         ),
         Server("websockets", [*push, "--stack", "websockets"]),
-        Server("gorilla", [go["push"], "-serve", "127.0.0.1:0", "-wait-for", str(n + 1)]),
+        Server(
+            "gorilla",
+            [
+                go["push"],
+                "-serve",
+                "127.0.0.1:0",
+                "-wait-for",
+                str(n + 1),
+                "-messages",
+                str(messages),
+                "-interval",
+                f"{interval}s",
+            ],
+        ),
     ]
 
 
@@ -180,14 +199,14 @@ def kib_per_connection(process: ServerProcess, idle: int, n: int) -> float:
     return (process.memory_kib("VmHWM") - idle) / n
 
 
-def run_push(go: dict[str, str], server: Server, n: int, logs: Path) -> dict[str, float]:
+def run_push(go: dict[str, str], server: Server, n: int, logs: Path, messages: int) -> dict[str, float]:
     process = ServerProcess(server, logs / f"push-{server.name}-{n}.log")
     try:
         idle = process.memory_kib("VmRSS")
         stuck = stuck_subscriber(process.url)
         with sampled(process) as sample:
             subscribers = peer(
-                go["push"], "-url", process.url, "-conns", str(n), "-messages", str(MESSAGES),
+                go["push"], "-url", process.url, "-conns", str(n), "-messages", str(messages),
                 "-timeout", f"{PEER_TIMEOUT}s", "-hold",
             )  # fmt: skip
             assert subscribers.stdout is not None
@@ -305,11 +324,14 @@ def main() -> None:
     parser.add_argument("--servers", type=names_of(SERVERS), default=",".join(SERVERS))
     parser.add_argument("--workloads", type=names_of(WORKLOADS), default=",".join(WORKLOADS))
     parser.add_argument(
-        "--smoke", action="store_true", help="N = 20: a check that everything runs (its figures mean nothing)"
+        "--smoke",
+        action="store_true",
+        help="N = 20, 3 broadcasts: a check that everything runs (its figures mean nothing)",
     )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     sizes = [20] if args.smoke else args.sizes
+    messages, interval = SMOKE_PUSH if args.smoke else (MESSAGES, INTERVAL)
     wanted = args.servers
     results: dict[str, Any] = {"push": {}, "busy": {}}
     with tempfile.TemporaryDirectory() as scratch:
@@ -317,7 +339,11 @@ def main() -> None:
         logs = Path(scratch)
         for n in sizes:
             for workload, servers, run in (
-                ("push", push_servers(go, n), run_push),
+                (
+                    "push",
+                    push_servers(go, n, messages, interval),
+                    functools.partial(run_push, messages=messages),
+                ),
                 ("busy", busy_servers(go, n), run_busy),
             ):
                 if workload not in args.workloads:  # a set of names
@@ -328,7 +354,9 @@ def main() -> None:
                         results[workload].setdefault(n, {})[server.name] = run(go, server, n, logs)
     print(
         table(
-            "Push: N idle subscribers (and one stuck), a broadcast every 0.5 s", results["push"], PUSH_COLUMNS
+            f"Push: N idle subscribers (and one stuck), {messages} broadcasts, one every {interval:g} s",
+            results["push"],
+            PUSH_COLUMNS,
         )
     )
     print(table("Busy: N connections x 20 round trips, all at once", results["busy"], BUSY_COLUMNS))

@@ -93,7 +93,7 @@ def test_threads_per_session_are_what_the_lesson_says(start_server: Callable[...
     (REQUEST_THREAD_IDLE, 5 s: the table says so too).
     """
     sessions = 20
-    expected = {False: range(2 * sessions, 2 * sessions + 1), True: range(2, 1 + 4 + 1)}
+    expected = {False: range(2 * sessions, 2 * sessions + 1), True: range(1, 1 + 4 + 1)}
     added = {}
     for netpoller in (False, True):
         server = start_server("--count", "1", "--interval", "0", *(["--netpoller"] if netpoller else []))
@@ -107,7 +107,9 @@ def test_threads_per_session_are_what_the_lesson_says(start_server: Callable[...
             for peer in peers:
                 peer.close()
     assert added[False] == 2 * sessions
-    assert 2 <= added[True] <= 1 + 4  # the netpoller thread and 1 to 4 workers, however many sessions
+    # The netpoller thread and up to 4 workers, however many sessions; a worker idle for
+    # IDLE (5 s, as long as the request threads) ends, so by now all of them may have.
+    assert 1 <= added[True] <= 1 + 4
 
     server = start_server("--count", "0")
     client = Program(CLIENT, "--url", server.url, "--count", "3", "--interval", "0.5")

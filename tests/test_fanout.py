@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 import wsthreads
 from wsthreads import fanout
 from wsthreads.broker import MemoryBroker, RedisBroker, Retention, check_topic, parse_id
-from wsthreads.closing import POLICY_VIOLATION, TRY_AGAIN_LATER
+from wsthreads.closing import CloseCode
 
 WAIT = 10.0
 
@@ -210,7 +210,7 @@ def test_bad_subscriptions_close_with_1008_and_a_reason(serve: Any, query: str, 
     server = serve()
     with subscribe(server, query) as client:
         code, said = close_of(client)
-    assert code == POLICY_VIOLATION
+    assert code == CloseCode.POLICY_VIOLATION
     assert said is not None and said.startswith(reason)
     assert len(said.encode()) <= 123
 
@@ -262,9 +262,9 @@ def test_per_user_topics_are_readable_only_by_their_user(serve: Any) -> None:
         return subscribed(server, query, additional_headers={"Authorization": f"Bearer {token}"})
 
     with as_user("token-alice", "topic=user.bob") as snooping:
-        assert close_of(snooping) == (POLICY_VIOLATION, "not allowed to subscribe to 'user.bob'")
+        assert close_of(snooping) == (CloseCode.POLICY_VIOLATION, "not allowed to subscribe to 'user.bob'")
     with as_user("token-alice", "topic=news&topic=user.bob&last_id=0") as sneaking:
-        assert close_of(sneaking) == (POLICY_VIOLATION, "not allowed to subscribe to 'user.bob'")
+        assert close_of(sneaking) == (CloseCode.POLICY_VIOLATION, "not allowed to subscribe to 'user.bob'")
     alice = subscribed_as("token-alice", "topic=news&topic=user.alice")
     bob = subscribed_as("token-bob", "topic=user.bob")
     with alice, bob:
@@ -310,7 +310,7 @@ def test_a_subscriber_that_does_not_read_delays_nobody_and_gets_1013(serve: Any)
             ids += batch
         assert wait_until(lambda: stuck_conn.done.is_set(), WAIT)
         # Asked to close with 1013; a peer that reads nothing cannot get even that frame: cut (1006).
-        assert stuck_conn.closed is not None and stuck_conn.closed.code in (TRY_AGAIN_LATER, 1006)
+        assert stuck_conn.closed is not None and stuck_conn.closed.code in (CloseCode.TRY_AGAIN_LATER, 1006)
     finally:
         stuck.close()
         for reader in readers:
@@ -571,7 +571,7 @@ def test_replays_beyond_the_limit_wait_then_get_1013(serve: Any, monkeypatch: py
     try:
         time.sleep(0.5)  # its replay has begun, and waits for it to read
         with subscribe(server, f"topic=big&last_id={ids[-2]}") as second:
-            assert close_of(second) == (TRY_AGAIN_LATER, "too many replays: try again later")
+            assert close_of(second) == (CloseCode.TRY_AGAIN_LATER, "too many replays: try again later")
     finally:
         stuck.close()
 

@@ -22,7 +22,7 @@ from helpers import (
 )
 from helpers import websocket_client as connect
 
-PROTOCOL_ERROR, MESSAGE_TOO_BIG = 1002, 1009
+from wsthreads.closing import CloseCode
 
 
 def assert_still_serving(server: ServerProgram) -> None:
@@ -46,7 +46,7 @@ def test_a_bad_frame_gets_its_close_code_and_the_next_client_is_served(
     server = start_server("--echo")
     peer = RawPeer(server.port)
     peer.sock.sendall(encode_frame(OP_TEXT, b"hi", mask=False))  # a client frame must be masked
-    assert peer.close_code() == PROTOCOL_ERROR
+    assert peer.close_code() == CloseCode.PROTOCOL_ERROR
     assert peer.rest_until_eof() == b""
     assert_still_serving(server)
     assert "Traceback" not in server.output()
@@ -61,7 +61,7 @@ def test_a_message_in_the_same_segment_as_a_bad_frame_is_still_delivered(
     peer.sock.sendall(encode_frame(OP_TEXT, b"before the error") + encode_frame(0x3, b""))
     frames, payload = peer.read_until_close()
     assert frames[0] == (OP_TEXT, b"before the error")
-    assert struct.unpack("!H", payload[:2])[0] == PROTOCOL_ERROR
+    assert struct.unpack("!H", payload[:2])[0] == CloseCode.PROTOCOL_ERROR
 
 
 def test_bytes_behind_a_close_frame_are_not_read(start_server: Callable[..., ServerProgram]) -> None:
@@ -81,7 +81,7 @@ def test_oversize_message_closes_with_1009(start_server: Callable[..., ServerPro
     peer.send(OP_BINARY, b"x" * 1000)
     assert peer.read_frame() == (OP_BINARY, b"x" * 1000)
     peer.send(OP_BINARY, b"x" * 1001)
-    assert peer.close_code() == MESSAGE_TOO_BIG
+    assert peer.close_code() == CloseCode.MESSAGE_TOO_BIG
     assert_still_serving(server)
 
 
@@ -91,7 +91,7 @@ def test_oversize_fragmented_message_closes_with_1009(start_server: Callable[...
     peer = RawPeer(server.port)
     peer.send(OP_TEXT, b"a" * 600, fin=False)
     peer.send(OP_CONT, b"b" * 600, fin=False)
-    assert peer.close_code() == MESSAGE_TOO_BIG
+    assert peer.close_code() == CloseCode.MESSAGE_TOO_BIG
 
 
 def test_text_limit_counts_bytes_not_characters(start_server: Callable[..., ServerProgram]) -> None:
@@ -99,7 +99,7 @@ def test_text_limit_counts_bytes_not_characters(start_server: Callable[..., Serv
     server = start_server("--echo", "--max-message-size", "1000")
     peer = RawPeer(server.port)
     peer.send(OP_TEXT, ("€" * 400).encode())
-    assert peer.close_code() == MESSAGE_TOO_BIG
+    assert peer.close_code() == CloseCode.MESSAGE_TOO_BIG
 
 
 def test_1009_reaches_a_peer_still_sending_the_big_message(
@@ -112,7 +112,7 @@ def test_1009_reaches_a_peer_still_sending_the_big_message(
         ws.send_binary(os.urandom(4 << 20))
         opcode, data = ws.recv_data(control_frame=True)
         assert opcode == OP_CLOSE
-        assert struct.unpack("!H", data[:2])[0] == MESSAGE_TOO_BIG
+        assert struct.unpack("!H", data[:2])[0] == CloseCode.MESSAGE_TOO_BIG
     finally:
         ws.close()
 

@@ -30,7 +30,8 @@ The layers, one module each:
 * :mod:`wsthreads.settings` — the checks of the settings both sides share;
 * :mod:`wsthreads.signals` — waiting in the main thread for the end, or for Ctrl+C and SIGTERM;
 * :mod:`wsthreads.testing` — the test kit: the ``ws_serve`` pytest fixture, TestServer, expect;
-* :mod:`wsthreads.django` — Django: the session's user, database connections, ``runwsserver``.
+* :mod:`wsthreads.django` — Django: the session's user, database connections, ``runwsserver``;
+* :mod:`wsthreads.__main__` — ``python -m wsthreads``: ``publish`` and ``merge-traces``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from __future__ import annotations
 from .app import Mounted, ServerConfig, WebSocketApp, create_app
 from .broker import Broker, BrokerError, MemoryBroker, open_broker, publish
 from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
-from .closing import Closed, describe_close
+from .closing import CloseCode, Closed, describe_close
 from .connection import Connection, Message
 from .deflate import Deflate
 from .request import Reject, Request
@@ -52,6 +53,7 @@ __all__ = [
     "BrokerError",
     "Client",
     "ClientConfig",
+    "CloseCode",
     "Closed",
     "ConnectError",
     "Connection",

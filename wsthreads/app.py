@@ -27,7 +27,7 @@ import simple_websocket
 
 from . import trace
 from .broker import Broker, BrokerError, format_id, open_broker, shared_broker
-from .closing import GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, TRY_AGAIN_LATER
+from .closing import CloseCode
 from .connection import (
     CLOSE_TIMEOUT,
     MAX_MESSAGE_SIZE,
@@ -435,7 +435,10 @@ class WebSocketApp:
             self._changed.notify_all()
 
     def shutdown(
-        self, code: int = GOING_AWAY, reason: str = "server shutting down", timeout: float = SHUTDOWN_TIMEOUT
+        self,
+        code: int = CloseCode.GOING_AWAY,
+        reason: str = "server shutting down",
+        timeout: float = SHUTDOWN_TIMEOUT,
     ) -> bool:
         """Refuse new sessions, close every open one with ``code`` at once, and wait.
 
@@ -652,16 +655,16 @@ class WebSocketApp:
         try:
             subscription = requested_subscription(request)
         except ValueError as error:
-            return None, (POLICY_VIOLATION, str(error))
+            return None, (CloseCode.POLICY_VIOLATION, str(error))
         may_subscribe = self.config.may_subscribe
         for topic in subscription.topics if subscription and may_subscribe else ():
             try:
                 allowed = may_subscribe(conn.user, topic)  # type: ignore[misc]
             except BaseException as error:  # SystemExit too: it would end the request with no answer
                 log.error("the may_subscribe hook failed: %r", error, extra=conn.log_fields)
-                return None, (INTERNAL_ERROR, "internal error while checking the topics")
+                return None, (CloseCode.INTERNAL_ERROR, "internal error while checking the topics")
             if not allowed:
-                return None, (POLICY_VIOLATION, f"not allowed to subscribe to {topic!r}")
+                return None, (CloseCode.POLICY_VIOLATION, f"not allowed to subscribe to {topic!r}")
         return subscription, None
 
     def _run(
@@ -687,7 +690,7 @@ class WebSocketApp:
                 subscriber = self._fanout.subscribe(conn, subscription)
             except BrokerError as error:
                 log.warning("no subscription for %s: %s", peer, error, extra=conn.log_fields)
-                ending = (TRY_AGAIN_LATER, "the broker is unavailable: try again later")
+                ending = (CloseCode.TRY_AGAIN_LATER, "the broker is unavailable: try again later")
         parked = False
         try:
             parked = self._open_and_run(

@@ -34,7 +34,7 @@ import websocket
 from . import trace
 from .broker import is_broker_id
 from .certificates import load_certificate, trusting
-from .closing import ABNORMAL_CLOSURE, NORMAL_CLOSURE, RETRYABLE_CODES, Closed
+from .closing import RETRYABLE_CODES, CloseCode, Closed
 from .connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT, Connection, Message, shut_down
 from .deadlines import deadlines
 from .deflate import Agreement, Deflate, compression_setting
@@ -789,7 +789,7 @@ class Client:
         self.backoff = backoff
         self.reader_name = reader_name
         self._closing = threading.Event()
-        self._close_with = (NORMAL_CLOSURE, "")
+        self._close_with: tuple[int, str] = (CloseCode.NORMAL_CLOSURE, "")
         #: Why reconnecting stopped, when a redial was refused for good (a 403, a bad certificate).
         self.gave_up: ConnectError | None = None
         self._lock = threading.Lock()  # guards the two fields below
@@ -873,7 +873,7 @@ class Client:
                 return closed
             conn = again
 
-    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """End everything from any thread: the session with ``code``, a dial, the reconnecting.
 
         Returns at once (the session ends within ``close_timeout``); never raises.
@@ -1099,7 +1099,7 @@ class WebSocketClient:
         self._check_receiving()
         return self.messages.until(Closed)
 
-    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close with ``code`` and stop reconnecting; idempotent, bounded, never raises.
 
         Returns within ``close_timeout`` plus a second, even when the queue is
@@ -1133,5 +1133,5 @@ class WebSocketClient:
         try:
             self.closed = self._client.run(self._handler, first=first)
         finally:  # over for good: recv() raises how, once the rest is taken
-            ended = self.closed or Closed(ABNORMAL_CLOSURE, "the client stopped", by_peer=False)
+            ended = self.closed or Closed(CloseCode.ABNORMAL_CLOSURE, "the client stopped", by_peer=False)
             self.messages.end(self._client.gave_up or ended)

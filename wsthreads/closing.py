@@ -22,41 +22,63 @@ import enum
 
 # --- Close codes (RFC 6455, section 7.4.1) ----------------------------------------
 
-NORMAL_CLOSURE = 1000
-GOING_AWAY = 1001
-PROTOCOL_ERROR = 1002
-INVALID_DATA = 1007
-POLICY_VIOLATION = 1008
-MESSAGE_TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-TRY_AGAIN_LATER = 1013
-#: Never sent on the wire: "the close frame had no code" and "no close frame
-#: at all, the connection just went away".
-NO_STATUS = 1005
-ABNORMAL_CLOSURE = 1006
+
+class CloseCode(enum.IntEnum):
+    """The registered close codes; str() and format() give the number, on every Python."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    #: Never sent on the wire: the close frame had no code.
+    NO_STATUS = 1005
+    #: Never sent on the wire: no close frame at all, the connection just went away.
+    ABNORMAL_CLOSURE = 1006
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+
+    def __str__(self) -> str:  # Python 3.10's IntEnum says "CloseCode.GOING_AWAY"
+        return str(self.value)
+
+
 #: Close codes a peer may send: the registered ones (less 1004 to 1006 and
 #: 1015, never sent on the wire) and those for applications and private use.
 VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
 #: The codes after which a client may dial again: the server went away or
 #: restarts, the connection was lost, or the server is overloaded. Anything
 #: else (1000, a policy violation, a protocol error) is final.
-RETRYABLE_CODES = frozenset({GOING_AWAY, ABNORMAL_CLOSURE, INTERNAL_ERROR, 1012, 1013, 1014})
+RETRYABLE_CODES = frozenset(
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.ABNORMAL_CLOSURE,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.SERVICE_RESTART,
+        CloseCode.TRY_AGAIN_LATER,
+        CloseCode.BAD_GATEWAY,
+    }
+)
 
-CLOSE_CODE_NAMES = {
-    NORMAL_CLOSURE: "normal closure",
-    GOING_AWAY: "going away",
-    PROTOCOL_ERROR: "protocol error",
-    1003: "unsupported data",
-    NO_STATUS: "no status code",
-    ABNORMAL_CLOSURE: "connection lost",
-    INVALID_DATA: "invalid data",
-    POLICY_VIOLATION: "policy violation",
-    MESSAGE_TOO_BIG: "message too big",
-    1010: "mandatory extension",
-    INTERNAL_ERROR: "internal error",
-    1012: "service restart",
-    TRY_AGAIN_LATER: "try again later",
-    1014: "bad gateway",
+CLOSE_CODE_NAMES: dict[int, str] = {
+    CloseCode.NORMAL_CLOSURE: "normal closure",
+    CloseCode.GOING_AWAY: "going away",
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.UNSUPPORTED_DATA: "unsupported data",
+    CloseCode.NO_STATUS: "no status code",
+    CloseCode.ABNORMAL_CLOSURE: "connection lost",
+    CloseCode.INVALID_DATA: "invalid data",
+    CloseCode.POLICY_VIOLATION: "policy violation",
+    CloseCode.MESSAGE_TOO_BIG: "message too big",
+    CloseCode.MANDATORY_EXTENSION: "mandatory extension",
+    CloseCode.INTERNAL_ERROR: "internal error",
+    CloseCode.SERVICE_RESTART: "service restart",
+    CloseCode.TRY_AGAIN_LATER: "try again later",
+    CloseCode.BAD_GATEWAY: "bad gateway",
 }
 
 #: The longest close reason that fits a control frame (125 bytes, less the code).
@@ -80,7 +102,7 @@ def close_reason(reason: str) -> str:
 
 def sendable_code(code: int) -> int:
     """The code to put on the wire: 1005 and 1006 never are (RFC 6455 7.4.1); 1000 instead."""
-    return NORMAL_CLOSURE if code in (NO_STATUS, ABNORMAL_CLOSURE) else code
+    return CloseCode.NORMAL_CLOSURE if code in (CloseCode.NO_STATUS, CloseCode.ABNORMAL_CLOSURE) else code
 
 
 class Closed(Exception):
@@ -103,7 +125,7 @@ class Closed(Exception):
     @property
     def clean(self) -> bool:
         """True for an orderly end: a close handshake with 1000 or 1001."""
-        return self.code in (NORMAL_CLOSURE, GOING_AWAY)
+        return self.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
 
 
 class State(enum.IntEnum):
@@ -168,7 +190,7 @@ class Closing:
         if self.peers is not None:
             return self.peers
         if self.is_cut:
-            return Closed(ABNORMAL_CLOSURE, self.why_cut or "the connection was cut", by_peer=False)
+            return Closed(CloseCode.ABNORMAL_CLOSURE, self.why_cut or "the connection was cut", by_peer=False)
         if self.state is not State.OPEN:  # our close frame went out, or the session's end is known
             return self.ours or self.outcome
         if self.requested is not None and not queued:
@@ -218,12 +240,12 @@ class Closing:
     def timed_out(self) -> Closed:
         """The close deadline passed: our close stands if it went out and only its answer is missing."""
         if self.ours is None or self.why_cut:
-            return Closed(ABNORMAL_CLOSURE, self.why_cut or "the closing handshake timed out")
+            return Closed(CloseCode.ABNORMAL_CLOSURE, self.why_cut or "the closing handshake timed out")
         return self.ours
 
     def lost(self, why: str) -> Closed:
         """The TCP connection failed or ended under us: 1006, with a writer's reason first."""
-        return Closed(ABNORMAL_CLOSURE, self.why_cut or why)
+        return Closed(CloseCode.ABNORMAL_CLOSURE, self.why_cut or why)
 
     def settle(self, outcome: Closed, now: float) -> None:
         """The close frames are settled: the TCP connection ends next, by the close deadline."""

@@ -49,20 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import frames, trace
-from .closing import (
-    ABNORMAL_CLOSURE,
-    INTERNAL_ERROR,
-    NO_STATUS,
-    NORMAL_CLOSURE,
-    POLICY_VIOLATION,
-    TRY_AGAIN_LATER,
-    Closed,
-    Closing,
-    State,
-    close_reason,
-    describe_close,
-    sendable_code,
-)
+from .closing import CloseCode, Closed, Closing, State, close_reason, describe_close, sendable_code
 from .lines import describe_message, printable
 from .logs import SessionLogger, handler_log, with_fields
 from .queues import OVERFLOW_CLOSE, Inbox, Outbox, check_policy
@@ -245,10 +232,10 @@ def shut_down(sock: socket.socket | None) -> None:
 
 def log_end(closed: Closed, fields: Mapping[str, str]) -> None:
     """One line saying how a connection ended: stdout if orderly, else stderr."""
-    if closed.code == ABNORMAL_CLOSURE:
+    if closed.code == CloseCode.ABNORMAL_CLOSURE:
         log.warning("connection lost: %s", closed.reason or "no close frame", extra=fields)
     elif closed.by_peer:
-        level = logging.INFO if closed.clean or closed.code == NO_STATUS else logging.WARNING
+        level = logging.INFO if closed.clean or closed.code == CloseCode.NO_STATUS else logging.WARNING
         log.log(
             level, "peer closed the connection: %s", describe_close(closed.code, closed.reason), extra=fields
         )
@@ -493,7 +480,7 @@ class Connection:
             try:
                 self._watch = poller.watch(self.sock.fileno(), self._turn, self.name)
             except BaseException:  # no thread to be had: the connection ends here, released
-                self._closing.end(Closed(ABNORMAL_CLOSURE, "no thread to read it", by_peer=False))
+                self._closing.end(Closed(CloseCode.ABNORMAL_CLOSURE, "no thread to read it", by_peer=False))
                 self._release()
                 raise
             self._watch.wake()  # its first turn: what came with the handshake, and a close asked for already
@@ -681,7 +668,7 @@ class Connection:
             self._outbound_limit,
         )
         self.traffic.slow_client = "close"
-        self.close(TRY_AGAIN_LATER, "too slow: too many messages waiting")
+        self.close(CloseCode.TRY_AGAIN_LATER, "too slow: too many messages waiting")
 
     def _framed(self, message: Message, compress: bool = True) -> tuple[bytes, bytes] | Deferred:
         """A data frame's header and payload, masked on the client, compressed if agreed and ``compress``.
@@ -778,7 +765,7 @@ class Connection:
         written = False
         if not self._acquire_wire():
             self._give_up("a write waited too long for the one before it")
-            raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
+            raise Closed(CloseCode.ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
         outbox = self._outbox
         try:
             deadline = time.monotonic() + self.write_timeout
@@ -830,7 +817,7 @@ class Connection:
                     shown = frame_text(message) if framed else bytes(message)
                 trace.message("sent", describe_message(shown), message_size(shown), flow, at)
 
-    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Ask for the closing handshake with ``code``; returns at once, idempotent.
 
         The reader sends the close frame and waits for the answer, for at
@@ -920,12 +907,12 @@ class Connection:
             due = self._advance()
         except BaseException as error:  # a bug of ours: report it, still release the socket
             self._log.exception("reader failed")
-            self._closing.end(Closed(ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False))
+            self._closing.end(Closed(CloseCode.ABNORMAL_CLOSURE, f"internal error: {error!r}", by_peer=False))
             due = None
         else:
             if self._closing.state is State.OVER:
                 outcome = self._closing.outcome or Closed(
-                    ABNORMAL_CLOSURE, "the reader failed", by_peer=False
+                    CloseCode.ABNORMAL_CLOSURE, "the reader failed", by_peer=False
                 )
                 log_end(outcome, self.log_fields)
         finally:
@@ -938,7 +925,9 @@ class Connection:
 
     def _release(self) -> None:
         """The reader's end: discard what waits, release the socket (Go: ``defer conn.Close()``)."""
-        self.closed = self._closing.outcome or Closed(ABNORMAL_CLOSURE, "the reader failed", by_peer=False)
+        self.closed = self._closing.outcome or Closed(
+            CloseCode.ABNORMAL_CLOSURE, "the reader failed", by_peer=False
+        )
         try:
             trace.end(self._closing_started, "closing handshake")
             self.stop.set()
@@ -1075,7 +1064,7 @@ class Connection:
             return None
         if now >= self._next_ping:
             if self._awaiting_pong:
-                raise _Fail(INTERNAL_ERROR, "keepalive ping timeout")
+                raise _Fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             self._send_control(frames.PING, b"keepalive")
             self._awaiting_pong = True
             self._next_ping = now + self.ping_interval
@@ -1097,13 +1086,13 @@ class Connection:
             over = limit.bytes_over(len(data) + max(growth, 0))
             if over is not None:  # none of it delivered: the close says why
                 self._drain_left = DRAIN_LIMIT
-                raise _Fail(POLICY_VIOLATION, over)
+                raise _Fail(CloseCode.POLICY_VIOLATION, over)
         for event in events:
             if limit is not None and not isinstance(event, frames.Close):
                 over = limit.messages_over()  # a ping or a pong too: each costs us a turn (and a pong)
                 if over is not None:  # not delivered: the close says why
                     self._drain_left = DRAIN_LIMIT
-                    raise _Fail(POLICY_VIOLATION, over)
+                    raise _Fail(CloseCode.POLICY_VIOLATION, over)
             if isinstance(event, (str, bytes)):
                 self._deliver(event)
             elif isinstance(event, frames.Ping):
@@ -1144,7 +1133,7 @@ class Connection:
             self._log.debug("reply not sent: the connection is closing")
         except BaseException as error:  # your code failed, not the peer: 1011, one line
             self._log.error("closing after an error in the message handler: %r", error)
-            self.close(INTERNAL_ERROR, "internal error")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _begin_wind_down(self, outcome: Closed) -> None:
         """After the close frames (the session ended as ``outcome``): TCP ends cleanly, by the close deadline.
@@ -1274,7 +1263,9 @@ class Connection:
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             except OSError as error:
-                raise Closed(ABNORMAL_CLOSURE, str(error) or type(error).__name__, by_peer=False) from None
+                raise Closed(
+                    CloseCode.ABNORMAL_CLOSURE, str(error) or type(error).__name__, by_peer=False
+                ) from None
             self.traffic.bytes_out += sent
             view = view[sent:]
             if view and not self._wait_writable(deadline, in_reader):
@@ -1283,7 +1274,7 @@ class Connection:
                 else:
                     self.traffic.slow_client = "write-deadline"
                     self._give_up(f"a write took over {self.write_timeout:g} s: the peer is not reading")
-                raise Closed(ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
+                raise Closed(CloseCode.ABNORMAL_CLOSURE, "the peer is not reading", by_peer=False)
 
     def _wait_writable(self, deadline: float, in_reader: bool) -> bool:
         """Wait for room in the socket's buffer until ``deadline``; False if none came."""

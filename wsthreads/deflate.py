@@ -27,7 +27,7 @@ import dataclasses
 import re
 import zlib
 
-from .closing import MESSAGE_TOO_BIG, PROTOCOL_ERROR
+from .closing import CloseCode
 from .frames import ProtocolError
 
 NAME = "permessage-deflate"
@@ -373,7 +373,9 @@ class Decompressor:
                 self._inflate(stream, TAIL, out)
         except zlib.error as error:
             self._stream = None
-            raise ProtocolError(PROTOCOL_ERROR, f"compressed message is not deflate data: {error}") from None
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR, f"compressed message is not deflate data: {error}"
+            ) from None
         if end:
             self._left = self._limit
             self._after_final = b""
@@ -390,7 +392,7 @@ class Decompressor:
         """
         self._after_final += data
         if self._after_final not in (b"", b"\x00"):
-            raise ProtocolError(PROTOCOL_ERROR, "compressed message goes on after its final block")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "compressed message goes on after its final block")
 
     def _inflate(self, stream: zlib._Decompress, data: bytes, out: list[bytes]) -> None:
         if stream.eof:
@@ -403,7 +405,9 @@ class Decompressor:
             if left is not None:
                 if len(piece) > left:
                     self._stream = None
-                    raise ProtocolError(MESSAGE_TOO_BIG, f"message over {self._limit} bytes once inflated")
+                    raise ProtocolError(
+                        CloseCode.MESSAGE_TOO_BIG, f"message over {self._limit} bytes once inflated"
+                    )
                 self._left = left - len(piece)
             if piece:
                 out.append(piece)

@@ -41,7 +41,7 @@ from .client import backoff_delays
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-from .closing import TRY_AGAIN_LATER
+from .closing import CloseCode
 from .connection import Connection, broadcast
 from .request import Request
 
@@ -207,7 +207,7 @@ class Fanout:
             log.warning("%s: cannot replay: %s", conn.name, error, extra=conn.log_fields)
             busy = isinstance(error, TooManyReplays)
             conn.close(
-                TRY_AGAIN_LATER,
+                CloseCode.TRY_AGAIN_LATER,
                 f"{'too many replays' if busy else 'the broker is unavailable'}: try again later",
             )
 

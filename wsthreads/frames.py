@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .closing import INVALID_DATA, MESSAGE_TOO_BIG, NO_STATUS, PROTOCOL_ERROR, VALID_CLOSE_CODES
+from .closing import VALID_CLOSE_CODES, CloseCode
 
 if TYPE_CHECKING:
     from .deflate import Decompressor
@@ -218,16 +218,16 @@ def close_payload(code: int, reason: str) -> bytes:
 def parse_close(payload: bytes) -> Close:
     """The peer's close frame, checked: a valid code (or none), a UTF-8 reason."""
     if not payload:
-        return Close(NO_STATUS, "")
+        return Close(CloseCode.NO_STATUS, "")
     if len(payload) == 1:
-        raise ProtocolError(PROTOCOL_ERROR, "close frame with a 1-byte payload")
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
     (code,) = struct.unpack_from("!H", payload)
     if code not in VALID_CLOSE_CODES:
-        raise ProtocolError(PROTOCOL_ERROR, f"close frame with invalid code {code}")
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"close frame with invalid code {code}")
     try:
         return Close(code, payload[2:].decode())
     except UnicodeDecodeError:
-        raise ProtocolError(INVALID_DATA, "close reason is not valid UTF-8") from None
+        raise ProtocolError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from None
 
 
 class Parser:
@@ -328,24 +328,24 @@ class Parser:
         if end - at < size:
             return 0
         if first & 0x70 and (first & 0x70 != RSV1 or self._decompressor is None):
-            raise ProtocolError(PROTOCOL_ERROR, "reserved bits set: no extension was agreed")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set: no extension was agreed")
         if bool(second & 0x80) is not self._masked:
             side = "client sent an unmasked" if self._masked else "server sent a masked"
-            raise ProtocolError(PROTOCOL_ERROR, f"the {side} frame")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"the {side} frame")
         opcode, fin = first & 0x0F, bool(first & 0x80)
         offset = at + 2
         if length == 126:
             (length,) = struct.unpack_from("!H", data, offset)
             offset += 2
             if length < 126:
-                raise ProtocolError(PROTOCOL_ERROR, "frame length not in its shortest form")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frame length not in its shortest form")
         elif length == 127:
             (length,) = struct.unpack_from("!Q", data, offset)
             offset += 8
             if length >> 63:
-                raise ProtocolError(PROTOCOL_ERROR, "frame length with its highest bit set")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frame length with its highest bit set")
             if length < 1 << 16:
-                raise ProtocolError(PROTOCOL_ERROR, "frame length not in its shortest form")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frame length not in its shortest form")
         if opcode & 0x08:
             self._check_control(opcode, fin, length, first & RSV1)
         else:
@@ -357,36 +357,42 @@ class Parser:
     @staticmethod
     def _check_control(opcode: int, fin: bool, length: int, rsv1: int) -> None:
         if opcode not in (CLOSE, PING, PONG):
-            raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
         if rsv1:
-            raise ProtocolError(PROTOCOL_ERROR, "compressed control frame (RSV1 set)")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "compressed control frame (RSV1 set)")
         if not fin:
-            raise ProtocolError(PROTOCOL_ERROR, "fragmented control frame")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
         if length > MAX_CONTROL_PAYLOAD:
-            raise ProtocolError(PROTOCOL_ERROR, f"control frame of {length} bytes (at most 125)")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"control frame of {length} bytes (at most 125)")
 
     def _check_data(self, opcode: int, length: int, rsv1: int) -> None:
         if opcode == CONTINUATION:
             if not self._message:
-                raise ProtocolError(PROTOCOL_ERROR, "continuation frame without a message to continue")
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
+                )
             if rsv1:  # RFC 7692 6.1: only a message's first frame says it is compressed
-                raise ProtocolError(PROTOCOL_ERROR, "continuation frame with RSV1 set")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame with RSV1 set")
         elif opcode in (TEXT, BINARY):
             if self._message:
-                raise ProtocolError(PROTOCOL_ERROR, "new message before the last one was finished")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new message before the last one was finished")
             self._message = opcode
             self._compressed = bool(rsv1)
         else:
-            raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
         limit = self._limit
         if limit is not None and self._size + length > limit:
             # A compressed message's limit is on what it inflates to (the decompressor's); on the
             # wire it may take a little more (deflate adds 5 bytes per 64 KiB it cannot shrink),
             # and no more: bytes that inflate to nothing are not read without end.
             if not self._compressed:
-                raise ProtocolError(MESSAGE_TOO_BIG, f"message over {limit} bytes")  # the header alone tells
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes"
+                )  # the header alone tells
             if self._size + length > limit + (limit >> 4) + COMPRESSED_SLACK:
-                raise ProtocolError(MESSAGE_TOO_BIG, f"compressed message over {limit} bytes on the wire")
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG, f"compressed message over {limit} bytes on the wire"
+                )
         self._size += length
 
     def _payload(self, chunk: bytes, finished: bool) -> Event | None:
@@ -430,7 +436,7 @@ class Parser:
         try:
             return data.decode()
         except UnicodeDecodeError:
-            raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8") from None
+            raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8") from None
 
     def _keep(self, piece: bytes) -> None:
         """Add a piece to the message being assembled, copied once at its end.
@@ -453,4 +459,4 @@ class Parser:
         try:
             self._decoder.decode(piece, last)
         except UnicodeDecodeError:
-            raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8") from None
+            raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8") from None

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .closing import ABNORMAL_CLOSURE
+from .closing import CloseCode
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -179,8 +179,14 @@ class Metrics:
             self._count_traffic(conn, counted)
         self.sessions_open.dec()
         closed = conn.closed
-        code = closed.code if closed is not None else ABNORMAL_CLOSURE
-        by = "nobody" if code == ABNORMAL_CLOSURE else "client" if closed and closed.by_peer else "server"
+        code = closed.code if closed is not None else CloseCode.ABNORMAL_CLOSURE
+        by = (
+            "nobody"
+            if code == CloseCode.ABNORMAL_CLOSURE
+            else "client"
+            if closed and closed.by_peer
+            else "server"
+        )
         self.sessions_ended.labels(code_label(code), by).inc()
         if conn.traffic.slow_client is not None:
             self.slow_clients.labels(conn.traffic.slow_client).inc()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from . import trace
-from .closing import ABNORMAL_CLOSURE, INTERNAL_ERROR, NORMAL_CLOSURE, Closed
+from .closing import CloseCode, Closed
 from .connection import Connection, Message, log
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def run_session(
     conn.start(on_message)
     _work(conn, handler, first, linger, hold=True)
     conn.wait_closed()
-    return conn.closed or Closed(ABNORMAL_CLOSURE, "the reader did not end", by_peer=False)
+    return conn.closed or Closed(CloseCode.ABNORMAL_CLOSURE, "the reader did not end", by_peer=False)
 
 
 def park_session(
@@ -136,7 +136,7 @@ def _work(
         pass  # the session ended under the handler: nothing to add
     except BaseException as error:  # SystemExit too: it would end only this thread, silently
         log.error("closing after an error in the session handler: %r", error, extra=conn.log_fields)
-        conn.close(INTERNAL_ERROR, "internal error")
+        conn.close(CloseCode.INTERNAL_ERROR, "internal error")
     if not hold and linger is None:
         return
     if not pulls:
@@ -144,4 +144,4 @@ def _work(
             wait_until_quiet(conn, linger)
     if not conn.stop.is_set():
         conn.flush()
-    conn.close(NORMAL_CLOSURE)
+    conn.close(CloseCode.NORMAL_CLOSURE)

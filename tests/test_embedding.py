@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from wsthreads import (
     create_app,
     start_server,
 )
-from wsthreads.client import backoff_delays
 
 
 def drain(messages: queue.Queue[Message], count: int) -> list[Message]:
@@ -135,12 +133,6 @@ def test_reconnects_to_a_server_that_restarts(
     finally:
         client.close()
     assert wait_until(lambda: not client_threads())
-
-
-def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
-    delays = list(itertools.islice(backoff_delays(1.0, 8.0), 6))
-    ceilings = [1, 2, 4, 8, 8, 8]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=False))
 
 
 @pytest.mark.slow

@@ -189,7 +189,8 @@ def test_relative_links_and_cited_tests_exist() -> None:
 def test_the_figures_the_pages_state_are_the_codes() -> None:
     """Each default the prose gives in numbers is the constant it comes from (or a test says it)."""
     from wsthreads.app import PING_INTERVAL
-    from wsthreads.client import BACKOFF, CLIENT_MAX_QUEUE, DIAL_TIMEOUT, RETRYABLE_STATUSES, STABLE_SESSION
+    from wsthreads.backoff import BACKOFF, STABLE_SESSION
+    from wsthreads.client import CLIENT_MAX_QUEUE, DIAL_TIMEOUT, RETRYABLE_STATUSES
     from wsthreads.closing import RETRYABLE_CODES
     from wsthreads.connection import CLOSE_TIMEOUT, MAX_QUEUE, OUTBOUND_LIMIT, WRITE_TIMEOUT
 

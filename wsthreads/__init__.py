@@ -21,6 +21,7 @@ The layers, one module each:
 * :mod:`wsthreads.proxy` — the client through an HTTP proxy (CONNECT), and which proxy;
 * :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
 * :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines;
+* :mod:`wsthreads.backoff` — how long to wait before trying again: exponential, with jitter;
 * :mod:`wsthreads.frames` — the frame layer, both ways, without I/O;
 * :mod:`wsthreads.deflate` — permessage-deflate without I/O: the negotiation, zlib bounded;
 * :mod:`wsthreads.closing` — the closing handshake without I/O: close codes, its state machine;

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -32,6 +31,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import websocket
 
 from . import trace
+from .backoff import BACKOFF, STABLE_SESSION, backoff_delays
 from .broker import is_broker_id
 from .certificates import load_certificate, trusting
 from .closing import RETRYABLE_CODES, CloseCode, Closed
@@ -60,10 +60,6 @@ log = logging.getLogger("wsthreads.client")
 DEFAULT_URL = "ws://localhost:8080/ws"
 #: Seconds for the whole dial: TCP connect, TLS, and the opening handshake.
 DIAL_TIMEOUT = 10.0
-#: First and largest delay between two dials when reconnecting (seconds).
-BACKOFF = (0.5, 30.0)
-#: A session that lasted this long (seconds) was a success: the backoff starts over.
-STABLE_SESSION = 10.0
 #: HTTP statuses of a refused handshake that are worth another try later.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Received messages that may wait to be taken (see ``ClientConfig.max_queue``).
@@ -685,19 +681,6 @@ def describe_status(error: websocket.WebSocketBadStatusException) -> str:
         if line and len(line[0]) <= 200 and "<" not in line[0]:
             text += f": {printable(line[0])}"
     return text
-
-
-def backoff_delays(first: float = BACKOFF[0], cap: float = BACKOFF[1]) -> Iterator[float]:
-    """Delays before reconnect attempts: exponential, capped, with jitter.
-
-    Doubles from ``first`` up to ``cap``; each delay is drawn between half
-    and all of that ("equal jitter"), so clients that lost the same server at
-    the same moment do not all come back at the same moment. Never raises.
-    """
-    ceiling = first
-    while True:
-        yield random.uniform(ceiling / 2, ceiling)
-        ceiling = min(cap, ceiling * 2)
 
 
 class Resume:

@@ -36,8 +36,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .backoff import backoff_delays
 from .broker import Bounds, Broker, BrokerError, Entry, MemoryBroker, check_topic, format_id, parse_id
-from .client import backoff_delays
 
 if TYPE_CHECKING:
     from .metrics import Metrics

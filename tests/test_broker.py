@@ -1,6 +1,6 @@
 """The broker contract, run against every broker: the in-process one and a real Redis.
 
-What the fan-out (``wsthreads/fanout.py``) relies on, said once: ids that
+What the fan-out (``wsthreads/pubsub/fanout.py``) relies on, said once: ids that
 grow, reads after an id (at once, or waiting up to a timeout), bounds, what
 retention lets go, and one-line refusals. The fan-out's own scenarios
 (resume, notes, subscriptions) run in tests/test_fanout.py on the in-process
@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterator
 import pytest
 from helpers import WAIT, with_query
 
-from wsthreads.broker import Broker, BrokerError, MemoryBroker, Retention, format_id, open_broker, parse_id
+from wsthreads.pubsub.broker import (
+    Broker,
+    BrokerError,
+    MemoryBroker,
+    Retention,
+    format_id,
+    open_broker,
+    parse_id,
+)
 
 #: ``make_broker(keep=None)``: a new broker of the kind under test.
 MakeBroker = Callable[..., Broker]

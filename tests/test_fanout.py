@@ -24,9 +24,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 import wsthreads
-from wsthreads import fanout
-from wsthreads.broker import MemoryBroker, RedisBroker, Retention, check_topic, parse_id
 from wsthreads.closing import CloseCode
+from wsthreads.pubsub import fanout
+from wsthreads.pubsub.broker import MemoryBroker, RedisBroker, Retention, check_topic, parse_id
+from wsthreads.pubsub.resume import Resume
 
 WAIT = 10.0
 
@@ -326,7 +327,9 @@ def test_websocketclient_resumes_across_drops_and_restarts_nothing_lost(serve: A
     """
     server = serve()
     app = server.app
-    client = wsthreads.WebSocketClient(f"{server.url}?topic=resume", reconnect=True, backoff=(0.05, 0.2))
+    resume = Resume()
+    url = f"{server.url}?topic=resume"
+    client = wsthreads.WebSocketClient(url, reconnect=True, backoff=(0.05, 0.2), resume=resume)
     client.connect()
     published: list[str] = []
     try:
@@ -346,9 +349,27 @@ def test_websocketclient_resumes_across_drops_and_restarts_nothing_lost(serve: A
         assert [m["id"] for m in messages if "id" in m] == published
         with pytest.raises(TimeoutError):
             client.recv(timeout=0.3)
-        assert client.resume is not None and client.resume.last_id == published[-1]
+        assert resume.last_id == published[-1]
     finally:
         client.close()
+
+
+def test_a_client_resumes_only_when_asked_to_not_because_of_its_urls_shape(serve: Any) -> None:
+    """Without ``resume`` a redial asks for the same URL again: a subscription afresh, no last_id.
+    With it, the redial carries the last id received."""
+    server = serve()
+    app = server.app
+    url = f"{server.url}?topic=asked"
+    for resume in (None, Resume()):
+        with wsthreads.WebSocketClient(url, reconnect=True, backoff=(0.05, 0.2), resume=resume) as client:
+            note = json.loads(client.recv(timeout=WAIT))
+            assert wait_until(lambda: len(app.connections()) == 1)
+            cut = app.connections()
+            cut[0].abort()
+            assert wait_until(lambda: app.connections() not in ([], cut), WAIT)  # noqa: B023
+            redial = app.connections()[0].request
+            assert redial is not None
+            assert redial.query.getlist("last_id") == ([] if resume is None else [note["last_id"]])
 
 
 def test_the_subscribed_note_is_where_a_client_that_got_nothing_resumes(serve: Any) -> None:
@@ -610,9 +631,8 @@ def test_a_closed_memory_broker_fails_reads_instead_of_spinning() -> None:
 
 def test_resume_takes_only_the_servers_shapes() -> None:
     """The app's own JSON messages cannot move where a WebSocketClient resumes."""
-    from wsthreads.client import Resume
-
-    resume = Resume("ws://h/ws?topic=news&topic=chat")
+    resume = Resume()
+    assert resume.next_url("ws://h/ws?topic=news&topic=chat") == "ws://h/ws?topic=news&topic=chat"
     resume.seen('{"topic": "news", "id": "5-0", "data": "x"}')
     for app_message in (
         '{"topic": "chat", "id": "msg-7f3a", "data": "hello"}',  # not a broker id
@@ -624,7 +644,16 @@ def test_resume_takes_only_the_servers_shapes() -> None:
     assert resume.last_id == "5-0"
     resume.seen('{"note": "ahead", "text": "...", "last_id": "7-0"}')
     assert resume.last_id == "7-0"
-    assert resume.url() == "ws://h/ws?topic=news&topic=chat&last_id=7-0"
+    assert resume.next_url("ws://h/ws?topic=news&topic=chat") == "ws://h/ws?topic=news&topic=chat&last_id=7-0"
+
+
+def test_resume_starts_from_the_urls_last_id_and_replaces_it() -> None:
+    """A URL's own last_id is the first place; later ids replace it, never a second last_id."""
+    resume = Resume()
+    url = "ws://h/ws?topic=news&last_id=3-0"
+    assert resume.next_url(url) == url and resume.last_id == "3-0"
+    resume.seen('{"topic": "news", "id": "4-0", "data": "x"}')
+    assert resume.next_url(url) == "ws://h/ws?topic=news&last_id=4-0"
 
 
 def test_a_unix_socket_broker_url_keeps_its_path() -> None:

@@ -153,8 +153,12 @@ def test_the_index_and_the_readme_link_every_guide() -> None:
         assert f"](docs/howto/{path.name})" in readme, f"README.md does not link {path.name}"
 
 
-#: Submodules a snippet may import: the optional integrations, each with its own public names.
-INTEGRATIONS = {"django": {"authenticate", "closing_db"}}
+#: Submodules a snippet may import: the optional integrations and the pub/sub layer, each
+#: with its own public names.
+INTEGRATIONS = {
+    "django": {"authenticate", "closing_db"},
+    "pubsub": {"Broker", "BrokerError", "MemoryBroker", "Resume", "open_broker", "publish"},
+}
 
 
 def test_snippets_use_only_the_public_names() -> None:

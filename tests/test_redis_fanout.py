@@ -39,6 +39,7 @@ from helpers import websocket_client as connect
 
 import wsthreads
 from wsthreads import Message, WebSocketClient, open_broker
+from wsthreads.pubsub import Resume
 
 pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 
@@ -253,12 +254,12 @@ def app_with_broker(url: str) -> str:
 
 
 class Collector:
-    """A reconnecting WebSocketClient that keeps every message it receives, in order."""
+    """A reconnecting, resuming WebSocketClient that keeps every message it receives, in order."""
 
     def __init__(self, url: str) -> None:
         self.messages: list[Message] = []
         self.client = WebSocketClient(
-            url, on_message=self.messages.append, reconnect=True, backoff=(0.1, 0.5)
+            url, on_message=self.messages.append, reconnect=True, backoff=(0.1, 0.5), resume=Resume()
         )
 
     def received(self) -> list[Published]:
@@ -521,7 +522,8 @@ def test_reconnect_before_any_message_loses_nothing(
     ``subscribed`` note gave it a last_id to resume after)."""
     port = free_port()
     server = start_server("--port", str(port), "--broker", redis_url, "--echo", "--quiet")
-    client = WebSocketClient(f"{server.url}?topic=news", reconnect=True, backoff=(0.1, 0.5)).connect()
+    client = WebSocketClient(f"{server.url}?topic=news", reconnect=True, backoff=(0.1, 0.5), resume=Resume())
+    client.connect()
     try:
         server.signal(signal.SIGTERM)
         assert server.wait() == 0

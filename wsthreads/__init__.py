@@ -7,8 +7,8 @@ The layers, one module each:
 * :mod:`wsthreads.netpoller` — where idle connections wait without a thread
   (Go's netpoller), and the few worker threads that read them;
 * :mod:`wsthreads.session` — per-connection code (a function or a handler) and its lifecycle;
-* :mod:`wsthreads.broker` — where published messages are kept: in-process or Redis;
-* :mod:`wsthreads.fanout` — published messages to the subscribed connections of a process;
+* :mod:`wsthreads.pubsub` — publish and subscribe: the brokers, the fan-out to a process's
+  connections, resuming by last id (its own layer: nothing below it knows a topic);
 * :mod:`wsthreads.queues` — the bounded queues between a connection and your code;
 * :mod:`wsthreads.request` — the handshake's request, and how authentication refuses one;
 * :mod:`wsthreads.handshake` — the opening handshake's checks, both sides;
@@ -38,11 +38,11 @@ The layers, one module each:
 from __future__ import annotations
 
 from .app import Mounted, ServerConfig, WebSocketApp, create_app
-from .broker import Broker, BrokerError, MemoryBroker, open_broker, publish
 from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
 from .closing import CloseCode, Closed, describe_close
 from .connection import Connection, Message
 from .deflate import Deflate
+from .pubsub import Broker, BrokerError, MemoryBroker, open_broker, publish
 from .request import Reject, Request
 from .serving import RunningServer, start_server, tls_context
 from .session import Echo, Handler, SessionCode, run_session

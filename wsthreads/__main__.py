@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from . import trace
-from .broker import BrokerError, publish
 from .lines import shown_path
+from .pubsub.broker import BrokerError, publish
 
 
 def main(argv: Sequence[str] | None = None) -> int:

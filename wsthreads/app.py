@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 import simple_websocket
 
 from . import trace
-from .broker import Broker, BrokerError, format_id, open_broker, shared_broker
 from .closing import CloseCode
 from .connection import (
     CLOSE_TIMEOUT,
@@ -42,9 +41,7 @@ from .connection import (
 )
 from .deflate import Agreement, Deflate, compression_setting
 from .deflate import answer as compression_answer
-from .fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
 from .handshake import (
-    LAST_ID_HEADER,
     Refusal,
     check_allowed_origin,
     check_request,
@@ -55,6 +52,9 @@ from .limits import AddressLimits, InboundLimit
 from .lines import printable
 from .metrics import Metrics, check_available, process_metrics
 from .netpoller import netpoller
+from .pubsub.broker import Broker, BrokerError, format_id, open_broker, shared_broker
+from .pubsub.fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
+from .pubsub.resume import LAST_ID_HEADER
 from .queues import OVERFLOW_CLOSE, check_policy
 from .request import Authenticate, Reject, Request, TrustedProxies, normalized, wsgi_text
 from .session import Echo, SessionCode, park_session, run_session
@@ -141,7 +141,7 @@ class ServerConfig:
             ``"drop-oldest"``: its oldest waiting messages are dropped until
             no more than the limit waits.
         broker: where published messages come from (see
-            :mod:`wsthreads.broker`): ``redis://HOST:PORT/DB`` for every
+            :mod:`wsthreads.pubsub.broker`): ``redis://HOST:PORT/DB`` for every
             worker and host, or a broker object; None: this process's
             in-process broker. Clients subscribe with ``/ws?topic=NAME``.
         may_subscribe: ``may_subscribe(user, topic)``, with what

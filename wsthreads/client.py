@@ -17,7 +17,6 @@ again after a growing backoff when the session ended with a code that means
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import socket
 import ssl
@@ -25,14 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import websocket
 
 from . import trace
 from .backoff import BACKOFF, STABLE_SESSION, backoff_delays
-from .broker import is_broker_id
 from .certificates import load_certificate, trusting
 from .closing import RETRYABLE_CODES, CloseCode, Closed
 from .connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT, Connection, Message, shut_down
@@ -41,7 +39,6 @@ from .deflate import Agreement, Deflate, compression_setting
 from .deflate import accept as accept_compression
 from .deflate import offer as compression_offer
 from .handshake import (
-    LAST_ID_HEADER,
     check_header,
     check_response,
     new_key,
@@ -683,62 +680,25 @@ def describe_status(error: websocket.WebSocketBadStatusException) -> str:
     return text
 
 
-class Resume:
-    """A subscription's place: the id of the last published message received, for the next dial.
+class Resuming(Protocol):
+    """What a reconnecting client is given to pick up where it was (``resume=``).
 
-    The server's 101 says where a new subscription starts (the
-    ``Wsthreads-Last-Id`` header, so even a client cut before its first
-    message knows); then each published message comes as ``{"topic": ...,
-    "id": ..., "data": ...}``, and notes carry the ``last_id`` to resume
-    after. A redial to
-    ``/ws?topic=...&last_id=ID`` gets what was published meanwhile first
-    (see :mod:`wsthreads.fanout`).
+    The client calls :meth:`next_url` before each dial, :meth:`opened` with
+    each new connection and :meth:`seen` with each message, in its threads,
+    one at a time. :class:`wsthreads.pubsub.Resume` resumes a subscription.
     """
 
-    def __init__(self, url: str) -> None:
-        self._parts = urlsplit(url)
-        query = parse_qsl(self._parts.query, keep_blank_values=True)
-        self._query = [(key, value) for key, value in query if key != "last_id"]
-        self._topics = frozenset(value for key, value in query if key == "topic")
-        #: The id of the last published message received (or the URL's own ``last_id``).
-        self.last_id: str | None = dict(query).get("last_id")
-
-    @staticmethod
-    def wanted(url: str) -> bool:
-        """True if ``url`` subscribes to a topic."""
-        return any(key == "topic" for key, _ in parse_qsl(urlsplit(url).query))
-
-    def seen(self, message: Message) -> None:
-        """Note where a published message or a note says to resume (others: cheaply left alone).
-
-        Only the server's shapes count: a message of one of our topics with a
-        broker id, or a note; the app's own JSON messages are left alone.
-        """
-        if not (isinstance(message, str) and message.startswith(('{"topic":', '{"note":'))):
-            return
-        try:
-            fields = json.loads(message)
-        except ValueError:
-            return
-        if "note" in fields:
-            resume_after = fields.get("last_id")
-        elif fields.keys() == {"topic", "id", "data"} and fields["topic"] in self._topics:
-            resume_after = fields["id"]
-        else:
-            return
-        if isinstance(resume_after, str) and is_broker_id(resume_after):
-            self.last_id = resume_after
+    def next_url(self, url: str) -> str:
+        """The URL to dial now, given the client's."""
+        ...
 
     def opened(self, conn: Connection) -> None:
-        """A new subscription's connection is open: it starts after the id the server's 101 names."""
-        start = conn.response_headers.get(LAST_ID_HEADER.lower())
-        if start:
-            self.last_id = start
+        """A new connection is open (its 101's headers are in ``conn.response_headers``)."""
+        ...
 
-    def url(self) -> str:
-        """The URL to dial now: the subscription, resuming after the last id received."""
-        query = self._query + ([("last_id", self.last_id)] if self.last_id else [])
-        return urlunsplit(self._parts._replace(query=urlencode(query)))
+    def seen(self, message: Message) -> None:
+        """A message arrived (in the reader thread, before it is handed over)."""
+        ...
 
 
 class Client:
@@ -762,10 +722,10 @@ class Client:
         reconnect: bool = False,
         backoff: tuple[float, float] = BACKOFF,
         reader_name: str = "reader",
-        resume: Resume | None = None,
+        resume: Resuming | None = None,
     ) -> None:
         self.url = url
-        #: A subscription's place: each redial resumes there.
+        #: Where the sessions are: each dial goes where it says.
         self.resume = resume
         self.config = config or ClientConfig()
         self.reconnect = reconnect
@@ -801,8 +761,9 @@ class Client:
                 ``the client was closed while dialing ws://...`` (``retryable`` False).
         """
         try:
-            with trace.span("dial", url=self.url):
-                conn = dial(self.url, self.config, track=self._track, name=self.reader_name)
+            url = self.url if self.resume is None else self.resume.next_url(self.url)
+            with trace.span("dial", url=url):
+                conn = dial(url, self.config, track=self._track, name=self.reader_name)
         except ConnectError as error:
             if self._closing.is_set():  # the dial failed because close() cut it short: say that
                 closed = f"the client was closed while dialing {self.url}"
@@ -877,8 +838,6 @@ class Client:
                 closing = self._closing.wait(delay)
             if closing:
                 return None
-            if self.resume is not None:
-                self.url = self.resume.url()
             try:
                 return self.dial()
             except ConnectError as error:
@@ -900,7 +859,7 @@ class Client:
 class _Deliver:
     """The handler of :class:`WebSocketClient`: hand every message over; nothing of its own to send."""
 
-    def __init__(self, deliver: Callable[[Message], None], resume: Resume | None) -> None:
+    def __init__(self, deliver: Callable[[Message], None], resume: Resuming | None) -> None:
         self.deliver = deliver
         self.resume = resume
 
@@ -948,11 +907,13 @@ class WebSocketClient:
         on_message: called in the reader thread with every message;
             without it messages go to the ``messages`` queue.
         reconnect: dial again when the server goes away or the connection
-            drops (1001, 1006, 1011-1014), until close(). A URL with
-            ``?topic=NAME`` resumes: the redial asks for what was published
-            after the last message received (``&last_id=ID``), so nothing is
-            lost across a reconnect within the broker's retention.
+            drops (1001, 1006, 1011-1014), until close().
         backoff: first and largest delay between two dials.
+        resume: where each dial goes, told of every session and message
+            (see :class:`Resuming`). ``resume=wsthreads.pubsub.Resume()`` with
+            ``?topic=NAME`` in the URL: each redial asks for what was
+            published after the last message received (``&last_id=ID``), so
+            nothing is lost across a reconnect within the broker's retention.
         **settings: the fields of :class:`ClientConfig` (``timeout``,
             ``cafile``, ``max_message_size``, ``headers``, ``subprotocols``,
             ``ping_interval``, ``max_queue``, ...).
@@ -972,6 +933,7 @@ class WebSocketClient:
         on_message: Callable[[Message], None] | None = None,
         reconnect: bool = False,
         backoff: tuple[float, float] = BACKOFF,
+        resume: Resuming | None = None,
         **settings: object,
     ) -> None:
         self.url = url
@@ -980,8 +942,8 @@ class WebSocketClient:
         #: iteration read (a :class:`queue.Queue`: ``get(timeout=...)`` works too).
         self.messages: Inbox[Message] = Inbox(config.max_queue)
         self._on_message = on_message
-        #: With ``/ws?topic=...``: where the subscription is, so a reconnect resumes there.
-        self.resume = Resume(url) if Resume.wanted(url) else None
+        #: What each dial is told (``resume=``), if anything.
+        self.resume = resume
         self._handler = _Deliver(on_message or self.messages.deliver, self.resume)
         self._client = Client(url, config, reconnect=reconnect, backoff=backoff, resume=self.resume)
         self._lock = threading.Lock()  # guards _supervisor

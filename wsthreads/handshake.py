@@ -18,9 +18,6 @@ from urllib.parse import urlsplit
 #: RFC 6455, 1.3: appended to the key before hashing it for Sec-WebSocket-Accept.
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-#: The 101's header that says where a new subscription starts (see :mod:`wsthreads.fanout`).
-LAST_ID_HEADER = "Wsthreads-Last-Id"
-
 
 class Refusal(NamedTuple):
     """An HTTP answer instead of a session: status, one line of text, headers, and its cause.

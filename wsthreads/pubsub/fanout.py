@@ -36,14 +36,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .backoff import backoff_delays
+from ..backoff import backoff_delays
 from .broker import Bounds, Broker, BrokerError, Entry, MemoryBroker, check_topic, format_id, parse_id
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
-from .closing import CloseCode
-from .connection import Connection, broadcast
-from .request import Request
+    from ..metrics import Metrics
+from ..closing import CloseCode
+from ..connection import Connection, broadcast
+from ..request import Request
 
 log = logging.getLogger("wsthreads.server")
 

@@ -193,10 +193,13 @@ def test_a_close_code_reads_as_its_number_on_every_python() -> None:
     """str() and format() of a CloseCode give the number (Python 3.10's IntEnum gave the name);
     describe_close names it; the codes a client retries after are among them."""
     code = CloseCode.GOING_AWAY
-    assert (str(code), f"{code}", f"{code:>5}", json.dumps([code])) == ("1001", "1001", " 1001", "[1001]")
+    shown = (str(code), f"{code}", f"{code:>5}", f"{code:5}", f"{code:d}", f"{code:06}", f"{code:x}")
+    assert shown == ("1001", "1001", " 1001", " 1001", "1001", "001001", "3e9")
+    assert json.dumps([code]) == "[1001]"
     assert logging.makeLogRecord({"msg": "closed: %s", "args": (code,)}).getMessage() == "closed: 1001"
     assert describe_close(code, "bye") == "1001 (going away) 'bye'"
     assert describe_close(4000) == "4000 (application code)" and describe_close(1004) == "1004 (unknown)"
-    assert str(Closed(CloseCode.TRY_AGAIN_LATER)) == "1013 (try again later)"
+    closed = Closed(CloseCode.TRY_AGAIN_LATER)
+    assert str(closed) == "1013 (try again later)" and type(closed.code) is int and closed.code == 1013
     assert CloseCode.SERVICE_RESTART in RETRYABLE_CODES and CloseCode.PROTOCOL_ERROR not in RETRYABLE_CODES
     assert CloseCode(1014) is CloseCode.BAD_GATEWAY

@@ -339,7 +339,8 @@ def test_compressing_a_big_message_does_not_count_as_a_peer_that_does_not_read()
 
     def handler(conn: Connection) -> None:
         def later() -> None:
-            time.sleep(0.1)  # once the big one holds the lock, compressing
+            # Once the big one holds the lock, compressing (on a busy machine that may take a while).
+            assert wait_until(conn.wire_lock.locked, timeout=10)
             conn.send(after, compress=False)
             outcome.append("after sent")
 

@@ -327,9 +327,8 @@ def test_websocketclient_resumes_across_drops_and_restarts_nothing_lost(serve: A
     """
     server = serve()
     app = server.app
-    resume = Resume()
     url = f"{server.url}?topic=resume"
-    client = wsthreads.WebSocketClient(url, reconnect=True, backoff=(0.05, 0.2), resume=resume)
+    client = wsthreads.WebSocketClient(url, reconnect=True, backoff=(0.05, 0.2), resume=Resume)
     client.connect()
     published: list[str] = []
     try:
@@ -349,7 +348,7 @@ def test_websocketclient_resumes_across_drops_and_restarts_nothing_lost(serve: A
         assert [m["id"] for m in messages if "id" in m] == published
         with pytest.raises(TimeoutError):
             client.recv(timeout=0.3)
-        assert resume.last_id == published[-1]
+        assert isinstance(client.resume, Resume) and client.resume.last_id == published[-1]
     finally:
         client.close()
 
@@ -360,7 +359,7 @@ def test_a_client_resumes_only_when_asked_to_not_because_of_its_urls_shape(serve
     server = serve()
     app = server.app
     url = f"{server.url}?topic=asked"
-    for resume in (None, Resume()):
+    for resume in (None, Resume):
         with wsthreads.WebSocketClient(url, reconnect=True, backoff=(0.05, 0.2), resume=resume) as client:
             note = json.loads(client.recv(timeout=WAIT))
             assert wait_until(lambda: len(app.connections()) == 1)
@@ -639,8 +638,15 @@ def test_resume_takes_only_the_servers_shapes() -> None:
         '{"topic": "weather", "id": "9-0", "data": "rain"}',  # not one of our topics
         '{"topic": "news", "id": "9-0", "data": "x", "author": "me"}',  # not our shape
         '{"topic": "news", "id": "9-0"',  # not JSON
+        '{"topic": ["news"], "id": "9-0", "data": "x"}',  # a list: ignored, not a TypeError in the reader
+        '{"note": ["ahead"], "text": "", "last_id": "9-0"}',
+        '{"note": "maintenance at 5pm", "last_id": "9-0"}',  # not one of the fan-out's notes
+        '{"note": "subscribed", "text": "...", "last_id": "1-0"}',  # its shape, but backwards
+        '{"topic": "news", "id": "2-0", "data": "x"}',  # backwards: would bring messages twice
     ):
         resume.seen(app_message)
+    assert resume.last_id == "5-0"
+    resume.seen('{"note": "gap", "text": "...", "last_id": "5-0", "first_id": "6-0"}')  # says, not moves
     assert resume.last_id == "5-0"
     resume.seen('{"note": "ahead", "text": "...", "last_id": "7-0"}')
     assert resume.last_id == "7-0"
@@ -654,6 +660,15 @@ def test_resume_starts_from_the_urls_last_id_and_replaces_it() -> None:
     assert resume.next_url(url) == url and resume.last_id == "3-0"
     resume.seen('{"topic": "news", "id": "4-0", "data": "x"}')
     assert resume.next_url(url) == "ws://h/ws?topic=news&last_id=4-0"
+
+
+def test_resume_changes_only_the_last_id_of_the_query() -> None:
+    """The rest of the query goes as written: a signature over it stays valid, a flag stays bare."""
+    resume = Resume()
+    url = "wss://h/ws?topic=news&flag&sig=a%20b%7E&t=%FF&last_id=1-0&x=1;y=2"
+    assert resume.next_url(url) == url
+    resume.seen('{"topic": "news", "id": "2-0", "data": "x"}')
+    assert resume.next_url(url) == "wss://h/ws?topic=news&flag&sig=a%20b%7E&t=%FF&x=1;y=2&last_id=2-0"
 
 
 def test_a_unix_socket_broker_url_keeps_its_path() -> None:

@@ -259,7 +259,7 @@ class Collector:
     def __init__(self, url: str) -> None:
         self.messages: list[Message] = []
         self.client = WebSocketClient(
-            url, on_message=self.messages.append, reconnect=True, backoff=(0.1, 0.5), resume=Resume()
+            url, on_message=self.messages.append, reconnect=True, backoff=(0.1, 0.5), resume=Resume
         )
 
     def received(self) -> list[Published]:
@@ -522,7 +522,7 @@ def test_reconnect_before_any_message_loses_nothing(
     ``subscribed`` note gave it a last_id to resume after)."""
     port = free_port()
     server = start_server("--port", str(port), "--broker", redis_url, "--echo", "--quiet")
-    client = WebSocketClient(f"{server.url}?topic=news", reconnect=True, backoff=(0.1, 0.5), resume=Resume())
+    client = WebSocketClient(f"{server.url}?topic=news", reconnect=True, backoff=(0.1, 0.5), resume=Resume)
     client.connect()
     try:
         server.signal(signal.SIGTERM)

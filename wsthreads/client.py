@@ -909,11 +909,13 @@ class WebSocketClient:
         reconnect: dial again when the server goes away or the connection
             drops (1001, 1006, 1011-1014), until close().
         backoff: first and largest delay between two dials.
-        resume: where each dial goes, told of every session and message
-            (see :class:`Resuming`). ``resume=wsthreads.pubsub.Resume()`` with
-            ``?topic=NAME`` in the URL: each redial asks for what was
-            published after the last message received (``&last_id=ID``), so
-            nothing is lost across a reconnect within the broker's retention.
+        resume: makes this client's :class:`Resuming`, which says where each
+            dial goes and is told of every session and message.
+            ``resume=wsthreads.pubsub.Resume`` with ``?topic=NAME`` in the URL:
+            each redial asks for what was published after the last message
+            received (``&last_id=ID``), so nothing is lost across a reconnect
+            within the broker's retention. (A maker, not an object: one per
+            client, as two clients sharing one would redial each other's place.)
         **settings: the fields of :class:`ClientConfig` (``timeout``,
             ``cafile``, ``max_message_size``, ``headers``, ``subprotocols``,
             ``ping_interval``, ``max_queue``, ...).
@@ -933,7 +935,7 @@ class WebSocketClient:
         on_message: Callable[[Message], None] | None = None,
         reconnect: bool = False,
         backoff: tuple[float, float] = BACKOFF,
-        resume: Resuming | None = None,
+        resume: Callable[[], Resuming] | None = None,
         **settings: object,
     ) -> None:
         self.url = url
@@ -942,8 +944,8 @@ class WebSocketClient:
         #: iteration read (a :class:`queue.Queue`: ``get(timeout=...)`` works too).
         self.messages: Inbox[Message] = Inbox(config.max_queue)
         self._on_message = on_message
-        #: What each dial is told (``resume=``), if anything.
-        self.resume = resume
+        #: What each dial asks and is told (made by ``resume=``), if anything.
+        self.resume = None if resume is None else resume()
         self._handler = _Deliver(on_message or self.messages.deliver, self.resume)
         self._client = Client(url, config, reconnect=reconnect, backoff=backoff, resume=self.resume)
         self._lock = threading.Lock()  # guards _supervisor

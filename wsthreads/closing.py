@@ -43,8 +43,10 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013
     BAD_GATEWAY = 1014
 
-    def __str__(self) -> str:  # Python 3.10's IntEnum says "CloseCode.GOING_AWAY"
-        return str(self.value)
+    # Python 3.10's IntEnum says "CloseCode.GOING_AWAY", and its format() follows __str__:
+    # both as int's, on every Python.
+    __str__ = int.__repr__
+    __format__ = int.__format__  # type: ignore[assignment]
 
 
 #: Close codes a peer may send: the registered ones (less 1004 to 1006 and
@@ -117,7 +119,8 @@ class Closed(Exception):
     """
 
     def __init__(self, code: int, reason: str = "", by_peer: bool = True) -> None:
-        self.code = code
+        #: A plain int, whichever side chose it (compare it with :class:`CloseCode` members).
+        self.code = int(code)
         self.reason = reason
         self.by_peer = by_peer
         super().__init__(describe_close(code, reason))

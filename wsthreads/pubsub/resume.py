@@ -7,28 +7,44 @@ message comes as ``{"topic": ..., "id": ..., "data": ...}``, and notes carry
 the ``last_id`` to resume after. A redial to ``/ws?topic=...&last_id=ID``
 gets what was published meanwhile first (see :mod:`wsthreads.pubsub.fanout`).
 
-:class:`Resume` is what a reconnecting :class:`~wsthreads.WebSocketClient`
-is given to do that: ``WebSocketClient(url, reconnect=True, resume=Resume())``.
+:class:`Resume` is how a reconnecting :class:`~wsthreads.WebSocketClient`
+does that: ``WebSocketClient(url, reconnect=True, resume=Resume)``. The client
+makes one for itself: two clients sharing one would redial each other's place.
 """
 
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from ..connection import Connection, Message
-from .broker import is_broker_id
+from .broker import is_broker_id, parse_id
 
 #: The 101's header that says where a new subscription starts.
 LAST_ID_HEADER = "Wsthreads-Last-Id"
+
+
+#: The notes a fan-out sends (see :mod:`wsthreads.pubsub.fanout`), and their fields.
+NOTES = {
+    "subscribed": {"note", "text", "last_id"},
+    "gap": {"note", "text", "last_id", "first_id"},
+    "ahead": {"note", "text", "last_id"},
+}
 
 
 class Resume:
     """A subscription's place, kept across the sessions of one client (see the module).
 
     The client calls :meth:`next_url` before each dial, :meth:`opened` with each
-    new connection and :meth:`seen` with each message, all in its threads, one
-    at a time. Topics and a first ``last_id`` come from the client's URL.
+    new connection and :meth:`seen` with each message, in its threads, one at a
+    time. The topics and a first ``last_id`` come from the client's URL.
+
+    Only the fan-out's own shapes move the place, and only forward (but for
+    the ``ahead`` note, which corrects a place past the newest message): an
+    app's JSON message that looks like one, by accident, cannot make the
+    client miss messages or get them twice. A message counts as received
+    once it arrived, even if ``on_message`` then raised: it is not sent again
+    (a message that always fails would otherwise come back for ever).
     """
 
     def __init__(self) -> None:
@@ -37,39 +53,52 @@ class Resume:
         self.last_id: str | None = None
 
     def next_url(self, url: str) -> str:
-        """The URL to dial now: ``url``'s subscription, resuming after the last id received."""
+        """The URL to dial now: ``url`` as it is, or with its ``last_id`` the last id received.
+
+        Only the ``last_id`` parameter changes: the rest of the query goes as the
+        caller wrote it (a signed query stays signed).
+        """
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         self._topics = frozenset(value for key, value in query if key == "topic")
         if self.last_id is None:
-            self.last_id = dict(query).get("last_id")
-        kept = [(key, value) for key, value in query if key != "last_id"]
-        kept += [("last_id", self.last_id)] if self.last_id else []
-        return urlunsplit(parts._replace(query=urlencode(kept)))
+            self.last_id = next((value for key, value in query if key == "last_id"), None)
+            return url
+        kept = [
+            part for part in parts.query.split("&") if part and unquote_plus(part.split("=")[0]) != "last_id"
+        ]
+        kept.append(urlencode({"last_id": self.last_id}))
+        return urlunsplit(parts._replace(query="&".join(kept)))
 
     def opened(self, conn: Connection) -> None:
         """A new subscription's connection is open: it starts after the id the server's 101 names."""
         start = conn.response_headers.get(LAST_ID_HEADER.lower())
-        if start:
+        if start and is_broker_id(start):
             self.last_id = start
 
     def seen(self, message: Message) -> None:
-        """Note where a published message or a note says to resume (others: cheaply left alone).
-
-        Only the server's shapes count: a message of one of our topics with a
-        broker id, or a note; the app's own JSON messages are left alone.
-        """
+        """Note where a published message of our topics or a note says to resume (others: left alone)."""
         if not (isinstance(message, str) and message.startswith(('{"topic":', '{"note":'))):
             return
         try:
             fields = json.loads(message)
         except ValueError:
             return
-        if "note" in fields:
-            resume_after = fields.get("last_id")
-        elif fields.keys() == {"topic", "id", "data"} and fields["topic"] in self._topics:
-            resume_after = fields["id"]
-        else:
+        if not isinstance(fields, dict):
             return
-        if isinstance(resume_after, str) and is_broker_id(resume_after):
-            self.last_id = resume_after
+        topic, note = fields.get("topic"), fields.get("note")
+        if fields.keys() == {"topic", "id", "data"} and isinstance(topic, str) and topic in self._topics:
+            self._move(fields["id"])
+        elif isinstance(note, str) and fields.keys() == NOTES.get(note):
+            self._move(fields["last_id"], back=note == "ahead")
+
+    def _move(self, last_id: object, back: bool = False) -> None:
+        if not (isinstance(last_id, str) and is_broker_id(last_id)):
+            return
+        if (
+            back
+            or self.last_id is None
+            or not is_broker_id(self.last_id)
+            or parse_id(last_id) > parse_id(self.last_id)
+        ):
+            self.last_id = last_id

@@ -53,14 +53,23 @@ def test_the_library_leaves_the_switch_interval_alone() -> None:
 
 
 def sync_server_says(setup: str, said: str) -> str:
-    """Run sync_server.py after ``setup``; half a second in, it prints ``said`` (an expression) and stops."""
-    probe = (
-        "import os, resource, signal, sys, threading, runpy;"
-        f"sys.argv = ['sync_server.py', '--port', '0']; {setup};"
-        f"threading.Timer(0.5, lambda: (print('said', {said}, flush=True),"
-        " os.kill(os.getpid(), signal.SIGINT))).start();"
-        "runpy.run_path('sync_server.py', run_name='__main__')"
-    )
+    """Run sync_server.py after ``setup``; once it serves (its acceptor thread runs), it prints
+    ``said`` (an expression) and stops. Not after a fixed time: on a busy machine the program
+    may still be importing."""
+    probe = f"""
+import os, resource, signal, sys, threading, time, runpy
+sys.argv = ["sync_server.py", "--port", "0"]
+{setup}
+
+def say_then_stop():
+    while not any(t.name == "acceptor" for t in threading.enumerate()):
+        time.sleep(0.02)
+    print("said", {said}, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=say_then_stop, daemon=True).start()
+runpy.run_path("sync_server.py", run_name="__main__")
+"""
     run = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=WAIT
     )

@@ -148,7 +148,10 @@ class HostileProxy:
                 for byte in b"HTTP/1.1 200 Connection established\r\n\r\n" if self.drip else b"":
                     if self.stop.wait(0.3):
                         return
-                    conn.sendall(bytes([byte]))
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        return  # the client gave up at its deadline, as it should: nobody to drip to
                 self.stop.wait(30)
 
     def close(self) -> None:

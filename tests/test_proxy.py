@@ -20,7 +20,7 @@ import trustme
 from helpers import CLIENT, Program, ServerProgram, accepting, free_port, require, run_client, wait_until
 
 import wsthreads
-from wsthreads.proxy import Proxy, bypassed, proxy_for
+from wsthreads.proxy import Proxy, ProxyError, bypassed, open_tunnel, proxy_for
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 
@@ -174,6 +174,19 @@ def test_a_proxy_that_drips_or_never_answers_is_cut_at_the_dial_deadline(drip: b
         f"sync_client.py: error: no answer from the proxy {proxy.url} within 1.5 s"
     ]
     assert took < 1.5 + 3  # the deadline, and a Python start-up
+
+
+def test_a_proxy_silent_past_the_sockets_own_timeout_is_named_as_the_one_that_did_not_answer() -> None:
+    """The dial's deadline reaches a silent proxy two ways, the deadline thread's cut or the
+    socket's timeout, whichever comes first (on a loaded machine, either): both name the proxy."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        proxy = Proxy("127.0.0.1", listener.getsockname()[1], None)
+        with (
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=0.2) as sock,
+            pytest.raises(ProxyError, match="did not answer CONNECT in time") as silent,
+        ):
+            open_tunnel(sock, proxy, "example.invalid", 80)
+    assert silent.value.retryable
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,8 @@ def open_tunnel(sock: socket.socket, proxy: Proxy, host: str, port: int) -> None
             answer += data
     except ConnectionError:
         raise ProxyError(proxy, "reset the connection before answering", retryable=True) from None
+    except TimeoutError:  # the socket's own timeout, the dial's deadline, may come before the cut
+        raise ProxyError(proxy, "did not answer CONNECT in time", retryable=True) from None
     head, _, extra = answer.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     status = re.fullmatch(r"HTTP/1\.[01] ([0-9]{3})(?: (.*))?", status_line)

@@ -14,13 +14,12 @@ kosoku (``pip install kosoku``) runs Autobahn's own case files. Two runs:
 Each side runs the 301 cases without compression in one kosoku run, then
 those of 12.* and 13.* (permessage-deflate, 1000 messages a case) with
 ``compression="deflate"``, one run per group (12.1 ... 13.7, 18 cases each),
-so that ``pytest -n`` spreads them over its workers. By default, of 12.*'s
-groups (five kinds of data) the 11 cases with messages up to 32 KiB run, and
-of 13.*'s (one kind of data, every negotiation) the 6 of
-:data:`NEGOTIATION_CASES`: 97 a side, every group among them. The rest,
-mostly messages of 64 and 128 KiB (the same code on bigger messages, two
-thirds of the CPU time), run with ``WSTHREADS_AUTOBAHN=all``: all 216 a side
-(see docs/conformance.md). Cases 13.2 and 13.5
+so that ``pytest -n`` spreads them over its workers. By default each group
+runs the 7 cases of :data:`DEFAULT_CASES` (messages of 16 bytes to 8 KiB,
+and 8 KiB in 256-byte frames): 84 a side, every kind of data (12.*) and
+every negotiation (13.*) among them. The other 11 of each group, messages of
+16 to 128 KiB (the same code on bigger messages, most of the CPU time), run
+with ``WSTHREADS_AUTOBAHN=all``: all 216 a side (see docs/conformance.md). Cases 13.2 and 13.5
 to 13.7 stand for a server that accepts only a client offering
 ``client_no_context_takeover``: our client offers it without context
 takeover, so it runs those with ``Deflate(context_takeover=False)``.
@@ -57,12 +56,9 @@ pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: 
 COMPRESSION_GROUPS = [f"12.{n}" for n in range(1, 6)] + [f"13.{n}" for n in range(1, 8)]
 #: The 13.* groups whose server accepts only an offer of client_no_context_takeover.
 WITHOUT_CONTEXT_TAKEOVER = ("13.2", "13.5", "13.6", "13.7")
-#: A group's cases with messages of 64 and 128 KiB: only with WSTHREADS_AUTOBAHN=all.
-BIG_MESSAGE_CASES = (9, 10, 14, 15, 16, 17, 18)
-#: The 13.* groups differ from one another in what is negotiated, not in the messages (the
-#: same JSON): by default each runs the sizes up to 4 KiB (cases 1 to 5) and 8 KiB in
-#: 256-byte frames (case 11), the rest only with WSTHREADS_AUTOBAHN=all.
-NEGOTIATION_CASES = (1, 2, 3, 4, 5, 11)
+#: A group's cases that run by default: messages of 16 bytes to 8 KiB (cases 1 to 6) and
+#: 8 KiB in 256-byte frames (case 11); the others, 16 to 128 KiB, with WSTHREADS_AUTOBAHN=all.
+DEFAULT_CASES = (1, 2, 3, 4, 5, 6, 11)
 #: Run every compression case, the big-message ones included.
 ALL_CASES = os.environ.get("WSTHREADS_AUTOBAHN") == "all"
 #: Cases a run selects (kosoku's -i and -x options), and how many it must report:
@@ -97,15 +93,10 @@ def case_key(case_id: str) -> list[int]:
 
 
 def compressed_run(group: str) -> tuple[tuple[str, ...], int]:
-    """A compression group's run: its 18 cases with WSTHREADS_AUTOBAHN=all; else 12.*'s 11 up to
-    32 KiB, and 13.*'s 6 of :data:`NEGOTIATION_CASES`."""
+    """A compression group's run: its 18 cases with WSTHREADS_AUTOBAHN=all, else :data:`DEFAULT_CASES`."""
     if ALL_CASES:
         return ("-i", f"{group}.*"), 18
-    if group.startswith("13."):
-        cases = list(NEGOTIATION_CASES)
-    else:
-        cases = [n for n in range(1, 19) if n not in BIG_MESSAGE_CASES]
-    return tuple(arg for n in cases for arg in ("-i", f"{group}.{n}")), len(cases)
+    return tuple(arg for n in DEFAULT_CASES for arg in ("-i", f"{group}.{n}")), len(DEFAULT_CASES)
 
 
 def group_compression(group: str) -> Deflate:

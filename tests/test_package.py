@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import subprocess
 import sys
@@ -45,3 +46,23 @@ def test_imports_point_one_way_the_package_never_imports_the_programs() -> None:
 def test_examples_import_the_package_without_sys_path_edits() -> None:
     for example in (ROOT / "examples").glob("*.py"):
         assert "sys.path" not in example.read_text(), example
+
+
+def test_every_public_exception_crosses_a_process_as_it_was() -> None:
+    """A Celery task or a process pool pickles what it raised: each comes back with its fields."""
+    import wsthreads
+
+    raised = [
+        wsthreads.Closed(wsthreads.CloseCode.GOING_AWAY, "bye", by_peer=False),
+        wsthreads.ConnectError("cannot connect to ws://h/ws: connection refused", retryable=True),
+        wsthreads.NotConnected("not connected to ws://h/ws"),
+        wsthreads.Reject(429, "slow down", {"Retry-After": "3"}),
+        wsthreads.BrokerError("the broker at redis://h:6379/0 is unavailable"),
+    ]
+    public = {name for name in wsthreads.__all__ if isinstance(getattr(wsthreads, name), type)}
+    assert {type(error).__name__ for error in raised} == {
+        name for name in public if issubclass(getattr(wsthreads, name), Exception)
+    }
+    for error in raised:
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and vars(again) == vars(error)

@@ -125,6 +125,10 @@ class Closed(Exception):
         self.by_peer = by_peer
         super().__init__(describe_close(code, reason))
 
+    def __reduce__(self) -> tuple[type[Closed], tuple[int, str, bool]]:
+        """Pickled by its fields (to cross a process: a Celery task's result, a process pool)."""
+        return type(self), (self.code, self.reason, self.by_peer)
+
     @property
     def clean(self) -> bool:
         """True for an orderly end: a close handshake with 1000 or 1001."""

@@ -239,6 +239,10 @@ class Reject(Exception):
         if status == 401 and "www-authenticate" not in (name.lower() for name in self.headers):
             self.headers["WWW-Authenticate"] = "Bearer"
 
+    def __reduce__(self) -> tuple[type[Reject], tuple[int, str, dict[str, str]]]:
+        """Pickled by its fields (to cross a process, as any exception may)."""
+        return type(self), (self.status, self.reason, dict(self.headers))
+
     def response(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
         """Status line, reason and headers, checked again now (they may have been changed since)."""
         check_status(self.status)

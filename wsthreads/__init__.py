@@ -8,7 +8,7 @@ The layers, one module each:
   (Go's netpoller), and the few worker threads that read them;
 * :mod:`wsthreads.session` — per-connection code (a function or a handler) and its lifecycle;
 * :mod:`wsthreads.pubsub` — publish and subscribe: the brokers, the fan-out to a process's
-  connections, resuming by last id (its own layer: nothing below it knows a topic);
+  connections, resuming by last id (its own layer: the client and the connection know no topic);
 * :mod:`wsthreads.queues` — the bounded queues between a connection and your code;
 * :mod:`wsthreads.request` — the handshake's request, and how authentication refuses one;
 * :mod:`wsthreads.handshake` — the opening handshake's checks, both sides;

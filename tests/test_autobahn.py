@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -139,7 +140,10 @@ def shorten(value: object, limit: int = 300) -> str:
 
 def check_conformance(outdir: Path, status: int, output: str, side: str, expected: int) -> None:
     """Every expected case reported and passed; else the failed cases, with reasons."""
-    assert status in (0, 1), f"kosoku crashed (exit status {status}):\n{output}"
+    # kosoku 0.1.0 now and then aborts (SIGABRT) at its own exit, after writing every report and
+    # saying so (seen once in about 100 runs): the verdict is in the reports, checked below.
+    after_its_reports = status == -signal.SIGABRT and f"{expected} cases passed" in output
+    assert status in (0, 1) or after_its_reports, f"kosoku crashed (exit status {status}):\n{output}"
     results = read_results(outdir)
     failed = [
         case
@@ -151,7 +155,7 @@ def check_conformance(outdir: Path, status: int, output: str, side: str, expecte
         f"our {side}: {len(failed)} of {len(results)} Autobahn cases failed (reports in {outdir}):\n{listing}"
     )
     assert len(results) == expected, f"kosoku reported {len(results)} cases:\n{output}"
-    assert status == 0, f"kosoku failed the run, yet every case passed:\n{output}"
+    assert status == 0 or after_its_reports, f"kosoku failed the run, yet every case passed:\n{output}"
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)

@@ -51,7 +51,9 @@ class CloseCode(enum.IntEnum):
 
 #: Close codes a peer may send: the registered ones (less 1004 to 1006 and
 #: 1015, never sent on the wire) and those for applications and private use.
-VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
+VALID_CLOSE_CODES = frozenset(
+    {*CloseCode, *range(3000, 5000)} - {CloseCode.NO_STATUS, CloseCode.ABNORMAL_CLOSURE}
+)
 #: The codes after which a client may dial again: the server went away or
 #: restarts, the connection was lost, or the server is overloaded. Anything
 #: else (1000, a policy violation, a protocol error) is final.

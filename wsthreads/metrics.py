@@ -180,13 +180,10 @@ class Metrics:
         self.sessions_open.dec()
         closed = conn.closed
         code = closed.code if closed is not None else CloseCode.ABNORMAL_CLOSURE
-        by = (
-            "nobody"
-            if code == CloseCode.ABNORMAL_CLOSURE
-            else "client"
-            if closed and closed.by_peer
-            else "server"
-        )
+        if code == CloseCode.ABNORMAL_CLOSURE:
+            by = "nobody"
+        else:
+            by = "client" if closed and closed.by_peer else "server"
         self.sessions_ended.labels(code_label(code), by).inc()
         if conn.traffic.slow_client is not None:
             self.slow_clients.labels(conn.traffic.slow_client).inc()

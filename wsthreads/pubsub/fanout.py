@@ -102,6 +102,15 @@ def requested_subscription(request: Request) -> Subscription | None:
     return Subscription(unique, last_ids[0] if last_ids else None)
 
 
+#: The fields of a published message as a subscriber gets it, and of each kind of note.
+MESSAGE_FIELDS = {"topic", "id", "data"}
+NOTES = {
+    "subscribed": {"note", "text", "last_id"},
+    "gap": {"note", "text", "last_id", "first_id"},
+    "ahead": {"note", "text", "last_id"},
+}
+
+
 def message_of(entry: Entry) -> str:
     """The text message a subscriber gets for one entry."""
     return json.dumps({"topic": entry.topic, "id": entry.id, "data": entry.data}, ensure_ascii=False)

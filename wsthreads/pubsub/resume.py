@@ -19,17 +19,10 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunspli
 
 from ..connection import Connection, Message
 from .broker import is_broker_id, parse_id
+from .fanout import MESSAGE_FIELDS, NOTES
 
 #: The 101's header that says where a new subscription starts.
 LAST_ID_HEADER = "Wsthreads-Last-Id"
-
-
-#: The notes a fan-out sends (see :mod:`wsthreads.pubsub.fanout`), and their fields.
-NOTES = {
-    "subscribed": {"note", "text", "last_id"},
-    "gap": {"note", "text", "last_id", "first_id"},
-    "ahead": {"note", "text", "last_id"},
-}
 
 
 class Resume:
@@ -87,7 +80,7 @@ class Resume:
         if not isinstance(fields, dict):
             return
         topic, note = fields.get("topic"), fields.get("note")
-        if fields.keys() == {"topic", "id", "data"} and isinstance(topic, str) and topic in self._topics:
+        if fields.keys() == MESSAGE_FIELDS and isinstance(topic, str) and topic in self._topics:
             self._move(fields["id"])
         elif isinstance(note, str) and fields.keys() == NOTES.get(note):
             self._move(fields["last_id"], back=note == "ahead")

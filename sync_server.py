@@ -23,7 +23,8 @@ Python, step by step (the ``wsthreads`` package does each one):
    (``defer conn.Close()``).
 4. The loop: :class:`common.Sender` sends in the ``conn-N`` thread, pausing
    with ``conn.stop.wait(interval)``, the ``time.Sleep`` that Ctrl+C cuts short.
-   A client that subscribed to a topic (``/ws?topic=NAME``) is left out of it.
+   A client that subscribed to a topic (``/ws?topic=NAME``, which the app's
+   ``PubSub`` extension serves) is left out of it.
 
 With ``--netpoller`` a session holds no thread while it waits for its client:
 the connection waits in one poller for the whole process (Go's netpoller), and
@@ -62,6 +63,7 @@ from common import (
 )
 from wsthreads.app import MAX_CONNECTIONS, METRICS_PATH, PING_INTERVAL, WS_PATH, is_plain_path
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
+from wsthreads.pubsub.broker import shared_broker
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
 from wsthreads.settings import SWITCH_INTERVAL, raise_descriptor_limit
 from wsthreads.signals import Signalled, catch_signals
@@ -84,11 +86,13 @@ def create_app(
     interval: float = DEFAULT_INTERVAL,
     echo: bool = False,
     netpoller: bool = False,
+    broker: str | wsthreads.Broker | None = None,
     **settings: Any,
 ) -> wsthreads.WebSocketApp:
     """The article's WSGI app: every session on ``/ws`` sends ``count`` messages and prints what arrives.
 
-    A topic's subscriber (``/ws?topic=NAME``) gets only its topic's messages.
+    A topic's subscriber (``/ws?topic=NAME``) gets only its topic's messages,
+    from ``broker`` (``redis://HOST:PORT/DB``; None: this process's own).
 
     With ``echo`` it sends every message back instead. Each session has its
     reader thread, as the article's goroutine; with ``netpoller`` it waits in
@@ -96,7 +100,8 @@ def create_app(
     fields of :class:`wsthreads.ServerConfig`.
     """
     handler = wsthreads.Echo() if echo else DemoSender(count, interval, "server")
-    return wsthreads.create_app(handler=handler, netpoller=netpoller, **settings)
+    pubsub = wsthreads.PubSub(broker)
+    return wsthreads.create_app(handler=handler, netpoller=netpoller, extensions=[pubsub], **settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +127,7 @@ def serve(parser: OneLineParser, args: argparse.Namespace, signalled: Signalled)
         fail(parser.prog, str(error), status=2)
     if args.broker:
         try:
-            app.broker.bounds()
+            shared_broker(args.broker).bounds()  # the one the app's PubSub reads
         except wsthreads.BrokerError as error:
             fail(parser.prog, str(error))
     context = None
@@ -152,6 +157,7 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         args.interval,
         args.echo,
         args.netpoller,
+        args.broker,
         max_message_size=args.max_message_size or None,
         ping_interval=args.ping_interval or None,
         write_timeout=args.write_timeout,
@@ -159,7 +165,6 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         allowed_origins=tuple(args.allowed_origin),
         path=args.path,
         subprotocols=tuple(args.subprotocol),
-        broker=args.broker,
         trusted_proxies=tuple(args.trusted_proxy),
         metrics_path=args.metrics,
         max_sessions_per_address=args.max_sessions_per_address,

@@ -3,7 +3,7 @@
     gunicorn -c gunicorn.conf.py --pythonpath bench 'fanout_server:create_app(broker="redis://...")'
 
 A connection with no topic is a publisher: every text message it sends is
-published to :data:`TOPIC` with ``app.publish`` (the app's broker: Redis, or
+published to :data:`TOPIC` with the app's ``PubSub`` (its broker: Redis, or
 the in-process one of this worker). A subscriber sends nothing. No pings
 (the benchmark's raw clients do not answer them), and room for more than
 the default max_connections in one process.
@@ -21,25 +21,23 @@ MAX_CONNECTIONS = 2000
 
 
 class Publish:
-    """Publish every text message a client sends to :data:`TOPIC` through the app's broker."""
+    """Publish every text message a client sends to :data:`TOPIC` through ``pubsub``."""
 
-    def __init__(self) -> None:
-        self.app: wsthreads.WebSocketApp | None = None
+    def __init__(self, pubsub: wsthreads.PubSub) -> None:
+        self.pubsub = pubsub
 
     def on_message(self, conn: Connection, message: Message) -> None:
-        """In the connection's reader thread: one ``app.publish`` per message, in order."""
-        assert self.app is not None and isinstance(message, str)
-        self.app.publish(TOPIC, message)
+        """In the connection's reader thread: one ``publish`` per message, in order."""
+        assert isinstance(message, str)
+        self.pubsub.publish(TOPIC, message)
 
     def run(self, conn: Connection) -> None:
         """Nothing of our own to send."""
 
 
 def create_app(broker: str | None = None) -> wsthreads.WebSocketApp:
-    """The WSGI app; ``broker`` as for :class:`wsthreads.ServerConfig` (None: in-process)."""
-    handler = Publish()
-    app = wsthreads.create_app(
-        handler=handler, broker=broker, ping_interval=None, max_connections=MAX_CONNECTIONS
+    """The WSGI app; ``broker`` as for :class:`wsthreads.PubSub` (None: in-process)."""
+    pubsub = wsthreads.PubSub(broker)
+    return wsthreads.create_app(
+        handler=Publish(pubsub), extensions=[pubsub], ping_interval=None, max_connections=MAX_CONNECTIONS
     )
-    handler.app = app
-    return app

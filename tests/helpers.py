@@ -436,6 +436,13 @@ def assert_close_cuts_the_dial_short(client: Any, after: float) -> None:
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+def pubsub_of(server: Any) -> Any:
+    """The PubSub extension of a running server's app (``server.app``)."""
+    from wsthreads import PubSub
+
+    return next(extension for extension in server.app.config.extensions if isinstance(extension, PubSub))
+
+
 def with_query(url: str, **params: str) -> str:
     """``url`` with ``params`` added to (or replacing those in) its query: ``?stream=NAME``."""
     parts = urlsplit(url)

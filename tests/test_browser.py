@@ -102,7 +102,8 @@ def test_page_subscribes_and_resumes_after_a_drop(browser: object) -> None:
     import wsthreads
 
     assert isinstance(browser, WebDriver)
-    server = wsthreads.start_server(wsthreads.create_app(broker=wsthreads.MemoryBroker()), "127.0.0.1", 0)
+    pubsub = wsthreads.PubSub(wsthreads.MemoryBroker())
+    server = wsthreads.start_server(wsthreads.create_app(extensions=[pubsub]), "127.0.0.1", 0)
     app = server.app
     try:
         browser.get(f"{server.page_url}?topic=news")
@@ -112,20 +113,20 @@ def test_page_subscribes_and_resumes_after_a_drop(browser: object) -> None:
             return [item.text for item in browser.find_elements(By.CSS_SELECTOR, f"#log .{kind} span")]
 
         assert wait.until(lambda _: any(t.startswith("subscribed to news") for t in texts("state")))
-        published = [app.publish("news", f"before the drop {i}") for i in range(3)]
+        published = [pubsub.publish("news", f"before the drop {i}") for i in range(3)]
         assert wait.until(lambda _: len(texts("received")) == 3)
         cut = app.connections()[0]
         cut.abort()  # the network drops: the page sees 1006 and reconnects
         assert wait.until(lambda _: cut.done.is_set())
-        published += [app.publish("news", f"while away {i}") for i in range(3)]
-        app.publish("other", "not for this page")
+        published += [pubsub.publish("news", f"while away {i}") for i in range(3)]
+        pubsub.publish("other", "not for this page")
 
         def resumed() -> bool:
             conns = app.connections()
             return len(conns) == 1 and conns[0].request is not None and "last_id" in conns[0].request.query
 
         assert wait.until(lambda _: resumed())
-        published += [app.publish("news", f"after {i}") for i in range(3)]
+        published += [pubsub.publish("news", f"after {i}") for i in range(3)]
         assert wait.until(lambda _: len(texts("received")) == 9)
         wanted = [f"{when} {i}" for when in ("before the drop", "while away", "after") for i in range(3)]
         assert texts("received") == [f"[news] {data}" for data in wanted]
@@ -146,7 +147,7 @@ def test_page_backs_off_while_every_session_fails_at_once(browser: object) -> No
         raise RuntimeError("the permissions table is gone")
 
     assert isinstance(browser, WebDriver)
-    app = wsthreads.create_app(broker=wsthreads.MemoryBroker(), may_subscribe=may_subscribe)
+    app = wsthreads.create_app(extensions=[wsthreads.PubSub(wsthreads.MemoryBroker(), may_subscribe)])
     server = wsthreads.start_server(app, "127.0.0.1", 0)
     try:
         browser.get(f"{server.page_url}?topic=news")

@@ -254,7 +254,7 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, in_process: Any) -> None:
     """Django's test client logs in; ws_serve serves the project's application; the kit checks for leaks."""
     from django.test import Client
-    from notifier.live import ws
+    from notifier.live import pubsub
     from notifier.wsgi import application
 
     user = in_process.objects.create_user("carol", password=PASSWORD)
@@ -265,7 +265,7 @@ def test_the_project_in_this_process_through_the_test_kit(ws_serve: Any, in_proc
     client = server.connect({"topic": f"user.{user.pk}"}, cookies={"sessionid": cookie})
     client.expect(lambda message: "subscribed" in str(message))
     client.expect("connected as carol")
-    ws.publish(f"user.{user.pk}", "hello carol")
+    pubsub.publish(f"user.{user.pk}", "hello carol")
     client.expect(lambda message: '"data": "hello carol"' in str(message))
 
 

@@ -19,7 +19,7 @@ import unicodedata
 from typing import Any
 
 import pytest
-from helpers import open_client, wait_until
+from helpers import open_client, pubsub_of, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -40,8 +40,15 @@ def broker() -> MemoryBroker:
 
 @pytest.fixture
 def serve(serve: Any, broker: MemoryBroker) -> Any:
-    """``serve(**settings)`` (conftest's), on this test's broker unless the settings name one."""
-    return lambda **settings: serve(**{"broker": broker, **settings})
+    """``serve(**settings)`` (conftest's) with a PubSub on this test's broker unless the settings name one.
+
+    ``broker`` and ``may_subscribe`` go to the PubSub, the other settings to the app.
+    """
+
+    def start(broker: Any = broker, may_subscribe: Any = None, **settings: Any) -> Any:
+        return serve(extensions=[wsthreads.PubSub(broker, may_subscribe)], **settings)
+
+    return start
 
 
 def subscribe(server: wsthreads.RunningServer, query: str, **options: Any) -> ClientConnection:
@@ -87,11 +94,13 @@ def close_of(client: ClientConnection) -> tuple[int | None, str | None]:
 @pytest.mark.slow
 def test_each_subscriber_gets_its_topics_once_in_order_with_the_broker_id(serve: Any) -> None:
     server = serve()
-    app = server.app
+    pubsub = pubsub_of(server)
     queries = ("topic=news", "topic=sports", "topic=news&topic=sports")
     news, sports, both = (subscribed(server, query) for query in queries)
     published = [
-        (topic, app.publish(topic, f"{topic} {i}")) for i in range(100) for topic in ("news", "sports", "x")
+        (topic, pubsub.publish(topic, f"{topic} {i}"))
+        for i in range(100)
+        for topic in ("news", "sports", "x")
     ]
     wanted = {
         "news": [p for p in published if p[0] == "news"],
@@ -113,7 +122,7 @@ def test_a_message_published_once_the_client_has_the_101_reaches_it(serve: Any) 
     server = serve()
     for i in range(20):
         with subscribed(server, f"topic=race{i}") as client:
-            entry_id = server.app.publish(f"race{i}", "right after the handshake")
+            entry_id = pubsub_of(server).publish(f"race{i}", "right after the handshake")
             assert json.loads(client.recv(timeout=WAIT))["id"] == entry_id
 
 
@@ -128,13 +137,13 @@ def test_resume_delivers_what_was_missed_then_live_none_twice_none_missing(
     monkeypatch.setattr(fanout, "READ_BATCH", 7)
     monkeypatch.setattr(fanout, "MAX_HELD", 3)
     server = serve()
-    app = server.app
+    pubsub = pubsub_of(server)
     published: list[str] = []
     stop = threading.Event()
 
     def publish() -> None:
         while not stop.is_set() and len(published) < 5000:
-            published.append(app.publish("feed", str(len(published))))
+            published.append(pubsub.publish("feed", str(len(published))))
 
     publisher = threading.Thread(target=publish, name="publisher")
     publisher.start()
@@ -152,7 +161,7 @@ def test_resume_delivers_what_was_missed_then_live_none_twice_none_missing(
 
 def test_a_last_id_older_than_what_is_kept_gets_a_note_then_everything_kept(serve: Any) -> None:
     server = serve(broker=MemoryBroker(Retention(count=10)))
-    ids = [server.app.publish("kept", str(i)) for i in range(30)]
+    ids = [pubsub_of(server).publish("kept", str(i)) for i in range(30)]
     with subscribe(server, f"topic=kept&last_id={ids[3]}") as client:
         first, *replayed = received(client, 11)
     assert first["note"] == "gap" and first["first_id"] == ids[20] and first["last_id"] == ids[3]
@@ -164,7 +173,7 @@ def test_a_last_id_older_than_what_is_kept_gets_a_note_then_everything_kept(serv
 
 def test_a_last_id_within_what_is_kept_gets_no_note(serve: Any) -> None:
     server = serve(broker=MemoryBroker(Retention(count=10)))
-    ids = [server.app.publish("kept", str(i)) for i in range(30)]
+    ids = [pubsub_of(server).publish("kept", str(i)) for i in range(30)]
     with subscribe(server, f"topic=kept&last_id={ids[20]}") as client:
         assert [m["id"] for m in received(client, 9)] == ids[21:]
         assert_nothing_more(client)
@@ -172,20 +181,20 @@ def test_a_last_id_within_what_is_kept_gets_no_note(serve: Any) -> None:
 
 def test_a_last_id_ahead_of_every_message_gets_a_note_and_then_new_messages(serve: Any) -> None:
     server = serve()
-    server.app.publish("ahead", "before")
+    pubsub_of(server).publish("ahead", "before")
     with subscribe(server, "topic=ahead&last_id=99999999999999-0") as client:
         note = json.loads(client.recv(timeout=WAIT))
-        assert note["note"] == "ahead" and note["last_id"] == server.app.broker.bounds().newest
+        assert note["note"] == "ahead" and note["last_id"] == pubsub_of(server).broker.bounds().newest
         assert note["text"].startswith(
             "last_id 99999999999999-0 is newer than any message (or the broker's log was recreated)"
         )
-        entry_id = server.app.publish("ahead", "after")
+        entry_id = pubsub_of(server).publish("ahead", "after")
         assert json.loads(client.recv(timeout=WAIT)) == {"topic": "ahead", "id": entry_id, "data": "after"}
 
 
 def test_last_id_zero_replays_everything_kept(serve: Any) -> None:
     server = serve()
-    ids = [server.app.publish("all", str(i)) for i in range(5)]
+    ids = [pubsub_of(server).publish("all", str(i)) for i in range(5)]
     with subscribe(server, "topic=all&last_id=0") as client:
         assert [m["id"] for m in received(client, 5)] == ids
 
@@ -231,7 +240,7 @@ def test_a_topic_in_any_script_goes_through_the_url(serve: Any) -> None:
     server = serve()
     with wsthreads.WebSocketClient(f"{server.url}?topic=nöws") as client:
         assert json.loads(str(client.recv(timeout=WAIT)))["text"].startswith("subscribed to nöws:")
-        entry_id = server.app.publish("nöws", "hällo")
+        entry_id = pubsub_of(server).publish("nöws", "hällo")
         published = json.loads(str(client.recv(timeout=WAIT)))
         assert published == {"topic": "nöws", "id": entry_id, "data": "hällo"}
 
@@ -239,7 +248,7 @@ def test_a_topic_in_any_script_goes_through_the_url(serve: Any) -> None:
 def test_the_same_topic_twice_is_one_subscription(serve: Any) -> None:
     server = serve()
     with subscribed(server, "topic=twice&topic=twice") as client:
-        entry_id = server.app.publish("twice", "once")
+        entry_id = pubsub_of(server).publish("twice", "once")
         assert json.loads(client.recv(timeout=WAIT))["id"] == entry_id
         assert_nothing_more(client)
 
@@ -269,8 +278,8 @@ def test_per_user_topics_are_readable_only_by_their_user(serve: Any) -> None:
     alice = subscribed_as("token-alice", "topic=news&topic=user.alice")
     bob = subscribed_as("token-bob", "topic=user.bob")
     with alice, bob:
-        for_bob = server.app.publish("user.bob", "for bob only")
-        for_alice = server.app.publish("user.alice", "for alice only")
+        for_bob = pubsub_of(server).publish("user.bob", "for bob only")
+        for_alice = pubsub_of(server).publish("user.alice", "for alice only")
         assert [m["id"] for m in received(alice, 1)] == [for_alice]
         assert [m["id"] for m in received(bob, 1)] == [for_bob]
         assert_nothing_more(alice)
@@ -305,7 +314,7 @@ def test_a_subscriber_that_does_not_read_delays_nobody_and_gets_1013(serve: Any)
         payload = "x" * 4000
         ids: list[str] = []
         for _ in range(100):  # 8 MB in all, more than the stuck one's socket buffers and outbox hold
-            batch = [server.app.publish("load", payload) for _ in range(20)]
+            batch = [pubsub_of(server).publish("load", payload) for _ in range(20)]
             for reader in readers:  # each batch reaches every reader at once, the stuck one or not
                 assert [m["id"] for m in received(reader, len(batch))] == batch
             ids += batch
@@ -327,19 +336,24 @@ def test_websocketclient_resumes_across_drops_and_restarts_nothing_lost(serve: A
     """
     server = serve()
     app = server.app
+    pubsub = pubsub_of(server)
     url = f"{server.url}?topic=resume"
     client = wsthreads.WebSocketClient(url, reconnect=True, backoff=(0.05, 0.2), resume=Resume)
     client.connect()
     published: list[str] = []
     try:
         for ending in ("drop", "1001", "1013", "drop"):
-            published += [app.publish("resume", str(n)) for n in range(len(published), len(published) + 50)]
+            published += [
+                pubsub.publish("resume", str(n)) for n in range(len(published), len(published) + 50)
+            ]
             assert wait_until(lambda: len(app.connections()) == 1)
             cut = app.connections()
             cut[0].abort() if ending == "drop" else cut[0].close(int(ending))
-            published += [app.publish("resume", str(n)) for n in range(len(published), len(published) + 50)]
+            published += [
+                pubsub.publish("resume", str(n)) for n in range(len(published), len(published) + 50)
+            ]
             assert wait_until(lambda: app.connections() not in ([], cut), WAIT)  # noqa: B023
-        published += [app.publish("resume", str(n)) for n in range(len(published), len(published) + 50)]
+        published += [pubsub.publish("resume", str(n)) for n in range(len(published), len(published) + 50)]
         messages: list[dict[str, str]] = []
         while len([m for m in messages if "id" in m]) < len(published):
             messages.append(json.loads(client.recv(timeout=WAIT)))
@@ -379,7 +393,7 @@ def test_the_subscribed_note_is_where_a_client_that_got_nothing_resumes(serve: A
         start["note"] == "subscribed"
         and start["text"] == f"subscribed to hole: messages after {start['last_id']} follow"
     )
-    missed = [server.app.publish("hole", str(i)) for i in range(3)]
+    missed = [pubsub_of(server).publish("hole", str(i)) for i in range(3)]
     with subscribe(server, f"topic=hole&last_id={start['last_id']}") as client:
         assert [m["id"] for m in received(client, 3)] == missed
         assert_nothing_more(client)
@@ -404,7 +418,7 @@ def test_the_article_server_keeps_its_demo_messages_plain_and_away_from_subscrib
     server = wsthreads.start_server(sync_server.create_app(count=2, interval=0.05), "127.0.0.1", 0)
     try:
         with subscribed(server, "topic=demo") as subscriber, connect(server.url) as plain:
-            entry_id = server.app.publish("demo", "published")
+            entry_id = pubsub_of(server).publish("demo", "published")
             assert json.loads(subscriber.recv(timeout=WAIT)) == {
                 "topic": "demo",
                 "id": entry_id,
@@ -525,13 +539,13 @@ def test_fresh_subscribers_on_a_busy_topic_get_everything_after_their_start(
     monkeypatch.setattr(fanout, "MAX_HELD", 3)
     monkeypatch.setattr(fanout, "GO_LIVE_BATCH", 2)
     server = serve()
-    app = server.app
+    pubsub = pubsub_of(server)
     published: list[str] = []
     stop = threading.Event()
 
     def publish() -> None:
         while not stop.is_set() and len(published) < 500_000:
-            published.append(app.publish("busy", str(len(published))))
+            published.append(pubsub.publish("busy", str(len(published))))
             time.sleep(0)  # let the subscriptions run too
 
     publisher = threading.Thread(target=publish, name="publisher")
@@ -586,7 +600,9 @@ def test_replays_beyond_the_limit_wait_then_get_1013(serve: Any, monkeypatch: py
     monkeypatch.setattr(fanout, "MAX_REPLAYS", 1)
     monkeypatch.setattr(fanout, "START_TIMEOUT", 0.5)
     server = serve(write_timeout=5.0)
-    ids = [server.app.publish("big", "x" * 4000) for _ in range(2000)]  # 8 MB: more than any buffer holds
+    ids = [
+        pubsub_of(server).publish("big", "x" * 4000) for _ in range(2000)
+    ]  # 8 MB: more than any buffer holds
     stuck = raw_subscriber(server.port, f"topic=big&last_id={ids[0]}")
     try:
         time.sleep(0.5)  # its replay has begun, and waits for it to read

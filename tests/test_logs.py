@@ -225,7 +225,7 @@ def test_a_failing_may_subscribe_hook_is_logged_with_the_sessions_fields(
     def may_subscribe(user: object, topic: str) -> bool:
         raise RuntimeError("boom")
 
-    server = serve(may_subscribe=may_subscribe)
+    server = serve(extensions=[wsthreads.PubSub(may_subscribe=may_subscribe)])
     client = websocket.create_connection(server.url + "?topic=news", timeout=5)
     try:
         assert wait_until(lambda: any("may_subscribe" in line["message"] for line in json_lines()))

@@ -145,7 +145,8 @@ def test_messages_and_bytes_each_way(
 def test_broadcast_and_publish_deliveries_and_their_latency(
     metered: Callable[..., wsthreads.RunningServer], clients: list[Any]
 ) -> None:
-    server = metered(broker=wsthreads.MemoryBroker())
+    pubsub = wsthreads.PubSub(wsthreads.MemoryBroker())
+    server = metered(extensions=[pubsub])
     scrapes = Scrapes(server.port)
     clients += [websocket.create_connection(server.url + "?topic=news", timeout=5) for _ in range(2)]
     for client in clients:
@@ -153,7 +154,7 @@ def test_broadcast_and_publish_deliveries_and_their_latency(
     clients.append(websocket.create_connection(server.url, timeout=5))
     assert wait_until(lambda: len(server.app.connections()) == 3)
     assert server.app.broadcast("to all") == 3
-    server.app.publish("news", "to subscribers")
+    pubsub.publish("news", "to subscribers")
     for client in clients[:2]:
         received = [client.recv(), client.recv()]
         assert "to all" in received and any('"to subscribers"' in text for text in received)
@@ -386,7 +387,7 @@ class FlakyBroker(wsthreads.MemoryBroker):
 def test_a_broker_that_answers_again_counts_as_a_reconnect(
     metered: Callable[..., wsthreads.RunningServer], clients: list[Any]
 ) -> None:
-    server = metered(broker=FlakyBroker(failures=2))
+    server = metered(extensions=[wsthreads.PubSub(FlakyBroker(failures=2))])
     scrapes = Scrapes(server.port)
     clients.append(websocket.create_connection(server.url + "?topic=news", timeout=5))  # starts the follower
     assert '"subscribed"' in clients[0].recv()

@@ -541,15 +541,15 @@ def test_an_entry_that_is_not_utf8_cannot_stop_delivery(redis_url: str) -> None:
     """Another program may XADD anything: its bytes arrive replaced (U+FFFD), and the follower goes on."""
     import redis
 
-    app = wsthreads.create_app(broker=redis_url)
-    server = wsthreads.start_server(app, "127.0.0.1", 0)
+    pubsub = wsthreads.PubSub(redis_url)
+    server = wsthreads.start_server(wsthreads.create_app(extensions=[pubsub]), "127.0.0.1", 0)
     try:
         with WebSocketClient(f"{server.url}?topic=news") as client:
             start = json.loads(client.recv(timeout=WAIT))["last_id"]
             stream = dict(parse_qsl(urlsplit(redis_url).query))["stream"]
             with redis.Redis.from_url(redis_url.split("?")[0]) as raw:
                 raw.xadd(stream, {b"topic": b"news", b"data": b"\xff\xfe not UTF-8"})
-            after = app.publish("news", "after it")
+            after = pubsub.publish("news", "after it")
             got = [json.loads(client.recv(timeout=WAIT)) for _ in range(2)]
             assert [m["data"] for m in got] == ["\ufffd\ufffd not UTF-8", "after it"]
             assert got[1]["id"] == after
@@ -570,7 +570,7 @@ def test_retention_is_the_servers_and_a_publisher_without_keep_trims_nothing(red
         for i in range(300):
             wsthreads.publish("news", f"kept {i}", broker=redis_url)
         assert plain.xlen(stream) == 300
-        app = wsthreads.create_app(broker=with_query(redis_url, keep="50"))
+        app = wsthreads.create_app(extensions=[wsthreads.PubSub(with_query(redis_url, keep="50"))])
         server = wsthreads.start_server(app, "127.0.0.1", 0)
         try:
             with WebSocketClient(f"{server.url}?topic=news") as client:

@@ -88,7 +88,8 @@ def test_an_open_socket(ws_serve):
 @pytest.mark.slow
 def test_a_module_level_app_serves_test_after_test_topics_too() -> None:
     """Each test's server shuts the app down; the next one serves it anew, its fan-out too."""
-    app = wsthreads.create_app()
+    pubsub = wsthreads.PubSub()
+    app = wsthreads.create_app(extensions=[pubsub])
     for round_ in range(2):
         with TestServer(app) as server:
             client = server.connect({"topic": "news"})
@@ -96,7 +97,7 @@ def test_a_module_level_app_serves_test_after_test_topics_too() -> None:
                 json.loads(str(client.expect(lambda message: "subscribed" in str(message))))["note"]
                 == "subscribed"
             )
-            app.publish("news", f"round {round_}")
+            pubsub.publish("news", f"round {round_}")
             assert (
                 json.loads(str(client.expect(lambda message: "round" in str(message))))["data"]
                 == f"round {round_}"

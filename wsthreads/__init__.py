@@ -7,8 +7,11 @@ The layers, one module each:
 * :mod:`wsthreads.netpoller` — where idle connections wait without a thread
   (Go's netpoller), and the few worker threads that read them;
 * :mod:`wsthreads.session` — per-connection code (a function or a handler) and its lifecycle;
+* :mod:`wsthreads.extension` — code an app runs with every session, beside its handler:
+  headers on the 101, a first step, a last one, or a close at once;
 * :mod:`wsthreads.pubsub` — publish and subscribe: the brokers, the fan-out to a process's
-  connections, resuming by last id (its own layer: the client and the connection know no topic);
+  connections, resuming by last id, and ``PubSub``, the extension that brings them to an app
+  (its own layer: the app, the client and the connection know no topic);
 * :mod:`wsthreads.queues` — the bounded queues between a connection and your code;
 * :mod:`wsthreads.request` — the handshake's request, and how authentication refuses one;
 * :mod:`wsthreads.handshake` — the opening handshake's checks, both sides;
@@ -42,12 +45,13 @@ from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketC
 from .closing import CloseCode, Closed, describe_close
 from .connection import Connection, Message
 from .deflate import Deflate
-from .pubsub import Broker, BrokerError, MemoryBroker, open_broker, publish
+from .extension import Extension, Opening
+from .pubsub import Broker, BrokerError, MemoryBroker, PubSub, open_broker, publish
 from .request import Reject, Request
 from .serving import RunningServer, start_server, tls_context
 from .session import Echo, Handler, SessionCode, run_session
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Broker",
@@ -60,11 +64,14 @@ __all__ = [
     "Connection",
     "Deflate",
     "Echo",
+    "Extension",
     "Handler",
     "MemoryBroker",
     "Message",
     "Mounted",
     "NotConnected",
+    "Opening",
+    "PubSub",
     "Reject",
     "Request",
     "RunningServer",

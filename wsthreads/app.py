@@ -41,6 +41,7 @@ from .connection import (
 )
 from .deflate import Agreement, Deflate, compression_setting
 from .deflate import answer as compression_answer
+from .extension import Extension, Opening, check_extensions
 from .handshake import (
     Refusal,
     check_allowed_origin,
@@ -52,17 +53,12 @@ from .limits import AddressLimits, InboundLimit
 from .lines import printable
 from .metrics import Metrics, check_available, process_metrics
 from .netpoller import netpoller
-from .pubsub.broker import Broker, BrokerError, format_id, open_broker, shared_broker
-from .pubsub.fanout import Fanout, MaySubscribe, Subscriber, Subscription, requested_subscription
-from .pubsub.resume import LAST_ID_HEADER
 from .queues import OVERFLOW_CLOSE, check_policy
 from .request import Authenticate, Reject, Request, TrustedProxies, normalized, wsgi_text
 from .session import Echo, SessionCode, park_session, run_session
 from .settings import check_count, check_rate, check_seconds
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-#: How a session must close at once: a close code and its reason.
-Ending = tuple[int, str]
 
 log = logging.getLogger("wsthreads.server")
 
@@ -140,14 +136,9 @@ class ServerConfig:
             1013 (try again later; a reconnecting client comes back), or
             ``"drop-oldest"``: its oldest waiting messages are dropped until
             no more than the limit waits.
-        broker: where published messages come from (see
-            :mod:`wsthreads.pubsub.broker`): ``redis://HOST:PORT/DB`` for every
-            worker and host, or a broker object; None: this process's
-            in-process broker. Clients subscribe with ``/ws?topic=NAME``.
-        may_subscribe: ``may_subscribe(user, topic)``, with what
-            ``authenticate`` returned (None without it): whether that user
-            may read that topic; a refused one closes the session with 1008.
-            None: any topic.
+        extensions: code that runs with every session beside the handler
+            (:mod:`wsthreads.extension`), e.g.
+            ``[wsthreads.pubsub.PubSub("redis://...")]`` for topics.
         netpoller: a :class:`~wsthreads.session.Handler`'s session holds no
             thread while it waits for its client: the connection waits in the
             process's netpoller (:mod:`wsthreads.netpoller`), ``on_message``
@@ -197,8 +188,7 @@ class ServerConfig:
     max_queue: int = MAX_QUEUE
     outbound_limit: int = OUTBOUND_LIMIT
     on_overflow: str = OVERFLOW_CLOSE
-    broker: str | Broker | None = None
-    may_subscribe: MaySubscribe | None = None
+    extensions: tuple[Extension, ...] = ()
     netpoller: bool = True
     trusted_proxies: tuple[str, ...] = ()
     max_sessions_per_address: int | None = None
@@ -238,8 +228,7 @@ class ServerConfig:
         check_seconds("ping_interval", self.ping_interval, optional=True)
         # Frozen, but a list is fine too: stored as tuples.
         object.__setattr__(self, "subprotocols", subprotocol_names(self.subprotocols))
-        if isinstance(self.broker, str):
-            open_broker(self.broker)  # a bad URL is a ValueError here; it connects to nothing
+        object.__setattr__(self, "extensions", check_extensions(self.extensions))
         if isinstance(self.allowed_origins, str):
             raise TypeError(f"allowed_origins is a sequence of origins, e.g. ({self.allowed_origins!r},)")
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
@@ -362,14 +351,12 @@ class WebSocketApp:
         self._holding = 0  # request threads running a session's code (past the 101)
         self._connections: set[Connection] = set()
         self._accepting = True
-        broker = self.config.broker
-        #: Where :meth:`publish` sends and subscribed clients' messages come from.
-        self.broker = shared_broker(broker) if broker is None or isinstance(broker, str) else broker
         #: The process's metrics, if this app keeps them (``metrics_path``).
         self.metrics: Metrics | None = None
         if self.config.metrics_path is not None:
             self.metrics = process_metrics(lambda: [app for app in all_apps() if app.metrics is not None])
-        self._fanout = Fanout(self.broker, self.metrics)
+        for extension in self.config.extensions:
+            extension.start(self)
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
         self._limits = AddressLimits(self.config.max_sessions_per_address, self.config.max_connection_rate)
 
@@ -451,7 +438,8 @@ class WebSocketApp:
             try:
                 return self._shut_down(code, reason, time.monotonic() + timeout)
             finally:
-                self._fanout.close()  # no session is left to deliver to
+                for extension in self.config.extensions:
+                    extension.stop()
 
     def _shut_down(self, code: int, reason: str, deadline: float) -> bool:
         with self._changed:
@@ -481,7 +469,8 @@ class WebSocketApp:
             if self._accepting:
                 return
             self._accepting = True
-            self._fanout = Fanout(self.broker, self.metrics)  # the old one's follower has stopped
+        for extension in self.config.extensions:
+            extension.start(self)
 
     @property
     def accepting(self) -> bool:
@@ -525,15 +514,6 @@ class WebSocketApp:
         if self.metrics is not None:
             self.metrics.delivered("broadcast", queued)
         return queued
-
-    def publish(self, topic: str, data: str) -> str:
-        """Publish ``data`` to ``topic`` through this app's broker; the message's id.
-
-        Every subscriber of ``topic``, in every process reading the same
-        broker, gets it once. Raises BrokerError (one line) when the broker
-        cannot be reached, ValueError for a bad topic name.
-        """
-        return self.broker.publish(topic, data)
 
     def mount(self, other: WSGIApp) -> Mounted:
         """A WSGI app that serves our endpoint and hands every other request to ``other`` (a Flask app)."""
@@ -617,8 +597,8 @@ class WebSocketApp:
             )
             peer = describe_peer(request, environ)
             hold_thread = environ.get(HOLD_KEY, lambda: None)
-            subscription, ending = self._subscription(request, conn)
-            parked = self._run(conn, response, peer, hold_thread, subscription, ending, started, address)
+            openings = self._open_extensions(conn)
+            parked = self._run(conn, response, peer, hold_thread, openings, started, address)
         finally:
             thread.name = server_thread_name
         return Hijacked(mode, parked)
@@ -650,22 +630,25 @@ class WebSocketApp:
             raise Reject(401, "authentication required")
         return user
 
-    def _subscription(self, request: Request, conn: Connection) -> tuple[Subscription | None, Ending | None]:
-        """The topics the client asked for, if it may read them; else how its session must close."""
-        try:
-            subscription = requested_subscription(request)
-        except ValueError as error:
-            return None, (CloseCode.POLICY_VIOLATION, str(error))
-        may_subscribe = self.config.may_subscribe
-        for topic in subscription.topics if subscription and may_subscribe else ():
+    def _open_extensions(self, conn: Connection) -> list[Opening]:
+        """What each extension asks of the session, in order, up to the first that closes it.
+
+        An extension that fails (raises) closes the session with 1011, logged.
+        """
+        openings = []
+        for extension in self.config.extensions:
             try:
-                allowed = may_subscribe(conn.user, topic)  # type: ignore[misc]
+                opening = extension.open(conn)
+                if not isinstance(opening, Opening):
+                    raise TypeError(f"open() must return an Opening, not {opening!r}")
             except BaseException as error:  # SystemExit too: it would end the request with no answer
-                log.error("the may_subscribe hook failed: %r", error, extra=conn.log_fields)
-                return None, (CloseCode.INTERNAL_ERROR, "internal error while checking the topics")
-            if not allowed:
-                return None, (CloseCode.POLICY_VIOLATION, f"not allowed to subscribe to {topic!r}")
-        return subscription, None
+                log.error("the extension %r failed: %r", extension, error, extra=conn.log_fields)
+                failed = (CloseCode.INTERNAL_ERROR, "internal error while opening the session")
+                opening = Opening(closing=failed)
+            openings.append(opening)
+            if opening.closing is not None:
+                break
+        return openings
 
     def _run(
         self,
@@ -673,44 +656,36 @@ class WebSocketApp:
         response: bytes,
         peer: str,
         hold_thread: Callable[[], None],
-        subscription: Subscription | None,
-        ending: Ending | None,
+        openings: list[Opening],
         started: float,
         address: str,
     ) -> bool:
-        """The session, from its subscription to its end; True if it was parked and goes on.
+        """The session, from its opening to its end; True if it was parked and goes on.
 
         ``hold_thread`` tells the server that this thread now runs a session's
         code for as long as the session lasts (not for a parked session).
         """
-        subscriber = None
-        if subscription is not None:
-            try:
-                # Before the 101: whatever is published once the client has it reaches it.
-                subscriber = self._fanout.subscribe(conn, subscription)
-            except BrokerError as error:
-                log.warning("no subscription for %s: %s", peer, error, extra=conn.log_fields)
-                ending = (CloseCode.TRY_AGAIN_LATER, "the broker is unavailable: try again later")
         parked = False
         try:
-            parked = self._open_and_run(
-                conn, response, peer, hold_thread, subscriber, ending, started, address
-            )
+            parked = self._open_and_run(conn, response, peer, hold_thread, openings, started, address)
         finally:
             if not parked:
-                self._forget(conn, subscriber)
+                self._forget(conn, ends_of(openings))
         return parked
 
     def _forget(
-        self, conn: Connection, subscriber: Subscriber | None, parked: bool = False, address: str = ""
+        self, conn: Connection, ends: list[Callable[[], None]], parked: bool = False, address: str = ""
     ) -> None:
-        """The session is over: off the list, its subscription ended (and, if parked, its admission)."""
+        """The session is over: off the list, its extensions' ends run (and, if parked, its admission)."""
         with self._changed:
             self._connections.discard(conn)
         if self.metrics is not None:
             self.metrics.ended(conn)
-        if subscriber is not None:
-            self._fanout.unsubscribe(subscriber)
+        for end in ends:
+            try:
+                end()
+            except Exception as error:
+                log.error("an extension's end failed: %r", error, extra=conn.log_fields)
         if parked:
             self._leave(address)
 
@@ -720,8 +695,7 @@ class WebSocketApp:
         response: bytes,
         peer: str,
         hold_thread: Callable[[], None],
-        subscriber: Subscriber | None,
-        ending: Ending | None,
+        openings: list[Opening],
         started: float,
         address: str,
     ) -> bool:
@@ -729,9 +703,9 @@ class WebSocketApp:
 
         ``started``: ``time.monotonic()`` when its request reached the app.
         """
-        if subscriber is not None and subscriber.last_id is None:
-            # Where its messages start, before any of them: a client cut before the first resumes there.
-            response = with_header(response, LAST_ID_HEADER, format_id(subscriber.start))
+        for opening in openings:
+            for name, value in opening.headers:
+                response = with_header(response, name, value)
         # The 101 goes out only once the connection is listed, both under the
         # broadcast lock: every broadcast after the client saw the 101 reaches it.
         with self._broadcasting, self._changed:
@@ -755,7 +729,8 @@ class WebSocketApp:
         if self.metrics is not None:
             self.metrics.opened(conn, started)
         handler = self.config.session_handler()
-        catch_up = None if subscriber is None else functools.partial(self._fanout.catch_up, subscriber)
+        ending = next((opening.closing for opening in openings if opening.closing is not None), None)
+        first = first_steps([opening.first for opening in openings if opening.first is not None])
         parked = False
         try:
             compressed = " (permessage-deflate)" if conn.compression else ""
@@ -769,14 +744,14 @@ class WebSocketApp:
                 # From here on the session's end is the connection's to report (even a failed
                 # start's): it takes the request's admission over.
                 conn.at_end(
-                    functools.partial(self._forget, subscriber=subscriber, parked=True, address=address)
+                    functools.partial(self._forget, ends=ends_of(openings), parked=True, address=address)
                 )
                 parked = True
                 _session_sockets.add(conn.sock)  # the request ends before the session: its server must let go
-                park_session(conn, handler, netpoller, first=catch_up)  # type: ignore[arg-type]
+                park_session(conn, handler, netpoller, first=first)  # type: ignore[arg-type]
             else:
                 hold_thread()
-                run_session(conn, handler, first=catch_up)
+                run_session(conn, handler, first=first)
         except Exception as error:  # never let a failure reach the WSGI server after the 101
             log.error("session failed: %r", error, extra=conn.log_fields)
             conn.abort()
@@ -802,6 +777,23 @@ def inbound_limit(config: ServerConfig) -> InboundLimit | None:
     if config.max_message_rate is None and config.max_byte_rate is None:
         return None
     return InboundLimit(config.max_message_rate, config.max_byte_rate)
+
+
+def first_steps(steps: list[Callable[[], None]]) -> Callable[[], None] | None:
+    """One first step that runs ``steps`` in order (None: there are none)."""
+    if not steps:
+        return None
+
+    def run_in_order() -> None:
+        for step in steps:
+            step()
+
+    return run_in_order
+
+
+def ends_of(openings: list[Opening]) -> list[Callable[[], None]]:
+    """What runs at the session's end: the extensions' ends, the last opened first."""
+    return [opening.end for opening in reversed(openings) if opening.end is not None]
 
 
 def with_header(response: bytes, name: str, value: str) -> bytes:

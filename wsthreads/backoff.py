@@ -1,7 +1,7 @@
 """How long to wait before trying again: exponential backoff with jitter, for anything that retries.
 
-The client redials with it after a session that may be retried; the fan-out
-reads its broker again with it after a failure. One generator, no state
+The client redials with it after a session that may be retried; pub/sub's
+fan-out reads its broker again with it after a failure. One generator, no state
 beyond it, no I/O.
 """
 

@@ -272,7 +272,7 @@ URL_SAFE = ":/?#[]@!$&'()*+,;=%"
 
 
 def wire_url(url: str) -> str:
-    """``url`` as it goes in the request line: ``ws://host/news?topic=n%C3%B6ws`` for ``...?topic=nöws``.
+    """``url`` as it goes in the request line: ``ws://host/ws?room=k%C3%B6ln`` for ``...?room=köln``.
 
     The host becomes its IDNA (ASCII) form; the server's ``request.path``
     and ``request.query`` give the text back.
@@ -297,7 +297,7 @@ def dial(
     """Open a connection to ``url`` within ``config.timeout`` seconds, all steps together.
 
     Non-ASCII in the URL's path or query goes out percent-encoded
-    (``?topic=nöws`` as ``?topic=n%C3%B6ws``), as a browser sends it.
+    (``?room=köln`` as ``?room=k%C3%B6ln``), as a browser sends it.
     The request carries ``config.headers`` and offers ``config.subprotocols``;
     the server's choice becomes ``conn.subprotocol``. ``track`` is told the
     socket as soon as it exists (and again after TLS wraps it), so another
@@ -685,7 +685,7 @@ class Resuming(Protocol):
 
     The client calls :meth:`next_url` before each dial, :meth:`opened` with
     each new connection and :meth:`seen` with each message, in its threads,
-    one at a time. :class:`wsthreads.pubsub.Resume` resumes a subscription.
+    one at a time. :class:`wsthreads.pubsub.Resume` is one.
     """
 
     def next_url(self, url: str) -> str:
@@ -864,7 +864,7 @@ class _Deliver:
         self.resume = resume
 
     def on_message(self, conn: Connection, message: Message) -> None:
-        """Pass it on (in the reader thread), noting a subscription's place."""
+        """Pass it on (in the reader thread), telling ``resume`` first."""
         if self.resume is not None:
             self.resume.seen(message)
         self.deliver(message)
@@ -911,11 +911,10 @@ class WebSocketClient:
         backoff: first and largest delay between two dials.
         resume: makes this client's :class:`Resuming`, which says where each
             dial goes and is told of every session and message.
-            ``resume=wsthreads.pubsub.Resume`` with ``?topic=NAME`` in the URL:
-            each redial asks for what was published after the last message
-            received (``&last_id=ID``), so nothing is lost across a reconnect
-            within the broker's retention. (A maker, not an object: one per
-            client, as two clients sharing one would redial each other's place.)
+            ``resume=wsthreads.pubsub.Resume`` resumes a subscription (see
+            docs/howto/publish.md). None: every redial asks for the same URL.
+            (A maker, not an object: one per client, as two clients sharing
+            one would redial each other's place.)
         **settings: the fields of :class:`ClientConfig` (``timeout``,
             ``cafile``, ``max_message_size``, ``headers``, ``subprotocols``,
             ``ping_interval``, ``max_queue``, ...).

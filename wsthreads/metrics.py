@@ -111,7 +111,7 @@ class Metrics:
         )
         self.deliveries = Counter(
             "wsthreads_deliveries",
-            "Messages queued for clients by app.broadcast() (kind=broadcast) or to subscribers of a topic"
+            "Messages queued for clients by app.broadcast() (kind=broadcast) or by pub/sub's fan-out"
             " (kind=publish), one per client.",
             ["kind"],
             registry=registry,
@@ -137,7 +137,7 @@ class Metrics:
         )
         self.delivery_seconds = Histogram(
             "wsthreads_publish_delivery_seconds",
-            "From app.publish() to the message being queued for its subscribers here.",
+            "From a publish to the message being queued for its subscribers here.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -193,10 +193,9 @@ class Metrics:
         if count:
             self.deliveries.labels(kind).inc(count)
 
-    def published(self, message_id: str) -> None:
-        """A published message reaches its subscribers here now (its id begins with its time in ms)."""
-        published_ms = int(message_id.split("-", 1)[0])
-        self.delivery_seconds.observe(max(time.time() - published_ms / 1000, 0.0))
+    def published(self, seconds: float) -> None:
+        """A published message reaches its subscribers here now, ``seconds`` after it was published."""
+        self.delivery_seconds.observe(max(seconds, 0.0))
 
     def broker_back(self) -> None:
         """The broker answers again after it was lost."""

@@ -30,8 +30,8 @@ class Request:
 
     Attributes:
         path: the path, e.g. ``/ws`` (without the query).
-        query: the query's parameters; ``query.get("topic")`` is the first
-            value, ``query.getlist("topic")`` every one.
+        query: the query's parameters; ``query.get("room")`` is the first
+            value, ``query.getlist("room")`` every one.
         headers: the request's headers, names case-insensitive.
         cookies: the cookies the client sent, by name.
         remote_addr: the client's address: the connection's, or behind a

@@ -153,9 +153,9 @@ class RequestHandler(WSGIRequestHandler):
     def parse_request(self) -> bool:
         """The request line and headers; a raw non-ASCII byte in the target becomes its ``%XX``.
 
-        A browser percent-encodes ``/ws?topic=nöws``; websocket-client sends
+        A browser percent-encodes ``/ws?room=köln``; websocket-client sends
         the UTF-8 bytes as they are. Werkzeug would encode those twice, and
-        the app would read ``nÃ¶ws``; escaped, it reads what a browser's
+        the app would read ``kÃ¶ln``; escaped, it reads what a browser's
         request gives. (gunicorn answers such a request line with 400; a client
         that percent-encodes, as ours does, is served by both.)
         """

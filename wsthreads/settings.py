@@ -15,7 +15,7 @@ import resource
 #: constants come from").
 SWITCH_INTERVAL = 0.05
 #: Descriptors a server process keeps for itself besides one per session: its
-#: listening socket, logs, the netpoller's epoll, a client's dial to a broker...
+#: listening socket, logs, the netpoller's epoll, the connections of extensions (a Redis pool)...
 RESERVED_DESCRIPTORS = 64
 
 log = logging.getLogger("wsthreads.server")

@@ -19,7 +19,7 @@ Django runs WSGI, so the endpoint mounts in the project's own WSGI application
   opened, when it ends: Django opens one per thread and closes it at the
   end of a request, and a session is no request. Without it each session
   thread would keep one (Channels warns of the same for its sync consumers).
-  Wrap ``may_subscribe`` too if it queries the database.
+  Wrap any other hook that queries the database too (a PubSub's ``may_subscribe``).
 * ``python manage.py runwsserver`` (add ``"wsthreads.django"`` to
   ``INSTALLED_APPS``) serves the project's WSGI application, pages and
   ``/ws`` on one port, reloading on code changes as ``runserver`` does:
@@ -106,7 +106,7 @@ def authenticate(request: Request) -> Any:
 def closing_db(code: Any) -> Any:
     """``code``, closing the database connections it opens when it is done.
 
-    A handler function, or any function (``may_subscribe``, whose refusal
+    A handler function, or any function (a PubSub's ``may_subscribe``, whose refusal
     ends the request before a handler runs): when it returns. A handler
     object: when ``run`` returns, and after each ``on_message`` too, since
     that runs in the netpoller's shared worker threads, which come and go

@@ -314,7 +314,7 @@ class Fanout:
                     queued = broadcast(live, message_of(entry))
                     if self._metrics is not None:
                         self._metrics.delivered("publish", queued)
-                        self._metrics.published(entry.id)
+                        self._metrics.published(time.time() - position[0] / 1000)  # ids start with ms
             self._delivered = parse_id(entries[-1].id)
 
     def _replay_start(self, conn: Connection, last: tuple[int, int]) -> tuple[int, int]:

@@ -22,9 +22,11 @@ def greet(conn: wsthreads.Connection) -> None:
         pass
 
 
+#: Topics for the pages, from a broker: None is this process's; redis://... for several workers.
+pubsub = wsthreads.PubSub(os.environ.get("WSTHREADS_BROKER"), may_subscribe=may_subscribe)
+
 ws = wsthreads.create_app(
     handler=closing_db(greet),  # the query's database connection is closed when the session ends
     authenticate=authenticate,  # the user of Django's session cookie, or 401
-    may_subscribe=may_subscribe,
-    broker=os.environ.get("WSTHREADS_BROKER"),  # None: this process's; redis://... for several workers
+    extensions=[pubsub],  # /ws?topic=user.<id>: what the views publish
 )

@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.http import require_POST
 
-from notifier.live import ws
+from notifier.live import pubsub
 
 
 @login_required
@@ -25,7 +25,7 @@ def notify(request: HttpRequest) -> HttpResponse:
     text = request.POST.get("text", "")
     if target is None or not text:
         return HttpResponseBadRequest("notify needs an existing user 'to' and a 'text'\n")
-    ws.publish(f"user.{target.pk}", text)
+    pubsub.publish(f"user.{target.pk}", text)
     return HttpResponse(f"published to {target.username}\n", content_type="text/plain")
 
 

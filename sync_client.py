@@ -12,8 +12,8 @@ Go::
 
 Python, step by step (the ``wsthreads`` package does each one):
 
-1. Dial: ``Client.dial()`` opens TCP (and TLS), websocket-client does the
-   handshake, and a ``Connection`` takes over the socket, all within
+1. Dial: ``WebSocketClient.run()`` opens TCP (and TLS), websocket-client does
+   the handshake, and a ``Connection`` takes over the socket, all within
    ``--timeout``.
 2. ``go reader(conn)``: the ``reader`` thread reads and prints every
    message, the same reader as the server's; it closes the socket at the
@@ -64,23 +64,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
     try:
-        config = client_config(args)
+        client = build_client(args)
     except ValueError as error:  # e.g. a header given twice
         parser.error(str(error))
     setup_logging(quiet=args.quiet, log_format=args.log_format)
     with tracing(parser.prog, args.trace):
-        return talk(parser, args, config, signalled)
+        return talk(parser, args, client, signalled)
 
 
 def talk(
     parser: OneLineParser,
     args: argparse.Namespace,
-    config: wsthreads.ClientConfig,
+    client: wsthreads.WebSocketClient,
     signalled: Signalled,
 ) -> int:
     """Dial, run the sessions until the end or a signal; the exit status."""
-    client = wsthreads.Client(args.url, config, reconnect=args.reconnect)
-    handler = wsthreads.Echo() if args.echo else Sender(args.count, args.interval, "client")
     # --echo answers until the server closes; otherwise we close once it goes quiet.
     linger = None if args.echo else args.linger
     finished = threading.Event()
@@ -88,7 +86,7 @@ def talk(
 
     def run() -> None:
         try:
-            outcome.append(client.run(handler, linger=linger))
+            outcome.append(client.run(linger=linger))
         except wsthreads.ConnectError as error:
             outcome.append(error)
         finally:
@@ -108,9 +106,12 @@ def talk(
     return 0 if isinstance(result, wsthreads.Closed) and result.clean else 1
 
 
-def client_config(args: argparse.Namespace) -> wsthreads.ClientConfig:
-    """The settings the command line asked for; ValueError (one line) for ones that cannot work."""
-    return wsthreads.ClientConfig(
+def build_client(args: argparse.Namespace) -> wsthreads.WebSocketClient:
+    """The client the command line asks for; ValueError (one line) for settings that cannot work."""
+    return wsthreads.WebSocketClient(
+        args.url,
+        handler=wsthreads.Echo() if args.echo else Sender(args.count, args.interval, "client"),
+        reconnect=args.reconnect,
         timeout=args.timeout,
         cafile=args.cafile,
         certfile=args.certfile,

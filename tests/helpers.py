@@ -407,7 +407,7 @@ def websocket_client(url: str) -> Any:
 
 
 def assert_close_cuts_the_dial_short(client: Any, after: float) -> None:
-    """Dial with ``client`` (a wsthreads.Client) in a thread, close() it ``after`` seconds in:
+    """Connect ``client`` (a wsthreads.WebSocketClient) in a thread, close() it ``after`` seconds in:
     the dial must end with ConnectError within a second of the close."""
     from wsthreads import ConnectError
 
@@ -415,7 +415,7 @@ def assert_close_cuts_the_dial_short(client: Any, after: float) -> None:
 
     def dial() -> None:
         try:
-            client.dial()
+            client.connect()
         except ConnectError as error:
             errors.append(error)
 

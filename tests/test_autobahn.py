@@ -48,7 +48,7 @@ from typing import Any
 import pytest
 from helpers import Program, ServerProgram, require, websocket_client
 
-from wsthreads import Client, ClientConfig, Closed, ConnectError, Echo
+from wsthreads import Closed, ConnectError, Echo, WebSocketClient
 from wsthreads.deflate import Deflate
 
 pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
@@ -198,12 +198,12 @@ def run_case(url: str, compression: Deflate | None) -> str | None:
     A close with any code is fine (kosoku judges it); a failed dial or a
     session still open after CASE_TIMEOUT is not.
     """
-    client = Client(url, ClientConfig(max_message_size=None, compression=compression))
+    client = WebSocketClient(url, handler=Echo(), max_message_size=None, compression=compression)
     outcome: list[Closed | Exception] = []
 
     def session() -> None:
         try:
-            outcome.append(client.run(Echo()))
+            outcome.append(client.run())
         except Exception as error:
             outcome.append(error)
 

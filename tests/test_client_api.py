@@ -37,6 +37,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from wsthreads import Closed, ConnectError, NotConnected, WebSocketClient
 from wsthreads.client import ClientConfig
+from wsthreads.pubsub import Resume
 
 T = TypeVar("T")
 
@@ -498,3 +499,106 @@ def test_a_full_queue_holds_the_reader_and_close_still_ends_everything_in_time()
     assert len(left) >= 4 and set(left) == {"x" * 1000}
     assert client.closed is not None and client.closed.code == 1000
     server.close()
+
+
+class Greeting:
+    """A client Handler: says hello once per session, collects what comes back."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+        self.sessions = 0
+
+    def on_message(self, conn: Any, message: Any) -> None:
+        self.received.append(message)
+
+    def run(self, conn: Any) -> None:
+        self.sessions += 1
+        conn.send("hello")
+
+
+def test_a_handler_runs_per_session_and_run_returns_how_the_last_one_ended(
+    serve: Callable[..., Any],
+) -> None:
+    """handler= (a Handler object): its run sends, its on_message gets the echo; run() returns
+    the session's Closed once the client lingers out (1000, this side first)."""
+    server = serve(echo=True)
+    greeting = Greeting()
+    closed = WebSocketClient(server.url, handler=greeting).run(linger=0.3)
+    assert (closed.code, closed.by_peer) == (1000, False)
+    assert greeting.received == ["hello"] and greeting.sessions == 1
+
+
+def test_a_function_handler_reads_with_recv_and_its_return_closes_with_1000(
+    serve: Callable[..., Any],
+) -> None:
+    """handler= (a function): it pulls with conn.recv, as a server's handler function does."""
+    server = serve(echo=True)
+    seen: list[Any] = []
+
+    def ask(conn: Any) -> None:
+        conn.send("ping me")
+        seen.append(conn.recv(timeout=WAIT))
+
+    closed = WebSocketClient(server.url, handler=ask).run()
+    assert seen == ["ping me"] and closed.code == 1000
+
+
+def test_close_from_another_thread_ends_run_in_time_even_mid_session() -> None:
+    """The command line's Ctrl+C: close() from the main thread while run() holds a session with a
+    server that never answers the close: run() returns within close_timeout plus a second."""
+
+    def deaf(conn: socket.socket) -> None:
+        conn.settimeout(WAIT)
+        try:
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    server = RawServer(deaf)
+    client = WebSocketClient(server.url, handler=Greeting())
+    outcome: list[Closed] = []
+    runner = threading.Thread(target=lambda: outcome.append(client.run()), name="test-runner")
+    runner.start()
+    assert wait_until(lambda: client.connected)
+    started = time.monotonic()
+    client.close()
+    runner.join(3.0)
+    assert not runner.is_alive() and outcome
+    assert time.monotonic() - started < 2.5
+    server.close()
+
+
+def test_a_client_runs_its_sessions_once_connect_or_run(serve: Callable[..., Any]) -> None:
+    """connect() then run(), or run() then connect(): RuntimeError, one line; nothing dialed twice."""
+    server = serve(echo=True)
+    with WebSocketClient(server.url) as client, pytest.raises(RuntimeError, match="already started"):
+        client.run()
+    ran = WebSocketClient(server.url, handler=Greeting())
+    ran.run(linger=0.1)
+    with pytest.raises(RuntimeError, match="runs its sessions in run"):
+        ran.connect()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"handler": Greeting(), "on_message": print}, "give on_message or handler, not both"),
+        ({"handler": lambda conn: None, "resume": Resume}, "resume needs every message"),
+    ],
+    ids=["handler-and-on-message", "resume-with-a-function"],
+)
+def test_handler_settings_that_cannot_work_are_refused_before_any_dial(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        WebSocketClient("ws://127.0.0.1:9/ws", **settings)
+
+
+def test_with_a_handler_recv_says_where_the_messages_go(serve: Callable[..., Any]) -> None:
+    server = serve(echo=True)
+    with (
+        WebSocketClient(server.url, handler=Greeting()) as client,
+        pytest.raises(RuntimeError, match="messages go to on_message or the handler"),
+    ):
+        client.recv(timeout=0.1)

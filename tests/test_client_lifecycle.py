@@ -23,7 +23,6 @@ from helpers import (
 )
 
 from wsthreads import Closed, ConnectError, WebSocketClient
-from wsthreads.client import Client, ClientConfig
 
 
 def alive_client_threads(before: set[threading.Thread]) -> set[str]:
@@ -85,9 +84,9 @@ def test_close_during_a_pending_dial_wins() -> None:
     """close() while the (first or a re-)dial waits for a handshake answer: the dial is cut short,
     and the client stays closed: nothing connects afterwards, no thread is left waiting."""
     silent = ListenerThatNeverAnswers()
-    client = Client(f"ws://127.0.0.1:{silent.port}/ws", ClientConfig(timeout=30))
+    client = WebSocketClient(f"ws://127.0.0.1:{silent.port}/ws", timeout=30)
     assert_close_cuts_the_dial_short(client, after=0.3)
-    assert client.connection is None
+    assert not client.connected
     silent.close()
 
 

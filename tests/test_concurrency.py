@@ -10,12 +10,13 @@ import pytest
 from helpers import OP_TEXT, RawPeer, ServerProgram, wait_until
 
 from common import Sender
-from wsthreads import Client, ClientConfig, Closed
+from wsthreads import Closed, WebSocketClient
 
 
 def run_client(url: str, *, count: int, interval: float, linger: float, timeout: float) -> Closed:
     """One in-process client session, as sync_client.py runs it."""
-    return Client(url, ClientConfig(timeout=timeout)).run(Sender(count, interval, "client"), linger=linger)
+    client = WebSocketClient(url, handler=Sender(count, interval, "client"), timeout=timeout)
+    return client.run(linger=linger)
 
 
 def run_clients(url: str, how_many: int, count: int = 3) -> list[int]:

@@ -247,12 +247,12 @@ def test_close_cuts_a_tls_handshake_short() -> None:
 
     from helpers import assert_close_cuts_the_dial_short
 
-    from wsthreads import Client, ClientConfig
+    from wsthreads import WebSocketClient
 
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
-    client = Client(f"wss://127.0.0.1:{listener.getsockname()[1]}/ws", ClientConfig(timeout=30))
+    client = WebSocketClient(f"wss://127.0.0.1:{listener.getsockname()[1]}/ws", timeout=30)
     assert_close_cuts_the_dial_short(client, after=0.5)
     listener.close()
     for sock in accepted:

@@ -20,7 +20,7 @@ The layers, one module each:
 * :mod:`wsthreads.metrics` — Prometheus metrics of the sessions, summed over gunicorn's workers;
 * :mod:`wsthreads.logs` — log lines with their session's fields, and the JSON format;
 * :mod:`wsthreads.serving` — serving it on Werkzeug: deadlines, TLS, shutdown;
-* :mod:`wsthreads.client` — dialing, reconnecting, :class:`WebSocketClient`;
+* :mod:`wsthreads.client` — :class:`WebSocketClient`, the one client: dialing, sessions, reconnecting;
 * :mod:`wsthreads.proxy` — the client through an HTTP proxy (CONNECT), and which proxy;
 * :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
 * :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines;
@@ -41,7 +41,7 @@ The layers, one module each:
 from __future__ import annotations
 
 from .app import Mounted, ServerConfig, WebSocketApp, create_app
-from .client import Client, ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
+from .client import ClientConfig, ConnectError, NotConnected, WebSocketClient, dial
 from .closing import CloseCode, Closed, describe_close
 from .connection import Connection, Message
 from .deflate import Deflate
@@ -56,7 +56,6 @@ __version__ = "0.3.0"
 __all__ = [
     "Broker",
     "BrokerError",
-    "Client",
     "ClientConfig",
     "CloseCode",
     "Closed",

@@ -8,10 +8,11 @@ and a server that drips its answer one byte at a time never trips it) and a
 answer strictly (:func:`wsthreads.handshake.check_response`) and follow no
 redirect. Then a :class:`~wsthreads.connection.Connection` owns the socket.
 
-:class:`Client` is the one lifecycle of both the command-line client and
-:class:`WebSocketClient`: dial, run a session, and with ``reconnect`` dial
-again after a growing backoff when the session ended with a code that means
-"try again"; ``close()`` wins over a pending dial.
+:class:`WebSocketClient` is the one client, of the command-line program and
+of your code alike: dial, run a session, and with ``reconnect`` dial again
+after a growing backoff when the session ended with a code that means "try
+again"; ``close()`` wins over a pending dial. :func:`dial` is the step under
+it: one connection, its reader not started.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from .handshake import (
 from .lines import printable, shown_path
 from .proxy import Proxy, ProxyError, open_tunnel, proxy_for
 from .queues import Inbox
-from .session import Handler, run_session
+from .session import Handler, SessionCode, run_session
 from .settings import check_count, check_seconds
 
 log = logging.getLogger("wsthreads.client")
@@ -701,8 +702,8 @@ class Resuming(Protocol):
         ...
 
 
-class Client:
-    """One client's lifecycle, for the command line and for :class:`WebSocketClient`.
+class _Lifecycle:
+    """One client's lifecycle, under :class:`WebSocketClient`.
 
     :meth:`run` dials (unless given a first connection), runs a session with a
     handler, and with ``reconnect`` dials again after the session ends with a
@@ -716,8 +717,8 @@ class Client:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
-        config: ClientConfig | None = None,
+        url: str,
+        config: ClientConfig,
         *,
         reconnect: bool = False,
         backoff: tuple[float, float] = BACKOFF,
@@ -727,7 +728,7 @@ class Client:
         self.url = url
         #: Where the sessions are: each dial goes where it says.
         self.resume = resume
-        self.config = config or ClientConfig()
+        self.config = config
         self.reconnect = reconnect
         self.backoff = backoff
         self.reader_name = reader_name
@@ -789,7 +790,7 @@ class Client:
         raise ConnectError(f"the client was closed while dialing {self.url}", retryable=False)
 
     def run(
-        self, handler: Handler, *, linger: float | None = None, first: Connection | None = None
+        self, handler: SessionCode, *, linger: float | None = None, first: Connection | None = None
     ) -> Closed:
         """Sessions with ``handler`` until one ends for good; how the last one ended.
 
@@ -856,25 +857,39 @@ class Client:
             self._dialing = sock
 
 
-class _Deliver:
-    """The handler of :class:`WebSocketClient`: hand every message over; nothing of its own to send."""
+class _HandOver:
+    """The session code of a client without a handler: hand every message over; nothing to send."""
 
-    def __init__(self, deliver: Callable[[Message], None], resume: Resuming | None) -> None:
+    def __init__(self, deliver: Callable[[Message], None]) -> None:
         self.deliver = deliver
-        self.resume = resume
 
     def on_message(self, conn: Connection, message: Message) -> None:
-        """Pass it on (in the reader thread), telling ``resume`` first."""
-        if self.resume is not None:
-            self.resume.seen(message)
+        """Pass it on (in the reader thread)."""
         self.deliver(message)
 
     def run(self, conn: Connection) -> None:
         """Nothing: the caller sends with :meth:`WebSocketClient.send`."""
 
 
+class _Resumed:
+    """A handler whose every message ``resume`` is told of first."""
+
+    def __init__(self, handler: Handler, resume: Resuming) -> None:
+        self.handler = handler
+        self.resume = resume
+
+    def on_message(self, conn: Connection, message: Message) -> None:
+        """Note the message's place, then handle it (in the reader thread)."""
+        self.resume.seen(message)
+        self.handler.on_message(conn, message)
+
+    def run(self, conn: Connection) -> None:
+        """The handler's own work."""
+        self.handler.run(conn)
+
+
 class WebSocketClient:
-    """A WebSocket connection for synchronous code, usable from any thread.
+    """A WebSocket client for synchronous code, usable from any thread: the one client.
 
     ::
 
@@ -886,12 +901,16 @@ class WebSocketClient:
             for message in client:  # until the session ends for good
                 print(message)
 
-    Threads: the first connection is dialed in the caller's thread, so a
+        closed = WebSocketClient(url, handler=Echo(), reconnect=True).run()  # in this thread
+
+    Threads: :meth:`connect` (or ``with``) dials in the caller's thread, so a
     failure raises ConnectError right there. Then a ``reader`` thread
-    delivers every message to ``on_message`` or, without one, to the
-    ``messages`` queue, which :meth:`recv` and iteration read; and a
-    ``supervisor`` thread runs the sessions and, with ``reconnect``, dials
-    again after a backoff. ``send()`` may be called from any thread; it
+    delivers every message to ``on_message``, to ``handler`` or, without
+    either, to the ``messages`` queue, which :meth:`recv` and iteration read;
+    and a ``supervisor`` thread runs the sessions and, with ``reconnect``,
+    dials again after a backoff. :meth:`run` does the supervisor's work in
+    the caller's thread instead, until the sessions end for good (the
+    command-line client's way). ``send()`` may be called from any thread; it
     raises NotConnected while there is no open connection. ``close()`` is
     idempotent, ends the reader, the supervisor and the socket, and returns
     within ``close_timeout`` plus a second.
@@ -905,7 +924,13 @@ class WebSocketClient:
     Args:
         url: the server, ``ws://`` or ``wss://``.
         on_message: called in the reader thread with every message;
-            without it messages go to the ``messages`` queue.
+            without it (and without ``handler``) messages go to the
+            ``messages`` queue.
+        handler: per-connection code, as the server's
+            (:mod:`wsthreads.session`): a :class:`~wsthreads.session.Handler`
+            object (``on_message`` in the reader thread, ``run`` in the
+            session's) or a function ``handler(conn)`` that reads with
+            ``conn.recv``; it runs once per session. Not with ``on_message``.
         reconnect: dial again when the server goes away or the connection
             drops (1001, 1006, 1011-1014), until close().
         backoff: first and largest delay between two dials.
@@ -922,7 +947,7 @@ class WebSocketClient:
     Raises:
         ValueError: a bad setting, before any dial: ``header 'Host' is set by
             the WebSocket handshake itself``, ``max_queue must be a whole number of at least 1: 0``
-            (see :class:`ClientConfig`).
+            (see :class:`ClientConfig`), or ``on_message`` with ``handler``.
         TypeError: a setting :class:`ClientConfig` does not have
             (``... got an unexpected keyword argument 'timout'``), or one of the wrong shape.
     """
@@ -932,6 +957,7 @@ class WebSocketClient:
         url: str = DEFAULT_URL,
         *,
         on_message: Callable[[Message], None] | None = None,
+        handler: SessionCode | None = None,
         reconnect: bool = False,
         backoff: tuple[float, float] = BACKOFF,
         resume: Callable[[], Resuming] | None = None,
@@ -939,21 +965,38 @@ class WebSocketClient:
     ) -> None:
         self.url = url
         config = ClientConfig(**settings)  # type: ignore[arg-type]
-        #: Messages received, when no ``on_message`` was given: what :meth:`recv` and
-        #: iteration read (a :class:`queue.Queue`: ``get(timeout=...)`` works too).
+        #: Messages received, when neither ``on_message`` nor ``handler`` was given: what
+        #: :meth:`recv` and iteration read (a :class:`queue.Queue`: ``get(timeout=...)`` works too).
         self.messages: Inbox[Message] = Inbox(config.max_queue)
-        self._on_message = on_message
         #: What each dial asks and is told (made by ``resume=``), if anything.
         self.resume = None if resume is None else resume()
-        self._handler = _Deliver(on_message or self.messages.deliver, self.resume)
-        self._client = Client(url, config, reconnect=reconnect, backoff=backoff, resume=self.resume)
-        self._lock = threading.Lock()  # guards _supervisor
+        self._handler = self._session_code(on_message, handler)
+        self._delivers = on_message is not None or handler is not None  # elsewhere than the queue
+        self._client = _Lifecycle(url, config, reconnect=reconnect, backoff=backoff, resume=self.resume)
+        self._lock = threading.Lock()  # guards _started and _supervisor
+        self._started = False  # connect() or run() was called: a client runs its sessions once
         self._supervisor: threading.Thread | None = None
         #: How the last session ended, once it has.
         self.closed: Closed | None = None
 
+    def _session_code(
+        self, on_message: Callable[[Message], None] | None, handler: SessionCode | None
+    ) -> SessionCode:
+        """What each session runs: ``handler``, or the hand-over to ``on_message`` or the queue."""
+        if handler is not None and on_message is not None:
+            raise ValueError("give on_message or handler, not both: a handler has its own on_message")
+        if handler is None:
+            handler = _HandOver(on_message or self.messages.deliver)
+        if self.resume is None:
+            return handler
+        if not hasattr(handler, "on_message"):
+            raise ValueError("resume needs every message: give a Handler object, not a function handler")
+        return _Resumed(handler, self.resume)  # type: ignore[arg-type]
+
     def connect(self) -> WebSocketClient:
         """Open the connection (once; again it does nothing) and return the client.
+
+        The sessions then run in the ``supervisor`` thread.
 
         Raises:
             ConnectError: the first dial failed, with a one-line message and
@@ -963,17 +1006,42 @@ class WebSocketClient:
                 WebSocket handshake: HTTP 401 Unauthorized: authentication
                 required`` (False); or close() came first or during the dial:
                 ``the client was closed while dialing ws://...`` (False).
+            RuntimeError: :meth:`run` was called on this client.
         """
         # Under the lock for the whole dial: a close() meanwhile cuts the dial short,
         # then waits here, and so never misses a supervisor about to start.
         with self._lock:
             if self._supervisor is None:
+                if self._started:
+                    raise RuntimeError("this client runs its sessions in run(): connect() is not for it")
                 first = self._client.dial()
+                self._started = True
                 self._supervisor = threading.Thread(
                     target=self._supervise, args=(first,), name="supervisor", daemon=True
                 )
                 self._supervisor.start()
         return self
+
+    def run(self, linger: float | None = None) -> Closed:
+        """Dial and run the sessions in this thread until they end for good; how the last one ended.
+
+        Go's ``for { conn := dial(); serve(conn) }`` in one call. With a
+        :class:`~wsthreads.session.Handler`, each session lasts until the peer
+        closes or, with ``linger``, goes quiet for that many seconds once
+        ``run`` is done; a function handler's, until it returns. ``close()``
+        from another thread (a signal handler's) ends it, even mid-dial.
+
+        Raises:
+            ConnectError: the first dial failed (see :meth:`connect`).
+            RuntimeError: the client was already started (connect() or run()).
+        """
+        with self._lock:
+            if self._started:
+                raise RuntimeError("this client was already started: a client runs its sessions once")
+            self._started = True
+        self._supervise(None, linger)
+        assert self.closed is not None
+        return self.closed
 
     @property
     def connected(self) -> bool:
@@ -1029,8 +1097,8 @@ class WebSocketClient:
                 why the client stopped, once the queue is empty.
             NotConnected: connect() was never called (or failed):
                 ``not connected to ws://...: call connect() first``.
-            RuntimeError: ``on_message`` was given, so messages go there:
-                ``recv() and iteration are not available: messages go to on_message``.
+            RuntimeError: ``on_message`` or ``handler`` was given, so messages go there:
+                ``recv() and iteration are not available: messages go to on_message or the handler``.
         """
         self._check_receiving()
         return self.messages.recv(timeout)
@@ -1051,7 +1119,8 @@ class WebSocketClient:
         Returns within ``close_timeout`` plus a second, even when the queue is
         full and nobody reads it. From your ``on_message`` (the reader
         thread) it only asks and returns: the reader must be free to finish
-        the closing handshake.
+        the closing handshake. A :meth:`run` in another thread returns
+        within the same bound.
         """
         self._client.close(code, reason)
         self.messages.stop_waiting()  # a reader waiting for room must go on, to see the close
@@ -1069,15 +1138,18 @@ class WebSocketClient:
         self.close()
 
     def _check_receiving(self) -> None:
-        if self._on_message is not None:
-            raise RuntimeError("recv() and iteration are not available: messages go to on_message")
+        if self._delivers:
+            raise RuntimeError(
+                "recv() and iteration are not available: messages go to on_message or the handler"
+            )
         # Read without the lock, which connect() holds for its whole dial.
-        if self._supervisor is None:
+        if not self._started:
             raise NotConnected(f"not connected to {self.url}: call connect() first")
 
-    def _supervise(self, first: Connection) -> None:
+    def _supervise(self, first: Connection | None, linger: float | None = None) -> None:
+        """The sessions, from ``first`` (None: dial it here) until they end for good."""
         try:
-            self.closed = self._client.run(self._handler, first=first)
+            self.closed = self._client.run(self._handler, linger=linger, first=first)
         finally:  # over for good: recv() raises how, once the rest is taken
             ended = self.closed or Closed(CloseCode.ABNORMAL_CLOSURE, "the client stopped", by_peer=False)
             self.messages.end(self._client.gave_up or ended)

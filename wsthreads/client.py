@@ -411,7 +411,7 @@ class ResponseRecorder:
     websocket-client keeps one line of a header the server sends on several (its headers
     are a dict, the last line wins): the extensions, which may come on several lines, and
     the headers that must come once are checked on every line (:func:`response_fields`).
-    It reads the head a byte at a time, and nothing after it (tests/test_client_strict.py).
+    It reads the head a byte at a time, and nothing after it (tests/test_client.py).
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -657,7 +657,7 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, ssl.SSLError) and error.reason in CLIENT_CERTIFICATE_REFUSED:
         return False
     # websocket-client says what went wrong only in its words ("Invalid header", "Redirect"):
-    # tests/test_client_faults.py fails if they change.
+    # tests/test_client.py fails if they change.
     words = str(error).lower()
     wrong_answer = "header" in words or "redirect" in words
     return not (isinstance(error, websocket.WebSocketException) and wrong_answer)

@@ -355,8 +355,10 @@ class WebSocketApp:
         self.metrics: Metrics | None = None
         if self.config.metrics_path is not None:
             self.metrics = process_metrics(lambda: [app for app in all_apps() if app.metrics is not None])
-        for extension in self.config.extensions:
-            extension.start(self)
+        # Held while the extensions start or stop: a reopen racing a shutdown sees them
+        # either all started or all stopped.
+        self._lifecycle = threading.Lock()
+        self._start_extensions()
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
         self._limits = AddressLimits(self.config.max_sessions_per_address, self.config.max_connection_rate)
 
@@ -435,18 +437,36 @@ class WebSocketApp:
         Returns True if every session has ended within ``timeout`` seconds.
         """
         with trace.span("shutdown", code=code):
+            return self._shut_down(code, reason, time.monotonic() + timeout)
+
+    def _start_extensions(self) -> None:
+        """Start every extension, in order; if one fails, stop those started, and raise."""
+        started: list[Extension] = []
+        try:
+            for extension in self.config.extensions:
+                extension.start(self)
+                started.append(extension)
+        except BaseException:
+            self._stop_extensions(started)
+            raise
+
+    def _stop_extensions(self, extensions: Iterable[Extension]) -> None:
+        """Stop ``extensions``, the last started first; one that fails is logged, the others still stop."""
+        for extension in reversed(list(extensions)):
             try:
-                return self._shut_down(code, reason, time.monotonic() + timeout)
-            finally:
-                for extension in self.config.extensions:
-                    extension.stop()
+                extension.stop()
+            except Exception as error:
+                log.error("the extension %r failed to stop: %r", extension, error)
 
     def _shut_down(self, code: int, reason: str, deadline: float) -> bool:
-        with self._changed:
-            self._accepting = False
-            connections = list(self._connections)
-        for conn in connections:
-            conn.close(code, reason)
+        with self._lifecycle:
+            with self._changed:
+                was_accepting, self._accepting = self._accepting, False
+                connections = list(self._connections)
+            for conn in connections:
+                conn.close(code, reason)  # asks: each closes in its own reader, all at once
+            if was_accepting:  # now, not at the end: what waits in an extension (a broker) is woken
+                self._stop_extensions(self.config.extensions)
         with self._changed:
             if self._changed.wait_for(self._none_left, max(deadline - time.monotonic() - 0.5, 0)):
                 return True
@@ -465,12 +485,12 @@ class WebSocketApp:
         :func:`~wsthreads.start_server` calls it, so that an app made once, at
         module level, can be served by one test after another.
         """
-        with self._changed:
+        with self._lifecycle:
             if self._accepting:
                 return
-            self._accepting = True
-        for extension in self.config.extensions:
-            extension.start(self)
+            self._start_extensions()  # before accepting: a session never meets an extension not started
+            with self._changed:
+                self._accepting = True
 
     @property
     def accepting(self) -> bool:
@@ -636,6 +656,7 @@ class WebSocketApp:
         An extension that fails (raises) closes the session with 1011, logged.
         """
         openings = []
+        conn.sends_refused = "no send before the 101: send in the Opening's first step, or in the handler"
         for extension in self.config.extensions:
             try:
                 opening = extension.open(conn)
@@ -648,6 +669,7 @@ class WebSocketApp:
             openings.append(opening)
             if opening.closing is not None:
                 break
+        conn.sends_refused = None
         return openings
 
     def _run(
@@ -677,17 +699,19 @@ class WebSocketApp:
         self, conn: Connection, ends: list[Callable[[], None]], parked: bool = False, address: str = ""
     ) -> None:
         """The session is over: off the list, its extensions' ends run (and, if parked, its admission)."""
-        with self._changed:
-            self._connections.discard(conn)
-        if self.metrics is not None:
-            self.metrics.ended(conn)
-        for end in ends:
-            try:
-                end()
-            except Exception as error:
-                log.error("an extension's end failed: %r", error, extra=conn.log_fields)
-        if parked:
-            self._leave(address)
+        try:
+            with self._changed:
+                self._connections.discard(conn)
+            if self.metrics is not None:
+                self.metrics.ended(conn)
+            for end in ends:
+                try:
+                    end()
+                except BaseException as error:  # SystemExit too: the other ends, and the admission, still end
+                    log.error("an extension's end failed: %r", error, extra=conn.log_fields)
+        finally:
+            if parked:
+                self._leave(address)
 
     def _open_and_run(
         self,
@@ -711,10 +735,15 @@ class WebSocketApp:
         with self._broadcasting, self._changed:
             # Not once shutdown began (a slow authenticate hook may outlast it), nor
             # when the client is gone (the request deadline may have cut the socket).
-            opened = self._accepting and send_response(conn.sock, response, conn.write_timeout)
+            accepting = self._accepting
+            opened = accepting and send_response(conn.sock, response, conn.write_timeout)
             if opened:
                 self._connections.add(conn)
                 self._holding += 1
+        if not accepting:  # an answer, not an EOF: as for a request that came once shutdown had begun
+            send_response(conn.sock, http_response(SHUTTING_DOWN), conn.write_timeout)
+            if self.metrics is not None:
+                self.metrics.refused(SHUTTING_DOWN.status, SHUTTING_DOWN.cause)
         if not opened:
             log.info(
                 "no session for %s: %s",
@@ -777,6 +806,19 @@ def inbound_limit(config: ServerConfig) -> InboundLimit | None:
     if config.max_message_rate is None and config.max_byte_rate is None:
         return None
     return InboundLimit(config.max_message_rate, config.max_byte_rate)
+
+
+def http_response(refusal: Refusal) -> bytes:
+    """A refusal as the bytes of a whole HTTP response, for a socket no WSGI server writes to any more."""
+    body = f"{refusal.text}\n".encode()
+    head = [
+        f"HTTP/1.1 {refusal.status}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in refusal.headers),
+    ]
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
 
 
 def first_steps(steps: list[Callable[[], None]]) -> Callable[[], None] | None:

@@ -448,6 +448,9 @@ class Connection:
         self._on_overflow = on_overflow
         #: The reader thread, once started (None while the netpoller reads it).
         self.reader: threading.Thread | None = None
+        #: Why :meth:`send` must raise RuntimeError now, if it must: the app sets it while
+        #: its extensions open the session, before the 101 has gone out.
+        self.sends_refused: str | None = None
         # OpenSSL's connection object may not be used by two threads at once, so
         # with TLS every (non-blocking, so short) recv and send takes this lock.
         self._tls_lock: threading.Lock | contextlib.nullcontext[None] = (
@@ -571,6 +574,8 @@ class Connection:
         sends this message as it is: a secret never shares a compressed
         history with text an attacker chose (see docs/compression.md).
         """
+        if self.sends_refused is not None:
+            raise RuntimeError(self.sends_refused)
         framed = self._framed(message, compress)
         if isinstance(framed, Deferred):
             self._send_wire(framed, data=message)
@@ -588,6 +593,8 @@ class Connection:
         waiting messages make room instead. A peer that stops reading is
         dropped after ``write_timeout``, as with :meth:`send`. ``compress``: as for :meth:`send`.
         """
+        if self.sends_refused is not None:
+            raise RuntimeError(self.sends_refused)
         framed = self._framed(message, compress)
         return self._queue_frame(framed if isinstance(framed, Deferred) else b"".join(framed))
 

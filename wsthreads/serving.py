@@ -537,12 +537,12 @@ def start_server(
         )
     websocket_app = app.websocket_app if isinstance(app, Mounted) else app
     warn_if_too_few_descriptors(websocket_app.config.max_connections)
+    websocket_app.reopen()  # first: an extension that cannot start leaves no listening socket behind
     sock = listen(host, port)
     try:
         httpd = WebSocketServer(sock, app, tls_context=tls_context, handshake_timeout=handshake_timeout)
     finally:
         sock.close()
-    websocket_app.reopen()
     server = RunningServer(websocket_app, httpd, host)
     server.thread.start()
     return server

@@ -398,6 +398,9 @@ def open_broker(url: str | None) -> Broker:
         raise ValueError(f"the broker must be a redis://HOST:PORT/DB URL: {without_password(url)!r}")
     if not stream:
         raise ValueError("stream= must name the Redis stream's key")
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ValueError(f"the database is a number (redis://HOST:PORT/0): {without_password(url)!r}")
     # Only the query changes: urlunsplit would turn unix:///path into unix:/path.
     redis_url = url.split("?", 1)[0] + (f"?{urlencode(options)}" if options else "")
     return RedisBroker(redis_url, stream=stream, retention=retention, trims=keep is not None)

@@ -52,6 +52,10 @@ class PubSub:
     def __init__(self, broker: str | Broker | None = None, may_subscribe: MaySubscribe | None = None) -> None:
         if isinstance(broker, str):
             open_broker(broker)  # a bad URL is a ValueError here, before any app starts
+        elif broker is not None and not all(hasattr(broker, name) for name in ("publish", "read", "bounds")):
+            raise TypeError(f"broker is a redis://HOST:PORT/DB URL, a broker object or None, not {broker!r}")
+        if may_subscribe is not None and not callable(may_subscribe):
+            raise TypeError(f"may_subscribe is a function may_subscribe(user, topic), not {may_subscribe!r}")
         #: Where :meth:`publish` sends and subscribers' messages come from.
         self.broker = shared_broker(broker) if broker is None or isinstance(broker, str) else broker
         self.may_subscribe = may_subscribe
@@ -59,7 +63,7 @@ class PubSub:
         self._app: WebSocketApp | None = None
 
     def __repr__(self) -> str:
-        return f"PubSub({self.broker.where!r})"
+        return f"PubSub({getattr(self.broker, 'where', type(self.broker).__name__)!r})"
 
     def publish(self, topic: str, data: str) -> str:
         """Publish ``data`` to ``topic`` through this broker; the message's id.
@@ -74,27 +78,29 @@ class PubSub:
         """Follow the broker for ``app`` (its follower thread starts with the first subscriber)."""
         if self._fanout is not None and self._app is not app:
             raise ValueError(f"{self!r} already serves another app: make one PubSub per app")
+        if sum(isinstance(extension, PubSub) for extension in app.config.extensions) > 1:
+            raise ValueError("an app takes one PubSub: two would each deliver every message")
         if self._fanout is None:
             self._app = app
             self._fanout = Fanout(self.broker, app.metrics)
 
     def stop(self) -> None:
-        """Stop following the broker: the app's sessions are over (a new start follows it afresh)."""
+        """Stop following the broker: the app's shutdown has begun (a new start follows it afresh)."""
         fanout, self._fanout, self._app = self._fanout, None, None
         if fanout is not None:
             fanout.close()
 
     def open(self, conn: Connection) -> Opening:
         """The subscription the client asked for, registered; or how its session must close."""
-        fanout = self._fanout
-        if fanout is None:  # stopped: the app's shutdown is over, and so is this request
-            return Opening(closing=(CloseCode.GOING_AWAY, "the server is shutting down"))
         try:
             subscription = requested_subscription(conn.request)  # type: ignore[arg-type]
         except ValueError as error:
             return Opening(closing=(CloseCode.POLICY_VIOLATION, str(error)))
         if subscription is None:
             return Opening()
+        fanout = self._fanout
+        if fanout is None:  # stopped: the app's shutdown has begun, and it answers this request
+            return Opening(closing=(CloseCode.GOING_AWAY, "the server is shutting down"))
         for topic in subscription.topics if self.may_subscribe is not None else ():
             try:
                 allowed = self.may_subscribe(conn.user, topic)  # type: ignore[misc]

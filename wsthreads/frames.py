@@ -159,7 +159,7 @@ class Unmasker:
 
 
 class _MaskingKeys:
-    """Masking keys from ``os.urandom``, 1024 per system call instead of one (4 us each here).
+    """Masking keys from ``os.urandom``, 1024 per system call instead of one per frame.
 
     Still from the strong source RFC 6455 10.3 asks for; refilled afresh in
     a forked child, so two processes never share keys.

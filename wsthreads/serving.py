@@ -199,8 +199,8 @@ class RequestHandler(WSGIRequestHandler):
         collection would close it. We close it now. Not after a session
         (:class:`~wsthreads.app.SessionOver`): no selector was made, and
         reading the frames' locals would tie each request's objects into a
-        cycle only the garbage collector frees (0.84 s of it at the exit of
-        a process that served 9,000 sessions).
+        cycle only the garbage collector frees (at thousands of sessions, a
+        long collection at the process's exit).
         """
         if isinstance(error, SessionOver):
             return

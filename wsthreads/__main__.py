@@ -1,7 +1,8 @@
 """``python -m wsthreads COMMAND``: the package's command-line tools.
 
-python -m wsthreads publish --broker redis://localhost:6379/0 --topic news "hello"
-python -m wsthreads merge-traces server.json client.json -o run.json
+``publish`` (:mod:`wsthreads.pubsub.command`) and ``merge-traces``::
+
+    python -m wsthreads merge-traces server.json client.json -o run.json
 """
 
 from __future__ import annotations
@@ -12,39 +13,27 @@ from collections.abc import Sequence
 
 from . import trace
 from .lines import shown_path
-from .pubsub.broker import BrokerError, publish
+from .pubsub import command as publish_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status (1 with one line on stderr if it failed)."""
     parser = argparse.ArgumentParser(prog="python -m wsthreads", description="wsthreads' command-line tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    publishing = commands.add_parser(
-        "publish", help="publish a message to a topic; prints its id (every subscriber gets it once)"
-    )
-    publishing.add_argument(
-        "--broker", required=True, metavar="URL", help="the servers' broker: redis://HOST:PORT/DB"
-    )
-    publishing.add_argument("--topic", required=True, metavar="NAME")
-    publishing.add_argument("message", metavar="MESSAGE")
+    publish_command.add_command(commands)
     merging = commands.add_parser(
         "merge-traces", help="one timeline from the --trace files of several processes (Perfetto opens it)"
     )
     merging.add_argument("traces", nargs="+", metavar="TRACE")
     merging.add_argument("-o", "--output", required=True, metavar="FILE")
+    merging.set_defaults(run=merge_traces)
     args = parser.parse_args(argv)
-    if args.command == "publish":
-        if args.broker.startswith("memory:"):
-            parser.exit(
-                1,
-                f"{parser.prog} publish: error: an in-process broker lives in one process:"
-                " give the servers' redis://HOST:PORT/DB\n",
-            )
-        try:
-            print(publish(args.topic, args.message, broker=args.broker))
-        except (ValueError, TypeError, BrokerError) as error:
-            parser.exit(1, f"{parser.prog} publish: error: {error}\n")
-        return 0
+    status: int = args.run(parser, args)
+    return status
+
+
+def merge_traces(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Merge the trace files into one; print where it is."""
     try:
         merged = trace.merge(args.traces, args.output)
     except (OSError, ValueError, KeyError) as error:

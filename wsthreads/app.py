@@ -138,7 +138,7 @@ class ServerConfig:
             no more than the limit waits.
         extensions: code that runs with every session beside the handler
             (:mod:`wsthreads.extension`), e.g.
-            ``[wsthreads.pubsub.PubSub("redis://...")]`` for topics.
+            ``[wsthreads.PubSub("redis://...")]`` for publish and subscribe.
         netpoller: a :class:`~wsthreads.session.Handler`'s session holds no
             thread while it waits for its client: the connection waits in the
             process's netpoller (:mod:`wsthreads.netpoller`), ``on_message``

@@ -19,8 +19,8 @@ An extension may not send in :meth:`~Extension.open`: the 101 has not gone out
 (``conn.send`` raises RuntimeError there); its first step may.
 
 ``create_app(extensions=[...])`` takes them; :class:`wsthreads.pubsub.PubSub`
-is the first (topics, a broker, resuming after a reconnect), and the app
-itself knows nothing of what any of them does.
+is the first (publish and subscribe), and the app itself knows nothing of
+what any of them does.
 """
 
 from __future__ import annotations

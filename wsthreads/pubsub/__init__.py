@@ -6,7 +6,8 @@ Its modules, one layer each:
 * :mod:`wsthreads.pubsub.fanout` — published messages to the subscribed connections of a process;
 * :mod:`wsthreads.pubsub.extension` — :class:`PubSub`, which brings them to an app
   (``create_app(extensions=[PubSub(broker)])``) through the app's generic hooks;
-* :mod:`wsthreads.pubsub.resume` — the client's side: where a subscription is, for the next dial.
+* :mod:`wsthreads.pubsub.resume` — the client's side: where a subscription is, for the next dial;
+* :mod:`wsthreads.pubsub.command` — ``python -m wsthreads publish``.
 
 A client subscribes with the endpoint's query, ``/ws?topic=NAME``; a
 publisher calls ``pubsub.publish`` or :func:`publish` from any process

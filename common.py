@@ -29,7 +29,7 @@ from wsthreads.connection import Connection, Message, log_message, message_log
 from wsthreads.handshake import check_header, is_token
 from wsthreads.lines import shown_path
 from wsthreads.logs import JsonFormatter
-from wsthreads.settings import RATES
+from wsthreads.settings import MAX_SECONDS, RATES
 
 log = logging.getLogger("wsthreads.program")
 
@@ -170,6 +170,8 @@ def seconds_arg(text: str) -> float:
     value = parsed(text, float, "a number of seconds")
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    if value > MAX_SECONDS:  # past this, a deadline overflows the clock
+        raise argparse.ArgumentTypeError(f"is too large (at most 1e9 seconds), got {text}")
     return value
 
 

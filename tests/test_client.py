@@ -34,6 +34,7 @@ from helpers import (
     assert_close_cuts_the_dial_short,
     decode_frames,
     encode_frame,
+    free_port,
     run_client,
     wait_until,
 )
@@ -1372,3 +1373,107 @@ def test_with_a_handler_recv_says_where_the_messages_go(serve: Callable[..., Any
         pytest.raises(RuntimeError, match="messages go to on_message or the handler"),
     ):
         client.recv(timeout=0.1)
+
+
+@pytest.mark.parametrize("linger", ["3", float("nan"), float("inf"), -1, 0, 1e10])
+def test_a_linger_that_cannot_work_is_refused_before_any_dial(linger: Any) -> None:
+    """Not a TypeError or OverflowError from inside the session, with its connection left open."""
+    client = WebSocketClient("ws://127.0.0.1:9/ws", handler=Greeting())
+    with pytest.raises(ValueError, match=r"linger must be a number of seconds above 0|linger is too large"):
+        client.run(linger=linger)
+
+
+@pytest.mark.parametrize("option", ["--linger", "--interval", "--timeout"])
+def test_cli_seconds_past_what_the_clock_holds_are_a_usage_error(option: str) -> None:
+    result = run_client(option, "1e300")
+    assert result.returncode == 2
+    one_line(result.stderr.splitlines()[-1], "is too large")
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (wsthreads.Echo, r"handler is an object or a function: Echo\(\), not the class"),
+        (type("OnlyOnMessage", (), {"on_message": lambda self, conn, message: None})(), "has no run"),
+        (42, "handler is a Handler object or a function handler"),
+    ],
+    ids=["a-class", "no-run", "a-number"],
+)
+def test_a_handler_of_the_wrong_shape_is_refused_before_any_dial(handler: Any, message: str) -> None:
+    """Not dialed, failed with 1011, and (reconnecting) dialed again for ever."""
+    with pytest.raises(TypeError, match=message):
+        WebSocketClient("ws://127.0.0.1:9/ws", handler=handler, reconnect=True)
+
+
+def test_close_from_the_clients_own_handler_in_its_supervisor_thread_only_asks(
+    serve: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that decides the session is over calls client.close(): no 'cannot join current thread'."""
+    holder: list[WebSocketClient] = []
+    went_on: list[bool] = []
+
+    class Stops:
+        def on_message(self, conn: Any, message: Any) -> None:
+            pass
+
+        def run(self, conn: Any) -> None:
+            holder[0].close()
+            went_on.append(True)
+
+    server = serve(echo=True)
+    client = WebSocketClient(server.url, handler=Stops())
+    holder.append(client)
+    client.connect()
+    assert wait_until(lambda: client.closed is not None)
+    assert client.closed is not None and client.closed.code == 1000
+    assert not [r for r in caplog.records if "error in the session handler" in r.getMessage()]
+    assert went_on == [True]
+    client.close()
+
+
+def test_run_raises_why_reconnecting_stopped_when_a_redial_is_refused_for_good(
+    serve: Callable[..., Any],
+) -> None:
+    """The server restarts (1012), then refuses the redial with 401: run() says so, as recv() would."""
+    calls: list[int] = []
+
+    def authenticate(request: Any) -> Any:
+        calls.append(1)
+        return "ada" if len(calls) == 1 else None
+
+    server = serve(handler=lambda conn: conn.close(1012, "restart"), authenticate=authenticate)
+    client = WebSocketClient(server.url, handler=Greeting(), reconnect=True, backoff=(0.05, 0.1))
+    with pytest.raises(ConnectError, match="401 Unauthorized") as refused:
+        client.run()
+    assert not refused.value.retryable
+
+
+def test_after_a_failed_first_dial_run_or_connect_may_try_again(serve: Callable[..., Any]) -> None:
+    """As after a failed connect(): nothing ran, so the client may dial again (the server came up)."""
+    port = free_port()
+    client = WebSocketClient(f"ws://127.0.0.1:{port}/ws", timeout=2)
+    with pytest.raises(ConnectError, match="connection refused"):
+        client.run()
+    with pytest.raises(ConnectError, match="connection refused"):
+        client.connect()
+
+
+def test_a_lookup_that_hangs_is_bounded_by_the_timeout_and_cut_by_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The system's resolver cannot be interrupted: the dial stops waiting for it at its deadline,
+    or at once on close(), and leaves it to end in its own thread."""
+    real = socket.getaddrinfo
+
+    def slow(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow.example":
+            time.sleep(3)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match=r"within 0\.5 s"):
+        WebSocketClient("ws://slow.example/ws", timeout=0.5).connect()
+    assert time.monotonic() - started < 1.5
+    client = WebSocketClient("ws://slow.example/ws", timeout=30)
+    assert_close_cuts_the_dial_short(client, after=0.3)

@@ -17,8 +17,11 @@ it: one connection, its reader not started.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -34,7 +37,15 @@ from . import trace
 from .backoff import BACKOFF, STABLE_SESSION, backoff_delays
 from .certificates import load_certificate, trusting
 from .closing import RETRYABLE_CODES, CloseCode, Closed
-from .connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, WRITE_TIMEOUT, Connection, Message, shut_down
+from .connection import (
+    CLOSE_TIMEOUT,
+    MAX_MESSAGE_SIZE,
+    WRITE_TIMEOUT,
+    Connection,
+    Message,
+    shut_down,
+    wait_for,
+)
 from .deadlines import deadlines
 from .deflate import Agreement, Deflate, compression_setting
 from .deflate import accept as accept_compression
@@ -501,11 +512,11 @@ def open_tcp(
             ws://nowhere.invalid/ws: Name or service not known``, ``cannot
             connect to ...: connection refused (is the server running?)``,
             ``no answer from ... within 10 s``; whatever ``track`` raises
-            (:class:`Client` raises ConnectError, ``retryable`` False, once closed).
+            (:class:`WebSocketClient` raises ConnectError, ``retryable`` False, once closed).
     """
     error: OSError = TimeoutError()
     try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = resolve(host, port, deadline, track)
     except OSError as failure:
         raise ConnectError(describe_dial_error(url, config, failure, deadline)) from failure
     for family, kind, proto, _, address in addresses:
@@ -526,6 +537,55 @@ def open_tcp(
             sock.close()
             raise
     raise ConnectError(describe_dial_error(url, config, error, deadline)) from error
+
+
+def resolve(
+    host: str, port: int, deadline: float, track: Callable[[socket.socket], None] | None
+) -> list[tuple[Any, ...]]:
+    """``host``'s addresses, by the deadline, and cut short by a close() as a socket's connect is.
+
+    The system's resolver cannot be interrupted, and one that times out and
+    retries takes its own seconds: it runs in a daemon thread, ``resolver``,
+    while this waits on one end of a socket pair, shown to ``track`` as the
+    dial's socket. The lookup's end, the deadline, or a close() (which shuts
+    that socket down) ends the wait; a lookup still running is left to end
+    in its thread. An address given as digits needs no lookup.
+
+    Raises:
+        OSError: the lookup failed (``socket.gaierror``), or TimeoutError: it
+            did not end by the deadline or the dial was cut short.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[list[tuple[Any, ...]] | OSError] = []
+    waiting, waking = socket.socketpair()
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as error:
+            found.append(error)
+        finally:
+            with contextlib.suppress(OSError):
+                waking.send(b"!")
+            waking.close()
+
+    try:
+        if track is not None:
+            track(waiting)
+        threading.Thread(target=look_up, name="resolver", daemon=True).start()
+        wait_for(waiting, select.POLLIN, deadline - time.monotonic())
+    finally:
+        waiting.close()
+    if not found:
+        raise TimeoutError(f"no address for {host} in time")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
 
 
 def open_unix(
@@ -857,6 +917,18 @@ class _Lifecycle:
             self._dialing = sock
 
 
+def check_handler(handler: object) -> None:
+    """TypeError, one line, unless ``handler`` is a Handler object or a function ``handler(conn)``."""
+    if isinstance(handler, type):
+        raise TypeError(f"handler is an object or a function: {handler.__name__}(), not the class")
+    if hasattr(handler, "on_message") or hasattr(handler, "run"):
+        missing = [name for name in ("on_message", "run") if not callable(getattr(handler, name, None))]
+        if missing:
+            raise TypeError(f"a Handler object needs on_message and run; {handler!r} has no {missing[0]}")
+    elif not callable(handler):
+        raise TypeError(f"handler is a Handler object or a function handler(conn), not {handler!r}")
+
+
 class _HandOver:
     """The session code of a client without a handler: hand every message over; nothing to send."""
 
@@ -985,6 +1057,8 @@ class WebSocketClient:
         """What each session runs: ``handler``, or the hand-over to ``on_message`` or the queue."""
         if handler is not None and on_message is not None:
             raise ValueError("give on_message or handler, not both: a handler has its own on_message")
+        if handler is not None:
+            check_handler(handler)
         if handler is None:
             handler = _HandOver(on_message or self.messages.deliver)
         if self.resume is None:
@@ -1032,14 +1106,26 @@ class WebSocketClient:
         from another thread (a signal handler's) ends it, even mid-dial.
 
         Raises:
-            ConnectError: the first dial failed (see :meth:`connect`).
+            ConnectError: the first dial failed (see :meth:`connect`); or, with
+                ``reconnect``, a redial was refused for good (``retryable``
+                False, e.g. a 403 once the token was revoked), as :meth:`recv` does.
+            ValueError: ``linger`` is not a number of seconds above 0 (or None).
             RuntimeError: the client was already started (connect() or run()).
         """
+        check_seconds("linger", linger, optional=True)
         with self._lock:
             if self._started:
                 raise RuntimeError("this client was already started: a client runs its sessions once")
             self._started = True
-        self._supervise(None, linger)
+        try:
+            first = self._client.dial()
+        except ConnectError:
+            with self._lock:
+                self._started = False  # nothing ran: connect() or run() may try again, as after connect()
+            raise
+        self._supervise(first, linger)
+        if self._client.gave_up is not None:
+            raise self._client.gave_up
         assert self.closed is not None
         return self.closed
 
@@ -1117,16 +1203,18 @@ class WebSocketClient:
         """Close with ``code`` and stop reconnecting; idempotent, bounded, never raises.
 
         Returns within ``close_timeout`` plus a second, even when the queue is
-        full and nobody reads it. From your ``on_message`` (the reader
-        thread) it only asks and returns: the reader must be free to finish
-        the closing handshake. A :meth:`run` in another thread returns
+        full and nobody reads it. From your ``on_message`` or handler (the
+        client's own threads) it only asks and returns: they must be free to
+        finish the closing handshake. A :meth:`run` in another thread returns
         within the same bound.
         """
         self._client.close(code, reason)
         self.messages.stop_waiting()  # a reader waiting for room must go on, to see the close
         with self._lock:
             supervisor = self._supervisor
-        if supervisor is not None and not self._client.in_reader():
+        # Not from the client's own threads (on_message in the reader, a handler in the
+        # supervisor): they must go on, to finish the session.
+        if supervisor not in (None, threading.current_thread()) and not self._client.in_reader():
             supervisor.join(self._client.config.close_timeout + 1.0)
 
     def __enter__(self) -> WebSocketClient:

@@ -133,7 +133,11 @@ class Closed(Exception):
 
     @property
     def clean(self) -> bool:
-        """True for an orderly end: a close handshake with 1000 or 1001."""
+        """True for an orderly end: 1000 or 1001, received or sent.
+
+        Sent counts even when the peer never answered it within the close
+        timeout: this side said goodbye, and the log says the peer did not answer.
+        """
         return self.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
 
 

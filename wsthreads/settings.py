@@ -53,6 +53,10 @@ def warn_if_too_few_descriptors(max_connections: int) -> None:
         )
 
 
+#: The longest a setting in seconds may be: past this, a deadline overflows the clock.
+MAX_SECONDS = 1e9
+
+
 def check_seconds(name: str, value: object, *, optional: bool = False) -> None:
     """``value`` must be a finite number of seconds above 0 (or None, if ``optional``)."""
     if value is None and optional:
@@ -60,7 +64,7 @@ def check_seconds(name: str, value: object, *, optional: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         none = " (None: off)" if optional else ""
         raise ValueError(f"{name} must be a number of seconds above 0{none}: {value!r}")
-    if value > 1e9:  # past this, deadlines overflow the clock
+    if value > MAX_SECONDS:  # past this, deadlines overflow the clock
         raise ValueError(f"{name} is too large (at most 1e9 seconds): {value!r}")
 
 

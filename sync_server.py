@@ -61,7 +61,14 @@ from common import (
     subprotocol_arg,
     tracing,
 )
-from wsthreads.app import MAX_CONNECTIONS, METRICS_PATH, PING_INTERVAL, WS_PATH, is_plain_path
+from wsthreads.app import (
+    MAX_CONNECTIONS,
+    MAX_SESSION_THREADS,
+    METRICS_PATH,
+    PING_INTERVAL,
+    WS_PATH,
+    is_plain_path,
+)
 from wsthreads.connection import MAX_MESSAGE_SIZE, WRITE_TIMEOUT
 from wsthreads.pubsub.broker import shared_broker
 from wsthreads.serving import DEFAULT_HOST, DEFAULT_PORT, HANDSHAKE_TIMEOUT
@@ -162,6 +169,7 @@ def build_app(args: argparse.Namespace) -> wsthreads.WebSocketApp:
         ping_interval=args.ping_interval or None,
         write_timeout=args.write_timeout,
         max_connections=args.max_connections,
+        max_session_threads=args.max_session_threads,
         allowed_origins=tuple(args.allowed_origin),
         path=args.path,
         subprotocols=tuple(args.subprotocol),
@@ -209,6 +217,14 @@ def build_parser() -> OneLineParser:
         default=MAX_CONNECTIONS,
         metavar="N",
         help=f"sessions open at once; more get HTTP 503 (default {MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--max-session-threads",
+        type=count_arg,
+        default=MAX_SESSION_THREADS,
+        metavar="N",
+        help="without --netpoller, where each session holds threads: sessions open at once, more get"
+        f" HTTP 503 (default {MAX_SESSION_THREADS})",
     )
     parser.add_argument(
         "--handshake-timeout",

@@ -172,6 +172,8 @@ def push_servers(go: dict[str, str], n: int, messages: int, interval: float) -> 
 
 #: sync_server.py's option for more sessions than the run opens.
 MAX_CONNECTIONS = ["--max-connections", "20000"]
+#: The same for sessions that hold threads (without --netpoller).
+UNCAPPED = [*MAX_CONNECTIONS, "--max-session-threads", "20000"]
 
 
 def busy_servers(go: dict[str, str], n: int) -> list[Server]:
@@ -183,6 +185,8 @@ def busy_servers(go: dict[str, str], n: int) -> list[Server]:
             "ours",
             [python, "sync_server.py", "--echo", "--netpoller", "--quiet", "--port", "0", *MAX_CONNECTIONS],
         ),
+        # A reader thread per session, as the article's goroutine: the cliff the cap keeps away.
+        Server("ours-threads", [python, "sync_server.py", "--echo", "--quiet", "--port", "0", *UNCAPPED]),
         Server(
             "ours-gunicorn",
             [*gunicorn, *one_worker(n), app],
@@ -301,7 +305,7 @@ BUSY_COLUMNS = [
 ]
 
 
-SERVERS = ("ours", "ours-gunicorn", "websockets", "gorilla", "tcp")
+SERVERS = ("ours", "ours-gunicorn", "ours-threads", "websockets", "gorilla", "tcp")
 WORKLOADS = ("push", "busy")
 
 

@@ -138,7 +138,14 @@ def test_scale_smoke_run(go_programs: dict[str, str], tmp_path: Path) -> None:
     assert "| 20 | ours/gorilla |" in stdout and "SIGINT→exit s" in stdout
     data = json.loads(out.read_text())
     assert set(data["push"]["20"]) == {"ours", "ours-gunicorn", "websockets", "gorilla"}
-    assert set(data["busy"]["20"]) == {"ours", "ours-gunicorn", "websockets", "gorilla", "tcp"}
+    assert set(data["busy"]["20"]) == {
+        "ours",
+        "ours-gunicorn",
+        "ours-threads",
+        "websockets",
+        "gorilla",
+        "tcp",
+    }
     for name, figures in data["push"]["20"].items():
         assert figures["complete"] == 20 and figures["wrong"] == 0, name
     for name in ("ours", "ours-gunicorn"):  # closed with 1001 at SIGINT, and in time

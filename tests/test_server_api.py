@@ -6,6 +6,7 @@ raw sockets; servers are real, on port 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -493,3 +494,49 @@ def test_a_handshake_whose_authenticate_outlasts_the_start_of_shutdown_gets_a_50
         client.join(5)
     assert answers == [(503, b"the server is shutting down\n")]
     assert not [r for r in caplog.records if "connection lost" in r.getMessage()]
+
+
+def hold_until_closed(conn: Connection) -> None:
+    """A handler function: it holds its thread until the client goes."""
+    for _ in conn:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("settings", "holds"),
+    [
+        ({"handler": hold_until_closed}, True),
+        ({"echo": True, "netpoller": False}, True),
+        ({"echo": True}, False),
+    ],
+    ids=["handler-function", "object-without-netpoller", "parked-object"],
+)
+def test_sessions_that_hold_a_thread_are_capped_below_max_connections(
+    serve: Serve, settings: dict[str, Any], holds: bool
+) -> None:
+    """max_session_threads: the thread cliff is a 503 with its reason, not thousands of threads;
+    sessions parked in the netpoller hold no thread and only max_connections counts them."""
+    server = serve(max_connections=3, max_session_threads=2, **settings)
+    with contextlib.ExitStack() as clients:
+        for _ in range(2):
+            clients.enter_context(connect(server.url))
+        if holds:
+            with pytest.raises(InvalidStatus) as refused:
+                clients.enter_context(connect(server.url))
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.body == b"too many connections (limit 2: each holds a thread)\n"
+            assert server.app.config.session_limit == 2
+        else:
+            clients.enter_context(connect(server.url))
+            assert server.app.config.session_limit == 3
+
+
+def test_the_default_caps_thread_held_sessions_at_a_thousand() -> None:
+    """What was measured to keep every bound (docs/performance.md); parked sessions: 9,000."""
+    assert wsthreads.create_app(handler=hold_until_closed).config.session_limit == 1000
+    assert wsthreads.create_app(echo=True).config.session_limit == 9000
+    assert (
+        wsthreads.create_app(handler=hold_until_closed, max_session_threads=None).config.session_limit == 9000
+    )
+    with pytest.raises(ValueError, match="max_session_threads must be a whole number of at least 0"):
+        wsthreads.create_app(max_session_threads=-1)

@@ -76,6 +76,10 @@ PING_INTERVAL = 25.0
 #: in the netpoller (``ServerConfig.netpoller``) with no thread. A handler
 #: function's session holds a thread: a few thousand of those is the cliff.
 MAX_CONNECTIONS = 9000
+#: Sessions that hold a thread for their whole life (a handler function's, or any with
+#: ``netpoller=False``) open at once: thousands of runnable threads are the cliff where
+#: the GIL's switching takes the cores (docs/performance.md, "Where the constants come from").
+MAX_SESSION_THREADS = 1000
 #: Seconds :meth:`WebSocketApp.shutdown` takes at most, however many peers are stuck.
 SHUTDOWN_TIMEOUT = 2.0
 #: The environ key of a callable our Werkzeug handler puts there: calling it
@@ -126,6 +130,10 @@ class ServerConfig:
             read for that long is dropped.
         close_timeout: seconds a close may take before the connection is cut.
         max_connections: sessions open at once; more get 503.
+        max_session_threads: when every session holds a thread for its
+            whole life (a handler function's, or ``netpoller=False``), the
+            most open at once, below ``max_connections``; more get 503.
+            None: ``max_connections`` alone.
         allowed_origins: browser origins allowed besides the server's own
             (``*``: all).
         max_queue: received messages that may wait for ``conn.recv()``.
@@ -184,6 +192,7 @@ class ServerConfig:
     write_timeout: float = WRITE_TIMEOUT
     close_timeout: float = CLOSE_TIMEOUT
     max_connections: int = MAX_CONNECTIONS
+    max_session_threads: int | None = MAX_SESSION_THREADS
     allowed_origins: tuple[str, ...] = ()
     max_queue: int = MAX_QUEUE
     outbound_limit: int = OUTBOUND_LIMIT
@@ -218,6 +227,7 @@ class ServerConfig:
         check_count("max_queue", self.max_queue)
         check_count("outbound_limit", self.outbound_limit)
         check_count("max_connections", self.max_connections, minimum=0)
+        check_count("max_session_threads", self.max_session_threads, minimum=0, optional=True)
         check_count("max_message_size", self.max_message_size, optional=True)
         check_count("max_sessions_per_address", self.max_sessions_per_address, optional=True)
         check_rate("max_connection_rate", self.max_connection_rate)
@@ -237,6 +247,18 @@ class ServerConfig:
         TrustedProxies.parse(self.trusted_proxies)  # a bad entry is a ValueError here
         object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
         object.__setattr__(self, "compression", compression_setting(self.compression))
+
+    @property
+    def holds_threads(self) -> bool:
+        """True if every session holds a thread for its whole life: it is not parked in the netpoller."""
+        return not (self.netpoller and hasattr(self.session_handler(), "on_message"))
+
+    @property
+    def session_limit(self) -> int:
+        """Sessions that may be open at once: ``max_connections``, or fewer if each holds a thread."""
+        if self.holds_threads and self.max_session_threads is not None:
+            return min(self.max_connections, self.max_session_threads)
+        return self.max_connections
 
     def session_handler(self) -> SessionCode:
         """What each session does."""
@@ -358,6 +380,10 @@ class WebSocketApp:
         # Held while the extensions start or stop: a reopen racing a shutdown sees them
         # either all started or all stopped.
         self._lifecycle = threading.Lock()
+        self._session_limit = self.config.session_limit
+        # What a client beyond the limit reads.
+        held = ": each holds a thread" if self._session_limit < self.config.max_connections else ""
+        self._full = f"too many connections (limit {self._session_limit}{held})"
         self._start_extensions()
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
         self._limits = AddressLimits(self.config.max_sessions_per_address, self.config.max_connection_rate)
@@ -544,11 +570,8 @@ class WebSocketApp:
         with self._changed:
             if not self._accepting:
                 return SHUTTING_DOWN
-            if self._admitted >= self.config.max_connections:
-                limit = self.config.max_connections
-                return Refusal(
-                    "503 Service Unavailable", f"too many connections (limit {limit})", cause="server-full"
-                )
+            if self._admitted >= self._session_limit:
+                return Refusal("503 Service Unavailable", self._full, cause="server-full")
             if self._limits.active:
                 refusal = self._limits.admit(address)
                 if refusal is not None:

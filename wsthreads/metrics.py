@@ -74,7 +74,9 @@ class Metrics:
         gauge: dict[str, Any] = {"registry": registry, "multiprocess_mode": "liveall"}
         self.sessions_open = Gauge("wsthreads_sessions_open", "WebSocket sessions open now.", **gauge)
         self.sessions_limit = Gauge(
-            "wsthreads_sessions_limit", "Sessions that may be open at once (max_connections).", **gauge
+            "wsthreads_sessions_limit",
+            "Sessions that may be open at once (max_connections, max_session_threads).",
+            **gauge,
         )
         self.session_threads = Gauge(
             "wsthreads_session_threads",
@@ -209,7 +211,7 @@ class Metrics:
             for conn, counted in self._counted.items():
                 self._counted[conn] = self._count_traffic(conn, counted)
         apps = [app for app in self._live() if app.accepting]
-        self.sessions_limit.set(sum(app.config.max_connections for app in apps))
+        self.sessions_limit.set(sum(app.config.session_limit for app in apps))
         self.session_threads.set(sum(app.threads_in_sessions() for app in apps))
         self.threads.set(threading.active_count())
 

@@ -8,6 +8,7 @@ server, raw sockets that misbehave on purpose, and the real programs."""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import select
@@ -1477,3 +1478,84 @@ def test_a_lookup_that_hangs_is_bounded_by_the_timeout_and_cut_by_close(
     assert time.monotonic() - started < 1.5
     client = WebSocketClient("ws://slow.example/ws", timeout=30)
     assert_close_cuts_the_dial_short(client, after=0.3)
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def resolvers() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name == "resolver"}
+
+
+def test_a_name_idna_cannot_encode_is_one_line_and_at_once() -> None:
+    """A label over 63 characters: not a resolver thread's traceback and 'no answer within 3 s'."""
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match=r"cannot find the host of .*not a valid host name"):
+        WebSocketClient(f"ws://{'a' * 70}.example/ws", timeout=3).connect()
+    assert time.monotonic() - started < 1.5
+
+
+def test_dials_through_a_hung_resolver_share_one_lookup_and_keep_no_descriptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client redialing while DNS hangs: one resolver thread for the host, not one per dial, and
+    each dial's socket pair closed as it gives up; once the lookup ends, nothing is left."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def hung(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hung.example":
+            release.wait(WAIT)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung)
+    earlier = resolvers()  # other tests' lookups, still ending in this process
+    before = fds()
+    for _ in range(20):
+        with pytest.raises(ConnectError):
+            WebSocketClient("ws://hung.example:9/ws", timeout=0.05).connect()
+    assert fds() <= before  # fewer if something else of this process let go meanwhile
+    assert len(resolvers() - earlier) == 1
+    release.set()
+    assert wait_until(lambda: not resolvers() - earlier)
+    assert fds() <= before
+
+
+def test_a_late_answer_writes_nothing_to_a_dial_that_gave_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup wakes its dials by closing their ends, never by a write: a process that set SIGPIPE
+    back to its default cannot be killed by an answer that came after its dial failed."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def late(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "late.example":
+            release.wait(WAIT)
+        return real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", late)
+    sent: list[Any] = []
+
+    def send(self: socket.socket, *args: Any) -> int:
+        sent.append(args)
+        return 0
+
+    monkeypatch.setattr(socket.socket, "send", send)
+    with pytest.raises(ConnectError, match=r"within 0\.1 s"):
+        WebSocketClient("ws://late.example:9/ws", timeout=0.1).connect()
+    release.set()
+    assert wait_until(lambda: not any(t.name == "resolver" and t.is_alive() for t in threading.enumerate()))
+    assert sent == []
+
+
+def test_connect_on_a_closed_client_leaves_no_socket_behind() -> None:
+    """close() first, then connect(): 'closed while dialing', and the lookup's socket pair closed."""
+    client = WebSocketClient("ws://localhost:9/ws", timeout=1)
+    client.close()
+    before = fds()
+    errors = []
+    for _ in range(20):
+        with pytest.raises(ConnectError, match="the client was closed") as failed:
+            client.connect()
+        errors.append(failed.value)  # kept: a socket only the collector would close would show
+    assert fds() <= before

@@ -101,8 +101,9 @@ def test_prometheus_reads_sessions_and_close_codes_summed_over_two_workers(
     served: tuple[Gunicorn, Prometheus],
 ) -> None:
     gunicorn, prometheus = served
-    # Both workers report, each with its pid and its budget.
-    assert prometheus.settles_at("wsthreads_sessions_limit", [100.0, 100.0])
+    # Both workers report, each with its pid and its budget: 20, their threads, since every session
+    # of sync_server.py's echo (a reader thread each, no netpoller) holds one (max_connections: 100).
+    assert prometheus.settles_at("wsthreads_sessions_limit", [20.0, 20.0])
 
     clients = [connect(gunicorn.url) for _ in range(6)]
     try:

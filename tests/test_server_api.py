@@ -540,3 +540,38 @@ def test_the_default_caps_thread_held_sessions_at_a_thousand() -> None:
     )
     with pytest.raises(ValueError, match="max_session_threads must be a whole number of at least 0"):
         wsthreads.create_app(max_session_threads=-1)
+
+
+class Lingering:
+    """A Handler object whose run() holds its thread for the whole session."""
+
+    def on_message(self, conn: Connection, message: Any) -> None:
+        pass
+
+    def run(self, conn: Connection) -> None:
+        conn.stop.wait()
+
+
+def test_a_handler_whose_run_lasts_counts_against_the_thread_cap(serve: Serve) -> None:
+    """Parked sessions are not capped by max_session_threads, but those running code in their
+    thread are: a run() that lasts the whole session holds one, as a handler function does."""
+    server = serve(handler=Lingering(), max_connections=10, max_session_threads=2)
+    assert server.app.config.session_limit == 10
+    with contextlib.ExitStack() as clients:
+        for _ in range(2):
+            clients.enter_context(connect(server.url))
+        assert wait_until(lambda: server.app.threads_in_sessions() == 2)
+        with pytest.raises(InvalidStatus) as refused:
+            clients.enter_context(connect(server.url))
+        assert refused.value.response.body == b"too many connections (limit 2: each holds a thread)\n"
+
+
+def test_a_server_with_fewer_threads_lowers_the_limit_in_force_for_thread_held_sessions() -> None:
+    """gunicorn's --threads (the worker calls serve_with_threads): the limit, and the metrics' gauge,
+    say what can really be open; parked sessions need no thread and keep max_connections."""
+    held = wsthreads.create_app(handler=hold_until_closed)
+    held.serve_with_threads(500)
+    assert held.session_limit == 500
+    parked = wsthreads.create_app(echo=True)
+    parked.serve_with_threads(500)
+    assert parked.session_limit == 9000

@@ -21,6 +21,7 @@ The layers, one module each:
 * :mod:`wsthreads.logs` — log lines with their session's fields, and the JSON format;
 * :mod:`wsthreads.serving` — serving it on Werkzeug: deadlines, TLS, shutdown;
 * :mod:`wsthreads.client` — :class:`WebSocketClient`, the one client: dialing, sessions, reconnecting;
+* :mod:`wsthreads.lookup` — host name lookups a dial can stop waiting for (its deadline, a close());
 * :mod:`wsthreads.proxy` — the client through an HTTP proxy (CONNECT), and which proxy;
 * :mod:`wsthreads.gunicorn` — hooks for gunicorn's gthread worker;
 * :mod:`wsthreads.deadlines` — the thread that enforces whole-exchange deadlines;

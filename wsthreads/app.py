@@ -130,10 +130,12 @@ class ServerConfig:
             read for that long is dropped.
         close_timeout: seconds a close may take before the connection is cut.
         max_connections: sessions open at once; more get 503.
-        max_session_threads: when every session holds a thread for its
-            whole life (a handler function's, or ``netpoller=False``), the
-            most open at once, below ``max_connections``; more get 503.
-            None: ``max_connections`` alone.
+        max_session_threads: the most sessions that hold a thread at once.
+            When every session does, for its whole life (a handler
+            function's, or ``netpoller=False``), the most open at once;
+            else a new session is refused while that many run code in their
+            thread (a Handler's ``run()`` that lasts). More get 503. None:
+            ``max_connections`` alone.
         allowed_origins: browser origins allowed besides the server's own
             (``*``: all).
         max_queue: received messages that may wait for ``conn.recv()``.
@@ -381,9 +383,6 @@ class WebSocketApp:
         # either all started or all stopped.
         self._lifecycle = threading.Lock()
         self._session_limit = self.config.session_limit
-        # What a client beyond the limit reads.
-        held = ": each holds a thread" if self._session_limit < self.config.max_connections else ""
-        self._full = f"too many connections (limit {self._session_limit}{held})"
         self._start_extensions()
         self._proxies = TrustedProxies.parse(self.config.trusted_proxies)
         self._limits = AddressLimits(self.config.max_sessions_per_address, self.config.max_connection_rate)
@@ -571,13 +570,36 @@ class WebSocketApp:
             if not self._accepting:
                 return SHUTTING_DOWN
             if self._admitted >= self._session_limit:
-                return Refusal("503 Service Unavailable", self._full, cause="server-full")
+                return self._full(self._session_limit, held=self._session_limit < self.config.max_connections)
+            threads = self.config.max_session_threads
+            if threads is not None and self._holding >= threads:  # a Handler's run() that lasts, say
+                return self._full(threads, held=True)
             if self._limits.active:
                 refusal = self._limits.admit(address)
                 if refusal is not None:
                     return refusal
             self._admitted += 1
             return None
+
+    @staticmethod
+    def _full(limit: int, held: bool) -> Refusal:
+        """The 503 of a client beyond ``limit``; ``held``: a limit on sessions that hold a thread."""
+        reason = f"too many connections (limit {limit}{': each holds a thread' if held else ''})"
+        return Refusal("503 Service Unavailable", reason, cause="server-full")
+
+    @property
+    def session_limit(self) -> int:
+        """Sessions that may be open at once now: the config's, or fewer (:meth:`serve_with_threads`)."""
+        return self._session_limit
+
+    def serve_with_threads(self, threads: int) -> None:
+        """Its server runs at most ``threads`` requests at once (gunicorn's ``--threads``).
+
+        When every session holds a thread, no more than that can be open: the
+        limit in force (and the metrics' gauge) says so.
+        """
+        if self.config.holds_threads:
+            self._session_limit = min(self.config.session_limit, threads)
 
     def _serve(
         self, environ: dict[str, Any], start_response: Callable[..., Any], started: float, address: str

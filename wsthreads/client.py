@@ -17,11 +17,8 @@ it: one connection, its reader not started.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import ipaddress
 import logging
-import select
 import socket
 import ssl
 import threading
@@ -44,7 +41,6 @@ from .connection import (
     Connection,
     Message,
     shut_down,
-    wait_for,
 )
 from .deadlines import deadlines
 from .deflate import Agreement, Deflate, compression_setting
@@ -59,6 +55,7 @@ from .handshake import (
     subprotocol_names,
 )
 from .lines import printable, shown_path
+from .lookup import resolve
 from .proxy import Proxy, ProxyError, open_tunnel, proxy_for
 from .queues import Inbox
 from .session import Handler, SessionCode, run_session
@@ -516,7 +513,7 @@ def open_tcp(
     """
     error: OSError = TimeoutError()
     try:
-        addresses = resolve(host, port, deadline, track)
+        addresses = resolve(host, port, deadline, track)  # ends by the deadline, or on close()
     except OSError as failure:
         raise ConnectError(describe_dial_error(url, config, failure, deadline)) from failure
     for family, kind, proto, _, address in addresses:
@@ -537,55 +534,6 @@ def open_tcp(
             sock.close()
             raise
     raise ConnectError(describe_dial_error(url, config, error, deadline)) from error
-
-
-def resolve(
-    host: str, port: int, deadline: float, track: Callable[[socket.socket], None] | None
-) -> list[tuple[Any, ...]]:
-    """``host``'s addresses, by the deadline, and cut short by a close() as a socket's connect is.
-
-    The system's resolver cannot be interrupted, and one that times out and
-    retries takes its own seconds: it runs in a daemon thread, ``resolver``,
-    while this waits on one end of a socket pair, shown to ``track`` as the
-    dial's socket. The lookup's end, the deadline, or a close() (which shuts
-    that socket down) ends the wait; a lookup still running is left to end
-    in its thread. An address given as digits needs no lookup.
-
-    Raises:
-        OSError: the lookup failed (``socket.gaierror``), or TimeoutError: it
-            did not end by the deadline or the dial was cut short.
-    """
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    found: list[list[tuple[Any, ...]] | OSError] = []
-    waiting, waking = socket.socketpair()
-
-    def look_up() -> None:
-        try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as error:
-            found.append(error)
-        finally:
-            with contextlib.suppress(OSError):
-                waking.send(b"!")
-            waking.close()
-
-    try:
-        if track is not None:
-            track(waiting)
-        threading.Thread(target=look_up, name="resolver", daemon=True).start()
-        wait_for(waiting, select.POLLIN, deadline - time.monotonic())
-    finally:
-        waiting.close()
-    if not found:
-        raise TimeoutError(f"no address for {host} in time")
-    if isinstance(found[0], OSError):
-        raise found[0]
-    return found[0]
 
 
 def open_unix(

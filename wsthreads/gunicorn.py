@@ -100,6 +100,7 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """
         for app in all_apps():  # loaded by now
             warn_if_too_few_descriptors(app.config.max_connections)
+            app.serve_with_threads(self.cfg.threads)
             if app.metrics is not None:
                 app.metrics.keep_sweeping()
                 if app.metrics.shared:  # made in the master (preload_app): its zeros are no worker's

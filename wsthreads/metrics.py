@@ -211,7 +211,7 @@ class Metrics:
             for conn, counted in self._counted.items():
                 self._counted[conn] = self._count_traffic(conn, counted)
         apps = [app for app in self._live() if app.accepting]
-        self.sessions_limit.set(sum(app.config.session_limit for app in apps))
+        self.sessions_limit.set(sum(app.session_limit for app in apps))
         self.session_threads.set(sum(app.threads_in_sessions() for app in apps))
         self.threads.set(threading.active_count())
 

@@ -14,7 +14,7 @@ serving ``bench/fanout_server.py``) with N subscribers of one topic
   process, another one than the servers', calling
   ``wsthreads.publish(topic, data, broker=URL)`` (the issue's case);
 * ``redis-2w-ws``: the same, but the publisher is a WebSocket connection
-  to the server, whose handler calls ``app.publish`` for each message it
+  to the server, whose handler calls ``pubsub.publish`` for each message it
   sends (the way the in-process row has to publish);
 * ``redis-1w-ws``: Redis, one worker, publisher connection: the Redis row
   with the in-process row's process count, to tell the broker's cost from
@@ -42,7 +42,7 @@ Two phases per row, on the same connections, after a short warm-up:
   over the time from the first publish to the last delivery; publishes
   per second: the rate of the publisher's calls (``publish()`` returns once
   Redis has the message; a publisher connection's send once the frame is
-  in its socket, before the server calls ``app.publish``); per delivery
+  in its socket, before the server calls ``pubsub.publish``); per delivery
   p50, p99, slowest.
 
 Pinned as bench/broadcast.py pins (``--no-pin``: left to the scheduler):
@@ -121,7 +121,7 @@ class Row:
         publisher = (
             "publish() from another process"
             if self.publisher == "publish()"
-            else "publisher WS → app.publish"
+            else "publisher WS → pubsub.publish"
         )
         return f"{broker}, {workers}, {publisher}"
 

@@ -118,7 +118,7 @@ def test_fanout_bench_quick_run(redis_base_url: str, tmp_path: Path) -> None:
     out = tmp_path / "fanout.json"
     stdout = run_script("fanout.py", "--quick", "--redis", redis_base_url, "--json", str(out))
     assert "| Redis, 2 workers, publish() from another process |" in stdout
-    assert "| in-process, 1 worker, publisher WS → app.publish |" in stdout
+    assert "| in-process, 1 worker, publisher WS → pubsub.publish |" in stdout
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert set(rows) == {"redis-2w-publish", "redis-2w-ws", "redis-1w-ws", "memory-1w-ws"}

@@ -717,3 +717,26 @@ def test_the_follower_retries_a_lost_broker_with_backoff_from_0_1_s() -> None:
     for number, waited in enumerate(waits):
         ceiling = 0.1 * 2**number
         assert ceiling / 2 - 0.01 <= waited <= ceiling + 0.2, waits
+
+
+def test_a_close_between_the_followers_stop_check_and_its_read_still_wakes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The follower has looked at its stop flag and not yet begun its read when close() wakes the
+    readers: that wake-up finds nobody, so close() wakes again until the follower has ended."""
+    monkeypatch.setattr(fanout, "FOLLOW_WAIT", 30.0)
+    in_gap = threading.Event()
+
+    class Gap(MemoryBroker):
+        def read(self, after: str, count: int, timeout: float = 0) -> list[Any]:
+            in_gap.set()
+            time.sleep(0.2)  # the stop check is behind it, the read's wait not begun: close() lands here
+            return super().read(after, count, timeout)
+
+    hub = fanout.Fanout(Gap())
+    hub._start_following()
+    assert in_gap.wait(WAIT)
+    began = time.monotonic()
+    hub.close()
+    assert time.monotonic() - began < 5  # not the 30 s of its read
+    assert not any(t.name == "fanout" and t.is_alive() for t in threading.enumerate() if t is hub._follower)

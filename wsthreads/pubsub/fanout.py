@@ -63,6 +63,8 @@ MAX_ROUNDS = 10
 TRIM_INTERVAL = 1.0
 #: Seconds one read of the follower waits for new entries: how long stopping it may take.
 FOLLOW_WAIT = 0.5
+#: Seconds between two wake-ups of an in-process follower that is stopping.
+WAKE_AGAIN = 0.05
 #: Seconds a new subscriber waits for the follower to find where the log ends.
 START_TIMEOUT = 3.0
 #: Live entries held for one replaying connection; past that, it reads them from the broker again.
@@ -248,12 +250,17 @@ class Fanout:
         """
         self._stop.set()
         self._ready.set()
-        if isinstance(self.broker, MemoryBroker):
-            self.broker.wake_readers()
         with self._lock:
             follower = self._follower
-        if follower is not None and follower is not threading.current_thread():
-            follower.join(FOLLOW_WAIT + 1.0)
+        if follower is None or follower is threading.current_thread():
+            return
+        deadline = time.monotonic() + FOLLOW_WAIT + 1.0
+        while follower.is_alive() and time.monotonic() < deadline:
+            # Again until it has ended: a follower between its stop check and its read
+            # would miss a single wake-up and wait out its read.
+            if isinstance(self.broker, MemoryBroker):
+                self.broker.wake_readers()
+            follower.join(WAKE_AGAIN)
 
     def _start_following(self) -> None:
         with self._lock:

@@ -95,6 +95,12 @@ def test_metrics_cost_bench_runs() -> None:
     assert "off" in stdout and "(1.00x of off)" in stdout and "metrics+limits" in stdout
 
 
+def test_stuck_writers_bench_runs() -> None:
+    """bench/stuck_writers.py 10: the CPU share while writers wait for peers that never read."""
+    stdout = run_script("stuck_writers.py", "10")
+    assert re.search(r"^\| 10 \| \d+\.\d% \| \d+\.\d% \| \d+ \| 100 \|$", stdout, re.M), stdout
+
+
 def test_memory_bench_runs() -> None:
     """bench/memory.py 20: the Python objects per connection, with the lines that allocated them."""
     stdout = run_script("memory.py", "20")

@@ -855,14 +855,9 @@ def inbound_limit(config: ServerConfig) -> InboundLimit | None:
 
 def http_response(refusal: Refusal) -> bytes:
     """A refusal as the bytes of a whole HTTP response, for a socket no WSGI server writes to any more."""
-    body = f"{refusal.text}\n".encode()
-    head = [
-        f"HTTP/1.1 {refusal.status}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in refusal.headers),
-    ]
+    body, headers = refusal_parts(refusal)
+    fields = [*(f"{name}: {value}" for name, value in headers), "Connection: close"]
+    head = [f"HTTP/1.1 {refusal.status}", *fields]
     return "\r\n".join(head).encode() + b"\r\n\r\n" + body
 
 
@@ -1050,10 +1045,16 @@ def metrics_response(
 
 def plain_response(start_response: Callable[..., Any], refusal: Refusal) -> Iterable[bytes]:
     """A one-line text/plain answer for a request that gets no session."""
+    body, headers = refusal_parts(refusal)
+    start_response(refusal.status, headers)
+    return [body]
+
+
+def refusal_parts(refusal: Refusal) -> tuple[bytes, list[tuple[str, str]]]:
+    """A refusal's body, its line of text, and its headers: ours, then the refusal's own."""
     body = f"{refusal.text}\n".encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    start_response(refusal.status, [*headers, *refusal.headers])
-    return [body]
+    return body, [*headers, *refusal.headers]
 
 
 def create_app(config: ServerConfig | None = None, **settings: Any) -> WebSocketApp:

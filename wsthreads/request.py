@@ -9,6 +9,7 @@ connection's ``user``. Both stay on the connection (``conn.request``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
@@ -109,6 +110,8 @@ class TrustedProxies:
 
     def trusts(self, address: str) -> bool:
         """Whether ``address`` (``""``: a Unix socket's peer) is a trusted proxy."""
+        if not self.networks:  # no address to parse: the usual case, without proxies
+            return self.unix and address == ""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -147,6 +150,7 @@ def forwarded_for(header: str) -> list[str]:
     return hops
 
 
+@functools.lru_cache(maxsize=4096)  # each request asks two or three times, and clients come back
 def normalized(address: str) -> str:
     """An IP address in one spelling (``2001:DB8::1`` as ``2001:db8::1``, ``::ffff:10.0.0.1`` as
     ``10.0.0.1``), so that a limit per address cannot be dodged by spelling it otherwise; else as it is."""

@@ -25,7 +25,8 @@ Go peer (``interop/go``) runs pinned to core 0:
 
 Each run's figures: completion, delivery p50/p99 (push), seconds (busy), KiB per
 connection (peak minus idle RSS, over the connections), the peak of threads and of
-descriptors (sampled every 0.1 s), and the seconds from SIGINT to exit. Ratios are
+descriptors (sampled every 0.1 s), and the seconds from SIGINT to exit; for busy, also the
+seconds until every connection was open (the handshakes), before the round trips began. Ratios are
 ours/gorilla. One run per cell, not a median: nothing here is asserted.
 """
 
@@ -244,6 +245,7 @@ def run_busy(go: dict[str, str], server: Server, n: int, logs: Path) -> dict[str
             figures = {
                 "completed": raw.get(f"c{n}_completed", 0),
                 "seconds": raw.get(f"c{n}_seconds", float("inf")),
+                "dial_seconds": raw.get(f"c{n}_dial_seconds", float("inf")),
                 "kib_per_conn": kib_per_connection(process, idle, n),
             }
         figures |= {"threads": sample.threads, "fds": sample.fds}
@@ -283,7 +285,7 @@ def format_figure(value: float | None) -> str:
 
 
 #: The figures compared in the ours/gorilla row.
-RATIOS = {"p50_ms", "p99_ms", "kib_per_conn", "threads", "fds", "seconds"}
+RATIOS = {"p50_ms", "p99_ms", "kib_per_conn", "threads", "fds", "seconds", "dial_seconds"}
 PUSH_COLUMNS = [
     ("connected", "connected"),
     ("complete", "complete"),
@@ -299,6 +301,7 @@ PUSH_COLUMNS = [
 BUSY_COLUMNS = [
     ("completed", "completed"),
     ("seconds", "seconds"),
+    ("of which dialing s", "dial_seconds"),
     ("KiB/conn", "kib_per_conn"),
     ("threads", "threads"),
     ("fds", "fds"),

@@ -3,25 +3,31 @@
 A goroutine blocked in a read costs a few KiB and no OS thread: the Go
 runtime *parks* it on its netpoller (epoll) and runs it again when bytes
 arrive. Here a connection waiting for its peer is parked the same way: its
-socket is registered in one selector, watched by one thread (``netpoller``),
-with the time by which it must run again (a ping, a close deadline). When
-bytes arrive, that time comes, or another thread :meth:`Watch.wake` s it (a
-close), a worker thread takes it for one *turn*: the connection reads what
-came, handles it (your ``on_message`` runs there) and does what is due,
-without waiting for the peer, and says when it must run again; then it is
-parked again. One thread at a time per connection, so its messages stay in
-order and ``on_message`` never runs twice at once for it.
+socket is registered in one epoll, with the time by which it must run again
+(a ping, a close deadline). When bytes arrive, that time comes, or another
+thread :meth:`Watch.wake` s it (a close), a worker thread takes it for one
+*turn*: the connection reads what came, handles it (your ``on_message``
+runs there) and does what is due, without waiting for the peer, and says
+when it must run again; then it is parked again. One thread at a time per
+connection, so its messages stay in order and ``on_message`` never runs
+twice at once for it.
 
-Go runs goroutines on a few threads (``GOMAXPROCS``) and, when one blocks in
-a system call for too long, its monitor (``sysmon``) starts another. The
-workers here do the same: up to :data:`WORKERS` run turns; when turns have
-waited :data:`STALL` seconds with none taken (a turn blocked in a write to a
-slow peer, or in your ``on_message``), one more starts, up to
-:data:`MAX_WORKERS`. A worker idle for :data:`IDLE` seconds ends, and the
-``netpoller`` thread runs only while something is watched.
+Go has no netpoller thread: a thread with nothing to run polls the epoll
+itself and runs what it finds. The workers here do the same: one of them
+waits in epoll and runs the turns it found, one after another, in the same
+thread. Under the GIL that is the fastest way, as long as turns are quick:
+handing each one to another thread costs a switch per message. When a turn
+is slow (:data:`SLOW_TURN`: your ``on_message`` waiting on a database, a
+write to a slow peer), the worker leaves the turns it has not begun to
+other workers, up to :data:`WORKERS` at once. And like Go's monitor
+(``sysmon``), which starts another thread when one blocks in a system call
+for too long, the ``netpoller`` thread watches the workers: when turns
+have been running for :data:`STALL` seconds with no other taken and nobody
+polling, it starts one more, up to :data:`MAX_WORKERS`. A worker idle for
+:data:`IDLE` seconds ends, and the ``netpoller`` thread runs only while
+something is watched.
 
-Every state change of a watch is under one lock; only the ``netpoller``
-thread touches the selector and moves a parked watch to a worker.
+Every state change is under one lock; one thread at a time polls the epoll.
 """
 
 from __future__ import annotations
@@ -39,16 +45,18 @@ from collections.abc import Callable
 
 log = logging.getLogger("wsthreads")
 
-#: Worker threads started at once when turns wait (Go: GOMAXPROCS): a few, for two cores and one GIL.
+#: Workers running turns at once when turns are slow (Go: GOMAXPROCS): a few, for two cores and one GIL.
 WORKERS = 4
 #: The most worker threads: each beyond WORKERS stands in for a turn blocked for STALL seconds.
 MAX_WORKERS = 1024
-#: Seconds turns may wait with no worker taking one before another worker starts.
+#: Seconds turns may run with none other taken and nobody polling before another worker starts.
 STALL = 0.05
+#: Seconds a turn may take before the worker running it leaves the turns waiting behind it to others.
+SLOW_TURN = 0.002
 #: Seconds an idle worker waits for a turn before it ends.
 IDLE = 5.0
 
-# A watch's states: waiting in the selector; queued for or in a worker; woken while in a
+# A watch's states: waiting in epoll; queued for or in a worker; woken while in a
 # worker; forgotten (closed).
 _PARKED, _RUNNING, _RUN_AGAIN, _GONE = range(4)
 
@@ -85,26 +93,35 @@ class Watch:
 
 
 class Netpoller:
-    """Parked connections in one epoll, and the worker threads that run their turns.
+    """Parked connections in one epoll, and the worker threads that poll it and run their turns.
 
     A parked socket is armed once (``EPOLLONESHOT``): its first event disarms
-    it, so one event hands it to one worker, and the worker re-arms it after
-    the turn, itself (``epoll_ctl`` may be called from any thread). The
-    ``netpoller`` thread only waits: for events, the earliest deadline, and
-    stalled workers.
+    it, so one event gives it to one worker, and the worker re-arms it after
+    the turn (``epoll_ctl`` may be called from any thread).
     """
 
     def __init__(self, workers: int = WORKERS, max_workers: int = MAX_WORKERS) -> None:
         self._lock = threading.Lock()
+        self._turns_wait = threading.Condition(self._lock)  # idle workers wait here
+        self._stalls = threading.Condition(self._lock)  # the netpoller thread waits here
         self._epoll: select.epoll | None = None
         self._wakeup_fd = -1
-        self._thread: threading.Thread | None = None
-        self._watches: dict[int, Watch] = {}  # by descriptor: the thread runs while there are any
+        self._thread: threading.Thread | None = None  # the monitor: runs while there are watches
+        self._watches: dict[int, Watch] = {}  # by descriptor
         self._timers: list[tuple[float, int, Watch]] = []  # (due, order, watch), a heap
         self._order = itertools.count()
-        self._waking_at: float | None = None  # when the netpoller thread's wait ends (None: on an event)
+        self._jobs: collections.deque[Watch] = collections.deque()  # watches whose turn waits for a worker
+        self._polling = False  # a worker waits in epoll
+        self._waking_at: float | None = None  # when its wait ends (None: on an event)
         self._ringing = False  # the wake-up descriptor is readable: no second write needed
-        self._workers = _Workers(workers, max_workers, self._run, self._ring)
+        self._workers = workers
+        self._most = max_workers
+        self._threads = 0
+        self._idle = 0  # workers waiting in _turns_wait
+        self._running = 0  # turns running now
+        self._moved = time.monotonic()  # when a worker last took a turn or began to poll
+        self._monitor_asleep = False  # the netpoller thread waits until turns run
+        self._names = itertools.count(1)
 
     def watch(self, fd: int, turn: Callable[[], float | None], name: str) -> Watch:
         """Watch the socket ``fd``: ``turn()`` runs in a worker from the first :meth:`Watch.wake` on.
@@ -115,15 +132,15 @@ class Netpoller:
         """
         watch = Watch(self, fd, turn, name)
         with self._lock:
-            if self._thread is None:
-                self._start_locked()
+            if self._epoll is None:
+                self._open_locked()
             self._watches[fd] = watch
         return watch
 
     def running(self) -> bool:
-        """True while the netpoller thread runs (something is watched)."""
+        """True while something is watched (the netpoller thread runs then)."""
         with self._lock:
-            return self._thread is not None
+            return self._epoll is not None
 
     # --- any thread -------------------------------------------------------------------
 
@@ -135,7 +152,8 @@ class Netpoller:
             if watch.state != _PARKED:
                 return
             watch.state = _RUNNING  # still armed: an event meanwhile finds it running, and is dropped
-        self._workers.submit(watch)
+            self._jobs.append(watch)
+            self._hand_out_locked()
 
     def _close(self, watch: Watch) -> None:
         with self._lock:
@@ -151,24 +169,80 @@ class Netpoller:
                 assert self._epoll is not None
                 with contextlib.suppress(OSError):  # closed already: epoll forgot it itself
                     self._epoll.unregister(watch.fd)
-            if not self._watches:
-                self._ring_locked()  # the netpoller thread ends
+            self._close_if_unwatched_locked()
 
-    def _ring(self) -> None:
-        """Wake the netpoller thread (a turn waits for a worker): not from itself, which looks anyway."""
-        if threading.current_thread() is not self._thread:
-            with self._lock:
-                self._ring_locked()
+    def _hand_out_locked(self) -> None:
+        """A turn waits: an idle worker takes it, or the polling one, or a new one (up to WORKERS).
+
+        If every worker is running a turn, the first to end takes it (or, if
+        none ends, one that the netpoller thread starts at a stall).
+        """
+        if self._idle:
+            self._turns_wait.notify()
+        elif self._polling:
+            self._ring_locked()
+        elif self._threads < self._workers:
+            self._start_worker_locked()
 
     def _ring_locked(self) -> None:
+        """Make the worker waiting in epoll return: there is a turn for it, or a sooner deadline."""
         if not self._ringing and self._wakeup_fd >= 0:
             self._ringing = True
             os.write(self._wakeup_fd, (1).to_bytes(8, "little"))
 
-    # --- the worker threads -----------------------------------------------------------
+    # --- the workers --------------------------------------------------------------------
+
+    def _start_worker_locked(self) -> None:
+        name = f"netpoller-worker-{next(self._names)}"
+        try:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        except RuntimeError as error:  # "can't start new thread": the workers there are go on
+            log.error("no new netpoller worker: %s (%d running)", error, self._threads)
+            return
+        self._threads += 1
+
+    def _work(self) -> None:
+        """A worker: run the turns that wait, else poll if nobody does, else wait for a turn."""
+        with self._lock:
+            try:
+                while True:
+                    if self._jobs:
+                        self._take_turn_locked()
+                    elif self._epoll is not None and not self._polling:
+                        self._poll_locked()
+                    elif not self._wait_locked():
+                        return
+            finally:
+                self._threads -= 1
+
+    def _wait_locked(self) -> bool:
+        """Wait for a turn (at most IDLE seconds); False if none came: the worker ends."""
+        self._idle += 1
+        try:
+            woken = self._turns_wait.wait(IDLE)
+        finally:
+            self._idle -= 1
+        return woken or bool(self._jobs)
+
+    def _take_turn_locked(self) -> None:
+        """Run the first waiting turn (the lock released meanwhile); if it was slow, share the rest."""
+        watch = self._jobs.popleft()
+        self._moved = started = time.monotonic()
+        self._running += 1
+        if self._monitor_asleep:
+            self._monitor_asleep = False
+            self._stalls.notify()  # turns run: the netpoller thread watches for a stall
+        self._lock.release()
+        try:
+            self._run(watch)
+        finally:
+            self._lock.acquire()
+            self._running -= 1
+        if self._jobs and time.monotonic() - started >= SLOW_TURN:
+            self._hand_out_locked()
 
     def _run(self, watch: Watch) -> None:
-        """One or more turns of ``watch`` (in a worker), then park it again."""
+        """One or more turns of ``watch`` (in a worker, without the lock), then park it again."""
         thread = threading.current_thread()
         named = thread.name
         while True:
@@ -191,8 +265,8 @@ class Netpoller:
                 watch.state = _PARKED
                 if due is not None and due != watch.due:  # the same deadline as before: its entry is there
                     heapq.heappush(self._timers, (due, next(self._order), watch))
-                    if self._waking_at is None or due < self._waking_at:
-                        self._ring_locked()  # sooner than the netpoller thread would look
+                    if self._polling and (self._waking_at is None or due < self._waking_at):
+                        self._ring_locked()  # sooner than the polling worker would look
                 watch.due = due
                 assert self._epoll is not None
                 if watch.registered:
@@ -202,139 +276,98 @@ class Netpoller:
                     watch.registered = True
                 return
 
-    # --- the netpoller thread ---------------------------------------------------------
-
-    def _start_locked(self) -> None:
-        self._epoll = select.epoll()
-        self._wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._epoll.register(self._wakeup_fd, select.EPOLLIN)
-        # Daemon: a process may exit with connections still watched.
-        self._thread = threading.Thread(target=self._poll, name="netpoller", daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
+    def _poll_locked(self) -> None:
+        """Wait in epoll (the lock released meanwhile) for bytes, the earliest deadline or a ring;
+        queue the turns that are due."""
         epoll = self._epoll
         assert epoll is not None
-        while True:
-            with self._lock:
-                if not self._watches:  # decided under the lock: a watch() from now on starts a new thread
-                    self._stop_locked()
-                    return
-                timeout = self._timeout_locked()
+        self._polling = True
+        self._moved = time.monotonic()
+        timeout = self._timeout_locked()
+        self._lock.release()
+        try:
             events = epoll.poll(-1 if timeout is None else timeout)
-            ready = []
-            with self._lock:
-                for fd, _ in events:
-                    watch = self._watches.get(fd)
-                    if watch is None:  # the wake-up
-                        self._ringing = False
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(self._wakeup_fd, 8)
-                    elif watch.state == _PARKED:
-                        watch.state = _RUNNING
-                        ready.append(watch)
-                ready.extend(self._expired_locked())
-            for watch in ready:
-                self._workers.submit(watch)
-            self._workers.start_if_stalled()
+        finally:
+            self._lock.acquire()
+            self._polling = False
+        for fd, _ in events:
+            watch = self._watches.get(fd)
+            if watch is None:  # the wake-up
+                self._ringing = False
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wakeup_fd, 8)
+            elif watch.state == _PARKED:
+                watch.state = _RUNNING
+                self._jobs.append(watch)
+        self._queue_expired_locked()
+        self._close_if_unwatched_locked()
 
-    def _stop_locked(self) -> None:
-        assert self._epoll is not None
-        self._epoll.close()
-        os.close(self._wakeup_fd)
-        self._epoll, self._wakeup_fd, self._ringing, self._thread = None, -1, False, None
-        self._timers = []
-
-    def _expired_locked(self) -> list[Watch]:
-        """Parked watches whose deadline has come (entries for deadlines since replaced are dropped)."""
+    def _queue_expired_locked(self) -> None:
+        """Queue the parked watches whose deadline has come (entries for replaced deadlines are dropped)."""
         now = time.monotonic()
-        expired = []
         while self._timers and self._timers[0][0] <= now:
             due, _, watch = heapq.heappop(self._timers)
             if watch.due == due:
                 watch.due = None
                 if watch.state == _PARKED:  # not if its bytes came too: one turn, not two at once
                     watch.state = _RUNNING
-                    expired.append(watch)
-        return expired
+                    self._jobs.append(watch)
 
     def _timeout_locked(self) -> float | None:
-        """Seconds to wait: until the earliest deadline, or STALL while turns wait for a worker."""
+        """Seconds to wait in epoll: until the earliest deadline (None: until an event)."""
         while self._timers and self._timers[0][2].due != self._timers[0][0]:
             heapq.heappop(self._timers)  # replaced, or fired already
         self._waking_at = self._timers[0][0] if self._timers else None
-        if self._workers.waiting():
-            stall = time.monotonic() + STALL
-            self._waking_at = stall if self._waking_at is None else min(self._waking_at, stall)
         return None if self._waking_at is None else max(self._waking_at - time.monotonic(), 0)
 
+    # --- the epoll's life and the netpoller thread (the monitor) -----------------------
 
-class _Workers:
-    """The threads that run turns: a few at once, more while turns are stuck (see the module's doc)."""
-
-    def __init__(
-        self, workers: int, most: int, run: Callable[[Watch], None], waiting: Callable[[], None]
-    ) -> None:
-        self._workers = workers
-        self._most = most
-        self._run = run  # a watch's turns
-        self._on_waiting = waiting  # a turn waits for a worker: the netpoller thread must watch for a stall
-        self._jobs: collections.deque[Watch] = collections.deque()
-        self._changed = threading.Condition()
-        self._threads = 0
-        self._idle = 0
-        self._taken = time.monotonic()  # when a worker last took a job
-        self._names = itertools.count(1)
-
-    def submit(self, watch: Watch) -> None:
-        with self._changed:
-            self._jobs.append(watch)
-            if len(self._jobs) > self._idle and self._threads < self._workers:
-                self._start_locked()
-            waits = len(self._jobs) > self._idle
-            self._changed.notify()
-        if waits:
-            self._on_waiting()
-
-    def waiting(self) -> bool:
-        with self._changed:
-            return bool(self._jobs)
-
-    def start_if_stalled(self) -> None:
-        """One more worker if turns wait and none was taken for STALL seconds."""
-        with self._changed:
-            stalled = self._jobs and time.monotonic() - self._taken >= STALL
-            if stalled and self._threads < self._most:
-                self._taken = time.monotonic()  # the next one only after another STALL
-                self._start_locked()
-
-    def _start_locked(self) -> None:
-        name = f"netpoller-worker-{next(self._names)}"
+    def _open_locked(self) -> None:
+        self._epoll = select.epoll()
+        self._wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wakeup_fd, select.EPOLLIN)
+        # Daemon: a process may exit with connections still watched.
+        monitor = threading.Thread(target=self._monitor, args=(self._epoll,), name="netpoller", daemon=True)
         try:
-            threading.Thread(target=self._work, name=name, daemon=True).start()
-        except RuntimeError as error:  # "can't start new thread": the workers there are go on
-            log.error("no new netpoller worker: %s (%d running)", error, self._threads)
+            monitor.start()
+        except BaseException:  # "can't start new thread": nothing is watched, nothing left open
+            self._epoll.close()
+            os.close(self._wakeup_fd)
+            self._epoll, self._wakeup_fd = None, -1
+            raise
+        self._thread = monitor
+
+    def _close_if_unwatched_locked(self) -> None:
+        """With nothing watched, close the epoll (after its poll, if a worker is in it); the monitor ends."""
+        if self._watches or self._epoll is None:
             return
-        self._threads += 1
+        if self._polling:
+            self._ring_locked()  # the polling worker closes it when it returns
+            return
+        self._epoll.close()
+        os.close(self._wakeup_fd)
+        self._epoll, self._wakeup_fd, self._ringing, self._thread = None, -1, False, None
+        self._timers = []
+        self._stalls.notify()
 
-    def _work(self) -> None:
-        with self._changed:
-            while True:
-                if not self._jobs:
-                    self._idle += 1
-                    self._changed.wait_for(lambda: bool(self._jobs), IDLE)
-                    self._idle -= 1
-                    if not self._jobs:
-                        self._threads -= 1
-                        return
-                watch = self._jobs.popleft()
-                self._taken = time.monotonic()
-                self._changed.release()
-                try:
-                    self._run(watch)
-                finally:
-                    self._changed.acquire()
+    def _monitor(self, epoll: select.epoll) -> None:
+        """Go's sysmon: while turns run, and some wait or nobody polls, one more worker at a stall."""
+        with self._lock:
+            while self._epoll is epoll:  # a newer epoll has its own monitor
+                if not (self._running and (self._jobs or not self._polling)):
+                    self._monitor_asleep = True
+                    self._stalls.wait()
+                    continue
+                moved = self._moved
+                self._stalls.wait(STALL)
+                stalled = self._moved == moved and self._running and (self._jobs or not self._polling)
+                if stalled and self._epoll is epoll:
+                    if self._idle:
+                        self._turns_wait.notify()
+                    elif self._threads < self._most:
+                        self._moved = time.monotonic()  # the next one only after another STALL
+                        self._start_worker_locked()
 
 
-#: The process's netpoller (its thread runs only while something is watched).
+#: The process's netpoller (its threads run only while something is watched, or for IDLE seconds after).
 netpoller = Netpoller()

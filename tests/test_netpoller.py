@@ -122,6 +122,51 @@ def test_a_wake_during_a_turn_runs_one_more_turn_after_it_never_beside_it(poller
     close_all(ours, theirs)
 
 
+def test_a_socket_parked_without_a_first_turn_runs_when_bytes_come(poller: Netpoller) -> None:
+    """park(): nothing has come yet, so no turn until bytes do; a worker starts to poll for them."""
+    ours, theirs = socket.socketpair()
+    counter = Counter(ours)
+    handle = poller.watch(ours.fileno(), counter.turn, "conn-1-reader")
+    handle.park(None)
+    time.sleep(0.2)
+    assert counter.turns == 0
+    theirs.sendall(b"hello")
+    assert wait_until(lambda: counter.received == b"hello")
+    handle.close()
+    close_all(ours, theirs)
+
+
+def test_a_socket_parked_without_a_first_turn_runs_by_its_deadline(poller: Netpoller) -> None:
+    ours, theirs = socket.socketpair()
+    counter = Counter(ours)
+    handle = poller.watch(ours.fileno(), counter.turn, "conn-1-reader")
+    started = time.monotonic()
+    handle.park(started + 0.3)
+    assert counter.ran.wait(5)
+    assert time.monotonic() - started >= 0.3
+    assert counter.turns == 1
+    handle.close()
+    close_all(ours, theirs)
+
+
+def test_a_wake_before_park_wins_its_turn_parks_the_socket(poller: Netpoller) -> None:
+    """A close asked for between the watch and its park: the turn runs, and the late park changes nothing."""
+    ours, theirs = socket.socketpair()
+    hold = threading.Event()
+    counter = Counter(ours, hold=hold)
+    handle = poller.watch(ours.fileno(), counter.turn, "conn-1-reader")
+    handle.wake()
+    assert wait_until(lambda: counter.inside == 1)
+    handle.park(time.monotonic())  # would run it again at once, beside the first, were it not a no-op
+    hold.set()
+    time.sleep(0.3)
+    assert counter.turns == 1 and not counter.overlapped
+    theirs.sendall(b"x")
+    assert wait_until(lambda: counter.received == b"x")
+    handle.close()
+    close_all(ours, theirs)
+
+
 def test_2000_parked_sockets_are_served_by_a_few_threads(poller: Netpoller) -> None:
     pairs = [socket.socketpair() for _ in range(2000)]
     counters = [Counter(ours) for ours, _ in pairs]

@@ -486,7 +486,11 @@ class Connection:
                 self._closing.end(Closed(CloseCode.ABNORMAL_CLOSURE, "no thread to read it", by_peer=False))
                 self._release()
                 raise
-            self._watch.wake()  # its first turn: what came with the handshake, and a close asked for already
+            if self._pending or self.stop.is_set() or isinstance(self.sock, ssl.SSLSocket):
+                self._watch.wake()  # a first turn: what came with the handshake (or OpenSSL holds), a close
+            else:  # nothing to do until bytes come: no turn (a close asked for from now on wakes it)
+                self._parked_since = trace.begin()
+                self._watch.park(self._next_ping if self.ping_interval is not None else None)
             return None
         self._wakeup = _Wakeup()
         self.reader = threading.Thread(target=self._read_loop, name=self.name, daemon=True)

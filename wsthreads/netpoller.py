@@ -64,7 +64,8 @@ _PARKED, _RUNNING, _RUN_AGAIN, _GONE = range(4)
 class Watch:
     """One connection's place in the netpoller; made by :meth:`Netpoller.watch`.
 
-    It is parked until the first :meth:`wake`. Its owner (the connection)
+    It is parked until the first :meth:`wake`, in epoll from its first turn on, or
+    from :meth:`park`. Its owner (the connection)
     calls :meth:`close` before it closes its socket, in its last turn: the
     descriptor must leave epoll before its number can be reused.
     """
@@ -86,6 +87,13 @@ class Watch:
     def wake(self) -> None:
         """Run a turn soon, even if no byte comes (another thread asked for a close); from any thread."""
         self._netpoller._wake(self)
+
+    def park(self, due: float | None) -> None:
+        """Park it without a first turn: nothing has come yet, and nothing is due before ``due``.
+
+        A no-op once woken: that turn parks it.
+        """
+        self._netpoller._park(self, due)
 
     def close(self) -> None:
         """The connection is over: no more turns; from any thread, idempotent."""
@@ -155,6 +163,13 @@ class Netpoller:
             self._jobs.append(watch)
             self._hand_out_locked()
 
+    def _park(self, watch: Watch, due: float | None) -> None:
+        with self._lock:
+            if watch.state == _PARKED and not watch.registered and not watch.closed:
+                self._arm_locked(watch, due)
+                if not (self._polling or self._running):  # else a worker polls now, or after its turn
+                    self._hand_out_locked()
+
     def _close(self, watch: Watch) -> None:
         with self._lock:
             if watch.closed:
@@ -172,7 +187,8 @@ class Netpoller:
             self._close_if_unwatched_locked()
 
     def _hand_out_locked(self) -> None:
-        """A turn waits: an idle worker takes it, or the polling one, or a new one (up to WORKERS).
+        """A turn waits (or nobody polls): an idle worker takes it, or the polling one, or a new
+        one (up to WORKERS).
 
         If every worker is running a turn, the first to end takes it (or, if
         none ends, one that the netpoller thread starts at a stall).
@@ -263,18 +279,22 @@ class Netpoller:
                     watch.state = _RUNNING
                     continue
                 watch.state = _PARKED
-                if due is not None and due != watch.due:  # the same deadline as before: its entry is there
-                    heapq.heappush(self._timers, (due, next(self._order), watch))
-                    if self._polling and (self._waking_at is None or due < self._waking_at):
-                        self._ring_locked()  # sooner than the polling worker would look
-                watch.due = due
-                assert self._epoll is not None
-                if watch.registered:
-                    self._epoll.modify(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
-                else:
-                    self._epoll.register(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
-                    watch.registered = True
+                self._arm_locked(watch, due)
                 return
+
+    def _arm_locked(self, watch: Watch, due: float | None) -> None:
+        """Wait for the parked ``watch``'s bytes in epoll, and for its deadline ``due``, if any."""
+        if due is not None and due != watch.due:  # the same deadline as before: its entry is there
+            heapq.heappush(self._timers, (due, next(self._order), watch))
+            if self._polling and (self._waking_at is None or due < self._waking_at):
+                self._ring_locked()  # sooner than the polling worker would look
+        watch.due = due
+        assert self._epoll is not None
+        if watch.registered:
+            self._epoll.modify(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
+        else:
+            self._epoll.register(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
+            watch.registered = True
 
     def _poll_locked(self) -> None:
         """Wait in epoll (the lock released meanwhile) for bytes, the earliest deadline or a ring;

@@ -101,6 +101,13 @@ def test_stuck_writers_bench_runs() -> None:
     assert re.search(r"^\| 10 \| \d+\.\d% \| \d+\.\d% \| \d+ \| 100 \|$", stdout, re.M), stdout
 
 
+def test_slow_handlers_bench_runs() -> None:
+    """bench/slow_handlers.py 4 0.005: messages a second with 1, 2, 4 and 8 workers, handlers that wait."""
+    stdout = run_script("slow_handlers.py", "4", "0.005")
+    rows = re.findall(r"^\| (\d) \| [\d,]+ \| \d+\.\d\d \|$", stdout, re.M)
+    assert rows == ["1", "2", "4", "8"], stdout
+
+
 def test_memory_bench_runs() -> None:
     """bench/memory.py 20: the Python objects per connection, with the lines that allocated them."""
     stdout = run_script("memory.py", "20")

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from helpers import wait_until
@@ -260,3 +261,111 @@ def test_a_peer_that_hangs_up_during_a_long_turn_does_not_make_the_netpoller_spi
     hold.set()
     handle.close()
     ours.close()
+
+
+def test_workers_stuck_in_turns_do_not_count_against_workers(poller: Netpoller) -> None:
+    """Go: a thread blocked in a system call gives up its processor. With WORKERS turns stuck, handlers
+    that wait (10 ms a message) still run on several workers, not one after another on one."""
+    hold = threading.Event()
+    stuck_pairs = [socket.socketpair() for _ in range(WORKERS)]
+    stuck = [Counter(ours, hold=hold) for ours, _ in stuck_pairs]
+    handles = [watch(poller, counter) for counter in stuck]
+    assert wait_until(lambda: all(counter.inside == 1 for counter in stuck))
+    ran_in: set[str] = set()
+    pairs = [socket.socketpair() for _ in range(8)]
+
+    def waiting_turn(sock: socket.socket) -> Callable[[], None]:
+        sock.setblocking(False)
+
+        def turn() -> None:
+            with contextlib.suppress(BlockingIOError):
+                for _ in sock.recv(100):
+                    ran_in.add(str(threading.get_ident()))
+                    time.sleep(0.01)
+                    sock.send(b"r")
+
+        return turn
+
+    for n, (ours, _) in enumerate(pairs):
+        handle = poller.watch(ours.fileno(), waiting_turn(ours), f"conn-{n}-reader")
+        handle.wake()
+        handles.append(handle)
+    for _ in range(40):  # about 1 s of round trips on all eight at once
+        for _, theirs in pairs:
+            theirs.sendall(b"x")
+        for _, theirs in pairs:
+            theirs.settimeout(5)
+            assert theirs.recv(1) == b"r"
+    assert len(ran_in) >= 2, "the waiting handlers ran on one worker beside the stuck ones"
+    hold.set()
+    for handle in handles:
+        handle.close()
+    for pair in [*stuck_pairs, *pairs]:
+        close_all(*pair)
+
+
+def test_many_stuck_turns_queued_ahead_hold_up_a_healthy_one_briefly(poller: Netpoller) -> None:
+    """Thirty turns that block, found in one look before a healthy one: workers start for them
+    by the handful at each look of the monitor, not one per stall."""
+    hold = threading.Event()
+    stuck_pairs = [socket.socketpair() for _ in range(30)]
+    stuck = [Counter(ours) for ours, _ in stuck_pairs]
+    handles = [watch(poller, counter) for counter in stuck]
+    ours, theirs = socket.socketpair()
+    free = Counter(ours)
+    handles.append(watch(poller, free))
+    assert wait_until(lambda: all(counter.turns == 1 for counter in [*stuck, free]))
+    free.ran.clear()
+    for counter in stuck:
+        counter.hold = hold
+    for _, their_end in stuck_pairs:
+        their_end.sendall(b"x")
+    theirs.sendall(b"y")
+    started = time.monotonic()
+    assert free.ran.wait(10)
+    assert time.monotonic() - started < 2.0, "each stuck turn ahead cost a stall of its own"
+    hold.set()
+    for handle in handles:
+        handle.close()
+    for pair in [*stuck_pairs, (ours, theirs)]:
+        close_all(*pair)
+
+
+def test_no_turn_is_taken_after_close(poller: Netpoller) -> None:
+    """A watch woken and then closed by another thread before a worker took its turn: no turn."""
+    late = []
+    pairs = [socket.socketpair() for _ in range(50)]
+    for n, (ours, _) in enumerate(pairs):
+        closed = threading.Event()
+
+        def turn(closed: threading.Event = closed) -> None:
+            late.append(closed.is_set())
+
+        handle = poller.watch(ours.fileno(), turn, f"c{n}")
+        handle.wake()
+        handle.close()
+        closed.set()
+    time.sleep(0.3)
+    assert True not in late
+    for pair in pairs:
+        close_all(*pair)
+
+
+def test_a_socket_closed_under_its_watch_is_forgotten_and_the_others_are_served(poller: Netpoller) -> None:
+    """An owner that closes its socket without Watch.close(): one line, and the workers go on."""
+    good, good_peer = socket.socketpair()
+    counter = Counter(good)
+    handle = watch(poller, counter)
+    assert wait_until(lambda: counter.turns == 1)
+    bad, bad_peer = socket.socketpair()
+
+    def closes_its_socket() -> float:
+        bad.close()
+        return time.monotonic() + 1
+
+    poller.watch(bad.fileno(), closes_its_socket, "conn-bad-reader").wake()
+    time.sleep(0.2)
+    good_peer.sendall(b"hello")
+    assert wait_until(lambda: counter.received == b"hello")
+    handle.close()
+    close_all(good, good_peer, bad_peer)

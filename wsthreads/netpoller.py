@@ -96,7 +96,8 @@ class Watch:
         self._netpoller._park(self, due)
 
     def close(self) -> None:
-        """The connection is over: no more turns; from any thread, idempotent."""
+        """The connection is over: no turn is taken after this (one under way ends as it will);
+        from any thread, idempotent."""
         self._netpoller._close(self)
 
 
@@ -126,8 +127,7 @@ class Netpoller:
         self._most = max_workers
         self._threads = 0
         self._idle = 0  # workers waiting in _turns_wait
-        self._running = 0  # turns running now
-        self._moved = time.monotonic()  # when a worker last took a turn or began to poll
+        self._turns: dict[int, float] = {}  # the turns running now: when each began, by worker
         self._monitor_asleep = False  # the netpoller thread waits until turns run
         self._names = itertools.count(1)
 
@@ -167,24 +167,26 @@ class Netpoller:
         with self._lock:
             if watch.state == _PARKED and not watch.registered and not watch.closed:
                 self._arm_locked(watch, due)
-                if not (self._polling or self._running):  # else a worker polls now, or after its turn
+                if not (self._polling or self._turns):  # else a worker polls now, or after its turn
                     self._hand_out_locked()
 
     def _close(self, watch: Watch) -> None:
         with self._lock:
-            if watch.closed:
-                return
-            watch.closed = True
-            if watch.state == _PARKED:
-                watch.state = _GONE
-            if self._watches.get(watch.fd) is watch:
-                del self._watches[watch.fd]
-            if watch.registered:
-                watch.registered = False
-                assert self._epoll is not None
-                with contextlib.suppress(OSError):  # closed already: epoll forgot it itself
-                    self._epoll.unregister(watch.fd)
-            self._close_if_unwatched_locked()
+            if not watch.closed:
+                self._close_locked(watch)
+
+    def _close_locked(self, watch: Watch) -> None:
+        watch.closed = True
+        if watch.state == _PARKED:
+            watch.state = _GONE
+        if self._watches.get(watch.fd) is watch:
+            del self._watches[watch.fd]
+        if watch.registered:
+            watch.registered = False
+            assert self._epoll is not None
+            with contextlib.suppress(OSError):  # closed already: epoll forgot it itself
+                self._epoll.unregister(watch.fd)
+        self._close_if_unwatched_locked()
 
     def _hand_out_locked(self) -> None:
         """A turn waits (or nobody polls): an idle worker takes it, or the polling one, or a new
@@ -243,8 +245,11 @@ class Netpoller:
     def _take_turn_locked(self) -> None:
         """Run the first waiting turn (the lock released meanwhile); if it was slow, share the rest."""
         watch = self._jobs.popleft()
-        self._moved = started = time.monotonic()
-        self._running += 1
+        if watch.closed:  # closed by another thread while it waited: no turn
+            watch.state = _GONE
+            return
+        worker = threading.get_ident()
+        self._turns[worker] = started = time.monotonic()
         if self._monitor_asleep:
             self._monitor_asleep = False
             self._stalls.notify()  # turns run: the netpoller thread watches for a stall
@@ -253,7 +258,7 @@ class Netpoller:
             self._run(watch)
         finally:
             self._lock.acquire()
-            self._running -= 1
+            del self._turns[worker]
         if self._jobs and time.monotonic() - started >= SLOW_TURN:
             self._hand_out_locked()
 
@@ -284,17 +289,24 @@ class Netpoller:
 
     def _arm_locked(self, watch: Watch, due: float | None) -> None:
         """Wait for the parked ``watch``'s bytes in epoll, and for its deadline ``due``, if any."""
+        assert self._epoll is not None
+        try:
+            if watch.registered:
+                self._epoll.modify(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
+            else:
+                self._epoll.register(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
+                watch.registered = True
+        except OSError as error:  # its socket was closed under it, without close(): a bug of its owner's
+            log.error("%s: its socket cannot be watched (%s): forgotten", watch.name, error)
+            watch.registered = False
+            watch.state = _GONE
+            self._close_locked(watch)
+            return
         if due is not None and due != watch.due:  # the same deadline as before: its entry is there
             heapq.heappush(self._timers, (due, next(self._order), watch))
             if self._polling and (self._waking_at is None or due < self._waking_at):
                 self._ring_locked()  # sooner than the polling worker would look
         watch.due = due
-        assert self._epoll is not None
-        if watch.registered:
-            self._epoll.modify(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
-        else:
-            self._epoll.register(watch.fd, select.EPOLLIN | select.EPOLLONESHOT)
-            watch.registered = True
 
     def _poll_locked(self) -> None:
         """Wait in epoll (the lock released meanwhile) for bytes, the earliest deadline or a ring;
@@ -302,7 +314,6 @@ class Netpoller:
         epoll = self._epoll
         assert epoll is not None
         self._polling = True
-        self._moved = time.monotonic()
         timeout = self._timeout_locked()
         self._lock.release()
         try:
@@ -371,22 +382,29 @@ class Netpoller:
         self._stalls.notify()
 
     def _monitor(self, epoll: select.epoll) -> None:
-        """Go's sysmon: while turns run, and some wait or nobody polls, one more worker at a stall."""
+        """Go's sysmon: while turns run, and others wait or nobody polls, it looks every STALL
+        seconds. A turn running that long is stuck, and its worker does not count against
+        WORKERS (Go: a thread blocked in a system call gives up its processor): more start."""
         with self._lock:
             while self._epoll is epoll:  # a newer epoll has its own monitor
-                if not (self._running and (self._jobs or not self._polling)):
+                if not self._stalled_locked():
                     self._monitor_asleep = True
                     self._stalls.wait()
                     continue
-                moved = self._moved
                 self._stalls.wait(STALL)
-                stalled = self._moved == moved and self._running and (self._jobs or not self._polling)
-                if stalled and self._epoll is epoll:
-                    if self._idle:
-                        self._turns_wait.notify()
-                    elif self._threads < self._most:
-                        self._moved = time.monotonic()  # the next one only after another STALL
+                if self._epoll is not epoll or not self._stalled_locked():
+                    continue
+                since = time.monotonic() - STALL
+                stuck = sum(started <= since for started in self._turns.values())
+                if self._idle:
+                    self._turns_wait.notify()
+                elif stuck:  # as many as it takes to have WORKERS that are not stuck
+                    for _ in range(min(self._workers - (self._threads - stuck), self._most - self._threads)):
                         self._start_worker_locked()
+
+    def _stalled_locked(self) -> bool:
+        """Turns run while others wait or nobody polls: maybe only for now, maybe stuck."""
+        return bool(self._turns) and (bool(self._jobs) or not self._polling)
 
 
 #: The process's netpoller (its threads run only while something is watched, or for IDLE seconds after).

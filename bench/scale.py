@@ -326,6 +326,10 @@ def names_of(known: tuple[str, ...]) -> Callable[[str], set[str]]:
 
 
 def main() -> None:
+    # A shell starts a background job with SIGINT ignored, and the servers would inherit that:
+    # gorilla's would not end on SIGINT at all. They get the default, as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--servers", type=names_of(SERVERS), default=",".join(SERVERS))

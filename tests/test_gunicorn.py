@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,6 +127,25 @@ def test_frames_pipelined_behind_the_handshake_are_not_lost_under_gunicorn(
         server.port, pipelined=encode_frame(OP_TEXT, b"early bird") + encode_frame(OP_TEXT, b"second")
     )
     assert [peer.read_frame(), peer.read_frame()] == [(OP_TEXT, b"early bird"), (OP_TEXT, b"second")]
+    assert server.problems() == []
+
+
+@pytest.mark.slow
+def test_a_request_sent_after_the_connect_is_served_under_gunicorn(
+    gunicorn: Callable[[str], Gunicorn],
+) -> None:
+    """A client that connects and only then writes its request: gthread waits for it, then the 101.
+
+    (One that sent it with the connect is served without that wait: every other test here.)
+    """
+    server = gunicorn("sync_server:create_app(echo=True)")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        time.sleep(0.5)
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
     assert server.problems() == []
 
 
@@ -329,6 +349,7 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
     source = inspect.getsource(gthread.ThreadWorker)
     for method in (
         "set_accept_enabled",
+        "handle",
         "finish_request",
         "wait_for_and_dispatch_events",
         "init_process",
@@ -337,3 +358,6 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
         assert callable(getattr(gthread.ThreadWorker, method, None)), method
     for attribute in ("self._accepting", "self.nr_conns", "self.worker_connections", "self.max_keepalived"):
         assert attribute in source, attribute
+    connection = inspect.getsource(gthread.TConn)
+    for attribute in ("self.initialized", "self.data_ready"):  # read and set by ThreadWorker.handle
+        assert attribute in connection, attribute

@@ -71,6 +71,17 @@ def cpu_seconds() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def stuck_in_turns(
+    poller: Netpoller, n: int, hold: threading.Event
+) -> tuple[list[tuple[socket.socket, socket.socket]], list[Watch]]:
+    """``n`` connections whose turns block until ``hold`` is set, each in its turn by now."""
+    pairs = [socket.socketpair() for _ in range(n)]
+    stuck = [Counter(ours, hold=hold) for ours, _ in pairs]
+    handles = [watch(poller, counter) for counter in stuck]
+    assert wait_until(lambda: all(counter.inside == 1 for counter in stuck))
+    return pairs, handles
+
+
 def close_all(*socks: socket.socket) -> None:
     for sock in socks:
         sock.close()
@@ -188,10 +199,7 @@ def test_2000_parked_sockets_are_served_by_a_few_threads(poller: Netpoller) -> N
 def test_a_stuck_turn_does_not_hold_up_the_others(poller: Netpoller) -> None:
     """Go's sysmon: when turns wait and no worker takes one, another worker starts."""
     hold = threading.Event()
-    stuck_pairs = [socket.socketpair() for _ in range(WORKERS)]
-    stuck = [Counter(ours, hold=hold) for ours, _ in stuck_pairs]
-    handles = [watch(poller, counter) for counter in stuck]
-    assert wait_until(lambda: all(counter.inside == 1 for counter in stuck))
+    stuck_pairs, handles = stuck_in_turns(poller, WORKERS, hold)
     ours, theirs = socket.socketpair()
     free = Counter(ours)
     handles.append(watch(poller, free))
@@ -267,10 +275,7 @@ def test_workers_stuck_in_turns_do_not_count_against_workers(poller: Netpoller) 
     """Go: a thread blocked in a system call gives up its processor. With WORKERS turns stuck, handlers
     that wait (10 ms a message) still run on several workers, not one after another on one."""
     hold = threading.Event()
-    stuck_pairs = [socket.socketpair() for _ in range(WORKERS)]
-    stuck = [Counter(ours, hold=hold) for ours, _ in stuck_pairs]
-    handles = [watch(poller, counter) for counter in stuck]
-    assert wait_until(lambda: all(counter.inside == 1 for counter in stuck))
+    stuck_pairs, handles = stuck_in_turns(poller, WORKERS, hold)
     ran_in: set[str] = set()
     pairs = [socket.socketpair() for _ in range(8)]
 

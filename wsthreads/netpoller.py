@@ -398,9 +398,18 @@ class Netpoller:
                 stuck = sum(started <= since for started in self._turns.values())
                 if self._idle:
                     self._turns_wait.notify()
-                elif stuck:  # as many as it takes to have WORKERS that are not stuck
-                    for _ in range(min(self._workers - (self._threads - stuck), self._most - self._threads)):
-                        self._start_worker_locked()
+                elif stuck:
+                    self._start_workers_locked(stuck)
+
+    def _start_workers_locked(self, stuck: int) -> None:
+        """As many workers as it takes to have WORKERS that are not stuck; when every one is stuck,
+        as many again (turns found together often block together: a thread each, as in Go, soon),
+        but no more than the turns waiting, and one to poll."""
+        free = self._threads - stuck
+        wanted = self._workers - free if free > 0 else max(self._workers, stuck)
+        wanted = min(wanted, len(self._jobs) + (not self._polling), self._most - self._threads)
+        for _ in range(wanted):
+            self._start_worker_locked()
 
     def _stalled_locked(self) -> bool:
         """Turns run while others wait or nobody polls: maybe only for now, maybe stuck."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -11,14 +12,17 @@ import resource
 import runpy
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from helpers import (
     OP_CLOSE,
     OP_TEXT,
@@ -33,6 +37,7 @@ from helpers import (
 )
 from helpers import websocket_client as connect
 
+from wsthreads.serving import HANDSHAKE_TIMEOUT
 from wsthreads.settings import SWITCH_INTERVAL
 
 #: gunicorn.conf.py's settings, as gunicorn reads them.
@@ -59,7 +64,7 @@ class Gunicorn(Program):
         super().__init__("gunicorn", *options, app)
         self.workers: int = workers or SHIPPED["workers"]
         try:
-            match = self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+)", stream="stderr")
+            match = self.wait_for(r"Listening at: https?://127\.0\.0\.1:(\d+)", stream="stderr")
             ready = wait_until(lambda: sum("worker ready" in line for line in self.stderr) >= self.workers)
             assert ready, f"not every worker got ready:\n{self.output()}"
         except BaseException:
@@ -147,6 +152,62 @@ def test_a_request_sent_after_the_connect_is_served_under_gunicorn(
         )
         assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
     assert server.problems() == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_half_requests_hold_gunicorns_threads_no_longer_than_the_handshake_timeout(
+    tmp_path: Path, tls: bool
+) -> None:
+    """gthread reads a request with no deadline: two clients that send half of one (or drip it)
+    would hold both threads for ever. Our worker cuts them at HANDSHAKE_TIMEOUT, and the next
+    client gets its 101."""
+    options: list[str] = []
+    context = None
+    if tls:
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+        options = ["--certfile", str(tmp_path / "server.pem"), "--keyfile", str(tmp_path / "server.pem")]
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+    request = (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+    def dial() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=HANDSHAKE_TIMEOUT + 10)
+        return context.wrap_socket(sock, server_hostname="127.0.0.1") if context else sock
+
+    def drip(sock: socket.socket, stop: threading.Event) -> None:
+        """A byte every 300 ms: each read returns, the whole request never ends."""
+        with contextlib.suppress(OSError):
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                if stop.wait(0.3):
+                    return
+
+    with Gunicorn("sync_server:create_app(echo=True)", *options, workers=1, threads=2) as server:
+        half, dripping = dial(), dial()
+        half.sendall(request[:40])
+        stop = threading.Event()
+        dripper = threading.Thread(target=drip, args=(dripping, stop), name="dripper")
+        dripper.start()
+        started = time.monotonic()
+        time.sleep(0.5)
+        client = dial()
+        client.sendall(request)
+        assert client.recv(4096).startswith(b"HTTP/1.1 101 ")
+        assert time.monotonic() - started < HANDSHAKE_TIMEOUT + 5
+        stop.set()
+        dripper.join()
+        for cut in (half, dripping):
+            with contextlib.suppress(OSError):  # a TLS peer may see a reset instead of the end
+                assert cut.recv(4096) == b""
+            cut.close()
+        client.close()
+        assert server.problems() == []
 
 
 @pytest.mark.slow

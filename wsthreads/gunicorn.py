@@ -33,8 +33,10 @@ from gunicorn.workers import gthread  # type: ignore[import-untyped]
 from . import trace
 from .app import SHUTDOWN_TIMEOUT, all_apps, session_owns
 from .connection import wait_for
+from .deadlines import deadlines
 from .logs import JsonFormatter
 from .metrics import MULTIPROCESS_VARIABLE, multiprocess
+from .serving import HANDSHAKE_TIMEOUT
 from .settings import SWITCH_INTERVAL, raise_descriptor_limit, warn_if_too_few_descriptors
 
 log = logging.getLogger("wsthreads.server")
@@ -125,16 +127,36 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().set_accept_enabled(enabled)
 
     def handle(self, conn: Any) -> Any:
-        """gthread's handling of a connection (in a pool thread), told when the request has come.
+        """gthread's handling of a connection (in a pool thread), with our deadline for its request.
 
-        gthread waits for a new connection's first bytes in a selector made for
-        it (a slow client is handed back to its poller after 5 s); a client
-        that sent its request with its connect, as a burst of thousands does,
-        needs only a look: one non-blocking peek instead of an epoll's life.
+        gthread reads a request with no deadline of its own: a client that
+        sends half a request, or drips it, would hold the thread for ever. So
+        the request (and the TLS handshake) must be in within
+        :data:`~wsthreads.serving.HANDSHAKE_TIMEOUT` of the connection's turn
+        here, as under our own server, or its socket is shut down and the
+        thread is free (:meth:`handle_request` ends the deadline once it is in).
+
+        gthread also waits for a new connection's first bytes in a selector
+        made for it (a silent client goes back to its poller after 5 s); a
+        client that sent its request with its connect, as a burst of thousands
+        does, needs only a look: one non-blocking peek instead of an epoll's life.
         """
-        if not conn.initialized and not conn.data_ready and has_bytes(conn.sock):
+        if conn.initialized:  # a kept-alive connection's next request (none here: max_keepalived is 0)
+            return super().handle(conn)
+        if not conn.data_ready and has_bytes(conn.sock):
             conn.data_ready = True
-        return super().handle(conn)
+        # With TLS gthread replaces the socket object by its wrapper: the deadline cuts a duplicate.
+        cut = socket.socket(fileno=os.dup(conn.sock.fileno())) if self.cfg.is_ssl else conn.sock
+        conn.wsthreads_deadline = (deadlines.arm(cut, HANDSHAKE_TIMEOUT), cut)
+        try:
+            return super().handle(conn)
+        finally:
+            end_deadline(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        """gthread's call of the app: the request is in, and its deadline ends (a session may last)."""
+        end_deadline(conn)
+        return super().handle_request(req, conn)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """gthread's end of a request (in the main loop): a session's socket is left to it, counted off once.
@@ -180,6 +202,15 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             for app in all_apps()[:1]:
                 if app.metrics is not None:
                     app.metrics.refusals.labels("503", "all-workers-full").inc(refused)
+
+
+def end_deadline(conn: Any) -> None:
+    """End the deadline :meth:`ThreadWorker.handle` armed for ``conn``'s request, if it is still armed."""
+    armed, cut = conn.__dict__.pop("wsthreads_deadline", (None, None))
+    if armed is not None:
+        deadlines.disarm(armed)
+        if cut is not conn.sock:
+            cut.close()  # the duplicate: the connection goes on
 
 
 def has_bytes(sock: socket.socket) -> bool:

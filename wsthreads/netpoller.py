@@ -21,9 +21,9 @@ is slow (:data:`SLOW_TURN`: your ``on_message`` waiting on a database, a
 write to a slow peer), the worker leaves the turns it has not begun to
 other workers, up to :data:`WORKERS` at once. And like Go's monitor
 (``sysmon``), which starts another thread when one blocks in a system call
-for too long, the ``netpoller`` thread watches the workers: when turns
-have been running for :data:`STALL` seconds with no other taken and nobody
-polling, it starts one more, up to :data:`MAX_WORKERS`. A worker idle for
+for too long, the ``netpoller`` thread watches the workers: a turn running
+for :data:`STALL` seconds is stuck, its worker no longer counts against
+:data:`WORKERS`, and more start, up to :data:`MAX_WORKERS`. A worker idle for
 :data:`IDLE` seconds ends, and the ``netpoller`` thread runs only while
 something is watched.
 
@@ -49,7 +49,7 @@ log = logging.getLogger("wsthreads")
 WORKERS = 4
 #: The most worker threads: each beyond WORKERS stands in for a turn blocked for STALL seconds.
 MAX_WORKERS = 1024
-#: Seconds turns may run with none other taken and nobody polling before another worker starts.
+#: Seconds after which a running turn is stuck: its worker no longer counts against WORKERS.
 STALL = 0.05
 #: Seconds a turn may take before the worker running it leaves the turns waiting behind it to others.
 SLOW_TURN = 0.002
@@ -64,10 +64,10 @@ _PARKED, _RUNNING, _RUN_AGAIN, _GONE = range(4)
 class Watch:
     """One connection's place in the netpoller; made by :meth:`Netpoller.watch`.
 
-    It is parked until the first :meth:`wake`, in epoll from its first turn on, or
-    from :meth:`park`. Its owner (the connection)
-    calls :meth:`close` before it closes its socket, in its last turn: the
-    descriptor must leave epoll before its number can be reused.
+    It is parked until the first :meth:`wake`, in epoll from its first turn
+    on, or from :meth:`park`. Its owner (the connection) calls :meth:`close`
+    before it closes its socket, in its last turn: the descriptor must leave
+    epoll before its number can be reused.
     """
 
     __slots__ = ("_netpoller", "closed", "due", "fd", "name", "registered", "state", "turn")

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import pytest
 from helpers import CLIENT, ROOT, WAIT, Program, ServerProgram, free_port, wait_until, websocket_client
 
-from wsthreads.serving import REQUEST_THREAD_IDLE
+from wsthreads.pool import REQUEST_THREAD_IDLE
 
 pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 

@@ -415,10 +415,15 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
         "wait_for_and_dispatch_events",
         "init_process",
         "run",
+        "get_thread_pool",
+        "load_wsgi",
     ):
         assert callable(getattr(gthread.ThreadWorker, method, None)), method
     for attribute in ("self._accepting", "self.nr_conns", "self.worker_connections", "self.max_keepalived"):
         assert attribute in source, attribute
+    # The pool is used only through submit() and shutdown(wait=False), and its futures' results.
+    assert set(re.findall(r"self\.tpool\.(\w+)", source)) == {"submit", "shutdown"}
+    assert "self.tpool = self.get_thread_pool()" in source
     connection = inspect.getsource(gthread.TConn)
     for attribute in ("self.initialized", "self.data_ready"):  # read and set by ThreadWorker.handle
         assert attribute in connection, attribute

@@ -29,6 +29,8 @@ import pytest
 from helpers import wait_until
 from test_gunicorn import SHIPPED, Gunicorn
 
+from wsthreads.pool import REQUEST_THREADS
+
 pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 
 #: The app under load: an echo server whose sessions last until the client closes, each holding
@@ -36,6 +38,8 @@ pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: 
 APP = "sync_server:create_app(echo=True)"
 #: The same, parked in the netpoller: a session holds no thread once it has begun.
 PARKED_APP = "sync_server:create_app(echo=True, netpoller=True, max_connections=20)"
+#: Parked, and as many as a burst opens.
+BURST_APP = "sync_server:create_app(echo=True, netpoller=True, max_connections=1000)"
 #: Seconds within which a connection beyond capacity must have its 503 (LOOK_INTERVAL is 0.1 s).
 PROMPT = 1.0
 
@@ -188,6 +192,19 @@ def test_parked_sessions_hold_no_thread_and_max_connections_bounds_them() -> Non
         assert {answer.reason for answer in answers if answer.status == 503} == {
             "too many connections (limit 20)"
         }
+        assert server.problems() == []
+
+
+def test_a_burst_of_handshakes_is_served_by_a_few_request_threads() -> None:
+    """1 worker x 300 threads, 200 parked sessions opened at once: gthread's pool would have
+    started a thread for nearly each; ours serves them with REQUEST_THREADS at most, reused."""
+    with Gunicorn(BURST_APP, workers=1, threads=300) as server, sessions(server.port, 200) as answers:
+        assert [answer.status for answer in answers] == [101] * 200, summary(answers)
+        (worker,) = re.findall(r"Booting worker with pid: (\d+)", "\n".join(server.stderr))
+        status = Path(f"/proc/{worker}/status").read_text()
+        threads = int(re.findall(r"Threads:\s+(\d+)", status)[0])
+        # Besides the request threads: the main one, the deadlines', the netpoller's (4 and its monitor).
+        assert threads <= REQUEST_THREADS + 10, threads
         assert server.problems() == []
 
 

@@ -22,7 +22,7 @@ from helpers import (
     websocket_client,
 )
 
-from wsthreads.serving import REQUEST_THREAD_IDLE
+from wsthreads.pool import REQUEST_THREAD_IDLE
 
 pytestmark = pytest.mark.slow  # needs outside programs or runs whole programs: see the README
 

@@ -23,8 +23,9 @@ from _pytest.monkeypatch import MonkeyPatch
 from helpers import ROOT, WAIT, wait_until
 
 import wsthreads
-from wsthreads import serving
-from wsthreads.serving import REQUEST_THREADS, SOMAXCONN_PATH, RequestThreads, listen_backlog
+from wsthreads import pool
+from wsthreads.pool import REQUEST_THREADS
+from wsthreads.serving import SOMAXCONN_PATH, listen_backlog
 from wsthreads.settings import SWITCH_INTERVAL
 
 
@@ -118,87 +119,6 @@ def test_too_few_descriptors_for_max_connections_is_one_line_at_start() -> None:
     ]
 
 
-# --- the request threads ------------------------------------------------------------------
-
-
-class Jobs:
-    """Fake requests for RequestThreads: each waits for ``release``; some hold their thread first."""
-
-    def __init__(self, pool_holds: bool = False) -> None:
-        self.release = threading.Event()
-        self.running = 0
-        self.served: list[int] = []
-        self.lock = threading.Lock()
-        self.holds = pool_holds
-        self.threads = RequestThreads(self.serve)
-
-    def serve(self, request: int, client_address: object) -> None:
-        if self.holds:
-            self.threads.hold()
-        with self.lock:
-            self.running += 1
-        self.release.wait(WAIT)
-        with self.lock:
-            self.running -= 1
-            self.served.append(request)
-
-
-def test_request_threads_serve_a_few_requests_at_once_and_queue_the_rest(monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(serving, "REQUEST_STALL", 60.0)
-    jobs = Jobs()
-    for number in range(50):
-        jobs.threads.submit(number, None)
-    assert wait_until(lambda: jobs.running == REQUEST_THREADS)
-    time.sleep(0.2)
-    assert jobs.running == REQUEST_THREADS  # the other 34 wait for a free thread
-    jobs.release.set()
-    assert wait_until(lambda: len(jobs.served) == 50)
-    assert sorted(jobs.served) == list(range(50))
-    assert jobs.threads.close() == []
-
-
-def test_a_thread_held_by_a_session_is_replaced_at_once(monkeypatch: MonkeyPatch) -> None:
-    """Handler functions hold their request threads: every one of 50 sessions runs, with no stall."""
-    monkeypatch.setattr(serving, "REQUEST_STALL", 60.0)
-    jobs = Jobs(pool_holds=True)
-    for number in range(50):
-        jobs.threads.submit(number, None)
-    try:
-        assert wait_until(lambda: jobs.running == 50)
-    finally:
-        jobs.release.set()
-    assert wait_until(lambda: len(jobs.served) == 50)
-    jobs.threads.close()
-
-
-def test_connections_stuck_behind_slow_requests_get_threads_after_a_stall(monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(serving, "REQUEST_STALL", 0.1)
-    jobs = Jobs()
-    for number in range(REQUEST_THREADS + 5):
-        jobs.threads.submit(number, None)
-    try:
-        assert wait_until(lambda: jobs.running == REQUEST_THREADS)
-        deadline = time.monotonic() + WAIT
-        while jobs.running < REQUEST_THREADS + 5 and time.monotonic() < deadline:
-            jobs.threads.start_if_stalled()  # what the acceptor does between its looks
-            time.sleep(0.02)
-        assert jobs.running == REQUEST_THREADS + 5
-    finally:
-        jobs.release.set()
-    jobs.threads.close()
-
-
-def test_closing_returns_the_connections_still_waiting(monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(serving, "REQUEST_STALL", 60.0)
-    jobs = Jobs()
-    for number in range(REQUEST_THREADS + 3):
-        jobs.threads.submit(number, None)
-    assert wait_until(lambda: jobs.running == REQUEST_THREADS)
-    assert sorted(jobs.threads.close()) == [REQUEST_THREADS, REQUEST_THREADS + 1, REQUEST_THREADS + 2]
-    jobs.release.set()
-    assert wait_until(lambda: len(jobs.served) == REQUEST_THREADS)
-
-
 def upgrade_request(port: int) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (
@@ -213,7 +133,7 @@ def test_a_burst_of_handshakes_is_served_by_a_few_threads_reused(monkeypatch: Mo
     Without the stall rule (tested apart): in a loaded test process a 0.5 s pause
     with none taken gives every waiting connection a thread, as it should.
     """
-    monkeypatch.setattr(serving, "REQUEST_STALL", 60.0)
+    monkeypatch.setattr(pool, "REQUEST_STALL", 60.0)
     threads: set[threading.Thread] = set()
 
     def authenticate(request: wsthreads.Request) -> str:

@@ -272,7 +272,7 @@ def test_tls_clients_that_reset_at_once_get_one_line_each_and_no_traceback(
 
     from helpers import wait_until
 
-    from wsthreads.serving import REQUEST_THREAD_IDLE
+    from wsthreads.pool import REQUEST_THREAD_IDLE
 
     server = start_server("--certfile", pki[0], "--handshake-timeout", "30")
     threads = server.threads()

@@ -31,11 +31,12 @@ from gunicorn import glogging  # type: ignore[import-untyped]
 from gunicorn.workers import gthread  # type: ignore[import-untyped]
 
 from . import trace
-from .app import SHUTDOWN_TIMEOUT, all_apps, session_owns
+from .app import HOLD_KEY, SHUTDOWN_TIMEOUT, all_apps, session_owns
 from .connection import wait_for
 from .deadlines import deadlines
 from .logs import JsonFormatter
 from .metrics import MULTIPROCESS_VARIABLE, multiprocess
+from .pool import RequestExecutor
 from .serving import HANDSHAKE_TIMEOUT
 from .settings import SWITCH_INTERVAL, raise_descriptor_limit, warn_if_too_few_descriptors
 
@@ -60,11 +61,16 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
     (:meth:`finish_request`). A session that keeps its thread (a handler
     function) holds it for its whole life. The worker sets the GIL's
     switch interval for its process (:meth:`init_process`), and differs
-    from gthread in two more ways:
+    from gthread in three more ways:
 
-    - It takes no more connections than it has threads (``worker_connections``
-      is capped at ``threads``, none is kept alive idle, and a request is
-      counted off once when it ends). gthread takes up to ``worker_connections``
+    - Its pool is our own server's request threads (:meth:`get_thread_pool`):
+      a few serve requests at once, and a session that keeps its thread gets a
+      place of its own. gthread's pool has ``threads`` threads, and in a burst
+      of connects a thousand handshakes would share one GIL.
+
+    - It takes no more connections at once than ``threads`` (``worker_connections``
+      is capped at it, none is kept alive idle, and a request is counted off
+      once when it ends), and no more sessions that keep a thread. gthread takes up to ``worker_connections``
       (1000 by default) and queues those it has no thread for inside itself,
       unanswered, while another worker may have threads free; a full worker of
       ours leaves them on the listening socket all workers share, for the
@@ -119,6 +125,22 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         finally:
             shutdown_all()
 
+    def get_thread_pool(self) -> RequestExecutor:
+        """gthread's pool: a few request threads serve at once; a session that keeps one gets its own."""
+        return RequestExecutor()
+
+    def load_wsgi(self) -> None:
+        """gthread's app, called with the hook that tells the pool a session keeps its thread."""
+        super().load_wsgi()
+        app: Any = self.wsgi  # type: ignore[has-type]  # gunicorn is untyped
+        hold = self.tpool.hold
+
+        def with_hold(environ: dict[str, Any], start_response: Any) -> Any:
+            environ[HOLD_KEY] = hold
+            return app(environ, start_response)
+
+        self.wsgi = with_hold
+
     def set_accept_enabled(self, enabled: bool) -> None:
         """gthread's switch between accepting and not; we hold the "thread free" lock while accepting."""
         if enabled != self._accepting:
@@ -172,11 +194,15 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().finish_request(conn, fs)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        """gthread's wait for events; while the worker is full, a look at the listen queue after it."""
+        """gthread's wait for events; then a look for a stalled request, and while full, at the backlog."""
+        if self.tpool.waiting:  # connections wait for a request thread: a stall is seen within LOOK_INTERVAL
+            timeout = min(timeout, LOOK_INTERVAL)
         if self._accepting or not self.alive:
             super().wait_for_and_dispatch_events(timeout)
+            self.tpool.start_if_stalled()
             return
         super().wait_for_and_dispatch_events(min(timeout, LOOK_INTERVAL))
+        self.tpool.start_if_stalled()
         if self.nr_conns < self.worker_connections:
             return  # a request ended meanwhile (a parked session's, within ms): the main loop accepts again
         if sum(app.threads_in_sessions() for app in all_apps()) < self.cfg.threads:

@@ -7,15 +7,12 @@ would, named ``request-PORT`` until it becomes a session.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import selectors
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +22,7 @@ from . import trace
 from .app import DISARM_KEY, HOLD_KEY, SHUTDOWN_TIMEOUT, Mounted, SessionOver, WebSocketApp, session_owns
 from .certificates import load_certificate
 from .deadlines import Armed, deadlines
+from .pool import RequestThreads
 from .settings import warn_if_too_few_descriptors
 from .signals import Signalled, run_until_signal
 
@@ -37,17 +35,8 @@ HANDSHAKE_TIMEOUT = 10.0
 #: Pending connections we ask the kernel to queue when it does not say its
 #: own limit (Werkzeug's default, 128, overflows when many clients connect at once).
 LISTEN_BACKLOG = 1024
-#: Request threads serving requests at once, besides those held by sessions (as fast as
-#: more, measured: docs/performance.md, "Where the constants come from").
-REQUEST_THREADS = 16
-#: Seconds with connections waiting and none taken before every waiting one gets a thread:
-#: well above the switch interval the programs set (0.05 s), for which one thread may hold the
-#: GIL; silent clients delay others this long.
-REQUEST_STALL = 0.5
 #: Seconds between the acceptor's looks at a stall (and at a shutdown).
 ACCEPTOR_LOOK = 0.05
-#: Seconds a request thread waits for the next connection before it ends.
-REQUEST_THREAD_IDLE = 5.0
 #: Where Linux says the most a listen backlog may be (4096 on this kind of machine).
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 
@@ -225,132 +214,6 @@ class RequestHandler(WSGIRequestHandler):
             self.server.reading.done(self.deadline)
             deadlines.disarm(self.deadline)
             self.deadline = None
-
-
-class RequestThreads:
-    """The threads that serve requests: a few at once, reused, more for requests that last.
-
-    socketserver starts a thread per connection: in a burst of thousands of
-    connects, thousands of handshakes then share one GIL, and the acceptor
-    waits in each ``Thread.start()`` for a new thread to get it. Here at most
-    :data:`REQUEST_THREADS` threads serve requests at once; the other
-    connections wait, accepted, for the next free one (faster, and a few
-    hundred threads at the peak instead of thousands: docs/performance.md).
-    A thread whose request becomes a session that keeps it
-    (:meth:`hold`: a handler function's) no longer counts, and one more starts
-    for the connections waiting. When a connection has waited
-    :data:`REQUEST_STALL` seconds (clients that say nothing or drip their
-    requests, a slow page of a mounted app) and none was taken meanwhile,
-    every waiting connection gets a thread, as socketserver would give it. A thread idle for
-    :data:`REQUEST_THREAD_IDLE` seconds ends. (Werkzeug answers every request
-    with ``Connection: close``: no thread waits for a next request.)
-    """
-
-    def __init__(self, serve: Callable[[Any, Any], None]) -> None:
-        self._serve = serve  # socketserver's process_request_thread: the request, then its socket's end
-        self._jobs: collections.deque[tuple[float, Any, Any]] = collections.deque()  # (since, ...)
-        self._changed = threading.Condition()
-        self._threads = 0  # running, idle or not
-        self._idle = 0
-        self._held = 0  # running a session that holds them
-        self._holding: set[threading.Thread] = set()
-        self._taken = 0.0  # when a thread last took a connection
-        self._stall_handled = 0.0  # when more threads last started for a stall
-        self._closed = False
-        self._names = itertools.count(1)
-
-    def submit(self, request: Any, client_address: Any) -> None:
-        """A connection to serve (from the acceptor): to an idle thread, a new one, or the queue."""
-        with self._changed:
-            self._jobs.append((time.monotonic(), request, client_address))
-            self._changed.notify()
-            start = self._short_locked()
-        if start:
-            self._start()
-
-    def hold(self) -> None:
-        """The calling request thread now runs a session that holds it: another may start."""
-        thread = threading.current_thread()
-        with self._changed:
-            if thread in self._holding:
-                return
-            self._holding.add(thread)
-            self._held += 1
-            start = self._short_locked()
-        if start:
-            self._start()
-
-    def start_if_stalled(self) -> None:
-        """A thread for each waiting connection if none was taken for :data:`REQUEST_STALL` s (the acceptor).
-
-        Clients that connect and say nothing, or drip their requests, hold
-        threads until their deadline; however many they are, the connections
-        behind them wait one stall, then are served as socketserver would: a
-        thread each. A long queue that moves (a burst of thousands) is no stall.
-        """
-        with self._changed:
-            start, now = 0, time.monotonic()
-            since = max(self._jobs[0][0], self._taken, self._stall_handled) if self._jobs else now
-            if now - since >= REQUEST_STALL:
-                self._stall_handled = now  # the next ones only after another stall
-                start = max(len(self._jobs) - self._idle, 0)
-                self._threads += start
-        for _ in range(start):
-            self._start()
-
-    def close(self) -> list[Any]:
-        """The server is closing: idle threads end now, busy ones after their request.
-
-        Returns the connections still waiting for a thread, for the caller to close.
-        """
-        with self._changed:
-            self._closed = True
-            waiting = [request for _, request, _ in self._jobs]
-            self._jobs.clear()
-            self._changed.notify_all()
-        return waiting
-
-    def _short_locked(self) -> bool:
-        """True (and counted) if a thread must start: connections wait, none is idle, a place is free."""
-        short = len(self._jobs) > self._idle and self._threads - self._held < REQUEST_THREADS
-        if short:
-            self._threads += 1
-        return short
-
-    def _start(self) -> None:
-        name = f"request-thread-{next(self._names)}"
-        try:
-            threading.Thread(target=self._work, name=name, daemon=True).start()
-        except RuntimeError as error:  # "can't start new thread": the running ones go on
-            log.error("no new request thread: %s", error)
-            with self._changed:
-                self._threads -= 1
-
-    def _work(self) -> None:
-        thread = threading.current_thread()
-        name = thread.name
-        with self._changed:
-            try:
-                while True:
-                    if not self._jobs:
-                        self._idle += 1
-                        self._changed.wait_for(lambda: bool(self._jobs) or self._closed, REQUEST_THREAD_IDLE)
-                        self._idle -= 1
-                        if not self._jobs:
-                            return
-                    _, request, client_address = self._jobs.popleft()
-                    self._taken = time.monotonic()
-                    self._changed.release()
-                    try:
-                        self._serve(request, client_address)
-                    finally:
-                        thread.name = name
-                        self._changed.acquire()
-                        if thread in self._holding:
-                            self._holding.discard(thread)
-                            self._held -= 1
-            finally:
-                self._threads -= 1
 
 
 class Reading:

@@ -289,18 +289,29 @@ def test_clients_that_drip_their_requests_do_not_keep_others_out() -> None:
 
 
 @pytest.mark.slow
-def test_clients_that_connect_and_say_nothing_delay_others_by_a_stall_at_most() -> None:
-    """300 silent clients hold request threads until their deadline; a client behind them waits a stall."""
+def test_clients_that_connect_and_say_nothing_hold_no_request_thread() -> None:
+    """300 silent clients wait in the netpoller, not in request threads (before: 16 threads waited for
+    them, and each stall of 0.5 s gave 300 more a thread each): a client behind them is served at
+    once, no thread starts for them, and those that speak late are served too."""
     app = wsthreads.create_app(echo=True)
+    before = set(threading.enumerate())
     with wsthreads.start_server(app, port=0) as server:
         silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
         try:
-            started = time.monotonic()
             client = websocket.create_connection(server.url, timeout=WAIT)
             client.send("hello")
             assert client.recv() == "hello"
             client.close()
-            assert time.monotonic() - started < 4  # 0.5 s and a thread each (9.4 s before, 16 per stall)
+            time.sleep(2 * pool.REQUEST_STALL)  # a stall would have started a thread for each by now
+            started = [t.name for t in threading.enumerate() if t not in before]
+            threads = [name for name in started if name.startswith("request")]
+            assert len(threads) <= REQUEST_THREADS, threads
+            late = silent[:20]
+            for sock in late:
+                sock.settimeout(WAIT)
+                sock.sendall(upgrade_request(server.port))
+            for sock in late:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 101 "), "a late request is served"
         finally:
             for sock in silent:
                 sock.close()

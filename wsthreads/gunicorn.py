@@ -37,7 +37,7 @@ from .deadlines import deadlines
 from .logs import JsonFormatter
 from .metrics import MULTIPROCESS_VARIABLE, multiprocess
 from .pool import RequestExecutor
-from .serving import HANDSHAKE_TIMEOUT
+from .serving import HANDSHAKE_TIMEOUT, has_bytes
 from .settings import SWITCH_INTERVAL, raise_descriptor_limit, warn_if_too_few_descriptors
 
 log = logging.getLogger("wsthreads.server")
@@ -237,15 +237,6 @@ def end_deadline(conn: Any) -> None:
         deadlines.disarm(armed)
         if cut is not conn.sock:
             cut.close()  # the duplicate: the connection goes on
-
-
-def has_bytes(sock: socket.socket) -> bool:
-    """True if ``sock`` can be read without waiting: bytes have come, or the peer's end."""
-    try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:  # nothing yet (BlockingIOError), or an error the real read will meet
-        return False
-    return True
 
 
 def hold_free_lock(listener: Any, held: bool) -> None:

@@ -60,14 +60,20 @@ class RequestThreads:
         self._closed = False
         self._names = itertools.count(1)
 
-    def submit(self, connection: Any, details: Any) -> None:
-        """A connection to serve (from the acceptor): to an idle thread, a new one, or the queue."""
+    def submit(self, connection: Any, details: Any) -> bool:
+        """A connection to serve (from the acceptor): to an idle thread, a new one, or the queue.
+
+        False once :meth:`close` has been called: the caller closes the connection.
+        """
         with self._changed:
+            if self._closed:
+                return False
             self._jobs.append((time.monotonic(), connection, details))
             self._changed.notify()
             start = self._short_locked()
         if start:
             self._start()
+        return True
 
     def hold(self) -> None:
         """The calling request thread now runs a session that holds it: another may start."""
@@ -183,7 +189,8 @@ class RequestExecutor(futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a request thread; its future has the result."""
         future: futures.Future[Any] = futures.Future()
-        self._threads.submit(future, (fn, args, kwargs))
+        if not self._threads.submit(future, (fn, args, kwargs)):
+            raise RuntimeError("cannot schedule new futures after shutdown")  # as ThreadPoolExecutor
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

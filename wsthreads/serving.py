@@ -22,6 +22,7 @@ from . import trace
 from .app import DISARM_KEY, HOLD_KEY, SHUTDOWN_TIMEOUT, Mounted, SessionOver, WebSocketApp, session_owns
 from .certificates import load_certificate
 from .deadlines import Armed, deadlines
+from .netpoller import Watch, netpoller
 from .pool import RequestThreads
 from .settings import warn_if_too_few_descriptors
 from .signals import Signalled, run_until_signal
@@ -52,6 +53,15 @@ def listen_backlog() -> int:
             return max(int(limit.read()), LISTEN_BACKLOG)
     except (OSError, ValueError):
         return max(socket.SOMAXCONN, LISTEN_BACKLOG)
+
+
+def has_bytes(sock: socket.socket) -> bool:
+    """True if ``sock`` can be read without waiting: bytes have come, or the peer's end."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing yet (BlockingIOError), or an error the real read will meet
+        return False
+    return True
 
 
 def format_url(scheme: str, host: str, port: int, path: str = "") -> str:
@@ -104,11 +114,10 @@ class RequestHandler(WSGIRequestHandler):
     server: WebSocketServer
 
     def setup(self) -> None:
-        """Name the thread, arm the deadline and, with TLS, do the TLS handshake."""
+        """Name the thread, take over the deadline armed at the accept and, with TLS, do the TLS handshake."""
         threading.current_thread().name = f"request-{self.client_address[1]}"
         self.request.settimeout(self.server.handshake_timeout)  # the session clears it
-        self.deadline: Armed | None = deadlines.arm(self.request, self.server.handshake_timeout)
-        self.server.reading.add(self.deadline)  # until the request is in
+        self.deadline: Armed | None = self.server.accepted.pop(self.request)
         self.tls_failed = False
         context = self.server.tls_context
         if context is not None:
@@ -260,6 +269,8 @@ class WebSocketServer(ThreadedWSGIServer):
     ) -> None:
         self.request_threads = RequestThreads(self.process_request_thread)
         self.reading = Reading()
+        #: The deadlines armed at each accept, until a request thread takes the connection over.
+        self.accepted: dict[Any, Armed] = {}
         host, port = sock.getsockname()[:2]
         # Werkzeug duplicates the descriptor of a socket it is handed.
         super().__init__(host, port, app, handler=RequestHandler, fd=sock.fileno())
@@ -269,8 +280,36 @@ class WebSocketServer(ThreadedWSGIServer):
         self.ssl_context = tls_context
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the connection to a request thread (see :class:`RequestThreads`)."""
-        self.request_threads.submit(request, client_address)
+        """Arm the request's deadline, and hand the connection to a request thread once it has spoken.
+
+        Most clients send their request with the connect. One that has not
+        yet waits parked in the netpoller, not in a request thread: in a
+        burst of thousands, a few clients sent theirs 0.3 to 0.6 s late, and a
+        request thread taking each would have waited for it while the others
+        queued (16 such, and the stall rule started a thread for each of
+        thousands waiting). The deadline runs from the accept, wherever the
+        connection waits; when it cuts the socket, a thread finds its end.
+        """
+        armed = deadlines.arm(request, self.handshake_timeout)
+        self.accepted[request] = armed
+        self.reading.add(armed)  # until the request is in
+        if has_bytes(request):
+            self._to_request_thread(request, client_address)
+            return
+        watch: Watch
+
+        def first_bytes() -> None:  # a netpoller turn: the client spoke (or its socket was cut)
+            nonlocal watch
+            watch.close()
+            del watch  # it holds this function: no cycle is left for the garbage collector
+            self._to_request_thread(request, client_address)
+
+        watch = netpoller.watch(request.fileno(), first_bytes, f"request-{client_address[1]}")
+        watch.park(None)
+
+    def _to_request_thread(self, request: Any, client_address: Any) -> None:
+        if not self.request_threads.submit(request, client_address):
+            self.shutdown_request(request)  # the server has closed meanwhile
 
     def service_actions(self) -> None:
         """After each look of the acceptor (at most ``poll_interval`` apart): a stalled request."""
@@ -296,6 +335,10 @@ class WebSocketServer(ThreadedWSGIServer):
         A session parked in the netpoller outlives its request (see
         :func:`wsthreads.app.session_owns`); its connection closes the socket.
         """
+        armed = self.accepted.pop(request, None)  # never taken by a request thread (the server closed)
+        if armed is not None:
+            self.reading.done(armed)
+            deadlines.disarm(armed)
         if not session_owns(request):
             super().shutdown_request(request)
 

@@ -44,6 +44,11 @@ from wsthreads.settings import SWITCH_INTERVAL
 SHIPPED = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 #: gunicorn's options for it: the config file, a free port, our directory for the app's module.
 CONFIG = ("-c", str(ROOT / "gunicorn.conf.py"), "-b", "127.0.0.1:0", "--chdir", str(ROOT))
+#: A WebSocket opening handshake, written by hand.
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 class Gunicorn(Program):
@@ -146,12 +151,40 @@ def test_a_request_sent_after_the_connect_is_served_under_gunicorn(
     server = gunicorn("sync_server:create_app(echo=True)")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         time.sleep(0.5)
-        sock.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        sock.sendall(UPGRADE)
         assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
     assert server.problems() == []
+
+
+@pytest.mark.slow
+def test_silent_clients_hold_no_thread_under_gunicorn_and_are_served_when_they_speak() -> None:
+    """100 clients connect and say nothing: they wait in gthread's poller, not in our request threads
+    (gthread would hold a thread for each up to 5 s; a stall then starts one for each waiting), so
+    the worker keeps a few threads; a client behind them is served; those that speak 3 s later
+    (beyond gthread's own wait in its poller, keepalive's 2 s) get their 101."""
+    from wsthreads.pool import REQUEST_THREADS
+
+    app = "sync_server:create_app(echo=True, netpoller=True)"
+    with Gunicorn(app, workers=1, threads=300) as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(100)]
+        try:
+            client = connect(server.url)
+            client.send("hello")
+            assert client.recv() == "hello"
+            client.close()
+            time.sleep(3)
+            (worker,) = re.findall(r"Booting worker with pid: (\d+)", "\n".join(server.stderr))
+            status = Path(f"/proc/{worker}/status").read_text()
+            threads = int(re.findall(r"Threads:\s+(\d+)", status)[0])
+            assert threads <= REQUEST_THREADS + 10, threads  # + main, deadlines, the netpoller's
+            for sock in silent[:20]:
+                sock.sendall(UPGRADE)
+            for sock in silent[:20]:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+        finally:
+            for sock in silent:
+                sock.close()
+        assert server.problems() == []
 
 
 @pytest.mark.slow
@@ -424,6 +457,9 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
     # The pool is used only through submit() and shutdown(wait=False), and its futures' results.
     assert set(re.findall(r"self\.tpool\.(\w+)", source)) == {"submit", "shutdown"}
     assert "self.tpool = self.get_thread_pool()" in source
+    # handle() returning _DEFER puts the connection on the poller's pending deque, timed by conn.timeout.
+    assert "result is _DEFER" in source and "self.pending_conns.append(conn)" in source
+    assert "conn.timeout - now" in inspect.getsource(gthread.ThreadWorker.murder_pending)
     connection = inspect.getsource(gthread.TConn)
     for attribute in ("self.initialized", "self.data_ready"):  # read and set by ThreadWorker.handle
         assert attribute in connection, attribute

@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,22 +155,27 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         gthread reads a request with no deadline of its own: a client that
         sends half a request, or drips it, would hold the thread for ever. So
         the request (and the TLS handshake) must be in within
-        :data:`~wsthreads.serving.HANDSHAKE_TIMEOUT` of the connection's turn
-        here, as under our own server, or its socket is shut down and the
+        :data:`~wsthreads.serving.HANDSHAKE_TIMEOUT` of the connection's first
+        turn here, as under our own server, or its socket is shut down and the
         thread is free (:meth:`handle_request` ends the deadline once it is in).
 
-        gthread also waits for a new connection's first bytes in a selector
-        made for it (a silent client goes back to its poller after 5 s); a
-        client that sent its request with its connect, as a burst of thousands
-        does, needs only a look: one non-blocking peek instead of an epoll's life.
+        A connection whose first bytes have not come goes back to gthread's
+        poller at once, not after waiting for them in this thread (gthread
+        waits up to 5 s): a few of our request threads serve everyone, and in a
+        burst some clients send their requests 0.3 to 0.6 s after the connect.
+        When its bytes come, gthread hands it to a thread again.
         """
         if conn.initialized:  # a kept-alive connection's next request (none here: max_keepalived is 0)
             return super().handle(conn)
-        if not conn.data_ready and has_bytes(conn.sock):
+        since = conn.__dict__.setdefault("wsthreads_since", time.monotonic())
+        if not conn.data_ready:
+            if not has_bytes(conn.sock):
+                return gthread._DEFER  # its poller waits for the bytes (finish_request: until the deadline)
             conn.data_ready = True
         # With TLS gthread replaces the socket object by its wrapper: the deadline cuts a duplicate.
         cut = socket.socket(fileno=os.dup(conn.sock.fileno())) if self.cfg.is_ssl else conn.sock
-        conn.wsthreads_deadline = (deadlines.arm(cut, HANDSHAKE_TIMEOUT), cut)
+        left = since + HANDSHAKE_TIMEOUT - time.monotonic()
+        conn.wsthreads_deadline = (deadlines.arm(cut, max(left, 0.0)), cut)
         try:
             return super().handle(conn)
         finally:
@@ -192,6 +198,8 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             self.nr_conns -= 1
             return
         super().finish_request(conn, fs)
+        if self.pending_conns and self.pending_conns[-1] is conn:  # deferred: no bytes yet, see handle()
+            conn.timeout = conn.wsthreads_since + HANDSHAKE_TIMEOUT  # not gthread's keepalive (2 s)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """gthread's wait for events; then a look for a stalled request, and while full, at the backlog."""

@@ -374,3 +374,28 @@ def test_a_socket_closed_under_its_watch_is_forgotten_and_the_others_are_served(
     assert wait_until(lambda: counter.received == b"hello")
     handle.close()
     close_all(good, good_peer, bad_peer)
+
+
+def test_a_netpoller_that_cannot_open_leaves_nothing_open_and_opens_later(
+    poller: Netpoller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No descriptor left for the wake-up (EMFILE): watch() raises, the epoll made before it is closed
+    and nothing is half open; once descriptors are back, the next watch works."""
+    import errno
+
+    def no_descriptor(*args: object) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    ours, theirs = socket.socketpair()
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "eventfd", no_descriptor)
+    with pytest.raises(OSError, match="Too many open files"):
+        poller.watch(ours.fileno(), lambda: None, "conn-1-reader")
+    assert len(os.listdir("/proc/self/fd")) == before and not poller.running()
+    monkeypatch.undo()
+    counter = Counter(ours)
+    handle = watch(poller, counter)
+    theirs.sendall(b"hello")
+    assert wait_until(lambda: counter.received == b"hello")
+    handle.close()
+    close_all(ours, theirs)

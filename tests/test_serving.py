@@ -23,7 +23,7 @@ from _pytest.monkeypatch import MonkeyPatch
 from helpers import ROOT, WAIT, wait_until
 
 import wsthreads
-from wsthreads import pool
+from wsthreads import pool, serving
 from wsthreads.pool import REQUEST_THREADS
 from wsthreads.serving import SOMAXCONN_PATH, listen_backlog
 from wsthreads.settings import SWITCH_INTERVAL
@@ -315,6 +315,23 @@ def test_clients_that_connect_and_say_nothing_hold_no_request_thread() -> None:
         finally:
             for sock in silent:
                 sock.close()
+
+
+def test_a_late_client_is_served_when_the_netpoller_cannot_watch_it(monkeypatch: MonkeyPatch) -> None:
+    """No descriptor for the netpoller's epoll: the connection waits for its request in a thread instead."""
+
+    class Full:
+        def watch(self, *args: object) -> None:
+            raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(serving, "netpoller", Full())
+    with (
+        wsthreads.start_server(wsthreads.create_app(echo=True), port=0) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock,
+    ):
+        time.sleep(0.2)
+        sock.sendall(upgrade_request(server.port))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
 
 
 def tracebacks(things: list[object]) -> list[types.TracebackType]:

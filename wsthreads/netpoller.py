@@ -354,16 +354,21 @@ class Netpoller:
     # --- the epoll's life and the netpoller thread (the monitor) -----------------------
 
     def _open_locked(self) -> None:
-        self._epoll = select.epoll()
-        self._wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._epoll.register(self._wakeup_fd, select.EPOLLIN)
-        # Daemon: a process may exit with connections still watched.
-        monitor = threading.Thread(target=self._monitor, args=(self._epoll,), name="netpoller", daemon=True)
+        """The epoll, its wake-up descriptor and the monitor; if one cannot be made (no descriptor,
+        "can't start new thread"), none is left open and the error goes to the caller."""
+        epoll = select.epoll()
+        wakeup_fd = -1
         try:
+            wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            epoll.register(wakeup_fd, select.EPOLLIN)
+            # Daemon: a process may exit with connections still watched.
+            monitor = threading.Thread(target=self._monitor, args=(epoll,), name="netpoller", daemon=True)
+            self._epoll, self._wakeup_fd = epoll, wakeup_fd  # the monitor's first look reads them
             monitor.start()
-        except BaseException:  # "can't start new thread": nothing is watched, nothing left open
-            self._epoll.close()
-            os.close(self._wakeup_fd)
+        except BaseException:
+            epoll.close()
+            if wakeup_fd != -1:
+                os.close(wakeup_fd)
             self._epoll, self._wakeup_fd = None, -1
             raise
         self._thread = monitor

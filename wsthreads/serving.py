@@ -304,7 +304,11 @@ class WebSocketServer(ThreadedWSGIServer):
             del watch  # it holds this function: no cycle is left for the garbage collector
             self._to_request_thread(request, client_address)
 
-        watch = netpoller.watch(request.fileno(), first_bytes, f"request-{client_address[1]}")
+        try:
+            watch = netpoller.watch(request.fileno(), first_bytes, f"request-{client_address[1]}")
+        except OSError:  # no descriptor left for the netpoller's epoll: a request thread waits instead
+            self._to_request_thread(request, client_address)
+            return
         watch.park(None)
 
     def _to_request_thread(self, request: Any, client_address: Any) -> None:

@@ -69,13 +69,13 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
       place of its own. gthread's pool has ``threads`` threads, and in a burst
       of connects a thousand handshakes would share one GIL.
 
-    - It takes no more connections at once than ``threads`` (``worker_connections``
-      is capped at it, none is kept alive idle, and a request is counted off
-      once when it ends), and no more sessions that keep a thread. gthread takes up to ``worker_connections``
-      (1000 by default) and queues those it has no thread for inside itself,
-      unanswered, while another worker may have threads free; a full worker of
-      ours leaves them on the listening socket all workers share, for the
-      others to take.
+    - It takes no more connections at once than ``threads``, nor more sessions
+      that keep a thread (``worker_connections`` is capped at it, none is kept
+      alive idle, and a request is counted off once when it ends). gthread takes
+      up to ``worker_connections`` (1000 by default) and queues those it has no
+      thread for inside itself, unanswered, while another worker may have
+      threads free; a full worker of ours leaves them on the listening socket
+      all workers share, for the others to take.
     - When every worker is full, its threads held by sessions (not busy with
       handshakes, which end within ms), nobody takes them, and they would wait in the
       kernel's listen queue with no answer. So a worker holds a shared lock on

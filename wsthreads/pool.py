@@ -35,8 +35,8 @@ class RequestThreads:
     connects, thousands of handshakes then share one GIL, and the acceptor
     waits in each ``Thread.start()`` for a new thread to get it. Here at most
     :data:`REQUEST_THREADS` threads serve requests at once; the other
-    connections wait, accepted, for the next free one (faster, and a few
-    hundred threads at the peak instead of thousands: docs/performance.md).
+    connections wait, accepted, for the next free one (faster, and some 25
+    threads at the peak instead of thousands: docs/performance.md).
     A thread whose request becomes a session that keeps it
     (:meth:`hold`: a handler function's) no longer counts, and one more starts
     for the connections waiting. When a connection has waited

@@ -9,6 +9,7 @@ import re
 import resource
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -332,6 +333,36 @@ def test_a_late_client_is_served_when_the_netpoller_cannot_watch_it(monkeypatch:
         time.sleep(0.2)
         sock.sendall(upgrade_request(server.port))
         assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+
+
+def test_clients_that_drop_mid_request_are_freed_without_the_garbage_collector() -> None:
+    """Half a request, then a reset or a close; and an upgrade whose body never comes: Werkzeug
+    reports the drop (connection_dropped), whose look at the frames once tied each to a cycle."""
+    gc.collect()
+    gc.disable()
+    try:
+        with wsthreads.start_server(wsthreads.create_app(echo=True), port=0) as server:
+            for reset in (True, False) * 5:
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+                sock.sendall(b"GET /ws HTTP/1.1\r\n" if reset else upgrade_request(server.port)[:-2] + body())
+                time.sleep(0.02)
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            time.sleep(0.5)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kinds = {type(thing).__name__ for thing in gc.garbage}
+        assert not {"frame", "traceback"} & kinds, kinds
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def body() -> bytes:
+    """The end of an upgrade request that announces a body, and part of the body."""
+    return b"Content-Length: 100\r\n\r\nabc"
 
 
 def tracebacks(things: list[object]) -> list[types.TracebackType]:

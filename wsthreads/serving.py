@@ -208,6 +208,9 @@ class RequestHandler(WSGIRequestHandler):
                 if isinstance(value, selectors.BaseSelector):
                     value.close()
             tb = tb.tb_next
+        # Reading f_locals kept a copy of each frame's locals on it, the error among them: error ->
+        # traceback -> frame -> its locals -> error, a cycle only the garbage collector frees.
+        error.__traceback__ = None
 
     def finish(self) -> None:
         """Close the connection's files and, with TLS, the TLS socket itself (unless a session owns it)."""

@@ -312,6 +312,42 @@ def test_gunicorn_stop_closes_parked_sessions_with_1001(
     assert_stop_closes_sessions(server, server.url, signum, within=5.0, first="server message 1 of 1")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
+def test_gunicorn_stop_does_not_wait_for_clients_still_sending_their_requests(signum: int) -> None:
+    """A silent client, one that sent a byte and one that sent half its request, then a stop:
+    they are cut at once, not at their handshake deadline (10 s), and the session gets its 1001."""
+    with Gunicorn("sync_server:create_app(count=1000, interval=5)", workers=1, threads=20) as server:
+        slow = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+        try:
+            slow[1].sendall(b"G")
+            slow[2].sendall(UPGRADE[:40])
+            assert_stop_closes_sessions(server, server.url, signum, within=5.0)
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+@pytest.mark.slow
+def test_silent_clients_do_not_fill_a_workers_threads() -> None:
+    """1 worker x 5 threads: 5 clients that connect and say nothing hold no thread and no place
+    among the 5, so a client behind them is served at once, not when their deadline (10 s) cuts them."""
+    with Gunicorn("sync_server:create_app(echo=True)", workers=1, threads=5) as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
+        try:
+            time.sleep(0.5)  # each has had its turn in a thread, and gone back to gthread's poller
+            started = time.monotonic()
+            client = connect(server.url)
+            client.send("hello")
+            assert client.recv() == "hello"
+            client.close()
+            assert time.monotonic() - started < HANDSHAKE_TIMEOUT / 2
+        finally:
+            for sock in silent:
+                sock.close()
+        assert server.problems() == []
+
+
 @pytest.mark.slow
 def test_workers_trace_with_the_environment_variable(
     gunicorn: Callable[[str], Gunicorn], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -450,6 +486,9 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
         "run",
         "get_thread_pool",
         "load_wsgi",
+        "on_pending_socket_readable",
+        "murder_pending",
+        "murder_keepalived",
     ):
         assert callable(getattr(gthread.ThreadWorker, method, None)), method
     for attribute in ("self._accepting", "self.nr_conns", "self.worker_connections", "self.max_keepalived"):
@@ -459,7 +498,9 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
     assert "self.tpool = self.get_thread_pool()" in source
     # handle() returning _DEFER puts the connection on the poller's pending deque, timed by conn.timeout.
     assert "result is _DEFER" in source and "self.pending_conns.append(conn)" in source
-    assert "conn.timeout - now" in inspect.getsource(gthread.ThreadWorker.murder_pending)
+    # Our murder_pending replaces gthread's, which the loop calls after each wait, and at the end.
+    run = inspect.getsource(gthread.ThreadWorker.run)
+    assert "self.murder_pending()" in run and "self.murder_keepalived(force=True)" in run
     connection = inspect.getsource(gthread.TConn)
     for attribute in ("self.initialized", "self.data_ready"):  # read and set by ThreadWorker.handle
         assert attribute in connection, attribute

@@ -14,6 +14,7 @@ With ``WSTHREADS_TRACE=FILE`` in the environment, every worker traces (see
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import logging
 import os
@@ -38,7 +39,7 @@ from .deadlines import deadlines
 from .logs import JsonFormatter
 from .metrics import MULTIPROCESS_VARIABLE, multiprocess
 from .pool import RequestExecutor
-from .serving import HANDSHAKE_TIMEOUT, has_bytes
+from .serving import HANDSHAKE_TIMEOUT, Reading, has_bytes
 from .settings import SWITCH_INTERVAL, raise_descriptor_limit, warn_if_too_few_descriptors
 
 log = logging.getLogger("wsthreads.server")
@@ -89,6 +90,7 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.worker_connections = min(self.cfg.worker_connections, self.cfg.threads)
         self.max_keepalived = 0  # an idle kept-alive connection would count against the threads
+        self.reading = Reading()  # the deadlines of the requests being read, cut short by a stop
 
     def init_process(self) -> None:
         """In the worker process, before it serves: the switch interval and open-file limit for thousands.
@@ -175,16 +177,27 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         # With TLS gthread replaces the socket object by its wrapper: the deadline cuts a duplicate.
         cut = socket.socket(fileno=os.dup(conn.sock.fileno())) if self.cfg.is_ssl else conn.sock
         left = since + HANDSHAKE_TIMEOUT - time.monotonic()
-        conn.wsthreads_deadline = (deadlines.arm(cut, max(left, 0.0)), cut)
+        armed = deadlines.arm(cut, max(left, 0.0))
+        conn.wsthreads_deadline = (armed, cut)
+        self.reading.add(armed)  # cut at once if the worker is stopping
         try:
             return super().handle(conn)
         finally:
-            end_deadline(conn)
+            self._end_deadline(conn)
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         """gthread's call of the app: the request is in, and its deadline ends (a session may last)."""
-        end_deadline(conn)
+        self._end_deadline(conn)
         return super().handle_request(req, conn)
+
+    def _end_deadline(self, conn: Any) -> None:
+        """End the deadline :meth:`handle` armed for ``conn``'s request, if it is still armed."""
+        armed, cut = conn.__dict__.pop("wsthreads_deadline", (None, None))
+        if armed is not None:
+            self.reading.done(armed)
+            deadlines.disarm(armed)
+            if cut is not conn.sock:
+                cut.close()  # the duplicate: the connection goes on
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """gthread's end of a request (in the main loop): a session's socket is left to it, counted off once.
@@ -200,9 +213,44 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().finish_request(conn, fs)
         if self.pending_conns and self.pending_conns[-1] is conn:  # deferred: no bytes yet, see handle()
             conn.timeout = conn.wsthreads_since + HANDSHAKE_TIMEOUT  # not gthread's keepalive (2 s)
+            if len(self.pending_conns) <= self.cfg.worker_connections:
+                # It holds no thread: the worker may take another meanwhile (up to the config's
+                # worker_connections of these; beyond, they count again).
+                conn.wsthreads_uncounted = True
+                self.nr_conns -= 1
+
+    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
+        """gthread's hand-off of a connection whose first bytes have come: it counts again."""
+        if conn.__dict__.pop("wsthreads_uncounted", False):
+            self.nr_conns += 1
+        super().on_pending_socket_readable(conn, client)
+
+    def murder_pending(self) -> None:
+        """gthread's end of the connections whose first bytes have not come by their deadline
+        (all of them once the worker stops), each counted off only if it was counted."""
+        now = time.monotonic()
+        while self.pending_conns and (self.pending_conns[0].timeout <= now or not self.alive):
+            conn = self.pending_conns.popleft()
+            with contextlib.suppress(OSError, KeyError, ValueError):  # unregistered already
+                self.poller.unregister(conn.sock)
+            if not conn.__dict__.pop("wsthreads_uncounted", False):
+                self.nr_conns -= 1
+            conn.close()
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """gthread's end of idle kept-alive connections; at the last cleanup, of the pending ones too."""
+        super().murder_keepalived(force)
+        if force:
+            self.murder_pending()
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        """gthread's wait for events; then a look for a stalled request, and while full, at the backlog."""
+        """gthread's wait for events; then a look for a stalled request, and while full, at the backlog.
+
+        Once the worker stops, requests still being read are cut at once (as
+        under our own server): gthread would wait for each up to its deadline.
+        """
+        if not self.alive:
+            self.reading.close()
         if self.tpool.waiting:  # connections wait for a request thread: a stall is seen within LOOK_INTERVAL
             timeout = min(timeout, LOOK_INTERVAL)
         if self._accepting or not self.alive:
@@ -236,15 +284,6 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
             for app in all_apps()[:1]:
                 if app.metrics is not None:
                     app.metrics.refusals.labels("503", "all-workers-full").inc(refused)
-
-
-def end_deadline(conn: Any) -> None:
-    """End the deadline :meth:`ThreadWorker.handle` armed for ``conn``'s request, if it is still armed."""
-    armed, cut = conn.__dict__.pop("wsthreads_deadline", (None, None))
-    if armed is not None:
-        deadlines.disarm(armed)
-        if cut is not conn.sock:
-            cut.close()  # the duplicate: the connection goes on
 
 
 def hold_free_lock(listener: Any, held: bool) -> None:

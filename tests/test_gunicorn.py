@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+import websocket
 from helpers import (
     OP_CLOSE,
     OP_TEXT,
@@ -329,19 +330,22 @@ def test_gunicorn_stop_does_not_wait_for_clients_still_sending_their_requests(si
 
 
 @pytest.mark.slow
-def test_silent_clients_do_not_fill_a_workers_threads() -> None:
-    """1 worker x 5 threads: 5 clients that connect and say nothing hold no thread and no place
-    among the 5, so a client behind them is served at once, not when their deadline (10 s) cuts them."""
+def test_silent_clients_hold_a_workers_places_until_their_deadline_and_no_longer() -> None:
+    """1 worker x 5 threads: 5 clients that connect and say nothing take its 5 places (each may yet
+    become a session that keeps a thread), though no thread; their deadline (10 s) frees them, and
+    the client behind them is served then, not after gthread's own waits."""
     with Gunicorn("sync_server:create_app(echo=True)", workers=1, threads=5) as server:
         silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
         try:
             time.sleep(0.5)  # each has had its turn in a thread, and gone back to gthread's poller
             started = time.monotonic()
-            client = connect(server.url)
+            client = websocket.create_connection(server.url, timeout=HANDSHAKE_TIMEOUT + 5)
             client.send("hello")
             assert client.recv() == "hello"
             client.close()
-            assert time.monotonic() - started < HANDSHAKE_TIMEOUT / 2
+            assert time.monotonic() - started < HANDSHAKE_TIMEOUT + 2
+            for sock in silent:
+                assert sock.recv(1) == b"", "cut at its deadline"
         finally:
             for sock in silent:
                 sock.close()
@@ -486,9 +490,7 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
         "run",
         "get_thread_pool",
         "load_wsgi",
-        "on_pending_socket_readable",
         "murder_pending",
-        "murder_keepalived",
     ):
         assert callable(getattr(gthread.ThreadWorker, method, None)), method
     for attribute in ("self._accepting", "self.nr_conns", "self.worker_connections", "self.max_keepalived"):
@@ -498,9 +500,8 @@ def test_the_gthread_internals_our_worker_builds_on_are_still_there() -> None:
     assert "self.tpool = self.get_thread_pool()" in source
     # handle() returning _DEFER puts the connection on the poller's pending deque, timed by conn.timeout.
     assert "result is _DEFER" in source and "self.pending_conns.append(conn)" in source
-    # Our murder_pending replaces gthread's, which the loop calls after each wait, and at the end.
-    run = inspect.getsource(gthread.ThreadWorker.run)
-    assert "self.murder_pending()" in run and "self.murder_keepalived(force=True)" in run
+    assert "self.murder_pending()" in inspect.getsource(gthread.ThreadWorker.run)  # after each wait
+    assert "conn.timeout - now" in inspect.getsource(gthread.ThreadWorker.murder_pending)
     connection = inspect.getsource(gthread.TConn)
     for attribute in ("self.initialized", "self.data_ready"):  # read and set by ThreadWorker.handle
         assert attribute in connection, attribute

@@ -14,7 +14,6 @@ With ``WSTHREADS_TRACE=FILE`` in the environment, every worker traces (see
 from __future__ import annotations
 
 import atexit
-import contextlib
 import fcntl
 import logging
 import os
@@ -213,35 +212,14 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         super().finish_request(conn, fs)
         if self.pending_conns and self.pending_conns[-1] is conn:  # deferred: no bytes yet, see handle()
             conn.timeout = conn.wsthreads_since + HANDSHAKE_TIMEOUT  # not gthread's keepalive (2 s)
-            if len(self.pending_conns) <= self.cfg.worker_connections:
-                # It holds no thread: the worker may take another meanwhile (up to the config's
-                # worker_connections of these; beyond, they count again).
-                conn.wsthreads_uncounted = True
-                self.nr_conns -= 1
-
-    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
-        """gthread's hand-off of a connection whose first bytes have come: it counts again."""
-        if conn.__dict__.pop("wsthreads_uncounted", False):
-            self.nr_conns += 1
-        super().on_pending_socket_readable(conn, client)
 
     def murder_pending(self) -> None:
-        """gthread's end of the connections whose first bytes have not come by their deadline
-        (all of them once the worker stops), each counted off only if it was counted."""
-        now = time.monotonic()
-        while self.pending_conns and (self.pending_conns[0].timeout <= now or not self.alive):
-            conn = self.pending_conns.popleft()
-            with contextlib.suppress(OSError, KeyError, ValueError):  # unregistered already
-                self.poller.unregister(conn.sock)
-            if not conn.__dict__.pop("wsthreads_uncounted", False):
-                self.nr_conns -= 1
-            conn.close()
-
-    def murder_keepalived(self, force: bool = False) -> None:
-        """gthread's end of idle kept-alive connections; at the last cleanup, of the pending ones too."""
-        super().murder_keepalived(force)
-        if force:
-            self.murder_pending()
+        """gthread's end of the connections whose first bytes have not come by their deadline; all of
+        them once the worker stops (gthread's stop would wait for each until its deadline)."""
+        if not self.alive:
+            for conn in self.pending_conns:
+                conn.timeout = 0.0
+        super().murder_pending()
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """gthread's wait for events; then a look for a stalled request, and while full, at the backlog.

@@ -23,11 +23,13 @@ import os
 from wsthreads import gunicorn as hooks
 from wsthreads.connection import message_log
 from wsthreads.logs import JsonFormatter
+from wsthreads.serving import listen_backlog
 
 bind = "127.0.0.1:8080"
-worker_class = "wsthreads.gunicorn.ThreadWorker"  # gthread, one thread per request; 503 when full
+worker_class = "wsthreads.gunicorn.ThreadWorker"  # gthread with our request threads; 503 when full
 workers = 2
 threads = 500
+backlog = listen_backlog()  # the system's largest, as our own server's (gunicorn's default: 2048)
 reuse_port = False  # one listening socket for all workers: a full worker leaves connections to the others
 graceful_timeout = 10  # our hooks end sessions within 2 s
 control_socket_disable = True  # gunicorn 27+: no control socket needed here

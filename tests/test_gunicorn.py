@@ -373,6 +373,12 @@ def test_workers_trace_with_the_environment_variable(
     )
 
 
+def test_the_shipped_config_listens_with_the_systems_largest_backlog() -> None:
+    from wsthreads.serving import listen_backlog
+
+    assert SHIPPED["backlog"] == listen_backlog() >= 1024
+
+
 def test_our_worker_sets_the_switch_interval_for_its_process(tmp_path: Path) -> None:
     """The worker owns its process: it sets the interval measured for thousands of threads."""
     (tmp_path / "switch_app.py").write_text(

@@ -330,6 +330,30 @@ def test_gunicorn_stop_does_not_wait_for_clients_still_sending_their_requests(si
 
 
 @pytest.mark.slow
+def test_clients_that_keep_their_end_open_after_a_page_do_not_stall_the_worker() -> None:
+    """8 clients get a page (GET /) and never close: gthread closed each in its main loop, waiting
+    up to 2 s for the client's end and accepting nothing meanwhile (the next client waited 14 s);
+    each is closed in its request thread, and the next client is served at once."""
+    with Gunicorn("sync_server:create_app(echo=True, netpoller=True)", workers=1, threads=20) as server:
+        pages = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(8)]
+        try:
+            for sock in pages:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            for sock in pages:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            started = time.monotonic()
+            client = connect(server.url)
+            client.send("hello")
+            assert client.recv() == "hello"
+            client.close()
+            assert time.monotonic() - started < 2.0  # one client's wait at most, not eight
+        finally:
+            for sock in pages:
+                sock.close()
+        assert server.problems() == []
+
+
+@pytest.mark.slow
 def test_silent_clients_hold_a_workers_places_until_their_deadline_and_no_longer() -> None:
     """1 worker x 5 threads: 5 clients that connect and say nothing take its 5 places (each may yet
     become a session that keeps a thread), though no thread; their deadline (10 s) frees them, and

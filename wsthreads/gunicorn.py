@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gunicorn import glogging  # type: ignore[import-untyped]
+from gunicorn import glogging, util  # type: ignore[import-untyped]
 from gunicorn.workers import gthread  # type: ignore[import-untyped]
 
 from . import trace
@@ -180,9 +180,14 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
         conn.wsthreads_deadline = (armed, cut)
         self.reading.add(armed)  # cut at once if the worker is stopping
         try:
-            return super().handle(conn)
+            result = super().handle(conn)
         finally:
             self._end_deadline(conn)
+        if not result and conn.sock.fileno() != -1 and not session_owns(conn.sock):
+            # The request is over (a page, a refusal): close it here. gthread would close it in its
+            # main loop, waiting up to 2 s for the client's end, and accept nothing meanwhile.
+            util.close_graceful(conn.sock)
+        return result
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         """gthread's call of the app: the request is in, and its deadline ends (a session may last)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -386,12 +387,19 @@ def test_a_netpoller_that_cannot_open_leaves_nothing_open_and_opens_later(
     def no_descriptor(*args: object) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
+    made: list[select.epoll] = []
+
+    def epoll() -> select.epoll:
+        made.append(real_epoll())
+        return made[-1]
+
     ours, theirs = socket.socketpair()
-    before = len(os.listdir("/proc/self/fd"))
+    real_epoll = select.epoll
+    monkeypatch.setattr(select, "epoll", epoll)
     monkeypatch.setattr(os, "eventfd", no_descriptor)
     with pytest.raises(OSError, match="Too many open files"):
         poller.watch(ours.fileno(), lambda: None, "conn-1-reader")
-    assert len(os.listdir("/proc/self/fd")) == before and not poller.running()
+    assert len(made) == 1 and made[0].closed and not poller.running()
     monkeypatch.undo()
     counter = Counter(ours)
     handle = watch(poller, counter)
